@@ -1,0 +1,223 @@
+"""
+The hub: the one place where every write meets.
+
+Every producer (a Postgres connector reading pgoutput, a Satellite client
+session) turns what it saw into a `Transaction` of `RowChange`s and hands it
+to `IHub.append`.  The hub gives the transaction a place in one total order
+(its *position*), resolves each row change against the current state of that
+row (see `electric.hub.resolution` for the rule) and makes the result
+durable.  Every consumer (a Postgres subscriber on port 5433, a Satellite
+client) reads the *resolved* transactions in position order through a
+`ISubscription`, so that every replica applies the same row states in the
+same order and ends identical.
+
+Values are always the Postgres text representation (``str``) or ``None`` for
+NULL; nothing is type-converted on the way through.  `UNCHANGED` stands for a
+column the origin did not send (pgoutput's unchanged-TOAST marker): the hub
+fills it from the row's current state.
+
+Positions are positive ``int``s, strictly increasing in append order, and
+survive restarts.  Position 0 means "before everything".  Outside the
+process positions travel as LSNs or opaque byte strings
+(`electric.hub.positions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+from zope.interface import Attribute, Interface
+
+
+class _Unchanged:
+    """Marker for a column value the origin did not send (unchanged TOAST)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self):
+        return "UNCHANGED"
+
+    def __reduce__(self):
+        return (_Unchanged, ())
+
+
+UNCHANGED = _Unchanged()
+
+Value = Optional[str]
+"""A column value: Postgres text form, or None for SQL NULL."""
+
+Key = Tuple[Value, ...]
+"""A row's primary-key values, in the table's primary-key column order."""
+
+
+UPSERT = "upsert"
+DELETE = "delete"
+TRUNCATE = "truncate"
+
+
+@dataclass(frozen=True)
+class RowChange:
+    """
+    One row write, as its origin saw it.
+
+    op == UPSERT: `values` holds the columns the write carries (a full new row
+      from an INSERT, or an UPDATE's new tuple; may contain UNCHANGED).
+      `old_values` is the row before the write when the origin knows it
+      (REPLICA IDENTITY FULL, or a client update); then only the columns whose
+      value differs from `old_values` count as set by this write, so that
+      concurrent updates of different columns both survive.
+    op == DELETE: `values` is the old row as far as the origin knows it (at
+      least the key columns), or None.
+    op == TRUNCATE: `key` is () and `values` None; the hub deletes every live
+      row of the table.
+
+    A change of primary key must be given as a DELETE of the old key followed
+    by an UPSERT of the new one (`electric.hub.resolution.split_update` does it).
+    """
+
+    schema: str
+    table: str
+    op: str
+    key: Key = ()
+    values: Optional[Mapping[str, Union[Value, _Unchanged]]] = None
+    old_values: Optional[Mapping[str, Value]] = None
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """
+    A transaction as one origin committed it.
+
+    `origin` names the producer: a connector name (``postgres_1``) or
+    ``satellite:<client id>``.  `origin_id` identifies the transaction within
+    its origin (a Postgres commit end LSN as 8 big-endian bytes, a client's
+    LSN bytes) so that a re-sent transaction is appended only once.
+    `commit_timestamp` is microseconds since the Unix epoch.
+    """
+
+    origin: str
+    origin_id: bytes
+    commit_timestamp: int
+    changes: Tuple[RowChange, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedChange:
+    """
+    The state of one row after the hub resolved a write to it.
+
+    `row` is the complete resolved row (every column the hub knows for it).
+    For a deleted row `deleted` is True and `row` holds its last known values
+    (so that a delete can always name the key, and old-tuple consumers get a
+    full row).
+    """
+
+    schema: str
+    table: str
+    key: Key
+    row: Mapping[str, Value]
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedTransaction:
+    """
+    A transaction as every replica must apply it, at its hub position.
+
+    `catch_up` is True for a transaction the hub synthesised for a consumer
+    whose start position was older than the compacted log: it carries the
+    current state (live rows and tombstones) of every row changed since that
+    position, instead of the history.
+    """
+
+    position: int
+    origin: str
+    origin_id: bytes
+    commit_timestamp: int
+    changes: Tuple[ResolvedChange, ...]
+    catch_up: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The hub's live rows of some tables, as of `position`."""
+
+    position: int
+    rows: Sequence[ResolvedChange] = field(default_factory=tuple)
+
+
+class ISubscription(Interface):
+    """
+    A consumer's cursor over resolved transactions, strictly after a position.
+
+    Pull-based so a slow consumer never makes the hub buffer for it: the
+    consumer asks for the next batch when it is ready to send more.
+    """
+
+    position = Attribute("Position of the last transaction handed out.")
+
+    def next(max_items):
+        """
+        Deferred firing with a non-empty list (at most `max_items`) of
+        `ResolvedTransaction`s following the last one handed out, as soon as
+        at least one exists.  Only one call may be outstanding.  Fails with
+        `SubscriptionClosed` when the subscription or the hub is closed.
+        """
+
+    def close():
+        """Stop; an outstanding `next` fails with `SubscriptionClosed`."""
+
+
+class IHub(Interface):
+    """The ordered, durable transaction log with conflict resolution."""
+
+    def append(transaction):
+        """
+        Deferred firing with the `ResolvedTransaction` once `transaction` is
+        durable.  Appending a transaction whose (origin, origin_id) was
+        appended before fires with the earlier result and changes nothing.
+        Fails with `electric.hub.interface.HubError` (e.g. closed).
+        """
+
+    def subscribe(from_position, consumer=None):
+        """
+        An `ISubscription` yielding resolved transactions with position >
+        `from_position`.  If that history has been compacted away the first
+        item is a catch-up transaction (see `ResolvedTransaction.catch_up`).
+        `consumer`, when given, names a durable consumer whose acknowledged
+        position holds back compaction (see `ack`).
+        """
+
+    def ack(consumer, position):
+        """Record that durable consumer `consumer` has applied up to `position`."""
+
+    def forget(consumer):
+        """Drop a durable consumer so it no longer holds back compaction."""
+
+    def snapshot(tables=None):
+        """
+        Deferred firing with a `Snapshot` of the live rows of `tables`
+        (an iterable of (schema, table); None = all), consistent as of its
+        position: a consumer that applies it and then subscribes from that
+        position misses nothing and gets nothing twice.
+        """
+
+    def head():
+        """The position of the last durable transaction (0 if none)."""
+
+    def status():
+        """A JSON-able dict: log length, row count, consumers and their lag."""
+
+
+class HubError(Exception):
+    """The hub could not accept or serve a request."""
+
+
+class SubscriptionClosed(HubError):
+    """The subscription (or the whole hub) was closed."""

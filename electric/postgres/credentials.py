@@ -1,0 +1,57 @@
+"""
+Credentials Electric writes into each Postgres's subscription and checks on port 5433.
+
+Each connector's subscription connects back as user ``<connector name>``
+with a password derived from a random secret kept (mode 0600) in the data
+directory: stable across restarts, different per connector, and never
+configured by hand.  Whoever knows a connector name but not the secret is
+refused on port 5433 (the original accepted anyone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from typing import Iterable, Optional, Tuple
+
+SECRET_FILE = "subscriber_secret"
+
+
+class SubscriberCredentials:
+    def __init__(self, data_dir: str, connector_names: Iterable[str]):
+        self._names = frozenset(connector_names)
+        self._secret = self._load_or_create(data_dir)
+
+    @staticmethod
+    def _load_or_create(data_dir: str) -> bytes:
+        os.makedirs(data_dir, exist_ok=True)
+        path = os.path.join(data_dir, SECRET_FILE)
+        try:
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+            if len(secret) >= 32:
+                return secret
+        except FileNotFoundError:
+            pass
+        secret = secrets.token_hex(32).encode()
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return secret
+
+    def for_connector(self, name: str) -> Tuple[str, str]:
+        """(user, password) that connector `name`'s subscription uses."""
+        digest = hmac.new(self._secret, name.encode(), hashlib.sha256).hexdigest()
+        return name, digest[:40]
+
+    def password_for_user(self, user: str) -> Optional[str]:
+        """The password `user` must present on port 5433, or None if no such user."""
+        if user not in self._names:
+            return None
+        return self.for_connector(user)[1]

@@ -1,0 +1,144 @@
+"""
+The schema registry: which tables Electric replicates, their columns and keys.
+
+One registry serves every connector, every port-5433 subscriber and every
+Satellite client.  Each Postgres gives the same table its own OID, so the
+registry hands out its own *relation ids* (starting at 20000, stable for the
+life of the process and ordered by first registration) and those are what
+Electric sends to subscribers and clients.
+
+The registry is filled by the Postgres connectors from catalog introspection
+(`electric.postgres.introspection`), refreshed when a Relation message or a
+migration shows the schema changed.  Listeners registered with `on_change`
+hear about every change (e.g. the 5433 server re-sends Relation messages).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+FIRST_RELATION_ID = 20000
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_name: str  # pg_type.typname, e.g. "int4", "varchar", "_int4" for int4[]
+    type_oid: int
+    type_modifier: int = -1
+    # True/False for DEFAULT/INDEX identity, None for FULL identity (every
+    # column identifies the row), as pgoutput's Relation flags need it.
+    part_of_identity: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class Table:
+    schema: str
+    name: str
+    columns: Tuple[Column, ...]
+    primary_key: Tuple[str, ...]
+    replica_identity: str = "d"  # d / n / f / i, as pg_class.relreplident
+    relation_id: int = 0  # assigned by the registry
+
+    @property
+    def qualified(self) -> Tuple[str, str]:
+        return (self.schema, self.name)
+
+    @property
+    def column_names(self) -> Tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Optional[Column]:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+    def key_of(self, record: Mapping[str, object]) -> Tuple:
+        """The primary-key values of `record` (KeyError if one is missing)."""
+        return tuple(record[k] for k in self.primary_key)
+
+    def same_shape(self, other: "Table") -> bool:
+        return (
+            self.columns == other.columns
+            and self.primary_key == other.primary_key
+            and self.replica_identity == other.replica_identity
+        )
+
+
+class UnknownTable(KeyError):
+    """A change or a request named a table the registry does not know."""
+
+    def __init__(self, schema: str, name: str):
+        super().__init__(f"{schema}.{name}")
+        self.schema = schema
+        self.name = name
+
+    def __str__(self):
+        return f'unknown table "{self.schema}"."{self.name}"'
+
+
+@dataclass
+class SchemaRegistry:
+    """Tables by qualified name and by relation id, plus change listeners."""
+
+    _tables: Dict[Tuple[str, str], Table] = field(default_factory=dict)
+    _by_id: Dict[int, Table] = field(default_factory=dict)
+    _ids: Dict[Tuple[str, str], int] = field(default_factory=dict)
+    _listeners: List[Callable[[Table], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def register(self, table: Table) -> Table:
+        """Add or replace `table`; returns it with its relation id set."""
+        key = table.qualified
+        with self._lock:
+            rel_id = self._ids.get(key)
+            if rel_id is None:
+                rel_id = FIRST_RELATION_ID + len(self._ids)
+                self._ids[key] = rel_id
+            stored = Table(
+                schema=table.schema,
+                name=table.name,
+                columns=tuple(table.columns),
+                primary_key=tuple(table.primary_key),
+                replica_identity=table.replica_identity,
+                relation_id=rel_id,
+            )
+            old = self._tables.get(key)
+            self._tables[key] = stored
+            self._by_id[rel_id] = stored
+        if old is None or not old.same_shape(stored):
+            for listener in list(self._listeners):
+                listener(stored)
+        return stored
+
+    def get(self, schema: str, name: str) -> Table:
+        try:
+            return self._tables[(schema, name)]
+        except KeyError:
+            raise UnknownTable(schema, name) from None
+
+    def find(self, schema: str, name: str) -> Optional[Table]:
+        return self._tables.get((schema, name))
+
+    def by_relation_id(self, relation_id: int) -> Optional[Table]:
+        return self._by_id.get(relation_id)
+
+    def tables(self) -> List[Table]:
+        """Every table, in relation-id order."""
+        return sorted(self._tables.values(), key=lambda t: t.relation_id)
+
+    def on_change(self, listener: Callable[[Table], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Table], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def __iter__(self) -> Iterable[Table]:
+        return iter(self.tables())
+
+    def __len__(self) -> int:
+        return len(self._tables)

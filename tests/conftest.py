@@ -1,0 +1,1 @@
+"""pytest glue: tests are trial TestCases; pytest-twisted runs the reactor."""
