@@ -1,0 +1,66 @@
+"""
+Building `RowChange`s from what a producer saw, the same way for every producer.
+
+A Postgres connector (pgoutput tuples) and a Satellite session (client row
+ops) both describe writes as column -> text maps; these helpers key them by
+the table's primary key and split a primary-key change into a delete of the
+old key plus an upsert of the new one, so the hub only ever sees per-key
+writes.
+"""
+
+from __future__ import annotations
+
+from typing import List, Mapping, Optional
+
+from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT, RowChange
+from electric.schema import Table
+
+
+class MissingKey(ValueError):
+    """A row lacks a primary-key column (or carries it as NULL / unchanged)."""
+
+
+def _key(table: Table, record: Mapping[str, object]):
+    try:
+        key = tuple(record[c] for c in table.primary_key)
+    except KeyError as e:
+        raise MissingKey(f'{table.schema}.{table.name}: row has no primary-key column "{e.args[0]}"') from None
+    for col, value in zip(table.primary_key, key):
+        if value is None or value is UNCHANGED:
+            raise MissingKey(f'{table.schema}.{table.name}: primary-key column "{col}" is NULL')
+    return key
+
+
+def insert(table: Table, new: Mapping[str, object]) -> List[RowChange]:
+    return [RowChange(table.schema, table.name, UPSERT, _key(table, new), dict(new), None)]
+
+
+def update(table: Table, old: Optional[Mapping[str, object]], new: Mapping[str, object]) -> List[RowChange]:
+    """
+    `old` is the full old row (REPLICA IDENTITY FULL / a client's old row), a
+    key-only old tuple, or None/empty when the origin sent none.
+    """
+    new_key = _key(table, new)
+    old = dict(old) if old else None
+    if old is not None:
+        try:
+            old_key = _key(table, old)
+        except MissingKey:
+            old_key = new_key
+        if old_key != new_key:
+            return [
+                RowChange(table.schema, table.name, DELETE, old_key, old, None),
+                RowChange(table.schema, table.name, UPSERT, new_key, dict(new), None),
+            ]
+        # Only a complete old row tells which columns changed.
+        if not all(c.name in old and old[c.name] is not UNCHANGED for c in table.columns):
+            old = None
+    return [RowChange(table.schema, table.name, UPSERT, new_key, dict(new), old)]
+
+
+def delete(table: Table, old: Mapping[str, object]) -> List[RowChange]:
+    return [RowChange(table.schema, table.name, DELETE, _key(table, old), dict(old), None)]
+
+
+def truncate(table: Table) -> List[RowChange]:
+    return [RowChange(table.schema, table.name, TRUNCATE, (), None, None)]
