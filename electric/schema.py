@@ -88,6 +88,8 @@ class SchemaRegistry:
     _by_id: Dict[int, Table] = field(default_factory=dict)
     _ids: Dict[Tuple[str, str], int] = field(default_factory=dict)
     _listeners: List[Callable[[Table], None]] = field(default_factory=list)
+    _present: Dict[str, Tuple[Tuple[str, str], ...]] = field(default_factory=dict)
+    _shapes: Dict[Tuple[str, Tuple[str, str]], Table] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def register(self, table: Table) -> Table:
@@ -129,6 +131,29 @@ class SchemaRegistry:
     def tables(self) -> List[Table]:
         """Every table, in relation-id order."""
         return sorted(self._tables.values(), key=lambda t: t.relation_id)
+
+    def set_database_tables(self, origin: str, tables: Iterable[Table]) -> None:
+        """
+        Record which tables exist in connector `origin`'s database, as that
+        database defines them.  A subscriber may only be offered tables it
+        has, and a database whose definition of a table differs from the
+        registry's (a migration not applied there yet) is reported, not fed
+        rows it cannot store.
+        """
+        tables = list(tables)
+        with self._lock:
+            self._present[origin] = tuple(t.qualified for t in tables)
+            for t in tables:
+                self._shapes[(origin, t.qualified)] = t
+
+    def database_tables(self, origin: str) -> List[Table]:
+        """Registry tables that exist in `origin`'s database, in relation-id order."""
+        names = set(self._present.get(origin, ()))
+        return [t for t in self.tables() if t.qualified in names]
+
+    def database_table(self, origin: str, schema: str, name: str) -> Optional[Table]:
+        """The table as `origin`'s database defines it (None if absent there)."""
+        return self._shapes.get((origin, (schema, name)))
 
     def on_change(self, listener: Callable[[Table], None]) -> None:
         self._listeners.append(listener)
