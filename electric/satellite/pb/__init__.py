@@ -1,0 +1,1 @@
+"""Generated protobuf modules (see `generate.py`); do not edit them by hand."""
