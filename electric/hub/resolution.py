@@ -1,0 +1,254 @@
+"""
+The conflict rule: how the hub turns an origin's transaction into row states.
+
+Every replica (each Postgres, each Satellite client) applies the resolved
+stream in hub order, and the hub sends each touched row's *complete* resolved
+state, so all replicas end with the hub's rows no matter in which order they
+applied concurrent writes locally.  The rule must therefore be a pure,
+deterministic function of (current row states, transaction): replaying the
+same log from empty state always yields the same rows.
+
+The rule, per row keyed by (schema, table, primary key), with hub order
+(arrival) as the single total order:
+
+* UPSERT overwrites the columns it *sets*.  Without ``old_values`` every
+  column the write carries is set.  With ``old_values`` (REPLICA IDENTITY
+  FULL, or a client update) only columns whose new value differs from the old
+  one count as set, so two origins that concurrently update different columns
+  of one row both keep their change.  UNCHANGED columns (unchanged TOAST) are
+  never set; they keep the current value.
+* The write goes on top of the current row.  A missing row simply becomes
+  what the write knows (its values, with UNCHANGED columns taken from
+  ``old_values`` when given, otherwise left out).
+* DELETE leaves a tombstone that keeps the row's last values, so a delete can
+  always be sent as a full old row.
+* An UPSERT of a tombstoned row resurrects it: tombstone values overlaid with
+  the columns the write sets.  Together with hub order this makes an update
+  that arrives after a concurrent delete win (the original's ``update_wins``).
+* TRUNCATE tombstones every live row of the table (one resolved delete per
+  row, in key order so the output is deterministic).
+* A primary-key change arrives already split into DELETE old + UPSERT new
+  (`electric.hub.changes.update`, re-exported here as `split_update`).
+
+Output shape: one `ResolvedChange` per input change, in change order (a
+TRUNCATE expands to one per live row), each carrying the row's state right
+after that change.  A row touched twice in one transaction thus appears
+twice; a consumer applying the changes in order ends with the final state.
+Keeping one output per input keeps the pairing with the origin's own changes
+obvious and keeps a delete-old/insert-new key change in its natural order.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+
+from electric.hub.changes import update as split_update  # noqa: F401  (re-export, see RowChange docs)
+from electric.hub.interface import (
+    DELETE,
+    TRUNCATE,
+    UNCHANGED,
+    UPSERT,
+    ResolvedChange,
+    RowChange,
+    Transaction,
+)
+
+RowId = Tuple[str, str, tuple]
+"""(schema, table, key): the identity of one row in the hub."""
+
+
+class RowState(NamedTuple):
+    """What the hub knows about one row: its last values, and whether it is a tombstone."""
+
+    values: Mapping[str, Optional[str]]
+    deleted: bool
+
+
+class Resolution(NamedTuple):
+    changes: Tuple[ResolvedChange, ...]
+    """Resolved changes, one per input change (a truncate: one per live row)."""
+    states: Dict[RowId, RowState]
+    """The new state of every touched row (final state if touched twice)."""
+    live_delta: int
+    """How the number of live rows changed (for status counters)."""
+
+
+class StateView:
+    """
+    Read access to the current row states that `resolve` needs.
+
+    The embedded hub implements it over SQLite inside its write transaction;
+    `MemoryState` implements it over a dict for tests and replicas.
+    """
+
+    def get(self, schema: str, table: str, key: tuple) -> Optional[RowState]:
+        raise TypeError(f"{type(self).__name__} must implement get()")
+
+    def live_keys(self, schema: str, table: str) -> Iterable[tuple]:
+        raise TypeError(f"{type(self).__name__} must implement live_keys()")
+
+
+class InvalidTransaction(ValueError):
+    """A transaction handed to the hub is malformed; nothing of it was applied."""
+
+
+def _check_value(where: str, col, value, allow_unchanged: bool):
+    if not isinstance(col, str):
+        raise InvalidTransaction(f"{where}: column name {col!r} is not a str")
+    if value is None or isinstance(value, str):
+        return
+    if value is UNCHANGED and allow_unchanged:
+        return
+    raise InvalidTransaction(f"{where}: column {col!r} has value {value!r}; expected str (Postgres text form) or None")
+
+
+def check_transaction(transaction: Transaction) -> None:
+    """Raise `InvalidTransaction` with a clear message unless `transaction` is well formed."""
+    if not isinstance(transaction, Transaction):
+        raise InvalidTransaction(f"expected a Transaction, got {type(transaction).__name__}")
+    if not isinstance(transaction.origin, str) or not transaction.origin:
+        raise InvalidTransaction(f"transaction origin {transaction.origin!r} must be a non-empty str")
+    if not isinstance(transaction.origin_id, (bytes, bytearray)):
+        raise InvalidTransaction(f"transaction origin_id {transaction.origin_id!r} must be bytes")
+    if not isinstance(transaction.commit_timestamp, int) or isinstance(transaction.commit_timestamp, bool):
+        raise InvalidTransaction(f"commit_timestamp {transaction.commit_timestamp!r} must be an int (µs since epoch)")
+    if not isinstance(transaction.changes, (tuple, list)):
+        raise InvalidTransaction("transaction changes must be a tuple of RowChange")
+    for i, ch in enumerate(transaction.changes):
+        where = f"change {i}"
+        if not isinstance(ch, RowChange):
+            raise InvalidTransaction(f"{where}: expected a RowChange, got {type(ch).__name__}")
+        if not isinstance(ch.schema, str) or not ch.schema or not isinstance(ch.table, str) or not ch.table:
+            raise InvalidTransaction(f"{where}: schema and table must be non-empty str, got {ch.schema!r}.{ch.table!r}")
+        where = f"change {i} ({ch.schema}.{ch.table} {ch.op})"
+        if ch.op not in (UPSERT, DELETE, TRUNCATE):
+            raise InvalidTransaction(f"{where}: unknown op {ch.op!r}")
+        if ch.op == TRUNCATE:
+            continue
+        if not isinstance(ch.key, (tuple, list)) or not ch.key:
+            raise InvalidTransaction(f"{where}: key must be a non-empty tuple, got {ch.key!r}")
+        for v in ch.key:
+            if not (v is None or isinstance(v, str)):
+                raise InvalidTransaction(f"{where}: key value {v!r} must be str or None")
+        if ch.op == UPSERT and ch.values is None:
+            raise InvalidTransaction(f"{where}: an upsert needs values")
+        for mapping, allow_unchanged in ((ch.values, True), (ch.old_values, True)):
+            if mapping is None:
+                continue
+            if not isinstance(mapping, Mapping):
+                raise InvalidTransaction(f"{where}: values must be a mapping, got {type(mapping).__name__}")
+            for col, value in mapping.items():
+                _check_value(where, col, value, allow_unchanged)
+
+
+def _known(values: Optional[Mapping]) -> Dict[str, Optional[str]]:
+    return {c: v for c, v in (values or {}).items() if v is not UNCHANGED}
+
+
+def _key_order(key: tuple):
+    # Keys hold str or None; order None first, then by text.
+    return tuple((v is not None, v or "") for v in key)
+
+
+def resolve(state: StateView, transaction: Transaction) -> Resolution:
+    """
+    Resolve `transaction` against `state` (which it does not modify).
+
+    Pure: the same state and transaction always give the same result.  The
+    caller stores `Resolution.states` to move the hub forward.
+    """
+    pending: Dict[RowId, RowState] = {}
+    out: List[ResolvedChange] = []
+    live_delta = 0
+
+    def current(rid: RowId) -> Optional[RowState]:
+        if rid in pending:
+            return pending[rid]
+        return state.get(*rid)
+
+    def put(rid: RowId, new: RowState):
+        nonlocal live_delta
+        before = current(rid)
+        was_live = before is not None and not before.deleted
+        live_delta += (not new.deleted) - was_live
+        pending.pop(rid, None)  # keep dict order = order of last touch
+        pending[rid] = new
+        out.append(ResolvedChange(rid[0], rid[1], rid[2], new.values, new.deleted))
+
+    for ch in transaction.changes:
+        if ch.op == TRUNCATE:
+            keys = set()
+            for key in state.live_keys(ch.schema, ch.table):
+                keys.add(tuple(key))
+            for (s, t, k), st in pending.items():
+                if s == ch.schema and t == ch.table:
+                    (keys.discard if st.deleted else keys.add)(k)
+            for key in sorted(keys, key=_key_order):
+                rid = (ch.schema, ch.table, key)
+                cur = current(rid)
+                put(rid, RowState(dict(cur.values), True))
+            continue
+
+        rid = (ch.schema, ch.table, tuple(ch.key))
+        cur = current(rid)
+        if ch.op == DELETE:
+            # The hub's last values win; the delete's old row only fills gaps.
+            row = dict(cur.values) if cur is not None else {}
+            for c, v in _known(ch.values).items():
+                row.setdefault(c, v)
+            put(rid, RowState(row, True))
+            continue
+
+        # UPSERT
+        values = ch.values
+        if ch.old_values is not None:
+            old = ch.old_values
+            sets = {
+                c: v
+                for c, v in values.items()
+                if v is not UNCHANGED and (c not in old or old[c] is UNCHANGED or old[c] != v)
+            }
+        else:
+            sets = _known(values)
+        if cur is None:
+            row = _known(ch.old_values)
+            row.update(_known(values))
+        else:
+            row = dict(cur.values)
+            row.update(sets)
+        put(rid, RowState(row, False))
+
+    return Resolution(tuple(out), pending, live_delta)
+
+
+class MemoryState(StateView):
+    """
+    Row states in a dict: a replica or a reference hub for tests.
+
+    `apply_resolved` is what every replica does with the resolved stream:
+    upsert the full row, or delete it.
+    """
+
+    def __init__(self):
+        self.rows: Dict[RowId, RowState] = {}
+
+    def get(self, schema, table, key):
+        return self.rows.get((schema, table, tuple(key)))
+
+    def live_keys(self, schema, table):
+        return [k for (s, t, k), st in self.rows.items() if s == schema and t == table and not st.deleted]
+
+    def apply(self, states: Mapping[RowId, RowState]):
+        self.rows.update(states)
+
+    def resolve_and_apply(self, transaction: Transaction) -> Resolution:
+        res = resolve(self, transaction)
+        self.apply(res.states)
+        return res
+
+    def apply_resolved(self, changes: Iterable[ResolvedChange]):
+        for c in changes:
+            self.rows[(c.schema, c.table, tuple(c.key))] = RowState(dict(c.row), c.deleted)
+
+    def live(self) -> Dict[RowId, Dict[str, Optional[str]]]:
+        return {rid: dict(st.values) for rid, st in self.rows.items() if not st.deleted}

@@ -1,0 +1,358 @@
+"""The embedded hub against a real SQLite file: durability, order, subscriptions, compaction."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from electric.hub.embedded import CATCH_UP_ORIGIN, EmbeddedHub
+from electric.hub.interface import UNCHANGED, HubError, IHub, ISubscription, RowChange, SubscriptionClosed, Transaction
+from tests.hub_helpers import dl, tr, txn, up
+
+
+def later(seconds=0.0):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class HubTestCase(unittest.TestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        self.hubs = []
+
+    def make_hub(self, **kw):
+        kw.setdefault("compact_interval", 0)
+        hub = EmbeddedHub(self.dir, reactor, **kw)
+        hub.startService()
+        self.hubs.append(hub)
+        self.addCleanup(self._stop, hub)
+        return hub
+
+    def _stop(self, hub):
+        if hub._open:
+            return hub.stopService()
+        return None
+
+    @defer.inlineCallbacks
+    def reopen(self, hub, **kw):
+        yield hub.stopService()
+        return self.make_hub(**kw)
+
+
+class AppendTests(HubTestCase):
+    @defer.inlineCallbacks
+    def test_append_resolves_and_orders(self):
+        hub = self.make_hub()
+        self.assertTrue(IHub.providedBy(hub))
+        r1 = yield hub.append(txn(up("items", 1, content="a", n="1")))
+        r2 = yield hub.append(txn(up("items", 1, content="b", n=UNCHANGED), origin="pg_b"))
+        self.assertEqual((r1.position, r2.position), (1, 2))
+        self.assertEqual(r2.origin, "pg_b")
+        self.assertEqual(r2.changes[0].row, {"id": "1", "content": "b", "n": "1"})
+        self.assertEqual(hub.head(), 2)
+
+    @defer.inlineCallbacks
+    def test_concurrent_appends_get_distinct_increasing_positions(self):
+        hub = self.make_hub()
+        ds = [hub.append(txn(up("items", i % 7, v=str(i)))) for i in range(300)]
+        results = yield defer.gatherResults(ds)
+        self.assertEqual([r.position for r in results], list(range(1, 301)))
+        st = hub.status()
+        self.assertEqual(st["head"], 300)
+        self.assertEqual(st["row_count"], 7)
+        # Group commit: fewer commits than appends under a burst.
+        self.assertLess(st["commit_groups"], 300)
+
+    @defer.inlineCallbacks
+    def test_durable_across_reopen(self):
+        hub = self.make_hub()
+        yield hub.append(txn(up("items", 1, content="a"), up("items", 2, content="b")))
+        yield hub.append(txn(dl("items", 2)))
+        hub_id = hub.hub_id
+        hub = yield self.reopen(hub)
+        self.assertEqual(hub.head(), 2)
+        self.assertEqual(hub.hub_id, hub_id)
+        snap = yield hub.snapshot()
+        self.assertEqual(snap.position, 2)
+        self.assertEqual([(c.key, c.row) for c in snap.rows], [(("1",), {"id": "1", "content": "a"})])
+        r = yield hub.append(txn(up("items", 2, content="again")))
+        self.assertEqual(r.position, 3)
+        self.assertEqual(r.changes[0].row, {"id": "2", "content": "again"})
+        self.assertEqual(hub.status()["row_count"], 2)
+
+    @defer.inlineCallbacks
+    def test_duplicate_append_fires_with_earlier_result(self):
+        hub = self.make_hub()
+        t = txn(up("items", 1, content="a"), origin="satellite:c1", origin_id=b"lsn-1")
+        r1 = yield hub.append(t)
+        yield hub.append(txn(up("items", 1, content="b")))
+        again = Transaction("satellite:c1", b"lsn-1", 5, (up("items", 1, content="zzz"),))
+        r1b = yield hub.append(again)
+        self.assertEqual(r1b, r1)
+        self.assertEqual(hub.head(), 2)
+        # Same within one commit group, and after reopening.
+        t2 = txn(up("items", 9, content="x"), origin="o", origin_id=b"same")
+        a, b = yield defer.gatherResults([hub.append(t2), hub.append(t2)])
+        self.assertEqual(a, b)
+        hub = yield self.reopen(hub)
+        c = yield hub.append(t2)
+        self.assertEqual(c, a)
+        self.assertEqual(hub.head(), 3)
+        self.assertEqual(hub.status()["duplicates"], 1)
+
+    @defer.inlineCallbacks
+    def test_bad_input_is_refused_and_loses_nothing(self):
+        hub = self.make_hub()
+        yield hub.append(txn(up("items", 1, content="a")))
+        bad = [
+            "not a transaction",
+            Transaction("", b"x", 1, ()),
+            Transaction("o", "not-bytes", 1, ()),
+            Transaction("o", b"x", 1, (RowChange("public", "items", "merge", ("1",), {}),)),
+            Transaction("o", b"x", 1, (RowChange("public", "items", "upsert", ("1",), {"n": 5}),)),
+            Transaction("o", b"x", 1, (RowChange("public", "items", "upsert", (), {"n": "5"}),)),
+        ]
+        messages = []
+        for b in bad:
+            f = yield self.assertFailure(hub.append(b), HubError)
+            messages.append(str(f))
+        self.assertIn("expected a Transaction", messages[0])
+        self.assertIn("origin", messages[1])
+        self.assertIn("unknown op 'merge'", messages[3])
+        self.assertIn("column 'n' has value 5", messages[4])
+        self.assertIn("key must be a non-empty tuple", messages[5])
+        r = yield hub.append(txn(up("items", 2, content="b")))
+        self.assertEqual(r.position, 2)
+        snap = yield hub.snapshot()
+        self.assertEqual(len(snap.rows), 2)
+
+    @defer.inlineCallbacks
+    def test_closed_hub_refuses(self):
+        hub = self.make_hub()
+        yield hub.stopService()
+        f = yield self.assertFailure(hub.append(txn(up("items", 1))), HubError)
+        self.assertIn("not running", str(f))
+        self.assertRaises(HubError, hub.subscribe, 0)
+
+    @defer.inlineCallbacks
+    def test_stop_finishes_queued_commits(self):
+        hub = self.make_hub()
+        ds = [hub.append(txn(up("items", i, v="x"))) for i in range(200)]
+        stopped = hub.stopService()
+        results = yield defer.gatherResults(ds)
+        yield stopped
+        self.assertEqual(results[-1].position, 200)
+        hub = self.make_hub()
+        self.assertEqual(hub.head(), 200)
+
+
+class SubscriptionTests(HubTestCase):
+    @defer.inlineCallbacks
+    def test_subscription_orders_wakes_and_closes(self):
+        hub = self.make_hub()
+        for i in range(5):
+            yield hub.append(txn(up("items", i, v=str(i))))
+        sub = hub.subscribe(2)
+        self.assertTrue(ISubscription.providedBy(sub))
+        got = yield sub.next(2)
+        self.assertEqual([r.position for r in got], [3, 4])
+        got = yield sub.next(10)
+        self.assertEqual([r.position for r in got], [5])
+        waiting = sub.next(10)
+        self.assertFalse(waiting.called)
+        f = yield self.assertFailure(sub.next(1), HubError)
+        self.assertIn("outstanding", str(f))
+        yield hub.append(txn(up("items", 9, v="9")))
+        got = yield waiting
+        self.assertEqual([r.position for r in got], [6])
+        self.assertEqual(sub.position, 6)
+        pending = sub.next(5)
+        sub.close()
+        yield self.assertFailure(pending, SubscriptionClosed)
+        yield self.assertFailure(sub.next(5), SubscriptionClosed)
+
+    @defer.inlineCallbacks
+    def test_append_deferred_fires_before_consumers_see_entry(self):
+        hub = self.make_hub()
+        events = []
+        sub = hub.subscribe(0)
+
+        def consume(items):
+            events.append(("seen", [r.position for r in items]))
+
+        sub.next(10).addCallback(consume)
+        d1 = hub.append(txn(up("items", 1)))
+        d2 = hub.append(txn(up("items", 2)))
+        d1.addCallback(lambda r: events.append(("acked", r.position)))
+        d2.addCallback(lambda r: events.append(("acked", r.position)))
+        yield defer.gatherResults([d1, d2])
+        yield later()
+        first_seen = next(i for i, e in enumerate(events) if e[0] == "seen")
+        for p in events[first_seen][1]:
+            self.assertLess(events.index(("acked", p)), first_seen)
+
+    @defer.inlineCallbacks
+    def test_stop_fails_waiting_subscription(self):
+        hub = self.make_hub()
+        sub = hub.subscribe(0)
+        d = sub.next(1)
+        yield hub.stopService()
+        yield self.assertFailure(d, SubscriptionClosed)
+
+    @defer.inlineCallbacks
+    def test_old_entries_read_from_sqlite_in_bounded_batches(self):
+        hub = self.make_hub(tail_entries=10)
+        yield defer.gatherResults([hub.append(txn(up("items", i, v=str(i)))) for i in range(50)])
+        self.assertEqual(hub.status()["tail_entries"], 10)
+        sub = hub.subscribe(0)
+        seen = []
+        while len(seen) < 50:
+            got = yield sub.next(7)
+            self.assertLessEqual(len(got), 7)
+            seen.extend(r.position for r in got)
+        self.assertEqual(seen, list(range(1, 51)))
+        self.assertEqual(got[-1].changes[0].row, {"id": "49", "v": "49"})
+
+    @defer.inlineCallbacks
+    def test_reopened_hub_serves_history(self):
+        hub = self.make_hub()
+        for i in range(3):
+            yield hub.append(txn(up("items", i, v=str(i))))
+        hub = yield self.reopen(hub)
+        got = yield hub.subscribe(1).next(10)
+        self.assertEqual([(r.position, r.changes[0].key) for r in got], [(2, ("1",)), (3, ("2",))])
+
+
+class SnapshotTests(HubTestCase):
+    @defer.inlineCallbacks
+    def test_snapshot_then_subscribe_misses_nothing(self):
+        hub = self.make_hub()
+        for i in range(20):
+            yield hub.append(txn(up("items", i, v="0"), up("other", i, v="o")))
+        yield hub.append(txn(dl("items", 3)))
+        # Appends racing with the snapshot.
+        racing = [hub.append(txn(up("items", i, v="1"))) for i in range(20)]
+        snap = yield hub.snapshot([("public", "items")])
+        yield defer.gatherResults(racing)
+        self.assertTrue(all(c.table == "items" for c in snap.rows))
+        rows = {c.key: dict(c.row) for c in snap.rows}
+        sub = hub.subscribe(snap.position)
+        while sub.position < hub.head():
+            for r in (yield sub.next(100)):
+                for c in r.changes:
+                    if c.table != "items":
+                        continue
+                    if c.deleted:
+                        rows.pop(c.key, None)
+                    else:
+                        rows[c.key] = dict(c.row)
+        full = yield hub.snapshot([("public", "items")])
+        self.assertEqual(rows, {c.key: dict(c.row) for c in full.rows})
+        self.assertEqual(full.position, hub.head())
+        self.assertEqual(rows[("5",)], {"id": "5", "v": "1"})
+        self.assertEqual(rows[("3",)], {"id": "3", "v": "1"})  # resurrected by the later upsert
+
+
+class CompactionTests(HubTestCase):
+    @defer.inlineCallbacks
+    def test_compaction_respects_durable_consumers_and_catch_up(self):
+        hub = self.make_hub(retain=0)
+        pg = hub.subscribe(0, consumer="pg_a")
+        for i in range(10):
+            yield hub.append(txn(up("items", i % 4, v=str(i))))
+        yield hub.append(txn(dl("items", 0)))
+        horizon = yield hub.compact()
+        self.assertEqual(horizon, 0)  # pg_a acked nothing yet
+        hub.ack("pg_a", 6)
+        horizon = yield hub.compact()
+        self.assertEqual(horizon, 6)
+        st = hub.status()
+        self.assertEqual(st["log_length"], 5)
+        self.assertEqual(st["consumers"], {"pg_a": {"acked": 6, "lag": 5}})
+        db = sqlite3.connect(os.path.join(self.dir, "hub.sqlite3"))
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT min(position), count(*) FROM log").fetchone(), (7, 5))
+
+        # pg_a continues from its ack with plain history.
+        pg.close()
+        got = yield hub.subscribe(6, consumer="pg_a").next(100)
+        self.assertEqual([r.position for r in got], [7, 8, 9, 10, 11])
+        self.assertFalse(got[0].catch_up)
+
+        # A late joiner from 2 gets the current state of rows changed after 2, then the log.
+        hub = yield self.reopen(hub, retain=0, tail_entries=1)
+        late = hub.subscribe(2)
+        got = yield late.next(100)
+        self.assertEqual(len(got), 1)
+        cu = got[0]
+        self.assertTrue(cu.catch_up)
+        self.assertEqual(cu.origin, CATCH_UP_ORIGIN)
+        self.assertEqual(cu.position, 11)
+        state = {c.key: (c.deleted, dict(c.row)) for c in cu.changes}
+        self.assertEqual(
+            state,
+            {
+                ("0",): (True, {"id": "0", "v": "8"}),
+                ("1",): (False, {"id": "1", "v": "9"}),
+                ("2",): (False, {"id": "2", "v": "6"}),
+                ("3",): (False, {"id": "3", "v": "7"}),
+            },
+        )
+        nxt = late.next(10)
+        r = yield hub.append(txn(up("items", 5, v="new")))
+        got = yield nxt
+        self.assertEqual([x.position for x in got], [r.position])
+
+        # Forgetting the consumer releases the log.
+        hub.forget("pg_a")
+        horizon = yield hub.compact()
+        self.assertEqual(horizon, 12)
+        self.assertEqual(hub.status()["log_length"], 0)
+        self.assertEqual(hub.status()["consumers"], {})
+
+    @defer.inlineCallbacks
+    def test_retain_keeps_recent_history_without_consumers(self):
+        hub = self.make_hub(retain=3)
+        for i in range(10):
+            yield hub.append(txn(up("items", i)))
+        horizon = yield hub.compact()
+        self.assertEqual(horizon, 7)
+        got = yield hub.subscribe(7).next(10)
+        self.assertEqual([r.position for r in got], [8, 9, 10])
+
+    @defer.inlineCallbacks
+    def test_duplicate_of_compacted_transaction(self):
+        hub = self.make_hub(retain=0)
+        t = txn(up("items", 1, v="a"), origin="o", origin_id=b"1")
+        r = yield hub.append(t)
+        yield hub.append(txn(up("items", 2)))
+        yield hub.compact()
+        again = yield hub.append(t)
+        self.assertEqual((again.position, again.origin, again.origin_id, again.changes), (r.position, "o", b"1", ()))
+        self.assertEqual(hub.head(), 2)
+
+    @defer.inlineCallbacks
+    def test_truncate_through_the_hub(self):
+        hub = self.make_hub()
+        yield hub.append(txn(up("items", 1), up("items", 2), up("other", 1)))
+        r = yield hub.append(txn(tr("items"), up("items", 3)))
+        self.assertEqual([(c.key, c.deleted) for c in r.changes], [(("1",), True), (("2",), True), (("3",), False)])
+        self.assertEqual(hub.status()["row_count"], 2)
+
+
+class PositionTests(HubTestCase):
+    @defer.inlineCallbacks
+    def test_client_lsn_round_trip_and_foreign(self):
+        hub = self.make_hub()
+        lsn = hub.client_lsn(42)
+        self.assertEqual(hub.position_from_client_lsn(lsn), 42)
+        other = EmbeddedHub(self.mktemp(), reactor, compact_interval=0)
+        other.startService()
+        self.addCleanup(other.stopService)
+        with self.assertRaises(ValueError) as e:
+            other.position_from_client_lsn(lsn)
+        self.assertIn("not this hub", str(e.exception))
+        hub = yield self.reopen(hub)
+        self.assertEqual(hub.position_from_client_lsn(lsn), 42)
