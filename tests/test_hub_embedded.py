@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -19,8 +21,13 @@ def later(seconds=0.0):
 
 class HubTestCase(unittest.TestCase):
     def setUp(self):
-        self.dir = self.mktemp()
+        self.dir = self.tempdir()
         self.hubs = []
+
+    def tempdir(self):
+        path = tempfile.mkdtemp(prefix="hubtest-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
 
     def make_hub(self, **kw):
         kw.setdefault("compact_interval", 0)
@@ -348,7 +355,7 @@ class PositionTests(HubTestCase):
         hub = self.make_hub()
         lsn = hub.client_lsn(42)
         self.assertEqual(hub.position_from_client_lsn(lsn), 42)
-        other = EmbeddedHub(self.mktemp(), reactor, compact_interval=0)
+        other = EmbeddedHub(self.tempdir(), reactor, compact_interval=0)
         other.startService()
         self.addCleanup(other.stopService)
         with self.assertRaises(ValueError) as e:
