@@ -1,0 +1,521 @@
+"""
+What Electric sets up in each Postgres, and what it reads from its catalog.
+
+Everything here runs over an ordinary SQL session (txpostgres, which is
+always autocommit) and is idempotent: a restart, a second Electric pointed at
+the same database or a changed configuration re-runs it and converges to the
+same state instead of failing on "already exists".
+
+The steps (postgres-inbound.md section 3, with this project's departures):
+
+* ``electric`` schema and ``electric.migrations`` table;
+* the publication ``FOR ALL TABLES`` and the logical slot Electric reads;
+* catalog introspection into `Table`s, deciding which tables Electric can
+  carry (a primary key, only built-in column types) and why not the others;
+* an upsert trigger on every carried table, enabled only for replica
+  sessions, so a stock Postgres subscriber applies Electric's INSERTs of
+  rows it already has as UPDATEs (departure 1);
+* the subscription back to Electric's port 5433, created disabled and
+  corrected when its connection string or publication is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import psycopg2
+from twisted.internet import defer
+from txpostgres import txpostgres
+
+from electric.config import Config, Connector
+from electric.postgres import types
+from electric.schema import Column, Table
+
+log = logging.getLogger(__name__)
+
+ELECTRIC_SCHEMA = "electric"
+TRIGGER_NAME = "electric_upsert"
+
+DUPLICATE_OBJECT = "42710"
+
+
+class SetupError(Exception):
+    """A setup step failed; the message says which and why."""
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    # standard_conforming_strings is on in every supported Postgres.
+    return "'" + value.replace("'", "''") + "'"
+
+
+def qualified(schema: str, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def conninfo_value(value) -> str:
+    """A libpq conninfo value, quoted only when it has to be."""
+    text = str(value)
+    if text and not any(ch.isspace() or ch in "'\\=" for ch in text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def subscription_conninfo(config: Config, connector: Connector, user: str, password: str) -> str:
+    """The conninfo a connector's subscription uses to reach Electric's port 5433."""
+    timeout_s = max(1, connector.connect_timeout_ms // 1000)
+    pairs = [
+        ("host", config.electric_host),
+        ("port", config.postgres_replication_port),
+        ("dbname", connector.name),
+        ("user", user),
+        ("password", password),
+        ("sslmode", "disable"),
+        ("connect_timeout", timeout_s),
+    ]
+    return " ".join(f"{k}={conninfo_value(v)}" for k, v in pairs)
+
+
+@dataclass(frozen=True)
+class SkippedTable:
+    schema: str
+    name: str
+    reason: str
+
+    def as_dict(self):
+        return {"schema": self.schema, "table": self.name, "reason": self.reason}
+
+
+@dataclass
+class Introspection:
+    """The catalog's view of the publication: carried tables and the rest."""
+
+    tables: List[Table] = field(default_factory=list)
+    oids: Dict[Tuple[str, str], int] = field(default_factory=dict)
+    skipped: List[SkippedTable] = field(default_factory=list)
+
+
+# -- catalog queries --------------------------------------------------------
+
+_TABLES_SQL = """
+SELECT DISTINCT ON (c.oid) c.oid, n.nspname, c.relname, c.relreplident
+FROM pg_catalog.pg_publication_tables pt
+JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
+JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+WHERE pt.pubname = %s AND n.nspname <> 'electric'
+ORDER BY c.oid
+"""
+
+_ONE_TABLE_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relreplident,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
+               WHERE pt.pubname = %s AND pt.schemaname = n.nspname AND pt.tablename = c.relname)
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+"""
+
+# Generated columns are not published by pgoutput, so they are not ours either.
+_COLUMNS_SQL = """
+SELECT a.attrelid, a.attname, a.atttypid, a.atttypmod, t.typname,
+       a.attnum = ANY (i.indkey) AS in_identity
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = pg_catalog.pg_get_replica_identity_index(a.attrelid)
+WHERE a.attrelid = ANY (%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+ORDER BY a.attrelid, a.attnum
+"""
+
+# Key columns in index order (not attnum order), as the PK declares them.
+_PRIMARY_KEYS_SQL = """
+SELECT i.indrelid, a.attname
+FROM pg_catalog.pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indisprimary AND i.indrelid = ANY (%s::oid[])
+ORDER BY i.indrelid, k.ord
+"""
+
+
+def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
+    """
+    Pure: turn the three catalog results into carried and skipped tables.
+    `table_rows`: (oid, schema, name, relreplident); `column_rows`: (relid,
+    name, type oid, typmod, typname, in_identity); `pk_rows`: (relid, name).
+    """
+    columns: Dict[int, List[tuple]] = {}
+    for row in column_rows:
+        columns.setdefault(int(row[0]), []).append(row)
+    pks: Dict[int, List[str]] = {}
+    for relid, name in pk_rows:
+        pks.setdefault(int(relid), []).append(name)
+    result = Introspection()
+    for oid, schema, name, ident in table_rows:
+        oid = int(oid)
+        ident = ident if isinstance(ident, str) else ident.decode()
+        cols = columns.get(oid, [])
+        if not cols:
+            continue
+        key = pks.get(oid)
+        if not key:
+            result.skipped.append(SkippedTable(schema, name, "table has no primary key"))
+            continue
+        bad = []
+        out: List[Column] = []
+        for _relid, colname, typoid, typmod, typname, in_identity in cols:
+            pgtype = types.find_by_oid(int(typoid))
+            if pgtype is None:
+                bad.append(f'column "{colname}" has type {typname} (oid {typoid}), which is not a built-in type')
+                continue
+            if ident == "f":
+                part = None
+            elif ident == "n":
+                part = False
+            else:
+                part = bool(in_identity)
+            out.append(Column(colname, pgtype.name, pgtype.oid, int(typmod), part))
+        if bad:
+            result.skipped.append(SkippedTable(schema, name, "; ".join(bad)))
+            continue
+        table = Table(schema, name, tuple(out), tuple(key), ident)
+        result.tables.append(table)
+        result.oids[(schema, name)] = oid
+    return result
+
+
+# -- the upsert trigger -----------------------------------------------------
+
+
+def upsert_function_name(oid: int) -> str:
+    return f"upsert_{oid}"
+
+
+def upsert_function_body(table: Table) -> str:
+    """
+    plpgsql body: an INSERT of a key that exists becomes an UPDATE of that row.
+    Only replica sessions fire it, so local applications keep their normal
+    unique-violation errors.
+    """
+    target = qualified(table.schema, table.name)
+    where = " AND ".join(f"{quote_ident(k)} = NEW.{quote_ident(k)}" for k in table.primary_key)
+    others = [c.name for c in table.columns if c.name not in table.primary_key]
+    if others:
+        sets = ", ".join(f"{quote_ident(c)} = NEW.{quote_ident(c)}" for c in others)
+        probe = f"UPDATE {target} SET {sets} WHERE {where};"
+    else:
+        probe = f"PERFORM 1 FROM {target} WHERE {where};"
+    return (
+        "\nBEGIN\n"
+        f"  {probe}\n"
+        "  IF FOUND THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
+        "  RETURN NEW;\n"
+        "END;\n"
+    )
+
+
+def _dollar_quote(body: str) -> str:
+    tag = "$electric$"
+    n = 0
+    while tag in body:
+        n += 1
+        tag = f"$electric{n}$"
+    return f"{tag}{body}{tag}"
+
+
+def upsert_trigger_sql(table: Table, oid: int) -> List[str]:
+    fn = f"{quote_ident(ELECTRIC_SCHEMA)}.{quote_ident(upsert_function_name(oid))}"
+    target = qualified(table.schema, table.name)
+    return [
+        f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS "
+        + _dollar_quote(upsert_function_body(table)),
+        f"CREATE OR REPLACE TRIGGER {quote_ident(TRIGGER_NAME)} BEFORE INSERT ON {target} "
+        f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        f"ALTER TABLE {target} ENABLE REPLICA TRIGGER {quote_ident(TRIGGER_NAME)}",
+    ]
+
+
+_TRIGGER_STATE_SQL = """
+SELECT t.tgrelid, t.tgenabled, p.prosrc, p.proname, pn.nspname
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE t.tgname = %s AND t.tgrelid = ANY (%s::oid[])
+"""
+
+
+# -- the session ------------------------------------------------------------
+
+
+class _Connection(txpostgres.Connection):
+    """
+    txpostgres re-polls a connection whose startup failed (e.g. a wrong
+    password) after it already failed the connect Deferred, and that second
+    error would escape into the reactor as an unhandled exception.
+    """
+
+    def _quiet(self, method):
+        try:
+            method()
+        except psycopg2.Error:
+            self.reactor.removeReader(self)
+            self.reactor.removeWriter(self)
+
+    def doRead(self):
+        self._quiet(super().doRead)
+
+    def doWrite(self):
+        self._quiet(super().doWrite)
+
+
+def _pgcode(failure_or_exc) -> Optional[str]:
+    exc = getattr(failure_or_exc, "value", failure_or_exc)
+    return getattr(exc, "pgcode", None)
+
+
+def error_text(exc) -> str:
+    """The server's message, without psycopg2's decoration."""
+    exc = getattr(exc, "value", exc)
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return primary
+    return " ".join(str(exc).split())
+
+
+class SetupSession:
+    """
+    One SQL session to one connector's Postgres.  Open it with `open`, call
+    the steps, then `close`; every method returns a Deferred.
+    """
+
+    def __init__(self, connector: Connector, reactor=None):
+        self.connector = connector
+        self._reactor = reactor
+        self._conn: Optional[txpostgres.Connection] = None
+
+    @defer.inlineCallbacks
+    def open(self):
+        conn = _Connection(reactor=self._reactor)
+        try:
+            yield conn.connect(self.connector.dsn())
+        except psycopg2.Error as e:
+            try:
+                conn.close()
+            except Exception:
+                pass
+            raise SetupError(f"cannot connect to {self.connector.host}:{self.connector.port}: {error_text(e)}") from e
+        self._conn = conn
+        return self
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already closed by the server
+                pass
+
+    def query(self, sql: str, args=None):
+        return self._conn.runQuery(sql, args)
+
+    def execute(self, sql: str, args=None):
+        return self._conn.runOperation(sql, args)
+
+    @defer.inlineCallbacks
+    def _tolerate_duplicate(self, sql: str, args=None):
+        try:
+            yield self.execute(sql, args)
+        except psycopg2.Error as e:
+            if e.pgcode != DUPLICATE_OBJECT:
+                raise
+
+    # -- steps --
+
+    @defer.inlineCallbacks
+    def ensure_migrations_table(self):
+        yield self._tolerate_duplicate(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ELECTRIC_SCHEMA)}")
+        yield self._tolerate_duplicate(
+            f"CREATE TABLE IF NOT EXISTS {quote_ident(ELECTRIC_SCHEMA)}.migrations ("
+            " id serial PRIMARY KEY,"
+            " version varchar(64) NOT NULL UNIQUE,"
+            " hash varchar(64) NOT NULL,"
+            " applied_at timestamptz DEFAULT now())"
+        )
+
+    @defer.inlineCallbacks
+    def ensure_publication(self, publication: str):
+        rows = yield self.query("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = %s", (publication,))
+        if rows and not rows[0][0]:
+            log.warning(
+                'connector %s: publication "%s" exists but is not FOR ALL TABLES; using it as it is',
+                self.connector.name, publication,
+            )
+        if not rows:
+            yield self._tolerate_duplicate(f"CREATE PUBLICATION {quote_ident(publication)} FOR ALL TABLES")
+
+    @defer.inlineCallbacks
+    def ensure_slot(self, slot: str):
+        """Create the logical slot if missing; returns its confirmed flush LSN (int, 0 if unknown)."""
+        rows = yield self.query(
+            "SELECT plugin, database, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        if not rows:
+            try:
+                yield self.query("SELECT pg_catalog.pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            except psycopg2.Error as e:
+                if e.pgcode != DUPLICATE_OBJECT:
+                    raise
+            rows = yield self.query(
+                "SELECT plugin, database, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                (slot,),
+            )
+        plugin, database, confirmed = rows[0]
+        if plugin != "pgoutput" or database != self.connector.database:
+            raise SetupError(
+                f'replication slot "{slot}" exists for plugin {plugin!r} in database {database!r}, '
+                f"not pgoutput in {self.connector.database!r}; drop it or set POSTGRES_SLOT to another name"
+            )
+        from electric.postgres.lsn import parse_lsn
+
+        return parse_lsn(confirmed) if confirmed else 0
+
+    @defer.inlineCallbacks
+    def introspect(self, publication: str):
+        table_rows = yield self.query(_TABLES_SQL, (publication,))
+        result = yield self._describe(table_rows)
+        return result
+
+    @defer.inlineCallbacks
+    def introspect_table(self, publication: str, schema: str, name: str):
+        """One table, whether or not it is published (None: no such table / not published)."""
+        rows = yield self.query(_ONE_TABLE_SQL, (publication, schema, name))
+        rows = [r[:4] for r in rows if r[4]]
+        if not rows or schema == ELECTRIC_SCHEMA:
+            return Introspection()
+        result = yield self._describe(rows)
+        return result
+
+    @defer.inlineCallbacks
+    def _describe(self, table_rows):
+        oids = [int(r[0]) for r in table_rows]
+        if not oids:
+            return Introspection()
+        column_rows = yield self.query(_COLUMNS_SQL, (oids,))
+        pk_rows = yield self.query(_PRIMARY_KEYS_SQL, (oids,))
+        return build_tables(table_rows, column_rows, pk_rows)
+
+    @defer.inlineCallbacks
+    def install_upsert_triggers(self, tables: Iterable[Table], oids: Dict[Tuple[str, str], int]):
+        """(Re)install the replica-only upsert trigger where it is missing or stale."""
+        tables = list(tables)
+        if not tables:
+            return 0
+        yield self._tolerate_duplicate(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ELECTRIC_SCHEMA)}")
+        wanted = {oids[t.qualified]: t for t in tables}
+        rows = yield self.query(_TRIGGER_STATE_SQL, (TRIGGER_NAME, list(wanted)))
+        current = {int(r[0]): r for r in rows}
+        installed = 0
+        for oid, table in wanted.items():
+            have = current.get(oid)
+            if (
+                have is not None
+                and have[1] == "R"
+                and have[2] == upsert_function_body(table)
+                and have[3] == upsert_function_name(oid)
+                and have[4] == ELECTRIC_SCHEMA
+            ):
+                continue
+            for sql in upsert_trigger_sql(table, oid):
+                yield self.execute(sql)
+            installed += 1
+        return installed
+
+    @defer.inlineCallbacks
+    def ensure_subscription(self, name: str, publication: str, conninfo: str):
+        """
+        Create the (disabled) subscription, or correct a stale one; returns its oid.
+        CREATE SUBSCRIPTION and ALTER ... CONNECTION do not contact Electric.
+        """
+        sql = (
+            "SELECT s.oid, s.subconninfo, s.subpublications FROM pg_catalog.pg_subscription s "
+            "JOIN pg_catalog.pg_database d ON d.oid = s.subdbid "
+            "WHERE s.subname = %s AND d.datname = current_database()"
+        )
+        rows = yield self.query(sql, (name,))
+        if not rows:
+            yield self._tolerate_duplicate(
+                f"CREATE SUBSCRIPTION {quote_ident(name)} CONNECTION {quote_literal(conninfo)} "
+                f"PUBLICATION {quote_ident(publication)} WITH (connect = false)"
+            )
+            rows = yield self.query(sql, (name,))
+        oid, current_conninfo, publications = rows[0]
+        if current_conninfo != conninfo:
+            log.info("connector %s: subscription %s had a stale connection string; correcting it", name, name)
+            yield self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} CONNECTION {quote_literal(conninfo)}")
+        if list(publications or []) != [publication]:
+            log.info("connector %s: subscription %s had publications %s; setting %s", name, name, publications, publication)
+            yield self.execute(
+                f"ALTER SUBSCRIPTION {quote_ident(name)} SET PUBLICATION {quote_ident(publication)} WITH (refresh = false)"
+            )
+        return int(oid)
+
+    @defer.inlineCallbacks
+    def subscription_enabled(self, name: str):
+        rows = yield self.query(
+            "SELECT s.subenabled FROM pg_catalog.pg_subscription s "
+            "JOIN pg_catalog.pg_database d ON d.oid = s.subdbid "
+            "WHERE s.subname = %s AND d.datname = current_database()",
+            (name,),
+        )
+        return bool(rows and rows[0][0])
+
+    def enable_subscription(self, name: str):
+        return self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} ENABLE")
+
+    def disable_subscription(self, name: str):
+        return self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} DISABLE")
+
+    def refresh_subscription(self, name: str, copy_data: bool = True):
+        flag = "true" if copy_data else "false"
+        return self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} REFRESH PUBLICATION WITH (copy_data = {flag})")
+
+
+@dataclass
+class SetupResult:
+    introspection: Introspection
+    subscription_oid: int
+    slot_confirmed_lsn: int
+
+
+@defer.inlineCallbacks
+def run_setup(config: Config, connector: Connector, credentials, reactor=None):
+    """Every idempotent setup step, in order, on one fresh session."""
+    session = SetupSession(connector, reactor)
+    yield session.open()
+    try:
+        yield session.ensure_migrations_table()
+        yield session.ensure_publication(config.publication)
+        confirmed = yield session.ensure_slot(config.slot)
+        found = yield session.introspect(config.publication)
+        yield session.install_upsert_triggers(found.tables, found.oids)
+        user, password = credentials.for_connector(connector.name)
+        conninfo = subscription_conninfo(config, connector, user, password)
+        suboid = yield session.ensure_subscription(connector.name, config.publication, conninfo)
+    finally:
+        session.close()
+    return SetupResult(found, suboid, confirmed)
+
+
+def apply_to_registry(registry, origin: str, tables: Sequence[Table]) -> List[Table]:
+    """Register `tables` and record them as `origin`'s; returns the registered copies."""
+    registered = [registry.register(t) for t in tables]
+    registry.set_database_tables(origin, tables)
+    return registered

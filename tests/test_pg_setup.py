@@ -1,0 +1,223 @@
+"""
+Per-connector setup against a real Postgres 15: publication, slot,
+introspection, upsert triggers, subscription (created, corrected, enabled).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from electric.config import Config
+from electric.postgres import setup
+from electric.postgres.credentials import SubscriberCredentials
+from electric.schema import SchemaRegistry
+from tests.pgcluster import PgCluster
+
+_cluster = None
+
+
+def cluster() -> PgCluster:
+    global _cluster
+    if _cluster is None or not _cluster.started:
+        _cluster = PgCluster().start()
+    return _cluster
+
+
+def tearDownModule():
+    global _cluster
+    if _cluster is not None:
+        _cluster.destroy()
+        _cluster = None
+
+
+def make_config(pg: PgCluster, name="postgres_1", **overrides) -> Config:
+    env = {
+        "CONNECTORS": f"{name}={pg.url}",
+        "POSTGRES_PUBLICATION": overrides.pop("publication", "all_tables"),
+        "POSTGRES_SLOT": overrides.pop("slot", "all_changes"),
+        "ELECTRIC_HOST": overrides.pop("electric_host", "127.0.0.1"),
+        "POSTGRES_REPLICATION_PORT": str(overrides.pop("port", 5433)),
+    }
+    env.update(overrides)
+    return Config.from_environ(env)
+
+
+class PureTests(unittest.TestCase):
+    def test_quote_ident(self):
+        self.assertEqual(setup.quote_ident('we"ird'), '"we""ird"')
+        self.assertEqual(setup.quote_literal("it's"), "'it''s'")
+
+    def test_conninfo(self):
+        pg_url = "postgresql://u:p@localhost:5432/db?timeout=7000"
+        config = Config.from_environ({"CONNECTORS": f"pg_a={pg_url}", "ELECTRIC_HOST": "electric.local",
+                                      "POSTGRES_REPLICATION_PORT": "6543"})
+        info = setup.subscription_conninfo(config, config.connector("pg_a"), "pg_a", "s3cret")
+        self.assertEqual(
+            info,
+            "host=electric.local port=6543 dbname=pg_a user=pg_a password=s3cret sslmode=disable connect_timeout=7",
+        )
+        self.assertEqual(setup.conninfo_value("a b'c"), "'a b\\'c'")
+
+    def test_build_tables_skips_with_reasons(self):
+        tables = [(1, "public", "ok", "d"), (2, "public", "nokey", "d"), (3, "public", "enum", "d"),
+                  (4, "public", "full", "f")]
+        cols = [
+            (1, "id", 23, -1, "int4", True), (1, "v", 1043, 24, "varchar", False),
+            (2, "v", 25, -1, "text", None),
+            (3, "id", 23, -1, "int4", True), (3, "mood", 16999, -1, "mood", False),
+            (4, "a", 25, -1, "text", None), (4, "b", 1007, -1, "_int4", None),
+        ]
+        pks = [(1, "id"), (3, "id"), (4, "a")]
+        out = setup.build_tables(tables, cols, pks)
+        self.assertEqual([t.name for t in out.tables], ["ok", "full"])
+        ok = out.tables[0]
+        self.assertEqual([(c.name, c.type_name, c.type_modifier, c.part_of_identity) for c in ok.columns],
+                         [("id", "int4", -1, True), ("v", "varchar", 24, False)])
+        full = out.tables[1]
+        self.assertEqual(full.replica_identity, "f")
+        self.assertEqual([c.part_of_identity for c in full.columns], [None, None])
+        self.assertEqual(full.columns[1].type_name, "_int4")
+        reasons = {s.name: s.reason for s in out.skipped}
+        self.assertEqual(reasons["nokey"], "table has no primary key")
+        self.assertIn('column "mood" has type mood (oid 16999)', reasons["enum"])
+
+
+class SetupTests(unittest.TestCase):
+    def setUp(self):
+        self.pg = cluster()
+        self.datadir = tempfile.mkdtemp(prefix="esetup")
+        # Each test starts from a clean database.
+        self.pg.psql("DROP DATABASE IF EXISTS electric WITH (FORCE)", dbname="postgres")
+        self.pg.psql("CREATE DATABASE electric", dbname="postgres")
+        self.pg.psql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots", dbname="postgres")
+
+    def tearDown(self):
+        # Subscriptions live in their database; drop them so DROP DATABASE works.
+        self.pg.psql(
+            "DO $$DECLARE s record; BEGIN FOR s IN SELECT subname FROM pg_subscription LOOP "
+            "EXECUTE format('ALTER SUBSCRIPTION %I DISABLE', s.subname); "
+            "EXECUTE format('ALTER SUBSCRIPTION %I SET (slot_name = NONE)', s.subname); "
+            "EXECUTE format('DROP SUBSCRIPTION %I', s.subname); END LOOP; END$$",
+            check=False,
+        )
+
+    def creds(self, config):
+        return SubscriberCredentials(self.datadir, [c.name for c in config.connectors])
+
+    @defer.inlineCallbacks
+    def test_setup_is_idempotent_and_introspects(self):
+        pg = self.pg
+        pg.psql(
+            "CREATE TABLE items (id text PRIMARY KEY, content varchar(20), n int4, tags text[],"
+            " g int GENERATED ALWAYS AS (n * 2) STORED);"
+            "CREATE TABLE composite (a int, b text, c numeric(10,2), PRIMARY KEY (b, a));"
+            "ALTER TABLE composite REPLICA IDENTITY FULL;"
+            "CREATE TABLE nokey (v text);"
+            "CREATE TYPE mood AS ENUM ('happy', 'sad');"
+            "CREATE TABLE moods (id int PRIMARY KEY, m mood);"
+        )
+        config = make_config(pg)
+        connector = config.connectors[0]
+        creds = self.creds(config)
+        first = yield setup.run_setup(config, connector, creds)
+        second = yield setup.run_setup(config, connector, creds)
+        self.assertEqual(first.subscription_oid, second.subscription_oid)
+        found = second.introspection
+        by_name = {t.name: t for t in found.tables}
+        self.assertEqual(sorted(by_name), ["composite", "items"])
+        items = by_name["items"]
+        self.assertEqual(items.column_names, ("id", "content", "n", "tags"))
+        self.assertEqual(items.primary_key, ("id",))
+        self.assertEqual(items.column("content").type_modifier, 24)
+        self.assertEqual(items.column("tags").type_name, "_text")
+        self.assertEqual(by_name["composite"].primary_key, ("b", "a"))
+        self.assertEqual(by_name["composite"].replica_identity, "f")
+        self.assertEqual(by_name["composite"].column("c").type_modifier, 655366)
+        skipped = {s.name: s.reason for s in found.skipped}
+        self.assertEqual(sorted(skipped), ["moods", "nokey"])
+        self.assertIn("mood", skipped["moods"])
+        # electric.migrations exists and is not offered as a replicated table.
+        self.assertEqual(pg.psql("SELECT count(*) FROM electric.migrations").strip(), "0")
+        self.assertNotIn("migrations", by_name)
+        self.assertEqual(pg.psql("SELECT puballtables FROM pg_publication WHERE pubname='all_tables'").strip(), "t")
+        self.assertEqual(
+            pg.psql("SELECT plugin, database FROM pg_replication_slots WHERE slot_name='all_changes'").strip(),
+            "pgoutput|electric",
+        )
+        sub = pg.psql("SELECT subenabled, subpublications::text FROM pg_subscription WHERE subname='postgres_1'")
+        self.assertEqual(sub.strip(), "f|{all_tables}")
+        self.assertEqual(
+            pg.psql("SELECT tgenabled FROM pg_trigger WHERE tgname='electric_upsert' ORDER BY tgrelid").split(),
+            ["R", "R"],
+        )
+        registry = SchemaRegistry()
+        setup.apply_to_registry(registry, connector.name, found.tables)
+        self.assertEqual(registry.get("public", "items").relation_id, 20000 + [t.name for t in found.tables].index("items"))
+        self.assertEqual(sorted(t.name for t in registry.database_tables(connector.name)), ["composite", "items"])
+
+    @defer.inlineCallbacks
+    def test_stale_subscription_is_corrected(self):
+        pg = self.pg
+        config = make_config(pg, electric_host="10.0.0.1")
+        creds = self.creds(config)
+        yield setup.run_setup(config, config.connectors[0], creds)
+        info = pg.psql("SELECT subconninfo FROM pg_subscription WHERE subname='postgres_1'").strip()
+        self.assertIn("host=10.0.0.1 port=5433 dbname=postgres_1 user=postgres_1 password=", info)
+        moved = make_config(pg, electric_host="127.0.0.2", port=6000, publication="other_pub")
+        yield setup.run_setup(moved, moved.connectors[0], creds)
+        row = pg.psql("SELECT subconninfo, subpublications::text FROM pg_subscription WHERE subname='postgres_1'")
+        self.assertIn("host=127.0.0.2 port=6000 ", row)
+        self.assertTrue(row.strip().endswith("|{other_pub}"), row)
+
+    @defer.inlineCallbacks
+    def test_upsert_trigger_only_in_replica_sessions(self):
+        pg = self.pg
+        tbl = '"Odd ""name"""'
+        pg.psql(f'CREATE TABLE {tbl} (k int, j text, "v x" text, w int, PRIMARY KEY (k, j))')
+        config = make_config(pg)
+        yield setup.run_setup(config, config.connectors[0], self.creds(config))
+        pg.psql(f"INSERT INTO {tbl} VALUES (1, 'a', 'first', 1)")
+        # A replica session's conflicting INSERT becomes an UPDATE of the row.
+        pg.psql(f"SET session_replication_role = replica; INSERT INTO {tbl} VALUES (1, 'a', 'second', 2);"
+                f"INSERT INTO {tbl} VALUES (2, 'b', 'new', 3)")
+        self.assertEqual(pg.psql(f'SELECT k, j, "v x", w FROM {tbl} ORDER BY k').split(),
+                         ["1|a|second|2", "2|b|new|3"])
+        # A local session still gets its unique violation.
+        with self.assertRaises(RuntimeError) as cm:
+            pg.psql(f"INSERT INTO {tbl} VALUES (1, 'a', 'third', 3)")
+        self.assertIn("duplicate key value violates unique constraint", str(cm.exception))
+        self.assertEqual(pg.psql(f'SELECT "v x" FROM {tbl} WHERE k=1').strip(), "second")
+
+    @defer.inlineCallbacks
+    def test_trigger_follows_new_columns(self):
+        pg = self.pg
+        pg.psql("CREATE TABLE t (id int PRIMARY KEY, a text)")
+        config = make_config(pg)
+        creds = self.creds(config)
+        yield setup.run_setup(config, config.connectors[0], creds)
+        pg.psql("ALTER TABLE t ADD COLUMN b text; INSERT INTO t VALUES (1, 'x', 'y')")
+        session = setup.SetupSession(config.connectors[0])
+        yield session.open()
+        try:
+            found = yield session.introspect_table(config.publication, "public", "t")
+            self.assertEqual(found.tables[0].column_names, ("id", "a", "b"))
+            n = yield session.install_upsert_triggers(found.tables, found.oids)
+            self.assertEqual(n, 1)
+            n = yield session.install_upsert_triggers(found.tables, found.oids)
+            self.assertEqual(n, 0)
+        finally:
+            session.close()
+        pg.psql("SET session_replication_role = replica; INSERT INTO t VALUES (1, 'x2', 'y2')")
+        self.assertEqual(pg.psql("SELECT a, b FROM t").strip(), "x2|y2")
+
+    @defer.inlineCallbacks
+    def test_wrong_password_is_a_clear_error(self):
+        pg = self.pg
+        config = Config.from_environ({"CONNECTORS": f"pg_bad=postgresql://electric:nope@127.0.0.1:{pg.port}/electric"})
+        with self.assertRaises(setup.SetupError) as cm:
+            yield setup.run_setup(config, config.connectors[0], self.creds(config))
+        self.assertIn('password authentication failed for user "electric"', str(cm.exception))
