@@ -182,18 +182,25 @@ class JsonShapeTest(unittest.TestCase):
             "origin": "postgres_1", "vsn": "1"})
 
 
+_shared = {}
+
+
+def shared_cluster(key: str = "default") -> PgCluster:
+    """
+    One cluster per module, started on first use: trial has no setUpClass,
+    and a cluster per test would dominate the runtime.  pgcluster destroys
+    it when the process exits.
+    """
+    if key not in _shared:
+        _shared[key] = PgCluster().start()
+    return _shared[key]
+
+
 class ApplyToPostgresTest(TempDirMixin, unittest.TestCase):
     """One real PG 15 database; each test uses its own table names."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.pg = PgCluster().start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.pg.destroy()
-
     def setUp(self):
+        self.pg = shared_cluster()
         self.dir = self.make_dir()
         self.source = MigrationSource(self.dir)
         self.db = MigrationDatabase("postgres_1", self.pg.dsn)
