@@ -1,0 +1,602 @@
+"""
+One Satellite connection as a sans-IO state machine.
+
+The session turns client frames into *actions* (frames to send, a close, a
+transaction to append to the hub, a stream to start) and hub events into
+frames; it never touches a socket, the hub or a clock itself.  The driver
+(`electric.satellite.service.ClientConnection`) carries the actions out and
+feeds the results back (`claim_granted`, `append_done`, `outgoing`, ...).
+That keeps every protocol rule testable without sockets or time.
+
+States: AWAIT_AUTH -> CLAIMING (token valid, waiting until no other live
+connection has the client id) -> READY -> CLOSED.  In READY two independent
+streams run:
+
+- outgoing (hub -> client): STOPPED or ACTIVE, started by the client's
+  SatInStartReplicationReq;
+- incoming (client -> hub): REQUESTED (the server sent its
+  SatInStartReplicationReq) -> ACTIVE (client answered) <-> PAUSED.
+
+Ordering rule (departure 5): a client merges what it receives with its own
+*unacknowledged* writes, so the ack of a client transaction must reach it
+before any hub transaction ordered after it.  The session therefore appends
+one client transaction at a time and holds every outgoing item back while
+an append is in flight or queued.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from electric.hub import changes as hub_changes
+from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot, Transaction
+from electric.satellite import codec
+from electric.satellite.auth import AuthError
+from electric.satellite.codec import (
+    AUTH_REQUIRED,
+    INTERNAL,
+    INVALID_REQUEST,
+    ORIGINAL,
+    PROTO_VERSION_V0_2,
+    PROTO_VSN_MISSMATCH,
+    V0_2,
+    AuthRequest,
+    FrameError,
+)
+from electric.schema import SchemaRegistry, Table
+
+USER_COLUMN = "electric_user_id"
+SNAPSHOT_ROWS_PER_TRANSACTION = 500
+"""Initial-sync rows per SatOpLog, so one frame stays far below the size limit."""
+
+INITIAL_SYNC_LSN = b"0"
+"""
+LSN given to every initial-sync transaction but the last: a client that drops
+in the middle of an initial sync stores it and, asking for "0" again,
+restarts the sync instead of resuming after rows it never got.
+"""
+
+# session states
+AWAIT_AUTH = "await_auth"
+CLAIMING = "claiming"
+READY = "ready"
+CLOSED = "closed"
+
+# stream states
+STOPPED = "stopped"
+REQUESTED = "requested"
+ACTIVE = "active"
+PAUSED = "paused"
+
+# start kinds
+FROM_START = "from_start"  # initial sync from a snapshot, then live
+FROM_HEAD = "from_head"  # only new transactions
+FROM_POSITION = "from_position"  # exact resume after a position
+
+
+# --- actions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    reason: str
+    abort: bool = False  # drop the TCP connection without the closing handshake
+
+
+@dataclass(frozen=True)
+class ClaimClient:
+    """Make this connection the one live connection of `client_id` (answer with claim_granted / claim_refused)."""
+
+    client_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class StartOutgoing:
+    """Stream the hub to the client: `kind` is FROM_START, FROM_HEAD or FROM_POSITION (`position`)."""
+
+    kind: str
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class StopOutgoing:
+    pass
+
+
+@dataclass(frozen=True)
+class Append:
+    """Append `transaction` to the hub; answer with append_done(lsn) / append_failed."""
+
+    transaction: Transaction
+    lsn: bytes
+
+
+@dataclass(frozen=True)
+class PersistClientLsn:
+    """Store `lsn` as the last acknowledged transaction of `client_id`."""
+
+    client_id: str
+    lsn: bytes
+
+
+class _OpenTransaction:
+    __slots__ = ("lsn", "timestamp_ms", "changes")
+
+    def __init__(self, lsn: bytes, timestamp_ms: int):
+        self.lsn = lsn
+        self.timestamp_ms = timestamp_ms
+        self.changes: List = []
+
+
+class SatelliteSession:
+    """
+    `authenticator`: `.authenticate(token) -> user_id` (raises AuthError).
+    `lsn_of(position) -> bytes` and `position_of(lsn) -> int` (ValueError when
+    the bytes are not an LSN of this hub) translate hub positions.
+    `logger(text)` receives one line per notable event (never a token).
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        authenticator,
+        regional_id: str,
+        lsn_of: Callable[[int], bytes],
+        position_of: Callable[[bytes], int],
+        logger: Optional[Callable[[str], None]] = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.registry = registry
+        self.authenticator = authenticator
+        self.regional_id = regional_id
+        self.lsn_of = lsn_of
+        self.position_of = position_of
+        self.log = logger or (lambda text: None)
+        self.clock = clock
+
+        self.state = AWAIT_AUTH
+        self.gen = ORIGINAL
+        self.client_id: Optional[str] = None
+        self.user_id: Optional[str] = None
+        self.outgoing_state = STOPPED
+        self.incoming_state = STOPPED
+        self.client_ack_lsn: Optional[bytes] = None  # last server LSN the client says it applied
+
+        self._deferred_frames: List[Tuple[bytes, bool]] = []
+        self._client_relations: Dict[int, codec.satellite_pb2.SatRelation] = {}
+        self._sent_relations: Dict[Tuple[str, str], Tuple] = {}
+        self._open: Optional[_OpenTransaction] = None
+        self._append_queue: Deque[Tuple[Transaction, bytes]] = collections.deque()
+        self._append_in_flight: Optional[bytes] = None
+        self._held: Deque = collections.deque()
+        self._active_since_tick = False
+        self._ping_outstanding = False
+        self.appended = 0
+        self.delivered = 0
+
+    # --- properties the driver polls ---------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    @property
+    def appends_pending(self) -> bool:
+        return self._append_in_flight is not None or bool(self._append_queue)
+
+    @property
+    def wants_transactions(self) -> bool:
+        """True when the driver should pull more hub transactions for this client."""
+        return (
+            self.state == READY
+            and self.outgoing_state == ACTIVE
+            and not self.appends_pending
+            and not self._held
+        )
+
+    # --- helpers ---------------------------------------------------------
+
+    def _frame(self, name: str, **fields) -> Send:
+        return Send(codec.encode(self.gen, getattr(self.gen.pb, name)(**fields)))
+
+    def _fail(self, code: int, reason: str) -> List:
+        if self.state == CLOSED:
+            return []
+        self.state = CLOSED
+        self.log(f"closing: {reason}")
+        return [self._frame("SatErrorResp", error_type=code), Close(reason)]
+
+    # --- input: frames -------------------------------------------------
+
+    def receive(self, data: bytes, binary: bool = True) -> List:
+        """Actions for one websocket message from the client."""
+        if self.state == CLOSED:
+            return []
+        if self.state == CLAIMING:
+            # The client should be waiting for SatAuthResp; keep order anyway.
+            self._deferred_frames.append((bytes(data), binary))
+            return []
+        if not binary:
+            return self._fail(INTERNAL, "text frame")
+        try:
+            message = codec.decode(self.gen, data)
+        except FrameError as e:
+            return self._fail(e.code, str(e))
+        self._active_since_tick = True
+        self._ping_outstanding = False
+        name = codec.message_name(message)
+        if self.state == AWAIT_AUTH:
+            if name != "SatAuthReq":
+                return self._fail(AUTH_REQUIRED, f"{name} before authentication")
+            return self._on_auth(message)
+        handler = getattr(self, "_on_" + name, None)
+        if handler is None:
+            return self._fail(INVALID_REQUEST, f"unexpected {name}")
+        try:
+            return handler(message)
+        except FrameError as e:
+            return self._fail(e.code, str(e))
+
+    def _on_auth(self, req: AuthRequest) -> List:
+        version = req.proto_version
+        if version is not None:
+            if version != PROTO_VERSION_V0_2:
+                self.gen = V0_2  # the client speaks the header-carrying generation
+                return self._fail(PROTO_VSN_MISSMATCH, f"unsupported protocol version {version!r}")
+            self.gen = V0_2
+        if not req.id or not req.token:
+            return self._fail(INVALID_REQUEST, "SatAuthReq needs a client id and a token")
+        try:
+            user_id = self.authenticator.authenticate(req.token)
+        except AuthError as e:
+            return self._fail(AUTH_REQUIRED, f"client {req.id!r}: authentication failed: {e}")
+        self.client_id = req.id
+        self.user_id = user_id
+        self.state = CLAIMING
+        return [ClaimClient(req.id, user_id)]
+
+    def claim_granted(self, stored_lsn: Optional[bytes]) -> List:
+        """No other connection holds the client id; `stored_lsn` is its last acknowledged LSN."""
+        if self.state != CLAIMING:
+            return []
+        self.state = READY
+        self.log(f"client {self.client_id!r} (user {self.user_id!r}) authenticated, protocol {self.gen.name}")
+        actions = [self._frame("SatAuthResp", id=self.regional_id)]
+        actions.append(
+            self._frame(
+                "SatInStartReplicationReq",
+                lsn=stored_lsn or b"",
+                options=[codec.OPT_SYNC_MODE],
+                sync_batch_size=1,
+            )
+        )
+        self.incoming_state = REQUESTED
+        frames, self._deferred_frames = self._deferred_frames, []
+        for data, binary in frames:
+            actions.extend(self.receive(data, binary))
+        return actions
+
+    def claim_refused(self) -> List:
+        if self.state != CLAIMING:
+            return []
+        return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected")
+
+    def _on_SatAuthReq(self, message) -> List:
+        return self._fail(INVALID_REQUEST, "second SatAuthReq")
+
+    def _on_SatErrorResp(self, message) -> List:
+        self.state = CLOSED
+        self.log(f"client sent SatErrorResp {message.error_type}")
+        return [Close("client error")]
+
+    def _on_SatPingReq(self, message) -> List:
+        return [self._frame("SatPingResp", lsn=b"")]
+
+    def _on_SatPingResp(self, message) -> List:
+        if message.HasField("lsn") and message.lsn:
+            self.client_ack_lsn = bytes(message.lsn)
+        return []
+
+    # --- outgoing stream control -----------------------------------------
+
+    def _on_SatInStartReplicationReq(self, message) -> List:
+        options = set(message.options)
+        if codec.OPT_SYNC_MODE in options and message.sync_batch_size <= 0:
+            raise FrameError(INVALID_REQUEST, "SYNC_MODE needs a positive sync_batch_size")
+        lsn = bytes(message.lsn)
+        if lsn in (b"", b"0"):
+            if lsn == b"" and options - {codec.OPT_FIRST_LSN, codec.OPT_NONE, codec.OPT_SYNC_MODE}:
+                raise FrameError(INVALID_REQUEST, f"unsupported start options {sorted(options)} without an lsn")
+            start = StartOutgoing(FROM_START)
+        elif lsn == b"eof":
+            start = StartOutgoing(FROM_HEAD)
+        else:
+            try:
+                position = self.position_of(lsn)
+            except ValueError as e:
+                if not _looks_issued(lsn):
+                    raise FrameError(INVALID_REQUEST, f"bad start lsn: {e}") from None
+                # A well-formed LSN of another hub (data directory replaced):
+                # the client's data is from a history this hub does not have.
+                self.log(f"start lsn from another hub ({e}); doing an initial sync instead")
+                start = StartOutgoing(FROM_START)
+            else:
+                start = StartOutgoing(FROM_POSITION, position)
+        actions: List = []
+        if self.outgoing_state == ACTIVE:
+            actions.append(StopOutgoing())
+            self._held.clear()
+        self.outgoing_state = ACTIVE
+        self._sent_relations.clear()
+        actions.append(self._frame("SatInStartReplicationResp"))
+        actions.append(start)
+        return actions
+
+    def _on_SatInStopReplicationReq(self, message) -> List:
+        if self.outgoing_state != ACTIVE:
+            raise FrameError(INVALID_REQUEST, "SatInStopReplicationReq while not replicating")
+        self.outgoing_state = STOPPED
+        self._held.clear()
+        return [StopOutgoing(), self._frame("SatInStopReplicationResp")]
+
+    # --- incoming stream -----------------------------------------------
+
+    def _on_SatInStartReplicationResp(self, message) -> List:
+        if self.incoming_state == REQUESTED:
+            self.incoming_state = ACTIVE
+            return []
+        if self.incoming_state == PAUSED:
+            return [self._frame("SatInStopReplicationReq")]
+        raise FrameError(INVALID_REQUEST, f"SatInStartReplicationResp while incoming replication is {self.incoming_state}")
+
+    def _on_SatInStopReplicationResp(self, message) -> List:
+        self.incoming_state = PAUSED
+        return []
+
+    def _on_SatRelation(self, message) -> List:
+        self._client_relations[message.relation_id] = message
+        return []
+
+    def _on_SatOpLog(self, message) -> List:
+        if self.incoming_state != ACTIVE:
+            self.log("SatOpLog while incoming replication is not active: dropped")
+            return []
+        actions: List = []
+        for op in message.ops:
+            kind = op.WhichOneof("op")
+            if kind == "begin":
+                if self._open is not None:
+                    raise FrameError(INVALID_REQUEST, "begin inside an open transaction")
+                if not op.begin.lsn:
+                    raise FrameError(INVALID_REQUEST, "begin without an lsn")
+                self._open = _OpenTransaction(bytes(op.begin.lsn), op.begin.commit_timestamp)
+            elif kind == "commit":
+                if self._open is None:
+                    raise FrameError(INVALID_REQUEST, "commit outside a transaction")
+                txn, self._open = self._open, None
+                actions.extend(self._queue_append(txn))
+            elif kind in ("insert", "update", "delete"):
+                if self._open is None:
+                    raise FrameError(INVALID_REQUEST, f"{kind} outside a transaction")
+                self._open.changes.extend(self._row_op(kind, getattr(op, kind)))
+            else:
+                raise FrameError(INVALID_REQUEST, "empty SatTransOp")
+        return actions
+
+    def _table_for(self, relation_id: int) -> Tuple[Table, List[str]]:
+        relation = self._client_relations.get(relation_id)
+        if relation is None:
+            raise FrameError(INVALID_REQUEST, f"unknown relation id {relation_id}")
+        table = self.registry.find(relation.schema_name or "public", relation.table_name)
+        if table is None:
+            raise FrameError(
+                INVALID_REQUEST, f'unknown table "{relation.schema_name}"."{relation.table_name}"'
+            )
+        names = [c.name for c in relation.columns]
+        for name in names:
+            if table.column(name) is None:
+                raise FrameError(INVALID_REQUEST, f'table "{table.schema}"."{table.name}" has no column "{name}"')
+        return table, names
+
+    def _row_op(self, kind: str, op) -> List:
+        table, names = self._table_for(op.relation_id)
+        try:
+            if kind == "insert":
+                if not op.HasField("row_data"):
+                    raise FrameError(INVALID_REQUEST, "insert without row_data")
+                return hub_changes.insert(table, codec.decode_row(op.row_data, names))
+            if kind == "update":
+                if not op.HasField("row_data"):
+                    raise FrameError(INVALID_REQUEST, "update without row_data")
+                old = codec.decode_row(op.old_row_data, names) if op.HasField("old_row_data") else None
+                return hub_changes.update(table, old, codec.decode_row(op.row_data, names))
+            if not op.HasField("old_row_data"):
+                raise FrameError(INVALID_REQUEST, "delete without old_row_data")
+            return hub_changes.delete(table, codec.decode_row(op.old_row_data, names))
+        except hub_changes.MissingKey as e:
+            raise FrameError(INVALID_REQUEST, str(e)) from None
+
+    def _queue_append(self, txn: _OpenTransaction) -> List:
+        transaction = Transaction(
+            origin=f"satellite:{self.client_id}",
+            origin_id=txn.lsn,
+            commit_timestamp=txn.timestamp_ms * 1000,
+            changes=tuple(txn.changes),
+        )
+        self._append_queue.append((transaction, txn.lsn))
+        return self._next_append()
+
+    def _next_append(self) -> List:
+        if self._append_in_flight is not None or not self._append_queue or self.state != READY:
+            return []
+        transaction, lsn = self._append_queue.popleft()
+        self._append_in_flight = lsn
+        return [Append(transaction, lsn)]
+
+    def append_done(self, lsn: bytes) -> List:
+        """The transaction with client `lsn` is durable in the hub."""
+        if self._append_in_flight != lsn:
+            return []
+        self._append_in_flight = None
+        self.appended += 1
+        if self.state == CLOSED:
+            return [PersistClientLsn(self.client_id, lsn)]
+        actions: List = [self._frame("SatPingResp", lsn=lsn), PersistClientLsn(self.client_id, lsn)]
+        actions.extend(self._next_append())
+        if not self.appends_pending:
+            actions.extend(self._release_held())
+        return actions
+
+    def append_failed(self, reason: str) -> List:
+        self._append_in_flight = None
+        self._append_queue.clear()
+        return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
+
+    def disconnected(self) -> None:
+        """The connection is gone: an open client transaction is dropped, nothing more is appended."""
+        if self._open is not None:
+            self.log(f"client {self.client_id!r} disconnected inside a transaction: dropped")
+        self._open = None
+        self._append_queue.clear()
+        self.state = CLOSED
+
+    # --- outgoing: hub -> client -------------------------------------
+
+    def outgoing(self, transactions: Sequence[ResolvedTransaction]) -> List:
+        """Frames for hub transactions (held back while a client append is pending)."""
+        if self.state == CLOSED or self.outgoing_state != ACTIVE:
+            return []
+        self._held.extend(transactions)
+        if self.appends_pending:
+            return []
+        return self._release_held()
+
+    def snapshot(self, snapshot: Snapshot) -> List:
+        """The initial sync: frames for the current rows the user may see."""
+        if self.state == CLOSED or self.outgoing_state != ACTIVE:
+            return []
+        self._held.append(snapshot)
+        if self.appends_pending:
+            return []
+        return self._release_held()
+
+    def _release_held(self) -> List:
+        actions: List = []
+        while self._held and self.outgoing_state == ACTIVE and self.state == READY:
+            item = self._held.popleft()
+            if isinstance(item, Snapshot):
+                actions.extend(self._snapshot_frames(item))
+            else:
+                actions.extend(self._transaction_frames(item))
+        return actions
+
+    def _visible(self, change: ResolvedChange) -> bool:
+        owner = change.row.get(USER_COLUMN)
+        return owner is None or owner == "" or owner == self.user_id
+
+    def _relation_frames(self, table: Table) -> List:
+        shape = tuple((c.name, c.type_name) for c in table.columns)
+        if self._sent_relations.get(table.qualified) == shape:
+            return []
+        self._sent_relations[table.qualified] = shape
+        pb = self.gen.pb
+        relation = pb.SatRelation(
+            schema_name=table.schema,
+            table_type=0,
+            table_name=table.name,
+            relation_id=table.relation_id,
+            columns=[pb.SatRelationColumn(name=c.name, type=codec.client_type_name(c.type_name)) for c in table.columns],
+        )
+        return [Send(codec.encode(self.gen, relation))]
+
+    def _op_frames(self, changes: Sequence[ResolvedChange], lsn: bytes, timestamp_ms: int) -> List:
+        pb = self.gen.pb
+        relations: List = []
+        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=timestamp_ms, lsn=lsn))]
+        for change in changes:
+            table = self.registry.find(change.schema, change.table)
+            if table is None:
+                self.log(f'change of unknown table "{change.schema}"."{change.table}" not sent')
+                continue
+            if not self._visible(change):
+                continue
+            relations.extend(self._relation_frames(table))
+            row = codec.encode_row(self.gen, table.column_names, change.row)
+            if change.deleted:
+                ops.append(pb.SatTransOp(delete=pb.SatOpDelete(relation_id=table.relation_id, old_row_data=row)))
+            else:
+                ops.append(pb.SatTransOp(update=pb.SatOpUpdate(relation_id=table.relation_id, row_data=row)))
+        if len(ops) == 1:
+            return []  # nothing this user may see
+        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=timestamp_ms, lsn=lsn)))
+        self.delivered += 1
+        return relations + [Send(codec.encode(self.gen, pb.SatOpLog(ops=ops)))]
+
+    def _transaction_frames(self, txn: ResolvedTransaction) -> List:
+        return self._op_frames(txn.changes, self.lsn_of(txn.position), txn.commit_timestamp // 1000)
+
+    def _snapshot_frames(self, snap: Snapshot) -> List:
+        rows = [r for r in snap.rows if not r.deleted and self._visible(r)]
+        final_lsn = self.lsn_of(snap.position)
+        now_ms = int(self.clock() * 1000)
+        actions: List = []
+        chunks = [rows[i : i + SNAPSHOT_ROWS_PER_TRANSACTION] for i in range(0, len(rows), SNAPSHOT_ROWS_PER_TRANSACTION)]
+        for i, chunk in enumerate(chunks):
+            lsn = final_lsn if i == len(chunks) - 1 else INITIAL_SYNC_LSN
+            actions.extend(self._op_frames(chunk, lsn, now_ms))
+        return actions
+
+    # --- timers ----------------------------------------------------------
+
+    def tick(self) -> List:
+        """
+        Heartbeat, called every HEARTBEAT_INTERVAL: ping a silent client,
+        close one that stayed silent for a whole interval after a ping.
+        Never pings before the client is answered (clients of the period
+        would take the ping for the awaited answer).
+        """
+        if self.state != READY:
+            return []
+        if self._active_since_tick:
+            self._active_since_tick = False
+            return []
+        if self._ping_outstanding:
+            self.state = CLOSED
+            self.log(f"client {self.client_id!r} did not answer a ping: closing")
+            return [Close("heartbeat timeout", abort=True)]
+        self._ping_outstanding = True
+        return [self._frame("SatPingReq")]
+
+    def auth_deadline(self) -> List:
+        """The auth deadline passed: a connection that has not authenticated is closed."""
+        if self.state != AWAIT_AUTH:
+            return []
+        return self._fail(AUTH_REQUIRED, "no SatAuthReq before the deadline")
+
+    def stream_failed(self, reason: str) -> List:
+        """The hub side of the outgoing stream broke (e.g. the hub stopped)."""
+        if self.state == CLOSED:
+            return []
+        return self._fail(INTERNAL, f"replication stream failed: {reason}")
+
+
+def _looks_issued(lsn: bytes) -> bool:
+    """True for bytes shaped like a client LSN of *some* hub (right size, intact checksum)."""
+    import struct
+    import zlib
+
+    from electric.hub import positions
+
+    if len(lsn) != positions.CLIENT_LSN_SIZE:
+        return False
+    body, (crc,) = lsn[:-4], struct.unpack("!I", lsn[-4:])
+    return zlib.crc32(body) == crc and body[0] == positions.CLIENT_LSN_VERSION
