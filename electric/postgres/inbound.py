@@ -1,0 +1,414 @@
+"""
+From a Postgres's pgoutput stream to hub `Transaction`s (pure, no I/O).
+
+`TransactionAssembler` eats decoded pgoutput messages in stream order and
+says, at each Commit, what the hub must get: a `Transaction`, or nothing
+(and why), always with the commit's end LSN so the caller can acknowledge
+it in order (`AckTracker`).
+
+What is dropped, and why:
+
+* a transaction whose Origin is Electric's own subscription in that
+  database (``pg_<suboid>``, or ``pg_<suboid>_<relid>`` during table sync):
+  Electric sent those rows itself, forwarding them again would loop
+  (departure 4).  Any other origin is someone else's data and replicates;
+* a transaction touching ``electric.migrations`` / ``electric.meta``
+  (migration bookkeeping, as the original did); other ``electric.*``
+  changes are left out of the transaction;
+* changes to tables Electric skipped (no primary key, unsupported type),
+  counted and logged at most once a minute per table;
+* empty transactions (nothing for the hub; still acknowledged in order).
+
+A Relation whose columns differ from what the registry holds for this
+database (DDL mid-stream, or a table created after setup) stops the
+assembler with `NeedTable`: the caller looks the table up in the catalog,
+calls `table_resolved` and feeds on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from electric.hub import changes as hubchanges
+from electric.hub.interface import RowChange, Transaction
+from electric.hub.changes import MissingKey
+from electric.postgres import pgoutput as po
+from electric.postgres.lsn import format_lsn, pg_to_unix_us
+from electric.schema import Table
+
+log = logging.getLogger(__name__)
+
+ELECTRIC_SCHEMA = "electric"
+BOOKKEEPING_TABLES = frozenset({"migrations", "meta"})
+
+# Why a transaction gave the hub nothing.
+OWN_ORIGIN = "own-origin"
+ELECTRIC_TABLES = "electric-tables"
+EMPTY = "empty"
+
+
+class InboundError(Exception):
+    """The stream contradicts itself; the connection must be dropped and resumed."""
+
+
+def origin_id_of(end_lsn: int) -> bytes:
+    """A Postgres transaction's identity within its origin: the commit end LSN."""
+    return int(end_lsn).to_bytes(8, "big")
+
+
+def own_origin_pattern(subscription_oid: Optional[int]):
+    if subscription_oid is None:
+        return None
+    return re.compile(rf"\Apg_{int(subscription_oid)}(_\d+)?\Z")
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """A committed transaction: append `transaction` (unless None), then ack `end_lsn`."""
+
+    end_lsn: int
+    transaction: Optional[Transaction]
+    dropped: Optional[str] = None  # OWN_ORIGIN / ELECTRIC_TABLES / EMPTY when transaction is None
+
+    @property
+    def rows(self) -> int:
+        return len(self.transaction.changes) if self.transaction is not None else 0
+
+
+@dataclass(frozen=True)
+class NeedTable:
+    """Stop: resolve (schema, name) from the catalog, then `table_resolved`."""
+
+    schema: str
+    name: str
+    relation: po.Relation
+
+
+@dataclass
+class _Rel:
+    relation: po.Relation
+    table: Optional[Table] = None  # None: skipped (see reason) or electric.*
+    skipped: Optional[str] = None
+    electric: bool = False
+
+
+@dataclass
+class _Open:
+    begin: po.Begin
+    origin: Optional[str] = None
+    changes: List[RowChange] = field(default_factory=list)
+    drop: Optional[str] = None
+
+
+def relation_matches(relation: po.Relation, table: Table) -> bool:
+    """Same columns, in order, with the same types: rows map onto `table`."""
+    if len(relation.columns) != len(table.columns):
+        return False
+    for rc, tc in zip(relation.columns, table.columns):
+        if rc.name != tc.name or rc.type_oid != tc.type_oid or rc.type_modifier != tc.type_modifier:
+            return False
+    return True
+
+
+class TransactionAssembler:
+    """
+    `lookup(schema, name)` → (Table or None, skip reason or None): what this
+    database's connector currently knows about a table.
+    """
+
+    def __init__(self, origin: str, lookup: Callable[[str, str], Tuple[Optional[Table], Optional[str]]],
+                 subscription_oid: Optional[int] = None, clock: Callable[[], float] = time.monotonic,
+                 skipped_log_interval: float = 60.0):
+        self.origin = origin
+        self._lookup = lookup
+        self._own = own_origin_pattern(subscription_oid)
+        self._relations: Dict[int, _Rel] = {}
+        self._open: Optional[_Open] = None
+        self._clock = clock
+        self._skip_interval = skipped_log_interval
+        self._skip_counts: Dict[Tuple[str, str], int] = {}
+        self._skip_logged: Dict[Tuple[str, str], float] = {}
+        self.dropped_changes: Dict[Tuple[str, str], int] = {}
+        self.pending: Optional[NeedTable] = None
+
+    def set_subscription_oid(self, oid: Optional[int]) -> None:
+        self._own = own_origin_pattern(oid)
+
+    def is_own_origin(self, name: str) -> bool:
+        return self._own is not None and self._own.match(name) is not None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._open is not None
+
+    # -- feeding --
+
+    def feed(self, msg):
+        """Returns None, an `Assembled` (at Commit) or a `NeedTable` (then stop feeding)."""
+        if self.pending is not None:
+            raise InboundError("fed while waiting for a table lookup")
+        if isinstance(msg, po.Begin):
+            if self._open is not None:
+                raise InboundError(f"Begin of xid {msg.xid} inside an open transaction")
+            self._open = _Open(msg)
+            return None
+        if isinstance(msg, po.Relation):
+            return self._relation(msg)
+        if isinstance(msg, (po.Type,)):
+            return None
+        if isinstance(msg, po.LogicalMessage):
+            return None
+        if isinstance(msg, po.Commit):
+            return self._commit(msg)
+        tx = self._open
+        if tx is None:
+            raise InboundError(f"{type(msg).__name__} outside a transaction")
+        if isinstance(msg, po.Origin):
+            tx.origin = msg.name
+            if self.is_own_origin(msg.name):
+                tx.drop = OWN_ORIGIN
+            return None
+        if tx.drop is not None:
+            return None
+        if isinstance(msg, po.Insert):
+            rel = self._rel(msg.relation_id)
+            if self._usable(rel, tx):
+                record = self._record(rel, msg.new)
+                self._add(tx, rel, lambda: hubchanges.insert(rel.table, record))
+            return None
+        if isinstance(msg, po.Update):
+            rel = self._rel(msg.relation_id)
+            if self._usable(rel, tx):
+                new = self._record(rel, msg.new)
+                if msg.old is not None:
+                    old = self._record(rel, msg.old)
+                elif msg.key is not None:
+                    old = self._key_record(rel, msg.key)
+                else:
+                    old = None
+                self._add(tx, rel, lambda: hubchanges.update(rel.table, old, new))
+            return None
+        if isinstance(msg, po.Delete):
+            rel = self._rel(msg.relation_id)
+            if self._usable(rel, tx):
+                if msg.old is not None:
+                    old = self._record(rel, msg.old)
+                else:
+                    old = self._key_record(rel, msg.key)
+                self._add(tx, rel, lambda: hubchanges.delete(rel.table, old))
+            return None
+        if isinstance(msg, po.Truncate):
+            for relid in msg.relation_ids:
+                rel = self._rel(relid)
+                if self._usable(rel, tx):
+                    self._add(tx, rel, lambda: hubchanges.truncate(rel.table))
+                if tx.drop is not None:
+                    break
+            return None
+        raise InboundError(f"unexpected pgoutput message {type(msg).__name__} (proto_version 1 stream)")
+
+    def table_resolved(self, table: Optional[Table], skipped: Optional[str]) -> None:
+        """Answer to `NeedTable`: the table as the catalog has it, or why it is skipped."""
+        need, self.pending = self.pending, None
+        if need is None:
+            raise InboundError("table_resolved without a pending lookup")
+        rel = need.relation
+        if table is not None and not relation_matches(rel, table):
+            # The catalog moved on (more DDL since this WAL was written): the
+            # stream's own column list is what these rows carry.  Keep the
+            # catalog's key and types for columns we know.
+            table = _table_from_relation(rel, table)
+        if table is None and skipped is None:
+            skipped = "table is not in the publication"
+        self._relations[rel.relation_id] = _Rel(rel, table, None if table is not None else skipped)
+
+    # -- internals --
+
+    def _relation(self, rel: po.Relation):
+        if rel.namespace == ELECTRIC_SCHEMA:
+            self._relations[rel.relation_id] = _Rel(rel, None, None, electric=True)
+            return None
+        table, skipped = self._lookup(rel.namespace, rel.name)
+        if table is not None and relation_matches(rel, table):
+            self._relations[rel.relation_id] = _Rel(rel, table)
+            return None
+        previous = self._relations.get(rel.relation_id)
+        if (
+            table is None and skipped is not None and previous is not None
+            and previous.relation == rel and previous.skipped is not None
+        ):
+            self._relations[rel.relation_id] = _Rel(rel, None, skipped)
+            return None
+        self.pending = NeedTable(rel.namespace, rel.name, rel)
+        return self.pending
+
+    def _rel(self, relid: int) -> _Rel:
+        rel = self._relations.get(relid)
+        if rel is None:
+            raise InboundError(f"change for relation id {relid} before its Relation message")
+        return rel
+
+    def _usable(self, rel: _Rel, tx: _Open) -> bool:
+        if rel.electric:
+            if rel.relation.name in BOOKKEEPING_TABLES:
+                tx.drop = ELECTRIC_TABLES
+            return False
+        if rel.table is None:
+            self._count_skipped(rel)
+            return False
+        return True
+
+    def _add(self, tx: _Open, rel: _Rel, build) -> None:
+        try:
+            tx.changes.extend(build())
+        except MissingKey as e:
+            # Nothing can key this row in the hub; say so loudly, keep going.
+            log.error("connector %s: dropped a change to %s.%s: %s", self.origin,
+                      rel.relation.namespace, rel.relation.name, e)
+            self._count_dropped(rel)
+
+    @staticmethod
+    def _record(rel: _Rel, values) -> Dict[str, object]:
+        names = rel.relation.column_names
+        if len(values) != len(names):
+            raise InboundError(
+                f"tuple of {len(values)} columns for {rel.relation.namespace}.{rel.relation.name}, "
+                f"whose Relation has {len(names)}")
+        return dict(zip(names, values))
+
+    @staticmethod
+    def _key_record(rel: _Rel, values) -> Dict[str, object]:
+        # A key tuple sets only the identity columns; the rest are empty
+        # placeholders, not NULLs, so leave them out.
+        cols = rel.relation.columns
+        if len(values) != len(cols):
+            raise InboundError(
+                f"key tuple of {len(values)} columns for {rel.relation.namespace}.{rel.relation.name}, "
+                f"whose Relation has {len(cols)}")
+        return {c.name: v for c, v in zip(cols, values) if c.is_key}
+
+    def _count_dropped(self, rel: _Rel) -> None:
+        key = (rel.relation.namespace, rel.relation.name)
+        self.dropped_changes[key] = self.dropped_changes.get(key, 0) + 1
+
+    def _count_skipped(self, rel: _Rel) -> None:
+        self._count_dropped(rel)
+        key = (rel.relation.namespace, rel.relation.name)
+        self._skip_counts[key] = self._skip_counts.get(key, 0) + 1
+        now = self._clock()
+        last = self._skip_logged.get(key)
+        if last is None or now - last >= self._skip_interval:
+            log.warning(
+                "connector %s: dropped %d change(s) to skipped table %s.%s (%s)",
+                self.origin, self._skip_counts[key], key[0], key[1], rel.skipped,
+            )
+            self._skip_logged[key] = now
+            self._skip_counts[key] = 0
+
+    def _commit(self, commit: po.Commit) -> Assembled:
+        tx, self._open = self._open, None
+        if tx is None:
+            raise InboundError(f"Commit at {format_lsn(commit.end_lsn)} without a Begin")
+        if commit.commit_lsn != tx.begin.final_lsn:
+            raise InboundError(
+                f"Commit LSN {format_lsn(commit.commit_lsn)} does not match its Begin's "
+                f"final LSN {format_lsn(tx.begin.final_lsn)}")
+        if tx.drop is not None:
+            return Assembled(commit.end_lsn, None, tx.drop)
+        if not tx.changes:
+            return Assembled(commit.end_lsn, None, EMPTY)
+        return Assembled(
+            commit.end_lsn,
+            Transaction(
+                origin=self.origin,
+                origin_id=origin_id_of(commit.end_lsn),
+                commit_timestamp=pg_to_unix_us(commit.commit_timestamp),
+                changes=tuple(tx.changes),
+            ),
+        )
+
+    def reset(self) -> None:
+        """Forget stream state (a new connection starts with fresh Relations)."""
+        self._relations.clear()
+        self._open = None
+        self.pending = None
+
+
+def _table_from_relation(rel: po.Relation, catalog: Table) -> Optional[Table]:
+    from electric.postgres import types
+    from electric.schema import Column
+
+    cols = []
+    for rc in rel.columns:
+        known = catalog.column(rc.name)
+        if known is not None and known.type_oid == rc.type_oid:
+            cols.append(known)
+            continue
+        t = types.find_by_oid(rc.type_oid)
+        if t is None:
+            return None
+        cols.append(Column(rc.name, t.name, t.oid, rc.type_modifier,
+                           None if rel.replica_identity == "f" else rc.is_key))
+    names = {c.name for c in cols}
+    if not all(k in names for k in catalog.primary_key):
+        return None
+    return Table(catalog.schema, catalog.name, tuple(cols), catalog.primary_key, rel.replica_identity)
+
+
+class AckTracker:
+    """
+    Which LSN may be reported as flushed.
+
+    Transactions are registered in commit order (`add`) and completed in any
+    order (`done`); the flush position is the end LSN of the last transaction
+    of the longest completed prefix, so it never covers one the hub has not
+    made durable.  Transactions with nothing to append are registered
+    already done: covered by the next ack, or at once when nothing is
+    pending before them.
+    """
+
+    def __init__(self, flushed: int = 0):
+        self.flushed = flushed
+        self._entries: List[List] = []  # [end_lsn, done]
+        self._head = 0
+
+    def add(self, end_lsn: int, done: bool = False) -> List:
+        entry = [end_lsn, done]
+        self._entries.append(entry)
+        if done:
+            self._advance()
+        return entry
+
+    def done(self, entry: List) -> bool:
+        """Mark `entry` complete; True when the flush position moved."""
+        entry[1] = True
+        return self._advance()
+
+    @property
+    def pending(self) -> int:
+        return len(self._entries) - self._head
+
+    def idle_advance(self, lsn: int) -> bool:
+        """With nothing pending, move past WAL that held none of our transactions."""
+        if self.pending == 0 and lsn > self.flushed:
+            self.flushed = lsn
+            return True
+        return False
+
+    def _advance(self) -> bool:
+        moved = False
+        entries = self._entries
+        while self._head < len(entries) and entries[self._head][1]:
+            lsn = entries[self._head][0]
+            if lsn > self.flushed:
+                self.flushed = lsn
+                moved = True
+            self._head += 1
+        if self._head > 1024 and self._head * 2 > len(entries):
+            del entries[:self._head]
+            self._head = 0
+        return moved

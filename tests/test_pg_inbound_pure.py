@@ -1,0 +1,163 @@
+"""TransactionAssembler and AckTracker on hand-made pgoutput messages (no I/O)."""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT
+from electric.postgres import inbound
+from electric.postgres import pgoutput as po
+from electric.postgres.lsn import PG_EPOCH_UNIX_US
+from electric.schema import Column, Table
+
+ITEMS = Table("public", "items", (Column("id", "text", 25, -1, True), Column("v", "text", 25, -1, False)), ("id",))
+RC = (po.RelationColumn(1, "id", 25, -1), po.RelationColumn(0, "v", 25, -1))
+REL = po.Relation(16400, "public", "items", "d", RC)
+MIG = po.Relation(16500, "electric", "migrations", "d", (po.RelationColumn(1, "id", 23, -1),))
+
+
+def lookup_with(tables, skipped=None):
+    skipped = skipped or {}
+
+    def lookup(schema, name):
+        t = tables.get((schema, name))
+        return t, skipped.get((schema, name))
+
+    return lookup
+
+
+def run(assembler, msgs):
+    out = []
+    for m in msgs:
+        ev = assembler.feed(m)
+        if ev is not None:
+            out.append(ev)
+    return out
+
+
+def tx(lsn, *body, origin=None):
+    msgs = [po.Begin(lsn, 1_000_000, 7)]
+    if origin:
+        msgs.append(po.Origin(0, origin))
+    msgs.extend(body)
+    msgs.append(po.Commit(lsn, lsn + 0x30, 1_000_000))
+    return msgs
+
+
+class AssemblerTests(unittest.TestCase):
+    def setUp(self):
+        self.a = inbound.TransactionAssembler("pg1", lookup_with({("public", "items"): ITEMS}), subscription_oid=16397)
+        self.assertIsNone(self.a.feed(REL))
+
+    def test_insert_update_delete(self):
+        [ev] = run(self.a, tx(0x100,
+                              po.Insert(16400, ("a", "x")),
+                              po.Update(16400, ("a", UNCHANGED)),
+                              po.Update(16400, ("b", "y"), key=("a", None)),
+                              po.Delete(16400, key=("b", None))))
+        t = ev.transaction
+        self.assertEqual(ev.end_lsn, 0x130)
+        self.assertEqual(t.origin, "pg1")
+        self.assertEqual(t.origin_id, (0x130).to_bytes(8, "big"))
+        self.assertEqual(t.commit_timestamp, PG_EPOCH_UNIX_US + 1_000_000)
+        ops = [(c.op, c.key, c.values) for c in t.changes]
+        self.assertEqual(ops, [
+            (UPSERT, ("a",), {"id": "a", "v": "x"}),
+            (UPSERT, ("a",), {"id": "a", "v": UNCHANGED}),
+            (DELETE, ("a",), {"id": "a"}),
+            (UPSERT, ("b",), {"id": "b", "v": "y"}),
+            (DELETE, ("b",), {"id": "b"}),
+        ])
+
+    def test_full_old_row_is_kept(self):
+        [ev] = run(self.a, tx(0x100, po.Update(16400, ("a", "new"), old=("a", "old"))))
+        self.assertEqual(ev.transaction.changes[0].old_values, {"id": "a", "v": "old"})
+
+    def test_truncate(self):
+        [ev] = run(self.a, tx(0x100, po.Truncate((16400,), po.TRUNCATE_CASCADE | po.TRUNCATE_RESTART_IDENTITY)))
+        self.assertEqual([(c.op, c.table) for c in ev.transaction.changes], [(TRUNCATE, "items")])
+
+    def test_origin_filter_is_exact(self):
+        evs = run(self.a, tx(0x100, po.Insert(16400, ("a", "x")), origin="pg_16397")
+                  + tx(0x200, po.Insert(16400, ("b", "x")), origin="pg_16397_16420")
+                  + tx(0x300, po.Insert(16400, ("c", "x")), origin="pg_163970")
+                  + tx(0x400, po.Insert(16400, ("d", "x")), origin="some_other_sub"))
+        self.assertEqual([e.dropped for e in evs], [inbound.OWN_ORIGIN, inbound.OWN_ORIGIN, None, None])
+        self.assertEqual([e.transaction.changes[0].key for e in evs[2:]], [("c",), ("d",)])
+
+    def test_migrations_table_drops_whole_transaction(self):
+        self.a.feed(MIG)
+        [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x")), po.Insert(16500, ("1",))))
+        self.assertIsNone(ev.transaction)
+        self.assertEqual(ev.dropped, inbound.ELECTRIC_TABLES)
+
+    def test_empty_transaction(self):
+        [ev] = run(self.a, tx(0x100))
+        self.assertEqual((ev.transaction, ev.dropped, ev.end_lsn), (None, inbound.EMPTY, 0x130))
+
+    def test_unknown_table_needs_lookup_then_skip(self):
+        rel = po.Relation(16600, "public", "nokey", "d", (po.RelationColumn(0, "v", 25, -1),))
+        need = self.a.feed(rel)
+        self.assertIsInstance(need, inbound.NeedTable)
+        self.assertEqual((need.schema, need.name), ("public", "nokey"))
+        with self.assertRaises(inbound.InboundError):
+            self.a.feed(po.Begin(1, 1, 1))
+        self.a.table_resolved(None, "table has no primary key")
+        [ev] = run(self.a, tx(0x100, po.Insert(16600, ("v",)), po.Insert(16400, ("a", "x"))))
+        self.assertEqual([c.table for c in ev.transaction.changes], ["items"])
+        self.assertEqual(self.a.dropped_changes[("public", "nokey")], 1)
+
+    def test_ddl_relation_needs_lookup(self):
+        wider = po.Relation(16400, "public", "items", "d", RC + (po.RelationColumn(0, "w", 23, -1),))
+        self.assertIsInstance(self.a.feed(wider), inbound.NeedTable)
+        new_table = Table("public", "items", ITEMS.columns + (Column("w", "int4", 23, -1, False),), ("id",))
+        self.a.table_resolved(new_table, None)
+        [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x", "5"))))
+        self.assertEqual(ev.transaction.changes[0].values, {"id": "a", "v": "x", "w": "5"})
+
+    def test_contradictions_raise(self):
+        with self.assertRaises(inbound.InboundError):
+            self.a.feed(po.Insert(16400, ("a", "x")))
+        self.a.feed(po.Begin(0x100, 1, 1))
+        with self.assertRaises(inbound.InboundError):
+            self.a.feed(po.Insert(99999, ("a", "x")))
+        with self.assertRaises(inbound.InboundError):
+            self.a.feed(po.Insert(16400, ("a",)))
+        with self.assertRaises(inbound.InboundError):
+            self.a.feed(po.Commit(0x999, 0x1000, 1))
+
+
+class AckTrackerTests(unittest.TestCase):
+    def test_flush_covers_only_completed_prefix(self):
+        acks = inbound.AckTracker(flushed=10)
+        a = acks.add(100)
+        b = acks.add(200)
+        acks.add(250, done=True)  # dropped: covered by the next ack
+        c = acks.add(300)
+        self.assertFalse(acks.done(b))
+        self.assertEqual(acks.flushed, 10)
+        self.assertTrue(acks.done(a))
+        self.assertEqual(acks.flushed, 250)
+        self.assertTrue(acks.done(c))
+        self.assertEqual(acks.flushed, 300)
+        self.assertEqual(acks.pending, 0)
+
+    def test_dropped_with_nothing_pending_acks_at_once(self):
+        acks = inbound.AckTracker()
+        acks.add(100, done=True)
+        self.assertEqual(acks.flushed, 100)
+
+    def test_idle_advance_only_when_nothing_pending(self):
+        acks = inbound.AckTracker()
+        e = acks.add(100)
+        self.assertFalse(acks.idle_advance(500))
+        acks.done(e)
+        self.assertTrue(acks.idle_advance(500))
+        self.assertEqual(acks.flushed, 500)
+
+    def test_long_runs_compact(self):
+        acks = inbound.AckTracker()
+        for i in range(5000):
+            acks.done(acks.add(i + 1))
+        self.assertEqual(acks.flushed, 5000)
+        self.assertLess(len(acks._entries), 2100)
