@@ -93,7 +93,8 @@ class CrashTests(unittest.TestCase):
             for i, pos in acked.items():
                 self.assertEqual(applied.get(i), pos, f"acknowledged transaction {i} lost or moved")
             head = db.execute("SELECT v FROM meta WHERE k = 'head'").fetchone()
-            head = head[0] if head else 0
+            (last,) = db.execute("SELECT max(position) FROM log").fetchone()
+            head = max(head[0] if head else 0, last or 0)
             horizon = db.execute("SELECT v FROM meta WHERE k = 'horizon'").fetchone()
             horizon = horizon[0] if horizon else 0
             self.assertEqual(sorted(applied.values()), list(range(1, head + 1)))
