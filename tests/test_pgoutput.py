@@ -6,7 +6,7 @@ from twisted.trial import unittest
 
 from electric.hub.interface import UNCHANGED
 from electric.postgres import pgoutput as po
-from electric.postgres.lsn import format_lsn, parse_lsn, pg_to_datetime
+from electric.postgres.lsn import format_lsn, pg_to_datetime
 from electric.postgres.pgoutput import PgoutputError, decode
 
 BEGIN_HEX = "42 00000002A7F4A880 000230F65858D5F2 0000026B"

@@ -22,7 +22,7 @@ the CopyData *payload* and ``frame()`` the whole ``d`` message.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from electric.postgres.types import typlen_of
