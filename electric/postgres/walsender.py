@@ -1,0 +1,527 @@
+"""
+One port-5433 connection as a state machine: bytes in, actions out.
+
+Postgres subscribers talk to Electric as to a logical walsender: startup,
+password authentication, a few simple queries, then either a COPY (table
+sync) or a CopyBoth replication stream.  Everything that is only protocol —
+framing, authentication, which answer a query gets, which messages are legal
+in which state — lives here, free of sockets and of the reactor, so it can be
+tested byte for byte.  The Twisted protocol (`electric.postgres.server`)
+executes the actions and does what needs the hub (snapshots, streaming).
+
+States::
+
+    startup ──StartupMessage──▶ auth ──ok──▶ ready ⇄ (busy: waiting for the driver)
+                                               │ START_REPLICATION accepted
+                                               ▼
+                                           streaming ──CopyDone──▶ ready
+    any state ──Terminate / FATAL──▶ closed
+
+While busy (a CREATE_REPLICATION_SLOT snapshot or START_REPLICATION check is
+in the driver's hands, or a COPY is being written) further input is queued,
+so requests are always answered in order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Protocol, Sequence
+
+from electric.postgres import catalog_answers as ca
+from electric.postgres import wire
+from electric.postgres.auth import ServerAuth
+from electric.schema import SchemaRegistry, Table
+
+SERVER_VERSION = "15.0 (Electric)"
+
+STARTUP, AUTH, READY, BUSY, STREAMING, CLOSED = "startup", "auth", "ready", "busy", "streaming", "closed"
+
+REPLICATION_REQUIRED = "Electric mesh allows connection only in `replication=database` mode"
+
+SYNC_APPLICATION_NAME = re.compile(r"\Apg_\d+_sync_\d+_\d+\Z")
+
+COPY_CHUNK = 64 * 1024
+"""Bytes of COPY text rows per CopyData message (the subscriber reads a byte stream)."""
+
+
+# --- actions handed to the driver --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SendStream:
+    """Write these chunks in order (under flow control), then call `Session.resume()`."""
+
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    user: str
+    database: Optional[str]
+    application_name: str
+
+
+@dataclass(frozen=True)
+class CreateSlotRequest:
+    """Answer with `Session.slot_created(...)` or `Session.command_failed(...)`."""
+
+    command: ca.CreateSlot
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """Answer with `Session.start_streaming()` or `Session.command_failed(...)`."""
+
+    command: ca.StartReplication
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    update: wire.StandbyStatusUpdate
+
+
+@dataclass(frozen=True)
+class StreamStopped:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    pid: int
+    key: int
+
+
+class Backend(Protocol):
+    """
+    What a session needs to know about the rest of Electric, synchronously.
+
+    The server implements it over the registry, credentials, hub and offset
+    store; tests implement it with plain values.
+    """
+
+    registry: SchemaRegistry
+    publication: str
+    system_id: str
+
+    def password_for(self, user: str) -> Optional[str]:
+        """The password `user` must present, None for an unknown user."""
+
+    def current_lsn(self, origin: str) -> int:
+        """IDENTIFY_SYSTEM's xlogpos for this origin: the LSN of the hub's head."""
+
+    def drop_slot(self, name: str, origin: str) -> None:
+        """Forget a slot (always succeeds: a refusal would make DROP SUBSCRIPTION fail)."""
+
+
+# --- the session ---------------------------------------------------------------
+
+
+class Session:
+    def __init__(self, backend: Backend, pid: int, secret: int, auth_method: str = "scram-sha-256",
+                 max_message_size: int = 64 * 1024 * 1024):
+        self.backend = backend
+        self.pid = pid
+        self.secret = secret
+        self.auth_method = auth_method
+        self.state = STARTUP
+        self.parser = wire.FrontendParser(max_message_size=max_message_size)
+        self.parameters: dict = {}
+        self.user: Optional[str] = None
+        self.application_name = ""
+        self.txn = "I"  # ReadyForQuery status: I, T, E
+        self.snapshot = None  # hub Snapshot held by a table-sync transaction
+        self.snapshot_lsn: Optional[int] = None
+        self._auth: Optional[ServerAuth] = None
+        self._queue: List[object] = []
+        self._skip_until_sync = False
+        self.stream: Optional[ca.StartReplication] = None
+
+    # --- identity ---------------------------------------------------------
+
+    @property
+    def origin(self) -> Optional[str]:
+        """The connector this connection serves: its (authenticated) user."""
+        return self.user if self.state not in (STARTUP, AUTH) else None
+
+    @property
+    def is_sync_worker(self) -> bool:
+        return bool(SYNC_APPLICATION_NAME.match(self.application_name))
+
+    # --- input --------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list:
+        """Bytes from the socket → actions, in order."""
+        if self.state == CLOSED:
+            return []
+        try:
+            messages = self.parser.feed(data)
+        except wire.ProtocolError as e:
+            return self._flush_queue() + self._fatal(e.sqlstate, e.message)
+        self._queue.extend(messages)
+        return self._flush_queue()
+
+    def connection_lost(self) -> list:
+        was = self.state
+        self.state = CLOSED
+        self._queue = []
+        self.snapshot = None
+        if was == STREAMING:
+            return [StreamStopped("connection closed")]
+        return []
+
+    def resume(self) -> list:
+        """The driver finished what made us busy (a COPY written): go on with queued input."""
+        if self.state == BUSY:
+            self.state = READY
+        return self._flush_queue()
+
+    def _flush_queue(self) -> list:
+        out: list = []
+        while self._queue and self.state not in (BUSY, CLOSED):
+            msg = self._queue.pop(0)
+            out.extend(self._handle(msg))
+        if self.state == CLOSED:
+            self._queue = []
+        return out
+
+    def _handle(self, msg) -> list:
+        if self.state == STARTUP:
+            return self._startup(msg)
+        if self.state == AUTH:
+            return self._authenticate(msg)
+        if self.state == STREAMING:
+            return self._streaming(msg)
+        return self._ready(msg)
+
+    # --- errors -------------------------------------------------------------
+
+    def _fatal(self, sqlstate: str, message: str) -> list:
+        self.state = CLOSED
+        err = wire.ErrorResponse.build("FATAL", sqlstate, message)
+        out: list = []
+        if self.stream is not None:
+            self.stream = None
+            out.append(StreamStopped(f"protocol violation: {message}"))
+        return out + [Send(err.encode()), Disconnect(f"FATAL {sqlstate}: {message}")]
+
+    def _error(self, sqlstate: str, message: str) -> list:
+        if self.txn == "T":
+            self.txn = "E"
+        err = wire.ErrorResponse.build("ERROR", sqlstate, message)
+        return [Send(err.encode() + wire.ReadyForQuery(self.txn).encode())]
+
+    # --- startup and authentication -------------------------------------------
+
+    def _startup(self, msg) -> list:
+        if isinstance(msg, (wire.SSLRequest, wire.GSSENCRequest)):
+            return [Send(wire.SSLResponse(False).encode())]
+        if isinstance(msg, wire.CancelRequest):
+            self.state = CLOSED
+            return [CancelRequested(msg.pid, msg.key), Disconnect("cancel request")]
+        if not isinstance(msg, wire.StartupMessage):
+            return self._fatal("08P01", "Unexpected message during connection establishment")
+        params = dict(msg.parameters)
+        self.parameters = params
+        self.application_name = params.get("application_name", "")
+        if params.get("replication", "").lower() != "database":
+            return self._fatal("08004", REPLICATION_REQUIRED)
+        user = params.get("user")
+        if not user:
+            return self._fatal("28000", "no PostgreSQL user name specified in startup packet")
+        encoding = params.get("client_encoding", "UTF8").upper().replace("-", "").replace("_", "")
+        if encoding not in ("UTF8", "UNICODE", "SQLASCII"):
+            return self._fatal(
+                "22023",
+                f"client_encoding {params.get('client_encoding')!r} is not supported:"
+                " Electric sends UTF8 (use a UTF8 database on the subscriber)",
+            )
+        self.user = user
+        self.state = AUTH
+        self._auth = ServerAuth(user, self.backend.password_for(user), self.auth_method)
+        return [Send(wire.encode_all(self._auth.start()))]
+
+    def _authenticate(self, msg) -> list:
+        if not isinstance(msg, wire.PasswordMessage):
+            return self._fatal("08P01", f"expected password response, got message type {msg.TAG!r}")
+        try:
+            replies = self._auth.receive(msg)
+        except wire.ProtocolError as e:
+            return self._fatal(e.sqlstate, e.message)
+        out = [Send(wire.encode_all(replies))] if replies else []
+        if self._auth.failed:
+            return out + self._fatal("28P01", f'password authentication failed for user "{self.user}"')
+        if not self._auth.done:
+            return out
+        self.state = READY
+        self._auth = None
+        params = [
+            ("application_name", self.application_name),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("default_transaction_read_only", "off"),
+            ("in_hot_standby", "off"),
+            ("integer_datetimes", "on"),
+            ("IntervalStyle", "postgres"),
+            ("is_superuser", "off"),
+            ("server_encoding", "UTF8"),
+            ("server_version", SERVER_VERSION),
+            ("session_authorization", self.user),
+            ("standard_conforming_strings", "on"),
+            ("TimeZone", "Etc/UTC"),
+        ]
+        body = wire.encode_all(
+            [wire.AuthenticationOk()]
+            + [wire.ParameterStatus(k, v) for k, v in params]
+            + [wire.BackendKeyData(self.pid, self.secret), wire.ReadyForQuery("I")]
+        )
+        return out + [
+            Send(body),
+            Authenticated(self.user, self.parameters.get("database"), self.application_name),
+        ]
+
+    # --- ready: simple queries ---------------------------------------------------
+
+    def _ready(self, msg) -> list:
+        if isinstance(msg, wire.Query):
+            if self._skip_until_sync:
+                return []
+            return self._query(msg.sql)
+        if isinstance(msg, wire.Terminate):
+            self.state = CLOSED
+            self.snapshot = None
+            return [Disconnect("client terminated")]
+        if isinstance(msg, (wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Flush)):
+            if self._skip_until_sync:
+                return []
+            self._skip_until_sync = True
+            err = wire.ErrorResponse.build(
+                "ERROR", "08P01", "extended query protocol not supported in a replication connection")
+            return [Send(err.encode())]
+        if isinstance(msg, wire.Sync):
+            self._skip_until_sync = False
+            return [Send(wire.ReadyForQuery(self.txn).encode())]
+        if isinstance(msg, (wire.CopyData, wire.CopyDone, wire.CopyFail)):
+            # As Postgres does: stray COPY traffic after a failed COPY is ignored.
+            return []
+        return self._fatal("08P01", f"Unexpected message during connection: type {msg.TAG!r}")
+
+    def _result(self, rs: ca.ResultSet) -> list:
+        msgs = [wire.RowDescription(tuple(wire.FieldDescription.text(c.name, c.type_oid) for c in rs.columns))]
+        msgs += [wire.DataRow(row) for row in rs.rows]
+        msgs += [wire.CommandComplete(rs.tag), wire.ReadyForQuery(self.txn)]
+        return [Send(wire.encode_all(msgs))]
+
+    def _complete(self, tag: str) -> list:
+        return [Send(wire.CommandComplete(tag).encode() + wire.ReadyForQuery(self.txn).encode())]
+
+    def _query(self, sql: str) -> list:
+        try:
+            cmd = ca.parse(sql)
+            if self.txn == "E" and not isinstance(cmd, (ca.Commit, ca.Rollback)):
+                raise ca.QueryError(
+                    ca.IN_FAILED_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block")
+            return self._dispatch(cmd)
+        except ca.QueryError as e:
+            return self._error(e.sqlstate, e.message)
+
+    def _database_tables(self) -> List[Table]:
+        reg = self.backend.registry
+        out = []
+        for t in reg.database_tables(self.origin):
+            own = reg.database_table(self.origin, t.schema, t.name)
+            out.append(own if own is not None else t)
+        return out
+
+    def _table_by_relid(self, relid: int) -> Optional[Table]:
+        reg = self.backend.registry
+        t = reg.by_relation_id(relid)
+        if t is None:
+            return None
+        return reg.database_table(self.origin, t.schema, t.name)
+
+    def _dispatch(self, cmd) -> list:
+        backend = self.backend
+        if isinstance(cmd, ca.EmptyQuery):
+            return [Send(wire.EmptyQueryResponse().encode() + wire.ReadyForQuery(self.txn).encode())]
+        if isinstance(cmd, ca.SetConfig):
+            return self._result(ca.set_config_result())
+        if isinstance(cmd, ca.PublicationCheck):
+            return self._result(ca.publication_check_result(cmd.publications, [backend.publication]))
+        if isinstance(cmd, ca.TableList):
+            ca.check_publications(cmd.publications, [backend.publication])
+            return self._result(ca.table_list_result(self._database_tables(), cmd.with_attnames))
+        if isinstance(cmd, ca.IdentifySystem):
+            from electric.postgres.lsn import format_lsn
+
+            return self._result(ca.identify_system_result(
+                backend.system_id, format_lsn(backend.current_lsn(self.origin)), self.parameters.get("database")))
+        if isinstance(cmd, ca.CreateSlot):
+            if cmd.snapshot == "export":
+                raise ca.QueryError(
+                    ca.FEATURE_NOT_SUPPORTED,
+                    "Electric replication does not support snapshot exporting; use SNAPSHOT 'nothing' or 'use'")
+            if cmd.snapshot == "use" and self.txn != "T":
+                raise ca.QueryError(
+                    "25001", "CREATE_REPLICATION_SLOT ... (SNAPSHOT 'use') must be called inside a transaction")
+            if cmd.snapshot != "use" and self.txn != "I":
+                raise ca.QueryError(
+                    "25001", "CREATE_REPLICATION_SLOT ... (SNAPSHOT 'nothing') must not be called inside a transaction")
+            self.state = BUSY
+            return [CreateSlotRequest(cmd)]
+        if isinstance(cmd, ca.DropSlot):
+            backend.drop_slot(cmd.name, self.origin)
+            return self._complete("DROP_REPLICATION_SLOT")
+        if isinstance(cmd, ca.Begin):
+            out: list = []
+            if self.txn != "I":
+                notice = wire.NoticeResponse.build("WARNING", "25001", "there is already a transaction in progress")
+                out.append(Send(notice.encode()))
+            self.txn = "T" if self.txn == "I" else self.txn
+            return out + self._complete("BEGIN")
+        if isinstance(cmd, (ca.Commit, ca.Rollback)):
+            tag = "COMMIT" if isinstance(cmd, ca.Commit) and self.txn != "E" else "ROLLBACK"
+            out = []
+            if self.txn == "I":
+                notice = wire.NoticeResponse.build("WARNING", "25P01", "there is no transaction in progress")
+                out.append(Send(notice.encode()))
+            self.txn = "I"
+            self.snapshot = None
+            self.snapshot_lsn = None
+            return out + self._complete(tag)
+        if isinstance(cmd, ca.RelationInfo):
+            own = backend.registry.database_table(self.origin, cmd.schema, cmd.table)
+            reg = backend.registry.find(cmd.schema, cmd.table)
+            relid = reg.relation_id if (own is not None and reg is not None) else None
+            return self._result(ca.relation_info_result(relid, "d"))
+        if isinstance(cmd, ca.ColumnList):
+            ca.check_publications(cmd.publications, [backend.publication])
+            return self._result(ca.column_list_result())
+        if isinstance(cmd, ca.Attributes):
+            return self._result(ca.attributes_result(self._table_by_relid(cmd.relid), cmd.with_attnum))
+        if isinstance(cmd, ca.RowFilter):
+            ca.check_publications(cmd.publications, [backend.publication])
+            return self._result(ca.row_filter_result())
+        if isinstance(cmd, ca.CopyTable):
+            return self._copy(cmd)
+        if isinstance(cmd, ca.StartReplication):
+            if self.txn != "I":
+                raise ca.QueryError("25001", "cannot execute START_REPLICATION inside a transaction block")
+            ca.check_publications(cmd.publications, [backend.publication])
+            self.state = BUSY
+            return [StartRequest(cmd)]
+        raise ca.QueryError(ca.FEATURE_NOT_SUPPORTED, f"unsupported command {type(cmd).__name__}")
+
+    # --- answers from the driver --------------------------------------------------
+
+    def slot_created(self, name: str, consistent_lsn: int, snapshot=None) -> list:
+        """The driver made the slot; `snapshot` is held for COPY when SNAPSHOT 'use' was asked."""
+        from electric.postgres.lsn import format_lsn
+
+        self.state = READY
+        if snapshot is not None:
+            self.snapshot = snapshot
+            self.snapshot_lsn = consistent_lsn
+        return self._result(ca.create_slot_result(name, format_lsn(consistent_lsn))) + self._flush_queue()
+
+    def command_failed(self, sqlstate: str, message: str) -> list:
+        """The driver refused the pending command: ErrorResponse, connection lives."""
+        self.state = READY
+        return self._error(sqlstate, message) + self._flush_queue()
+
+    def start_streaming(self, command: ca.StartReplication) -> list:
+        """The driver accepted START_REPLICATION: enter CopyBoth mode."""
+        self.state = STREAMING
+        self.stream = command
+        return [Send(wire.CopyBothResponse(0, ()).encode())]
+
+    def cancel(self) -> list:
+        """A CancelRequest named this connection: end a running stream with an error."""
+        if self.state != STREAMING:
+            return []
+        self.state = READY
+        self.stream = None
+        err = wire.ErrorResponse.build("ERROR", "57014", "canceling statement due to user request")
+        return [StreamStopped("cancelled"), Send(err.encode() + wire.ReadyForQuery("I").encode())] + self._flush_queue()
+
+    def end_stream(self, sqlstate: str, message: str) -> list:
+        """The driver cannot go on streaming (hub closed, ...): FATAL and close, the subscriber retries."""
+        return self._fatal(sqlstate, message)
+
+    # --- COPY ---------------------------------------------------------------------
+
+    def _copy(self, cmd: ca.CopyTable) -> list:
+        reg = self.backend.registry
+        own = reg.database_table(self.origin, cmd.schema, cmd.table)
+        if own is None:
+            raise ca.QueryError(ca.UNDEFINED_TABLE, f'relation "{cmd.schema}.{cmd.table}" does not exist')
+        columns = ca.copy_columns(own, cmd.columns)
+        if self.snapshot is None:
+            raise ca.QueryError(
+                ca.FEATURE_NOT_SUPPORTED,
+                "COPY is served only in a table-sync transaction, after"
+                " CREATE_REPLICATION_SLOT ... (SNAPSHOT 'use')")
+        rows = [r for r in self.snapshot.rows
+                if r.schema == cmd.schema and r.table == cmd.table and not r.deleted]
+        self.state = BUSY
+        return [SendStream(self._copy_chunks(rows, columns))]
+
+    def _copy_chunks(self, rows: Sequence, columns: Sequence[str]) -> Iterator[bytes]:
+        yield wire.CopyOutResponse(0, tuple(0 for _ in columns)).encode()
+        buf: List[bytes] = []
+        size = 0
+        for r in rows:
+            row = r.row
+            line = wire.copy_text_row([row.get(c) for c in columns])
+            buf.append(line)
+            size += len(line)
+            if size >= COPY_CHUNK:
+                yield wire.CopyData(b"".join(buf)).encode()
+                buf, size = [], 0
+        if buf:
+            yield wire.CopyData(b"".join(buf)).encode()
+        yield wire.encode_all([wire.CopyDone(), wire.CommandComplete(f"COPY {len(rows)}"),
+                               wire.ReadyForQuery(self.txn)])
+
+    # --- streaming ------------------------------------------------------------------
+
+    def _streaming(self, msg) -> list:
+        if isinstance(msg, wire.CopyData):
+            try:
+                rep = wire.decode_replication(msg.data)
+            except wire.ProtocolError as e:
+                return self._fatal(e.sqlstate, e.message)
+            if isinstance(rep, wire.StandbyStatusUpdate):
+                return [StatusUpdate(rep)]
+            if isinstance(rep, wire.HotStandbyFeedback):
+                return []
+            return self._fatal("08P01", f"unexpected replication message {type(rep).__name__} from the subscriber")
+        if isinstance(msg, wire.CopyDone):
+            self.state = READY
+            self.stream = None
+            done = wire.encode_all([
+                wire.CopyDone(), wire.CommandComplete("COPY 0"),
+                wire.CommandComplete("START_REPLICATION"), wire.ReadyForQuery("I"),
+            ])
+            return [StreamStopped("subscriber ended the stream (CopyDone)"), Send(done)]
+        if isinstance(msg, wire.Terminate):
+            self.state = CLOSED
+            self.stream = None
+            return [StreamStopped("subscriber terminated"), Disconnect("client terminated")]
+        if isinstance(msg, wire.CopyFail):
+            self.state = READY
+            self.stream = None
+            err = wire.ErrorResponse.build("ERROR", "57014", f"COPY from stdin failed: {msg.message}")
+            return [StreamStopped("subscriber failed the copy"), Send(err.encode() + wire.ReadyForQuery("I").encode())]
+        return self._fatal("08P01", f"unexpected message type {msg.TAG!r} during COPY")

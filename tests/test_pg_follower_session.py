@@ -1,0 +1,593 @@
+"""
+Port 5433 without sockets: the walsender session, the query recognisers and
+the outbound pgoutput encoder, bytes in and bytes out.
+
+The client side of every conversation is driven with Electric's own wire
+codec and ClientAuth (the same code the inbound side uses against real
+Postgres), and query texts are the exact strings a PG 15 subscriber sends
+(pg15-subscriber-trace.md).
+"""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from electric.hub import positions
+from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot
+from electric.postgres import catalog_answers as ca
+from electric.postgres import pgoutput, walsender, wire
+from electric.postgres.auth import ClientAuth
+from electric.postgres.lsn import format_lsn
+from electric.postgres.outbound import OutboundEncoder
+from electric.schema import Column, SchemaRegistry, Table
+
+PASSWORD = "s3cret-pw"
+
+
+def items_table(extra=()):
+    cols = (
+        Column("id", "text", 25, -1, True),
+        Column("content", "text", 25, -1, False),
+        Column("n", "int4", 23, -1, False),
+    ) + tuple(extra)
+    return Table("public", "items", cols, ("id",))
+
+
+def make_registry():
+    reg = SchemaRegistry()
+    items = reg.register(items_table())
+    other = reg.register(Table("public", "other", (Column("k", "int4", 23, -1, True),), ("k",)))
+    reg.set_database_tables("postgres_1", [items])
+    reg.set_database_tables("postgres_2", [items, other])
+    return reg
+
+
+class FakeBackend:
+    """Plain values standing in for the follower service."""
+
+    publication = "all_tables"
+    system_id = "7712374346367675096"
+
+    def __init__(self, registry=None):
+        self.registry = registry or make_registry()
+        self.dropped = []
+
+    def password_for(self, user):
+        return PASSWORD if user in ("postgres_1", "postgres_2") else None
+
+    def current_lsn(self, origin):
+        return 0x1925A50
+
+    def drop_slot(self, name, origin):
+        self.dropped.append((name, origin))
+
+
+class Client:
+    """A frontend talking to a Session: sends bytes, collects backend messages and actions."""
+
+    def __init__(self, session: walsender.Session):
+        self.session = session
+        self.parser = wire.BackendParser()
+        self.actions = []
+        self.disconnected = None
+        self.raw = b""
+
+    def _take(self, actions):
+        msgs = []
+        for a in actions:
+            if isinstance(a, walsender.Send):
+                self.raw += a.data
+                msgs.extend(self.parser.feed(a.data))
+            elif isinstance(a, walsender.Disconnect):
+                self.disconnected = a.reason
+            else:
+                self.actions.append(a)
+        return msgs
+
+    def send(self, data: bytes, one_byte_at_a_time=False):
+        if one_byte_at_a_time:
+            acts = []
+            for i in range(len(data)):
+                acts += self.session.feed(data[i:i + 1])
+            return self._take(acts)
+        return self._take(self.session.feed(data))
+
+    def take(self, actions):
+        return self._take(actions)
+
+    def query(self, sql):
+        return self.send(wire.Query(sql).encode())
+
+    def login(self, user="postgres_1", password=PASSWORD, app="postgres_1", ssl=True, extra=None):
+        out = []
+        if ssl:
+            self.parser.expect_ssl_response()
+            out += self.send(wire.SSLRequest().encode())
+        params = {"user": user, "database": "postgres_1", "replication": "database",
+                  "options": " -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3",
+                  "application_name": app, "client_encoding": "UTF8"}
+        params.update(extra or {})
+        msgs = self.send(wire.StartupMessage(params).encode())
+        auth = ClientAuth(user, password)
+        while True:
+            out += msgs
+            replies = []
+            for m in msgs:
+                if isinstance(m, wire.Authentication):
+                    replies += auth.receive(m)
+            if not replies or self.disconnected:
+                break
+            msgs = self.send(wire.encode_all(replies))
+        return out
+
+
+def of(msgs, cls):
+    return [m for m in msgs if isinstance(m, cls)]
+
+
+def rows(msgs):
+    return [m.texts() for m in of(msgs, wire.DataRow)]
+
+
+def new_session(method="scram-sha-256", backend=None):
+    return walsender.Session(backend or FakeBackend(), pid=4242, secret=99, auth_method=method)
+
+
+# Exact subscriber texts (pg15-subscriber-trace.md §3, §5), with our relation id pasted in.
+SET_CONFIG = "SELECT pg_catalog.set_config('search_path', '', false);"
+PUB_CHECK = "SELECT t.pubname FROM\n pg_catalog.pg_publication t WHERE\n t.pubname IN ('all_tables')"
+TABLE_LIST = ("SELECT DISTINCT t.schemaname, t.tablename \n, t.attnames\nFROM pg_catalog.pg_publication_tables t\n"
+              " WHERE t.pubname IN ('all_tables')")
+TABLE_LIST_14 = ("SELECT DISTINCT t.schemaname, t.tablename \nFROM pg_catalog.pg_publication_tables t\n"
+                 " WHERE t.pubname IN ('all_tables')")
+RELATION_Q = ("SELECT c.oid, c.relreplident, c.relkind  FROM pg_catalog.pg_class c  INNER JOIN pg_catalog.pg_namespace n"
+              "        ON (c.relnamespace = n.oid) WHERE n.nspname = 'public'   AND c.relname = 'items'")
+COLUMN_LIST_Q = ("SELECT DISTINCT  (CASE WHEN (array_length(gpt.attrs, 1) = c.relnatts)   THEN NULL ELSE gpt.attrs END)"
+                 "  FROM pg_publication p,  LATERAL pg_get_publication_tables(p.pubname) gpt,  pg_class c"
+                 " WHERE gpt.relid = {relid} AND c.oid = gpt.relid   AND p.pubname IN ( 'all_tables' )")
+ATTRS_Q = ("SELECT a.attnum,       a.attname,       a.atttypid,       a.attnum = ANY(i.indkey)"
+           "  FROM pg_catalog.pg_attribute a  LEFT JOIN pg_catalog.pg_index i"
+           "       ON (i.indexrelid = pg_get_replica_identity_index({relid})) WHERE a.attnum > 0::pg_catalog.int2"
+           "   AND NOT a.attisdropped AND a.attgenerated = ''   AND a.attrelid = {relid} ORDER BY a.attnum")
+ROW_FILTER_Q = ("SELECT DISTINCT pg_get_expr(gpt.qual, gpt.relid)  FROM pg_publication p,"
+                "  LATERAL pg_get_publication_tables(p.pubname) gpt WHERE gpt.relid = {relid}"
+                "   AND p.pubname IN ( 'all_tables' )")
+
+
+class Startup(unittest.TestCase):
+    def test_scram_login_sends_pg15_parameters(self):
+        c = Client(new_session())
+        msgs = c.login()
+        self.assertEqual(c.raw[:1], b"N")  # SSL refused with one unframed byte
+        self.assertIsInstance(msgs[0], wire.SSLResponse)
+        self.assertFalse(msgs[0].accepted)
+        self.assertTrue(of(msgs, wire.AuthenticationSASL))
+        self.assertTrue(of(msgs, wire.AuthenticationSASLFinal))
+        self.assertTrue(of(msgs, wire.AuthenticationOk))
+        params = {m.name: m.value for m in of(msgs, wire.ParameterStatus)}
+        self.assertEqual(params["server_version"], "15.0 (Electric)")
+        self.assertEqual(params["application_name"], "postgres_1")
+        self.assertEqual(params["server_encoding"], "UTF8")
+        self.assertEqual(params["client_encoding"], "UTF8")
+        self.assertEqual(params["DateStyle"], "ISO, MDY")
+        self.assertEqual(params["integer_datetimes"], "on")
+        self.assertEqual(params["standard_conforming_strings"], "on")
+        self.assertEqual(of(msgs, wire.BackendKeyData), [wire.BackendKeyData(4242, 99)])
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(c.session.origin, "postgres_1")
+        self.assertEqual([type(a) for a in c.actions], [walsender.Authenticated])
+        self.assertIsNone(c.disconnected)
+
+    def test_md5_login(self):
+        c = Client(new_session("md5"))
+        msgs = c.login(ssl=False)
+        self.assertTrue(of(msgs, wire.AuthenticationMD5Password))
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_gssenc_request_refused_then_login(self):
+        c = Client(new_session())
+        c.parser.expect_ssl_response()
+        msgs = c.send(wire.GSSENCRequest().encode())
+        self.assertEqual(msgs, [wire.SSLResponse(False)])
+        msgs = c.login(ssl=False)
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_login_one_byte_at_a_time(self):
+        s = new_session("md5")
+        c = Client(s)
+        params = {"user": "postgres_1", "database": "x", "replication": "database", "application_name": "a"}
+        data = wire.SSLRequest().encode() + wire.StartupMessage(params).encode()
+        c.parser.expect_ssl_response()
+        msgs = c.send(data, one_byte_at_a_time=True)
+        salt = of(msgs, wire.AuthenticationMD5Password)[0].salt
+        from electric.postgres.auth import md5_response
+        msgs = c.send(wire.PasswordMessage.password(md5_response("postgres_1", PASSWORD, salt)).encode(),
+                      one_byte_at_a_time=True)
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        msgs = c.send(wire.Query(SET_CONFIG).encode(), one_byte_at_a_time=True)
+        self.assertEqual(rows(msgs), [[""]])
+
+    def test_wrong_password_is_fatal_28p01(self):
+        for method in ("scram-sha-256", "md5"):
+            c = Client(new_session(method))
+            msgs = c.login(password="wrong")
+            err = of(msgs, wire.ErrorResponse)[0]
+            self.assertEqual(err.severity, "FATAL")
+            self.assertEqual(err.sqlstate, "28P01")
+            self.assertEqual(err.message, 'password authentication failed for user "postgres_1"')
+            self.assertFalse(of(msgs, wire.AuthenticationOk))
+            self.assertIsNotNone(c.disconnected)
+            self.assertEqual(c.session.state, walsender.CLOSED)
+
+    def test_unknown_user_is_fatal_28p01(self):
+        c = Client(new_session())
+        msgs = c.login(user="mallory", password=PASSWORD)
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "28P01"))
+        self.assertEqual(err.message, 'password authentication failed for user "mallory"')
+        self.assertIsNotNone(c.disconnected)
+
+    def test_non_replication_startup_is_refused(self):
+        c = Client(new_session())
+        msgs = c.send(wire.StartupMessage({"user": "postgres_1", "database": "x"}).encode())
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08004"))
+        self.assertEqual(err.message, "Electric mesh allows connection only in `replication=database` mode")
+        self.assertIsNotNone(c.disconnected)
+
+    def test_non_utf8_client_encoding_is_refused(self):
+        c = Client(new_session())
+        msgs = c.login(extra={"client_encoding": "LATIN1"}, ssl=False)
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "22023"))
+        self.assertIn("LATIN1", err.message)
+
+    def test_garbage_before_startup_is_fatal_08p01(self):
+        c = Client(new_session())
+        msgs = c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
+        self.assertIsNotNone(c.disconnected)
+        self.assertEqual(c.send(b"more"), [])
+
+    def test_garbage_after_login_is_fatal_08p01(self):
+        c = Client(new_session())
+        c.login()
+        msgs = c.send(b"\x01\x00\x00\x00\x05x")
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
+        self.assertIn("unexpected frontend message type", err.message)
+        self.assertIsNotNone(c.disconnected)
+
+    def test_query_before_authentication_is_fatal(self):
+        c = Client(new_session())
+        c.send(wire.StartupMessage({"user": "postgres_1", "replication": "database"}).encode())
+        msgs = c.send(wire.Query("IDENTIFY_SYSTEM").encode())
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
+
+    def test_cancel_request(self):
+        c = Client(new_session())
+        c.send(wire.CancelRequest(4242, 99).encode())
+        self.assertEqual(c.actions, [walsender.CancelRequested(4242, 99)])
+        self.assertIsNotNone(c.disconnected)
+
+
+class Queries(unittest.TestCase):
+    def setUp(self):
+        self.backend = FakeBackend()
+        self.c = Client(new_session(backend=self.backend))
+        self.c.login()
+
+    def test_create_subscription_conversation(self):
+        c = self.c
+        msgs = c.query(SET_CONFIG)
+        desc = of(msgs, wire.RowDescription)[0]
+        self.assertEqual([(f.name, f.type_oid, f.typlen) for f in desc.fields], [("set_config", 25, -1)])
+        self.assertEqual(of(msgs, wire.DataRow)[0].values, (b"",))
+        self.assertEqual(of(msgs, wire.CommandComplete), [wire.CommandComplete("SELECT 1")])
+        msgs = c.query(PUB_CHECK)
+        self.assertEqual(rows(msgs), [["all_tables"]])
+        self.assertEqual(of(msgs, wire.RowDescription)[0].fields[0].type_oid, 19)
+        msgs = c.query(TABLE_LIST)
+        self.assertEqual(of(msgs, wire.RowDescription)[0].names, ["schemaname", "tablename", "attnames"])
+        self.assertEqual(rows(msgs), [["public", "items", "{id,content,n}"]])
+        msgs = c.query(TABLE_LIST_14)
+        self.assertEqual(rows(msgs), [["public", "items"]])
+        msgs = c.query("CREATE_REPLICATION_SLOT \"postgres_1\" LOGICAL pgoutput (SNAPSHOT 'nothing')")
+        self.assertEqual(msgs, [])
+        req = c.actions[-1]
+        self.assertIsInstance(req, walsender.CreateSlotRequest)
+        self.assertEqual(req.command, ca.CreateSlot("postgres_1", "nothing"))
+        # Input while the driver works is answered afterwards, in order.
+        self.assertEqual(c.query("IDENTIFY_SYSTEM"), [])
+        msgs = c.take(c.session.slot_created("postgres_1", 0x1925A50))
+        self.assertEqual(of(msgs, wire.RowDescription)[0].names,
+                         ["slot_name", "consistent_point", "snapshot_name", "output_plugin"])
+        self.assertEqual(rows(msgs)[0], ["postgres_1", "0/1925A50", None, "pgoutput"])
+        self.assertEqual(rows(msgs)[1], ["7712374346367675096", "1", "0/1925A50", "postgres_1"])
+        self.assertEqual([m.tag for m in of(msgs, wire.CommandComplete)], ["CREATE_REPLICATION_SLOT", "IDENTIFY_SYSTEM"])
+        self.assertEqual(of(msgs, wire.ReadyForQuery), [wire.ReadyForQuery("I")] * 2)
+
+    def test_pre15_slot_syntax(self):
+        self.c.query('CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput NOEXPORT_SNAPSHOT')
+        self.assertEqual(self.c.actions[-1].command, ca.CreateSlot("s", "nothing"))
+
+    def test_export_snapshot_refused(self):
+        msgs = self.c.query('CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput EXPORT_SNAPSHOT')
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("ERROR", "0A000"))
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_unknown_query_then_connection_still_answers(self):
+        c = self.c
+        for sql in ("SELECT 1", "SHOW data_directory_mode", "DROP TABLE items", "TIMELINE_HISTORY 1"):
+            msgs = c.query(sql)
+            err = of(msgs, wire.ErrorResponse)[0]
+            self.assertEqual(err.severity, "ERROR")
+            self.assertIn(err.sqlstate, ("0A000", "42601"))
+            self.assertTrue(err.message)
+            self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(rows(c.query(SET_CONFIG)), [[""]])
+        self.assertIsNone(c.disconnected)
+
+    def test_bad_start_replication_syntax(self):
+        msgs = self.c.query("START_REPLICATION SLOT \"x\" LOGICAL nonsense")
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual(err.sqlstate, "42601")
+        self.assertIn("LSN", err.message)
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_unknown_publication(self):
+        for sql in (PUB_CHECK.replace("all_tables", "nope"), TABLE_LIST.replace("all_tables", "nope"),
+                    "START_REPLICATION SLOT \"x\" LOGICAL 0/0 (proto_version '3', publication_names '\"nope\"')"):
+            msgs = self.c.query(sql)
+            err = of(msgs, wire.ErrorResponse)[0]
+            self.assertEqual((err.sqlstate, err.message), ("42704", 'publication "nope" does not exist'))
+            self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_drop_slot_always_ok(self):
+        msgs = self.c.query("DROP_REPLICATION_SLOT sub2 WAIT")
+        self.assertEqual(of(msgs, wire.CommandComplete), [wire.CommandComplete("DROP_REPLICATION_SLOT")])
+        self.assertEqual(self.backend.dropped, [("sub2", "postgres_1")])
+
+    def test_transaction_status(self):
+        c = self.c
+        msgs = c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
+        self.assertEqual(msgs, [wire.CommandComplete("BEGIN"), wire.ReadyForQuery("T")])
+        msgs = c.query("SELECT nonsense")
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("E"))
+        msgs = c.query(SET_CONFIG)
+        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "25P02")
+        msgs = c.query("COMMIT")
+        self.assertEqual(msgs, [wire.CommandComplete("ROLLBACK"), wire.ReadyForQuery("I")])
+
+    def test_empty_query(self):
+        self.assertEqual(self.c.query(" ; "), [wire.EmptyQueryResponse(), wire.ReadyForQuery("I")])
+
+    def test_extended_protocol_refused_until_sync(self):
+        c = self.c
+        data = wire.Parse("", "SELECT 1").encode() + wire.Bind("", "").encode() + wire.Execute().encode()
+        msgs = c.send(data)
+        self.assertEqual(len(msgs), 1)
+        self.assertEqual(msgs[0].sqlstate, "08P01")
+        self.assertEqual(c.send(wire.Sync().encode()), [wire.ReadyForQuery("I")])
+        self.assertEqual(rows(c.query(SET_CONFIG)), [[""]])
+
+    def test_table_sync_conversation(self):
+        c = self.c
+        reg = self.backend.registry
+        relid = reg.find("public", "items").relation_id
+        app = "pg_16397_sync_16385_7712374349014268656"
+        c.session.application_name = app
+        self.assertTrue(c.session.is_sync_worker)
+        self.assertEqual(c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")[-1], wire.ReadyForQuery("T"))
+        c.query(f"CREATE_REPLICATION_SLOT \"{app}\" LOGICAL pgoutput (SNAPSHOT 'use')")
+        self.assertEqual(c.actions[-1].command.snapshot, "use")
+        snap = Snapshot(7, (
+            ResolvedChange("public", "items", ("a",), {"id": "a", "content": "tab\there\nnew \\ line", "n": "1"}),
+            ResolvedChange("public", "items", ("b",), {"id": "b", "content": None}),
+            ResolvedChange("public", "items", ("c",), {"id": "c", "content": "gone", "n": "3"}, deleted=True),
+            ResolvedChange("public", "other", (1,), {"k": "1"}),
+        ))
+        msgs = c.take(c.session.slot_created(app, positions.end_lsn(7), snap))
+        self.assertEqual(rows(msgs), [[app, format_lsn(positions.end_lsn(7)), None, "pgoutput"]])
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        msgs = c.query(RELATION_Q)
+        self.assertEqual(rows(msgs), [[str(relid), "d", "r"]])
+        self.assertEqual([f.type_oid for f in of(msgs, wire.RowDescription)[0].fields], [26, 18, 18])
+        msgs = c.query(COLUMN_LIST_Q.format(relid=relid))
+        self.assertEqual(rows(msgs), [[None]])
+        msgs = c.query(ATTRS_Q.format(relid=relid))
+        self.assertEqual(rows(msgs), [["1", "id", "25", "t"], ["2", "content", "25", "f"], ["3", "n", "23", "f"]])
+        self.assertEqual(of(msgs, wire.CommandComplete), [wire.CommandComplete("SELECT 3")])
+        msgs = c.query(ROW_FILTER_Q.format(relid=relid))
+        self.assertEqual(rows(msgs), [[None]])
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        msgs = c.query("COPY public.items (id, content, n) TO STDOUT")
+        stream = c.actions[-1]
+        self.assertIsInstance(stream, walsender.SendStream)
+        msgs = c.take([walsender.Send(chunk) for chunk in stream.chunks])
+        self.assertEqual(msgs[0], wire.CopyOutResponse(0, (0, 0, 0)))
+        data = b"".join(m.data for m in of(msgs, wire.CopyData))
+        self.assertEqual(data, b"a\ttab\\there\\nnew \\\\ line\t1\nb\t\\N\t\\N\n")
+        self.assertEqual(msgs[-3:], [wire.CopyDone(), wire.CommandComplete("COPY 2"), wire.ReadyForQuery("T")])
+        # Input queued behind the COPY is answered after resume().
+        self.assertEqual(c.query("COMMIT"), [])
+        self.assertEqual(c.take(c.session.resume()), [wire.CommandComplete("COMMIT"), wire.ReadyForQuery("I")])
+        self.assertIsNone(c.session.snapshot)
+
+    def test_copy_unknown_column_and_outside_sync(self):
+        msgs = self.c.query("COPY public.items (id, nope) TO STDOUT")
+        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "42703")
+        msgs = self.c.query("COPY public.items (id) TO STDOUT")
+        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "0A000")
+        msgs = self.c.query("COPY public.other (k) TO STDOUT")  # not in postgres_1's database
+        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "42P01")
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_streaming_and_copydone(self):
+        c = self.c
+        msgs = c.query("START_REPLICATION SLOT \"postgres_1\"  LOGICAL 0/1A00 "
+                       "(proto_version '3', publication_names '\"all_tables\"')")
+        self.assertEqual(msgs, [])
+        start = c.actions[-1]
+        self.assertIsInstance(start, walsender.StartRequest)
+        self.assertEqual((start.command.slot, start.command.lsn), ("postgres_1", 0x1A00))
+        msgs = c.take(c.session.start_streaming(start.command))
+        self.assertEqual(msgs, [wire.CopyBothResponse(0, ())])
+        upd = wire.StandbyStatusUpdate(0x1A00, 0x1900, 0x1A00, 0, True)
+        self.assertEqual(c.send(upd.frame()), [])
+        self.assertEqual(c.actions[-1], walsender.StatusUpdate(upd))
+        msgs = c.send(wire.CopyDone().encode())
+        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        self.assertEqual(msgs, [wire.CopyDone(), wire.CommandComplete("COPY 0"),
+                                wire.CommandComplete("START_REPLICATION"), wire.ReadyForQuery("I")])
+        msgs = c.query("DROP_REPLICATION_SLOT x WAIT")
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_slot_busy_answer(self):
+        c = self.c
+        c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        msgs = c.take(c.session.command_failed("55006", 'replication slot "postgres_1" is active for PID 1'))
+        self.assertFalse(of(msgs, wire.CopyBothResponse))
+        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "55006")
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+
+    def test_terminate_while_streaming(self):
+        c = self.c
+        c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        c.take(c.session.start_streaming(c.actions[-1].command))
+        c.send(wire.Terminate().encode())
+        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        self.assertIsNotNone(c.disconnected)
+
+    def test_query_while_streaming_is_fatal(self):
+        c = self.c
+        c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        c.take(c.session.start_streaming(c.actions[-1].command))
+        msgs = c.query("IDENTIFY_SYSTEM")
+        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "08P01")
+        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        self.assertIsNotNone(c.disconnected)
+
+    def test_garbage_copydata_while_streaming_is_fatal(self):
+        c = self.c
+        c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        c.take(c.session.start_streaming(c.actions[-1].command))
+        msgs = c.send(wire.CopyData(b"r\x00").encode())
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
+        self.assertIn("StandbyStatusUpdate", err.message)
+
+
+class Recognisers(unittest.TestCase):
+    def test_normalize(self):
+        self.assertEqual(ca.normalize("  SELECT  a,\n\tb ;\x00"), "SELECT a, b")
+        self.assertEqual(ca.normalize("SELECT 'a   b'  ,  \"x  y\""), "SELECT 'a   b' , \"x  y\"")
+
+    def test_quoted_names(self):
+        cmd = ca.parse("SELECT c.oid, c.relreplident, c.relkind FROM pg_catalog.pg_class c INNER JOIN "
+                       "pg_catalog.pg_namespace n ON (c.relnamespace = n.oid) WHERE n.nspname = 'My ''S'"
+                       " AND c.relname = E'a\\\\b'")
+        self.assertEqual(cmd, ca.RelationInfo("My 'S", "a\\b"))
+        cmd = ca.parse('COPY "My Schema"."T ""q""" ("Id", x) TO STDOUT')
+        self.assertEqual(cmd, ca.CopyTable("My Schema", 'T "q"', ("Id", "x")))
+
+    def test_start_replication_options(self):
+        cmd = ca.parse("START_REPLICATION SLOT \"sub1\" LOGICAL 16/B374D848 (proto_version '3', streaming 'on',"
+                       " publication_names '\"pub2\",\"x y\"', binary 'true')")
+        self.assertEqual(cmd.lsn, 0x16B374D848)
+        self.assertEqual(cmd.publications, ("pub2", "x y"))
+        self.assertEqual(cmd.proto_version, 3)
+        with self.assertRaises(ca.QueryError) as e:
+            ca.parse("START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '1', origin 'none')")
+        self.assertEqual((e.exception.sqlstate, e.exception.message), ("42601", "unrecognized pgoutput option: origin"))
+
+    def test_array_literal(self):
+        self.assertEqual(ca.array_literal(["id", "a b", "NULL", 'q"', ""]), '{id,"a b","NULL","q\\"",""}')
+
+    def test_pg14_attributes_query(self):
+        q = ("SELECT a.attname,       a.atttypid,       a.attnum = ANY(i.indkey)  FROM pg_catalog.pg_attribute a"
+             "  LEFT JOIN pg_catalog.pg_index i       ON (i.indexrelid = pg_get_replica_identity_index(20000))"
+             " WHERE a.attnum > 0::pg_catalog.int2   AND NOT a.attisdropped AND a.attgenerated = ''"
+             "   AND a.attrelid = 20000 ORDER BY a.attnum")
+        self.assertEqual(ca.parse(q), ca.Attributes(20000, with_attnum=False))
+
+
+def decode_frames(frames):
+    out = []
+    for f in frames:
+        (msg,) = wire.BackendParser().feed(f)
+        rep = msg.replication_message()
+        if isinstance(rep, wire.XLogData):
+            out.append((rep.wal_start, pgoutput.decode(rep.data)))
+        else:
+            out.append((rep.wal_end, rep))
+    return out
+
+
+class Encoder(unittest.TestCase):
+    def setUp(self):
+        self.reg = make_registry()
+        self.items_id = self.reg.find("public", "items").relation_id
+        self.other_id = self.reg.find("public", "other").relation_id
+
+    def tx(self, position, *changes, ts=1_700_000_000_000_000):
+        return ResolvedTransaction(position, "postgres_2", b"x", ts, tuple(changes))
+
+    def test_transaction_layout(self):
+        enc = OutboundEncoder(self.reg, "postgres_1", base=0, clock=lambda: 5)
+        rt = self.tx(
+            3,
+            ResolvedChange("public", "items", ("a",), {"id": "a", "content": "x", "n": "1", "gone": "?"}),
+            ResolvedChange("public", "other", ("1",), {"k": "1"}),  # not in postgres_1's database
+            ResolvedChange("public", "items", ("b",), {"id": "b"}),  # missing columns -> NULL
+            ResolvedChange("public", "items", ("c",), {"id": "c", "content": "old", "n": "9"}, deleted=True),
+        )
+        out = decode_frames(enc.frames(rt))
+        kinds = [type(m).__name__ for _, m in out]
+        self.assertEqual(kinds, ["Begin", "Relation", "Insert", "Insert", "Delete", "Commit"])
+        begin, commit = out[0][1], out[-1][1]
+        self.assertEqual(begin.final_lsn, commit.commit_lsn)
+        self.assertEqual(commit.end_lsn, positions.end_lsn(3))
+        self.assertEqual(begin.commit_timestamp, 1_700_000_000_000_000 - 946_684_800_000_000)
+        rel = out[1][1]
+        self.assertEqual(out[1][0], 0)
+        self.assertEqual((rel.relation_id, rel.namespace, rel.name, rel.replica_identity),
+                         (self.items_id, "public", "items", "d"))
+        self.assertEqual([(c.flags, c.name, c.type_oid) for c in rel.columns],
+                         [(1, "id", 25), (0, "content", 25), (0, "n", 23)])
+        self.assertEqual(out[2][1].new, ("a", "x", "1"))
+        self.assertEqual(out[3][1].new, ("b", None, None))
+        self.assertEqual((out[4][1].key, out[4][1].old), (("c", None, None), None))
+        lsns = [lsn for lsn, _ in out]
+        self.assertTrue(positions.end_lsn(2) < lsns[0] <= lsns[2] <= lsns[4] <= commit.commit_lsn < lsns[5])
+        self.assertEqual(enc.wal_end, positions.end_lsn(3))
+        self.assertEqual(enc.skipped_changes, 1)
+        # Next transaction: the relation is cached on this connection.
+        out = decode_frames(enc.frames(self.tx(4, ResolvedChange("public", "items", ("d",), {"id": "d"}))))
+        self.assertEqual([type(m).__name__ for _, m in out], ["Begin", "Insert", "Commit"])
+        # Never re-sends a transaction at or below its position.
+        self.assertEqual(enc.encode(self.tx(4, ResolvedChange("public", "items", ("d",), {"id": "d"}))), [])
+        self.assertEqual(enc.encode(self.tx(2, ResolvedChange("public", "items", ("d",), {"id": "d"}))), [])
+
+    def test_transaction_without_rows_for_this_database(self):
+        enc = OutboundEncoder(self.reg, "postgres_1", base=0x1000, start_position=5)
+        self.assertEqual(enc.wal_end, positions.end_lsn(5, 0x1000))
+        frames = enc.encode(self.tx(6, ResolvedChange("public", "other", ("1",), {"k": "1"})))
+        self.assertEqual(frames, [])
+        self.assertEqual(enc.wal_end, positions.end_lsn(6, 0x1000))
+        ((lsn, ka),) = decode_frames([enc.keepalive(True)])
+        self.assertEqual(lsn, positions.end_lsn(6, 0x1000))
+        self.assertTrue(ka.reply_requested)
+
+    def test_relation_resent_when_database_definition_changes(self):
+        enc = OutboundEncoder(self.reg, "postgres_1", base=0)
+        enc.encode(self.tx(1, ResolvedChange("public", "items", ("a",), {"id": "a"})))
+        wider = self.reg.register(items_table((Column("extra", "text", 25, -1, False),)))
+        self.reg.set_database_tables("postgres_1", [wider])
+        out = decode_frames(enc.frames(self.tx(2, ResolvedChange("public", "items", ("a",), {"id": "a", "extra": "e"}))))
+        self.assertEqual([type(m).__name__ for _, m in out], ["Begin", "Relation", "Insert", "Commit"])
+        self.assertEqual(out[1][1].column_names, ("id", "content", "n", "extra"))
+        self.assertEqual(out[2][1].new, ("a", None, None, "e"))
