@@ -1,0 +1,407 @@
+"""
+The Satellite websocket service: listener, per-connection driver, client-id registry.
+
+`SatelliteService` listens on ``LISTEN_HOST:WEBSOCKET_PORT`` (path ``/ws``).
+For every websocket it runs a `ClientConnection`, which owns one sans-IO
+`SatelliteSession` and carries out the session's actions against the hub
+(append, snapshot, subscribe), the offset store and the socket, feeding the
+results back into the session.  The outgoing stream is pulled from the hub
+subscription only while the session wants more *and* the socket is not
+pushing back (the transport pauses us as its producer when the kernel buffer
+is full), so a slow client never makes Electric buffer for it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, task
+from twisted.logger import Logger
+
+from electric.hub.interface import HubError, SubscriptionClosed
+from electric.satellite import auth as auth_mod
+from electric.satellite import codec
+from electric.satellite import session as sm
+
+log = Logger()
+
+HEARTBEAT_INTERVAL = 5.0
+"""Seconds between heartbeat ticks: ping after one silent interval, close after another."""
+
+AUTH_DEADLINE = 10.0
+"""Seconds a new connection has to authenticate."""
+
+CLAIM_WAIT = 1.0
+"""How long a second connection with a live client id waits for the old one to go."""
+
+PULL_BATCH = 100
+"""Hub transactions asked for per subscription pull."""
+
+STOP_TIMEOUT = 5.0
+"""stopService waits this long for connections to finish closing, then drops them."""
+
+
+class ClientConnection:
+    """
+    Drives one session.  `transport` is the websocket protocol; it must offer
+    ``send_frame(bytes)``, ``close_connection(abort: bool)``.
+    """
+
+    def __init__(self, owner: "SatelliteService", transport, peer: str = "?"):
+        self.owner = owner
+        self.transport = transport
+        self.peer = peer
+        self.reactor = owner.reactor
+        self.hub = owner.hub
+        self.session = sm.SatelliteSession(
+            owner.registry,
+            owner.authenticator,
+            owner.config.regional_id,
+            lsn_of=self.hub.client_lsn,
+            position_of=self.hub.position_from_client_lsn,
+            logger=self._log,
+        )
+        self._subscription = None
+        self._pulling = False
+        self._paused = False
+        self._stream_generation = 0
+        self._heartbeat: Optional[task.LoopingCall] = None
+        self._auth_timer = None
+        self._lost = False
+        self._claimed = False
+        self.closed = defer.Deferred()
+
+    def _log(self, text: str) -> None:
+        who = self.session.client_id if self.session.client_id is not None else self.peer
+        log.info("satellite {who}: {text}", who=who, text=text)
+
+    # --- from the transport ----------------------------------------
+
+    def opened(self) -> None:
+        self._auth_timer = self.reactor.callLater(AUTH_DEADLINE, self._auth_deadline)
+        self._heartbeat = task.LoopingCall(lambda: self._run(self.session.tick()))
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+
+    def frame(self, data: bytes, binary: bool) -> None:
+        self._run(self.session.receive(data, binary))
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self.session.disconnected()
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._stop_stream()
+        if self._claimed:
+            self.owner._release(self.session.client_id, self)
+        self.owner._connection_lost(self)
+        self.closed.callback(None)
+
+    # --- actions ---------------------------------------------------
+
+    def _run(self, actions: List) -> None:
+        for action in actions:
+            if self._lost:
+                if isinstance(action, sm.PersistClientLsn):
+                    self._persist(action)
+                continue
+            if isinstance(action, sm.Send):
+                self.transport.send_frame(action.data)
+            elif isinstance(action, sm.Close):
+                self._stop_stream()
+                self.transport.close_connection(action.abort)
+            elif isinstance(action, sm.ClaimClient):
+                self._claim(action)
+            elif isinstance(action, sm.StartOutgoing):
+                self._start_stream(action)
+            elif isinstance(action, sm.StopOutgoing):
+                self._stop_stream()
+            elif isinstance(action, sm.Append):
+                self._append(action)
+            elif isinstance(action, sm.PersistClientLsn):
+                self._persist(action)
+            else:
+                raise TypeError(f"unknown session action {action!r}")
+        self._pump()
+
+    def _auth_deadline(self) -> None:
+        self._auth_timer = None
+        self._run(self.session.auth_deadline())
+
+    @defer.inlineCallbacks
+    def _claim(self, action: sm.ClaimClient):
+        granted = yield self.owner._claim(action.client_id, self)
+        if self._lost:
+            if granted:
+                self.owner._release(action.client_id, self)
+            return
+        if not granted:
+            self._run(self.session.claim_refused())
+            return
+        self._claimed = True
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        try:
+            stored = yield defer.maybeDeferred(self.owner.offsets.client_lsn, action.client_id)
+        except Exception as e:  # a broken offset store must not leave the client hanging
+            log.failure("satellite: reading the stored LSN of {client} failed", client=action.client_id)
+            self._run(self.session.stream_failed(f"offset store: {e}"))
+            return
+        if not self._lost:
+            self._run(self.session.claim_granted(stored))
+
+    def _append(self, action: sm.Append) -> None:
+        try:
+            d = self.hub.append(action.transaction)
+        except Exception as e:
+            d = defer.fail(e)
+
+        def done(_result):
+            self._run(self.session.append_done(action.lsn))
+
+        def failed(failure):
+            log.failure("satellite {client}: append failed", failure, client=self.session.client_id)
+            self._run(self.session.append_failed(failure.getErrorMessage()))
+
+        d.addCallbacks(done, failed)
+        d.addErrback(lambda f: log.failure("satellite: after append", f))
+
+    def _persist(self, action: sm.PersistClientLsn) -> None:
+        d = defer.maybeDeferred(self.owner.offsets.set_client_lsn, action.client_id, action.lsn)
+        d.addErrback(lambda f: log.failure("satellite: storing the LSN of {client} failed", f, client=action.client_id))
+
+    @defer.inlineCallbacks
+    def _start_stream(self, action: sm.StartOutgoing):
+        self._stop_stream()
+        self._stream_generation += 1
+        generation = self._stream_generation
+        kind, position = action.kind, action.position
+        try:
+            if kind == sm.FROM_POSITION and position > self.hub.head():
+                self._log(f"start position {position} is beyond this hub's head {self.hub.head()}: initial sync instead")
+                kind = sm.FROM_START
+            if kind == sm.FROM_START:
+                snapshot = yield self.hub.snapshot()
+                if generation != self._stream_generation or self._lost:
+                    return
+                self._run(self.session.snapshot(snapshot))
+                position = snapshot.position
+            elif kind == sm.FROM_HEAD:
+                position = self.hub.head()
+            if generation != self._stream_generation or self._lost:
+                return
+            self._subscription = self.hub.subscribe(position)
+        except HubError as e:
+            if generation == self._stream_generation:
+                self._run(self.session.stream_failed(str(e)))
+            return
+        self._pump()
+
+    def _stop_stream(self) -> None:
+        self._stream_generation += 1
+        sub, self._subscription = self._subscription, None
+        if sub is not None:
+            sub.close()
+
+    def _pump(self) -> None:
+        sub = self._subscription
+        if sub is None or self._pulling or self._paused or self._lost or not self.session.wants_transactions:
+            return
+        self._pulling = True
+        try:
+            d = sub.next(PULL_BATCH)
+        except Exception as e:
+            d = defer.fail(e)
+
+        def got(items):
+            self._pulling = False
+            if sub is not self._subscription or self._lost:
+                return
+            self._run(self.session.outgoing(items))
+
+        def failed(failure):
+            self._pulling = False
+            if sub is not self._subscription or self._lost:
+                return None
+            if failure.check(SubscriptionClosed):
+                reason = "hub subscription closed"
+            else:
+                log.failure("satellite {client}: hub subscription failed", failure, client=self.session.client_id)
+                reason = failure.getErrorMessage()
+            self._subscription = None
+            self._run(self.session.stream_failed(reason))
+
+        d.addCallbacks(got, failed)
+        d.addErrback(lambda f: log.failure("satellite: delivering transactions", f))
+
+    # --- service-initiated -------------------------------------------
+
+    def send_migration(self, old_version: str, old_hash: str, new_version: str, new_hash: str) -> bool:
+        gen = self.session.gen
+        if self._lost or self.session.state != sm.READY or not gen.has("SatMigrationNotification"):
+            return False
+        msg = gen.pb.SatMigrationNotification(
+            old_schema_version=old_version,
+            old_schema_hash=old_hash,
+            new_schema_version=new_version,
+            new_schema_hash=new_hash,
+        )
+        self.transport.send_frame(codec.encode(gen, msg))
+        return True
+
+    def shutdown(self) -> None:
+        if not self._lost:
+            self._stop_stream()
+            self.transport.close_connection(False)
+
+
+class SatelliteService(service.Service):
+    """
+    `config`: `electric.config.Config` (listen_host, websocket_port,
+    regional_id, auth settings).  `hub`: an IHub that also offers
+    ``client_lsn(position)`` / ``position_from_client_lsn(bytes)`` (the
+    embedded hub does).  `offsets`: ``client_lsn(client_id)`` /
+    ``set_client_lsn(client_id, lsn)`` (plain values or Deferreds).
+    """
+
+    name = "satellite"
+
+    def __init__(self, config, hub, registry, offsets, reactor=None, authenticator=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        self.hub = hub
+        self.registry = registry
+        self.offsets = offsets
+        self.authenticator = authenticator if authenticator is not None else auth_mod.from_config(config)
+        self.listening = defer.Deferred()
+        self.connections: List[ClientConnection] = []
+        self._clients: Dict[str, ClientConnection] = {}
+        self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
+        self._port = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually listened on (useful with WEBSOCKET_PORT=0 in tests)."""
+        return self._port.getHost().port
+
+    def startService(self):
+        from electric.satellite.transport import SatelliteServerFactory
+
+        service.Service.startService(self)
+        factory = SatelliteServerFactory(self)
+        endpoint = endpoints.TCP4ServerEndpoint(
+            self.reactor, self.config.websocket_port, interface=self.config.listen_host
+        )
+        d = endpoint.listen(factory)
+
+        def listening(port):
+            self._port = port
+            log.info(
+                "satellite websocket listening on {host}:{port}/ws ({mode} auth)",
+                host=self.config.listen_host, port=port.getHost().port, mode=self.authenticator.mode,
+            )
+            self.listening.callback(port)
+            return port
+
+        def failed(failure):
+            log.failure("satellite websocket could not listen", failure)
+            self.listening.errback(failure)
+
+        d.addCallbacks(listening, failed)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._port is not None:
+            port, self._port = self._port, None
+            yield port.stopListening()
+        waiting = [c.closed for c in self.connections]
+        for c in list(self.connections):
+            c.shutdown()
+        if waiting:
+            done = defer.DeferredList(waiting, consumeErrors=True)
+            timer = self.reactor.callLater(STOP_TIMEOUT, lambda: [c.transport.close_connection(True) for c in list(self.connections)])
+            yield done
+            if timer.active():
+                timer.cancel()
+
+    # --- connections --------------------------------------------------
+
+    def connection_opened(self, transport, peer: str = "?") -> ClientConnection:
+        conn = ClientConnection(self, transport, peer)
+        self.connections.append(conn)
+        conn.opened()
+        return conn
+
+    def _connection_lost(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    def _claim(self, client_id: str, conn: ClientConnection) -> defer.Deferred:
+        """Fires True once `conn` is the one live connection of `client_id`, False after CLAIM_WAIT."""
+        if client_id not in self._clients:
+            self._clients[client_id] = conn
+            return defer.succeed(True)
+        d = defer.Deferred()
+        self._claim_waiters.setdefault(client_id, []).append(d)
+
+        def give_up():
+            waiters = self._claim_waiters.get(client_id, [])
+            if d in waiters:
+                waiters.remove(d)
+                if not waiters:
+                    del self._claim_waiters[client_id]
+                d.callback(False)
+
+        timer = self.reactor.callLater(CLAIM_WAIT, give_up)
+
+        def settled(result):
+            if timer.active():
+                timer.cancel()
+            if result:
+                self._clients[client_id] = conn
+            return result
+
+        d.addCallback(settled)
+        return d
+
+    def _release(self, client_id: str, conn: ClientConnection) -> None:
+        if self._clients.get(client_id) is not conn:
+            return
+        del self._clients[client_id]
+        waiters = self._claim_waiters.get(client_id)
+        if waiters:
+            d = waiters.pop(0)
+            if not waiters:
+                del self._claim_waiters[client_id]
+            self._clients[client_id] = None  # reserved until `settled` stores the new owner
+            d.callback(True)
+
+    def connected_clients(self) -> List[str]:
+        return sorted(k for k, v in self._clients.items() if v is not None)
+
+    def notify_migration(self, old_version: str, old_hash: str, new_version: str, new_hash: str) -> int:
+        """
+        Tell every authenticated client of a generation that has
+        SatMigrationNotification (V0_2) that the schema changed; returns how
+        many were told.
+        """
+        sent = 0
+        for conn in list(self.connections):
+            if conn.send_migration(old_version, old_hash, new_version, new_hash):
+                sent += 1
+        return sent
