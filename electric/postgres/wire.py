@@ -1073,12 +1073,17 @@ class _Parser:
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE):
         self.max_message_size = max_message_size
         self._buf = bytearray()
+        self._pos = 0  # start of the first unparsed byte; compacted once per feed()
         self._error: Optional[ProtocolError] = None
         self.closed = False
 
+    def _discard(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
     def _fail(self, err: ProtocolError) -> ProtocolError:
         self._error = err
-        self._buf = bytearray()
+        self._discard()
         return err
 
     def _check_length(self, tag: bytes, length: int) -> None:
@@ -1092,19 +1097,19 @@ class _Parser:
 
     def _tagged(self, out: list) -> bool:
         """Parse one tagged message from the buffer into `out`; False if incomplete."""
-        buf = self._buf
-        if len(buf) < 5:
+        buf, p = self._buf, self._pos
+        if len(buf) - p < 5:
             return False
-        tag, length = _HEADER.unpack_from(buf, 0)
+        tag, length = _HEADER.unpack_from(buf, p)
         self._check_length(tag, length)
-        if len(buf) < length + 1:
+        if len(buf) - p < length + 1:
             return False
         cls = self._table.get(tag)
         if cls is None:
             raise self._fail(ProtocolError(
                 f"unexpected {self._direction} message type {tag!r} (length {length})"))
-        body = bytes(buf[5:length + 1])
-        del buf[:length + 1]
+        body = bytes(buf[p + 5:p + length + 1])
+        self._pos = p + length + 1
         try:
             out.append(cls.decode_body(body))
         except ProtocolError as e:
@@ -1119,8 +1124,13 @@ class _Parser:
             return []
         self._buf += data
         out: list = []
-        while self._buf and not self.closed and self._step(out):
-            pass
+        try:
+            while not self.closed and len(self._buf) > self._pos and self._step(out):
+                pass
+        finally:
+            if self._pos:
+                del self._buf[:self._pos]
+                self._pos = 0
         return out
 
     def _step(self, out: list) -> bool:
@@ -1129,7 +1139,7 @@ class _Parser:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet forming a complete message."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
 
 class BackendParser(_Parser):
@@ -1153,15 +1163,15 @@ class BackendParser(_Parser):
 
     def _step(self, out: list) -> bool:
         if self._await_ssl:
-            b = self._buf[:1]
+            b = bytes(self._buf[self._pos:self._pos + 1])
             if b in (b"S", b"N"):
-                del self._buf[:1]
+                self._pos += 1
                 self._await_ssl = False
                 out.append(SSLResponse(b == b"S"))
                 return True
             if b != b"E":
                 raise self._fail(ProtocolError(
-                    f"invalid answer to SSL/GSS request: {bytes(b)!r} (expected S or N)"))
+                    f"invalid answer to SSL/GSS request: {b!r} (expected S or N)"))
             self._await_ssl = False
         return self._tagged(out)
 
@@ -1190,19 +1200,19 @@ class FrontendParser(_Parser):
             ok = self._tagged(out)
             if ok and isinstance(out[-1], Terminate):
                 self.closed = True
-                self._buf = bytearray()
+                self._discard()
             return ok
-        buf = self._buf
-        if len(buf) < 4:
+        buf, p = self._buf, self._pos
+        if len(buf) - p < 4:
             return False
-        length = _I32.unpack_from(buf, 0)[0]
+        length = _I32.unpack_from(buf, p)[0]
         if length < 8 or length > self.max_startup_size:
             raise self._fail(ProtocolError(
                 f"invalid startup packet length {length} (allowed 8..{self.max_startup_size})"))
-        if len(buf) < length:
+        if len(buf) - p < length:
             return False
-        body = bytes(buf[4:length])
-        del buf[:length]
+        body = bytes(buf[p + 4:p + length])
+        self._pos = p + length
         try:
             pkt = _decode_startup_packet(body)
         except ProtocolError as e:
@@ -1212,7 +1222,7 @@ class FrontendParser(_Parser):
             self.in_startup = False
         elif isinstance(pkt, CancelRequest):
             self.closed = True
-            self._buf = bytearray()
+            self._discard()
         return True
 
 
