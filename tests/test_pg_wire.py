@@ -378,3 +378,61 @@ class CopyTextTests(unittest.TestCase):
             w.parse_copy_text_row(b"bad\\")
         with self.assertRaises(ProtocolError):
             w.parse_copy_text_row(b"\xff")
+
+
+# --------------------------------------------------------------------------
+# Fuzzing: whatever arrives, the only exception is ProtocolError.
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_VALID_BACKEND = b"".join(m.encode() for m in BACKEND_SAMPLES)
+_VALID_FRONTEND = (w.StartupMessage({"user": "u"}).encode()
+                   + b"".join(m.encode() for m in FRONTEND_SAMPLES[:-1]))
+
+
+def _mutate(data, edits):
+    b = bytearray(data)
+    for pos, val in edits:
+        if b:
+            b[pos % len(b)] = val
+    return bytes(b)
+
+
+class FuzzTests(unittest.TestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300), st.integers(1, 17))
+    def test_random_backend_bytes(self, data, chunk):
+        p = BackendParser(max_message_size=1 << 16)
+        try:
+            feed_chunks(p, data, [chunk])
+        except ProtocolError:
+            pass
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300), st.booleans())
+    def test_random_frontend_bytes(self, data, startup_done):
+        p = FrontendParser(max_message_size=1 << 16)
+        p.in_startup = not startup_done
+        try:
+            p.feed(data)
+        except ProtocolError:
+            pass
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=4))
+    def test_mutated_valid_streams(self, edits):
+        for parser, data in ((BackendParser(1 << 20), _VALID_BACKEND), (FrontendParser(1 << 20), _VALID_FRONTEND)):
+            try:
+                for m in parser.feed(_mutate(data, edits)):
+                    if isinstance(m, w.CopyData):
+                        try:
+                            m.replication_message()
+                        except ProtocolError:
+                            pass
+                    if isinstance(m, w.DataRow):
+                        try:
+                            m.texts()
+                        except ProtocolError:
+                            pass
+            except ProtocolError:
+                pass

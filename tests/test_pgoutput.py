@@ -467,3 +467,35 @@ class RealWalsenderTests(unittest.TestCase):
         self.assertEqual(commit.xid, xid)
         self.assertLess(commit.commit_lsn, commit.end_lsn)
         self.assertEqual(len(starts), len([m for m in msgs if isinstance(m, po.StreamStop)]))
+
+
+# --------------------------------------------------------------------------
+# Fuzzing: malformed payloads only ever raise PgoutputError.
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_TAGS = b"BCORYIUDTMSEcAbPKrp"
+
+
+class FuzzTests(unittest.TestCase):
+    @settings(max_examples=500, deadline=None)
+    @given(st.sampled_from(_TAGS), st.binary(max_size=80), st.booleans())
+    def test_random_bodies(self, tag, body, in_stream):
+        try:
+            decode(bytes([tag]) + body, in_stream=in_stream)
+        except PgoutputError:
+            pass
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.sampled_from(SAMPLES), st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)),
+                                             min_size=1, max_size=3))
+    def test_mutated_samples(self, msg, edits):
+        raw = bytearray(msg.encode())
+        for pos, val in edits:
+            raw[pos % len(raw)] = val
+        try:
+            m = decode(bytes(raw))
+        except PgoutputError:
+            return
+        # Whatever decoded must encode back to the same bytes.
+        self.assertEqual(m.encode(), bytes(raw))
