@@ -1,0 +1,614 @@
+"""
+Port 5433: Electric as the logical-replication publisher every Postgres subscribes to.
+
+Each connector's Postgres has a subscription pointing back here (created by
+`electric.postgres.setup`); its apply worker streams the hub's resolved
+transactions from the position matching its origin progress, and its
+table-sync workers copy the hub's current rows when it joins.  The protocol
+itself is the sans-IO `electric.postgres.walsender.Session`; this module
+moves bytes, owns the slots, and pumps hub subscriptions into sockets under
+flow control.
+
+Positions ↔ LSNs: `electric.hub.positions` with a per-origin base kept in the
+`OffsetStore`, so a subscriber's origin LSN names exactly the last hub
+transaction it applied: a reconnecting subscriber never gets a transaction
+twice and never misses one.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+import time
+from typing import Deque, Dict, Iterator, Optional
+
+from twisted.application import service
+from twisted.internet import defer, protocol, task
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from electric.hub import positions
+from electric.hub.interface import HubError, SubscriptionClosed
+from electric.postgres import walsender
+from electric.postgres.lsn import format_lsn, pg_now
+from electric.postgres.outbound import OutboundEncoder
+
+log = Logger(namespace="electric.postgres.server")
+
+BATCH = 100
+"""Resolved transactions asked from the hub per pull."""
+
+WRITE_CHUNK = 256 * 1024
+"""Bytes of frames gathered into one transport.write."""
+
+
+def hub_consumer(origin: str) -> str:
+    """Durable consumer name holding hub compaction back for `origin`'s subscriber."""
+    return "pg:" + origin
+
+
+class Slot:
+    """
+    A replication slot as Electric keeps it: in memory only, since the
+    subscriber's origin progress (sent with every START_REPLICATION) is the
+    authoritative resume point.  `confirmed` is the hub position the slot is
+    known to have reached (its creation point, then flushed positions), used
+    like Postgres's confirmed_flush_lsn: a START below it starts there.
+    """
+
+    def __init__(self, name: str, origin: str, confirmed: int = 0):
+        self.name = name
+        self.origin = origin
+        self.confirmed = confirmed
+        self.active: Optional["FollowerProtocol"] = None
+        self.stream: Optional["ReplicationStream"] = None
+
+    def status(self) -> dict:
+        s = {"origin": self.origin, "streaming": self.active is not None, "confirmed_position": self.confirmed}
+        if self.stream is not None:
+            s.update(self.stream.status())
+        return s
+
+
+@implementer(IPushProducer)
+class ReplicationStream:
+    """
+    One START_REPLICATION: pulls resolved transactions from a hub
+    subscription only while the socket accepts more (IPushProducer fed by the
+    transport), frames them with an `OutboundEncoder`, and answers status
+    updates (hub acks, keepalives).
+    """
+
+    def __init__(self, follower: "FollowerService", conn: "FollowerProtocol", slot: Slot,
+                 base: int, start: int, durable: bool):
+        self.follower = follower
+        self.conn = conn
+        self.slot = slot
+        self.origin = slot.origin
+        self.base = base
+        self.start_position = start
+        self.durable = durable
+        self.encoder = OutboundEncoder(follower.registry, slot.origin, base, start)
+        self.acked = start
+        self.paused = False
+        self.stopped = False
+        self._pumping = False
+        self._waiting = False
+        self._keepalive_due = False
+        self._batch: Deque = collections.deque()
+        self._frames: Optional[Iterator[bytes]] = None
+        self._sub = None
+        self._timer: Optional[task.LoopingCall] = None
+        self.last_heard = time.monotonic()
+        self.started_at = time.time()
+
+    # --- life cycle -----------------------------------------------------
+
+    def start(self) -> None:
+        hub = self.follower.hub
+        consumer = hub_consumer(self.origin) if self.durable else None
+        self._sub = hub.subscribe(self.start_position, consumer)
+        if self.durable:
+            hub.ack(consumer, self.start_position)
+        self._write(self.encoder.keepalive())
+        self._timer = task.LoopingCall(self._tick)
+        self._timer.clock = self.follower.reactor
+        self._timer.start(self.follower.keepalive_interval, now=False)
+        self._pump()
+
+    def stop(self, reason: str) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        if self._sub is not None:
+            self._sub.close()
+        self._frames = None
+        self._batch.clear()
+        log.info("slot {slot} ({origin}): stream stopped at position {pos}: {reason}",
+                 slot=self.slot.name, origin=self.origin, pos=self.encoder.position, reason=reason)
+
+    # --- IPushProducer (forwarded by the protocol) ------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self.stop("transport closed")
+
+    # --- subscriber → us ---------------------------------------------------
+
+    def status_update(self, update) -> None:
+        self.last_heard = time.monotonic()
+        if self.durable and update.flushed:
+            pos = positions.position_for_lsn(update.flushed, self.base)
+            pos = min(pos, self.encoder.position)
+            if pos > self.acked:
+                self.acked = pos
+                self.slot.confirmed = max(self.slot.confirmed, pos)
+                try:
+                    self.follower.hub.ack(hub_consumer(self.origin), pos)
+                except HubError as e:
+                    log.warn("slot {slot}: hub refused ack: {e}", slot=self.slot.name, e=e)
+        if update.reply_requested and not self.stopped:
+            self._write(self.encoder.keepalive())
+
+    def _tick(self) -> None:
+        if self.stopped:
+            return
+        idle = time.monotonic() - self.last_heard
+        timeout = self.follower.sender_timeout
+        if timeout and idle > timeout:
+            log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
+                     slot=self.slot.name, origin=self.origin, idle=idle)
+            self.conn.abandon("terminating walsender process due to replication timeout")
+            return
+        self._write(self.encoder.keepalive(bool(timeout) and idle > timeout / 2))
+
+    # --- pumping ----------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.conn.transport is not None and not self.stopped:
+            self.conn.transport.write(data)
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self.stopped and not self.paused:
+                if self._frames is not None:
+                    out = []
+                    size = 0
+                    finished = True
+                    for frame in self._frames:
+                        out.append(frame)
+                        size += len(frame)
+                        if size >= WRITE_CHUNK:
+                            finished = False
+                            break
+                    if finished:
+                        self._frames = None
+                    if out:
+                        self._write(b"".join(out))
+                    continue
+                if self._batch:
+                    self._frames = self.encoder.frames(self._batch.popleft())
+                    continue
+                if self._keepalive_due:
+                    self._keepalive_due = False
+                    self._write(self.encoder.keepalive())
+                    continue
+                if not self._waiting:
+                    self._waiting = True
+                    d = self._sub.next(BATCH)
+                    d.addCallbacks(self._got, self._failed)
+                    if self._batch:
+                        continue
+                break
+        finally:
+            self._pumping = False
+
+    def _got(self, items) -> None:
+        self._waiting = False
+        if self.stopped:
+            return
+        self._batch.extend(items)
+        self._keepalive_due = True
+        self._pump()
+
+    def _failed(self, failure) -> None:
+        self._waiting = False
+        if self.stopped:
+            return
+        if failure.check(SubscriptionClosed):
+            reason = "Electric's hub is shutting down"
+        else:
+            log.failure("slot {slot}: hub subscription failed", failure, slot=self.slot.name)
+            reason = f"Electric's hub failed: {failure.getErrorMessage()}"
+        self.conn.abandon(reason)
+
+    def status(self) -> dict:
+        return {
+            "peer": self.conn.peer,
+            "application_name": self.conn.session.application_name,
+            "sync_worker": not self.durable,
+            "start_position": self.start_position,
+            "sent_position": self.encoder.position,
+            "sent_lsn": format_lsn(self.encoder.wal_end),
+            "acked_position": self.acked,
+            "transactions_sent": self.encoder.transactions_sent,
+            "changes_sent": self.encoder.changes_sent,
+            "changes_skipped": self.encoder.skipped_changes,
+            "paused": self.paused,
+        }
+
+
+@implementer(IPushProducer)
+class _CopyWriter:
+    """Writes a COPY's chunks while the transport accepts them."""
+
+    def __init__(self, conn: "FollowerProtocol", chunks: Iterator[bytes]):
+        self.conn = conn
+        self.chunks = chunks
+        self.paused = False
+        self.done = False
+        self._running = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.run()
+
+    def stopProducing(self):
+        self.done = True
+
+    def run(self):
+        if self._running:
+            return
+        self._running = True
+        try:
+            while not self.paused and not self.done:
+                out = []
+                size = 0
+                for chunk in self.chunks:
+                    out.append(chunk)
+                    size += len(chunk)
+                    if size >= WRITE_CHUNK:
+                        break
+                else:
+                    self.done = True
+                if out and self.conn.transport is not None:
+                    self.conn.transport.write(b"".join(out))
+        finally:
+            self._running = False
+        if self.done and self.conn.copy_writer is self:
+            self.conn.copy_writer = None
+            self.conn.run(self.conn.session.resume())
+
+
+@implementer(IPushProducer)
+class FollowerProtocol(protocol.Protocol):
+    """Bytes ↔ `walsender.Session`; executes the session's actions."""
+
+    def __init__(self, follower: "FollowerService", pid: int, secret: int):
+        self.follower = follower
+        self.pid = pid
+        self.secret = secret
+        self.session = walsender.Session(follower, pid, secret, follower.auth_method)
+        self.stream: Optional[ReplicationStream] = None
+        self.copy_writer: Optional[_CopyWriter] = None
+        self.peer = ""
+        self._auth_timer = None
+        self._closed = False
+
+    # --- Twisted -------------------------------------------------------------
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        if hasattr(self.transport, "setTcpKeepAlive"):
+            self.transport.setTcpKeepAlive(True)
+        self.transport.registerProducer(self, True)
+        self.follower.connections.add(self)
+        self._auth_timer = self.follower.reactor.callLater(
+            self.follower.auth_timeout, self._auth_timed_out)
+
+    def dataReceived(self, data):
+        if self._closed:
+            return
+        self.run(self.session.feed(data))
+
+    def connectionLost(self, reason=None):
+        self._closed = True
+        self._cancel_auth_timer()
+        self.run(self.session.connection_lost())
+        self._stop_stream("connection lost")
+        if self.copy_writer is not None:
+            self.copy_writer.done = True
+            self.copy_writer = None
+        self.follower.connections.discard(self)
+
+    # --- IPushProducer: forward to whatever is writing -------------------------
+
+    def pauseProducing(self):
+        for p in (self.stream, self.copy_writer):
+            if p is not None:
+                p.pauseProducing()
+
+    def resumeProducing(self):
+        for p in (self.stream, self.copy_writer):
+            if p is not None:
+                p.resumeProducing()
+
+    def stopProducing(self):
+        self._stop_stream("transport closed")
+        if self.copy_writer is not None:
+            self.copy_writer.done = True
+
+    # --- actions --------------------------------------------------------------------
+
+    def run(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, walsender.Send):
+                if self.transport is not None and not self._closed:
+                    self.transport.write(action.data)
+            elif isinstance(action, walsender.SendStream):
+                self.copy_writer = _CopyWriter(self, action.chunks)
+                self.copy_writer.run()
+            elif isinstance(action, walsender.Disconnect):
+                self._disconnect(action.reason)
+            elif isinstance(action, walsender.Authenticated):
+                self._cancel_auth_timer()
+                log.info("5433 connection from {peer}: user {user} application {app} authenticated",
+                         peer=self.peer, user=action.user, app=action.application_name)
+            elif isinstance(action, walsender.CreateSlotRequest):
+                self._create_slot(action.command)
+            elif isinstance(action, walsender.StartRequest):
+                self._start(action.command)
+            elif isinstance(action, walsender.StatusUpdate):
+                if self.stream is not None:
+                    self.stream.status_update(action.update)
+            elif isinstance(action, walsender.StreamStopped):
+                self._stop_stream(action.reason)
+            elif isinstance(action, walsender.CancelRequested):
+                self.follower.cancel(action.pid, action.key)
+
+    def _disconnect(self, reason: str) -> None:
+        self._stop_stream(reason)
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def abandon(self, reason: str) -> None:
+        """End this connection from our side (shutdown, hub failure, timeout)."""
+        self.run(self.session.end_stream("57P01", f"terminating connection: {reason}"))
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        if self.session.state in (walsender.STARTUP, walsender.AUTH):
+            log.warn("5433 connection from {peer}: no authentication within {t} s; closing",
+                     peer=self.peer, t=self.follower.auth_timeout)
+            self.run(self.session.end_stream("08006", "canceling authentication due to timeout"))
+
+    def _stop_stream(self, reason: str) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.stop(reason)
+            self.follower.slots_release(stream.slot, self)
+
+    def _create_slot(self, command) -> None:
+        d = self.follower.create_slot(self.session.origin, command)
+
+        def made(result):
+            lsn, snapshot = result
+            return self.session.slot_created(command.name, lsn, snapshot)
+
+        def failed(f):
+            log.failure("CREATE_REPLICATION_SLOT {name} failed", f, name=command.name)
+            return self.session.command_failed("55000", f"could not create replication slot: {f.getErrorMessage()}")
+
+        d.addCallbacks(made, failed)
+        d.addCallback(lambda actions: None if self._closed else self.run(actions))
+
+    def _start(self, command) -> None:
+        try:
+            stream = self.follower.start_stream(self, command)
+        except walsender.ca.QueryError as e:
+            self.run(self.session.command_failed(e.sqlstate, e.message))
+            return
+        except HubError as e:
+            self.run(self.session.command_failed("55000", f"Electric's hub is not available: {e}"))
+            return
+        self.stream = stream
+        self.run(self.session.start_streaming(command))
+        stream.start()
+
+
+class _Factory(protocol.Factory):
+    def __init__(self, follower: "FollowerService"):
+        self.follower = follower
+        self._pids = itertools.count(random.randint(10_000, 20_000))
+
+    def buildProtocol(self, addr):
+        return FollowerProtocol(self.follower, next(self._pids), random.randint(1, 2**31 - 1))
+
+
+class FollowerService(service.Service):
+    """
+    The port-5433 publisher.  `listening` fires with the IListeningPort once
+    bound (the connectors enable their subscriptions only then);
+    `stopService` closes the listener and every connection.
+    """
+
+    name = "postgres-follower"
+
+    def __init__(self, config, hub, registry, credentials, offsets, reactor=None, *,
+                 auth_method: str = "scram-sha-256", keepalive_interval: float = 10.0,
+                 sender_timeout: float = 60.0, auth_timeout: float = 60.0):
+        if reactor is None:
+            from twisted.internet import reactor
+        if auth_method not in ("scram-sha-256", "md5"):
+            raise ValueError(f"auth_method must be 'scram-sha-256' or 'md5', not {auth_method!r}")
+        self.config = config
+        self.hub = hub
+        self.registry = registry
+        self.credentials = credentials
+        self.offsets = offsets
+        self.reactor = reactor
+        self.auth_method = auth_method
+        self.keepalive_interval = keepalive_interval
+        self.sender_timeout = sender_timeout
+        self.auth_timeout = auth_timeout
+        self.publication = config.publication
+        self.listening: defer.Deferred = defer.Deferred()
+        self.port = None
+        self.connections = set()
+        self.slots: Dict[str, Slot] = {}
+        self._bases: Dict[str, int] = {}
+
+    # --- walsender.Backend ------------------------------------------------------
+
+    @property
+    def system_id(self) -> str:
+        hub_id = getattr(self.hub, "hub_id", None)
+        if hub_id:
+            return str(int.from_bytes(hub_id[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF)
+        return "7000000000000000001"
+
+    def password_for(self, user: str) -> Optional[str]:
+        return self.credentials.password_for_user(user)
+
+    def base_for(self, origin: str) -> int:
+        base = self._bases.get(origin)
+        if base is None:
+            base = self.offsets.slot_base(origin)
+            self._bases[origin] = base
+        return base
+
+    def current_lsn(self, origin: str) -> int:
+        return positions.end_lsn(self.hub.head(), self.base_for(origin))
+
+    def drop_slot(self, name: str, origin: str) -> None:
+        slot = self.slots.get(name)
+        if slot is not None and slot.active is None:
+            del self.slots[name]
+        log.info("slot {name} ({origin}) dropped", name=name, origin=origin)
+
+    # --- slots -------------------------------------------------------------------------
+
+    def create_slot(self, origin: str, command) -> defer.Deferred:
+        """Deferred (consistent LSN, Snapshot or None); SNAPSHOT 'use' snapshots the origin's tables."""
+        base = self.base_for(origin)
+
+        def made(position, snapshot=None):
+            slot = self.slots.get(command.name)
+            if slot is None or slot.active is None:
+                self.slots[command.name] = Slot(command.name, origin, position)
+            lsn = positions.end_lsn(position, base)
+            log.info("slot {name} ({origin}) created at {lsn} (position {pos}){snap}",
+                     name=command.name, origin=origin, lsn=format_lsn(lsn), pos=position,
+                     snap=f" with a snapshot of {len(snapshot.rows)} rows" if snapshot is not None else "")
+            return lsn, snapshot
+
+        if command.snapshot == "use":
+            tables = [t.qualified for t in self.registry.database_tables(origin)]
+            d = self.hub.snapshot(tables)
+            d.addCallback(lambda snap: made(snap.position, snap))
+            return d
+        try:
+            return defer.succeed(made(self.hub.head()))
+        except Exception:
+            return defer.fail()
+
+    def start_stream(self, conn: FollowerProtocol, command) -> ReplicationStream:
+        """A stream for START_REPLICATION, or QueryError (55006 when the slot is busy)."""
+        origin = conn.session.origin
+        slot = self.slots.get(command.slot)
+        if slot is None:
+            slot = self.slots[command.slot] = Slot(command.slot, origin)
+        if slot.active is not None and slot.active is not conn:
+            raise walsender.ca.QueryError(
+                walsender.ca.OBJECT_IN_USE,
+                f'replication slot "{command.slot}" is active for PID {slot.active.pid}')
+        base = self.base_for(origin)
+        head = self.hub.head()
+        requested = positions.position_for_lsn(command.lsn, base)
+        if requested > head:
+            new_base = positions.rebased(command.lsn, 0)
+            log.warn(
+                "slot {slot} ({origin}) asks for {lsn}, beyond anything this hub issued (head {head} = {head_lsn});"
+                " the hub's data was replaced: raising the LSN base to {base} and streaming from the start",
+                slot=command.slot, origin=origin, lsn=format_lsn(command.lsn), head=head,
+                head_lsn=format_lsn(positions.end_lsn(head, base)), base=format_lsn(new_base))
+            self.offsets.set_slot_base(origin, new_base)
+            self._bases[origin] = base = new_base
+            requested = positions.position_for_lsn(command.lsn, base)
+            slot.confirmed = 0
+        start = max(requested, min(slot.confirmed, head))
+        durable = not conn.session.is_sync_worker
+        stream = ReplicationStream(self, conn, slot, base, start, durable)
+        slot.active = conn
+        slot.stream = stream
+        log.info("slot {slot} ({origin}) streaming from {lsn} (position {pos}) to {peer}",
+                 slot=command.slot, origin=origin, lsn=format_lsn(positions.end_lsn(start, base)),
+                 pos=start, peer=conn.peer)
+        return stream
+
+    def slots_release(self, slot: Slot, conn: FollowerProtocol) -> None:
+        if slot.active is conn:
+            slot.active = None
+            slot.stream = None
+
+    def cancel(self, pid: int, key: int) -> None:
+        for conn in list(self.connections):
+            if conn.pid == pid and conn.secret == key:
+                conn.run(conn.session.cancel())
+
+    # --- service ------------------------------------------------------------------
+
+    def startService(self):
+        if self.listening.called:
+            self.listening = defer.Deferred()
+        super().startService()
+        try:
+            self.port = self.reactor.listenTCP(
+                self.config.postgres_replication_port, _Factory(self), interface=self.config.listen_host)
+        except Exception:
+            self.listening.errback()
+            raise
+        host = self.port.getHost()
+        log.info("Postgres subscribers: listening on {host}:{port}", host=host.host, port=host.port)
+        self.listening.callback(self.port)
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
+        for conn in list(self.connections):
+            conn.abandon("Electric is shutting down")
+        return d
+
+    def status(self) -> dict:
+        host = self.port.getHost() if self.port is not None else None
+        return {
+            "listening": host is not None,
+            "port": host.port if host is not None else None,
+            "connections": len(self.connections),
+            "slots": {name: slot.status() for name, slot in sorted(self.slots.items())},
+        }

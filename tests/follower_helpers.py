@@ -1,0 +1,205 @@
+"""
+Shared fixtures for the port-5433 tests: a real hub + registry + FollowerService
+on a free port, and a small protocol-level client built on Electric's codec.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Callable, List
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from electric.config import Config
+from electric.hub import changes
+from electric.hub.embedded import EmbeddedHub
+from electric.hub.interface import Transaction
+from electric.hub.offsets import OffsetStore
+from electric.postgres import wire
+from electric.postgres.auth import ClientAuth
+from electric.postgres.credentials import SubscriberCredentials
+from electric.postgres.server import FollowerService
+from electric.schema import Column, SchemaRegistry, Table
+
+ITEMS = Table(
+    "public", "items",
+    (Column("id", "text", 25, -1, True), Column("content", "text", 25, -1, False), Column("n", "int4", 23, -1, False)),
+    ("id",),
+)
+
+
+class Electric:
+    """Hub, registry, credentials, offsets and the follower, in one temp dir."""
+
+    def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, **follower_kw):
+        self.own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="electric-follower-")
+        self.connectors = connectors
+        self.port = port
+        self.follower_kw = follower_kw
+        self.registry = SchemaRegistry()
+        self.credentials = SubscriberCredentials(self.data_dir, connectors)
+        self.hub = None
+        self.follower = None
+        self.offsets = None
+        self._txn = 0
+
+    @defer.inlineCallbacks
+    def start(self):
+        self.hub = EmbeddedHub(os.path.join(self.data_dir, "hub"), reactor, compact_interval=0)
+        self.hub.startService()
+        self.offsets = OffsetStore(os.path.join(self.data_dir, "offsets.sqlite3"))
+        config = Config(postgres_replication_port=self.port, listen_host="127.0.0.1", publication="all_tables")
+        self.follower = FollowerService(config, self.hub, self.registry, self.credentials, self.offsets,
+                                        reactor, **self.follower_kw)
+        self.follower.startService()
+        port = yield self.follower.listening
+        self.port = port.getHost().port
+        return self
+
+    @defer.inlineCallbacks
+    def stop(self):
+        if self.follower is not None:
+            yield self.follower.stopService()
+            self.follower = None
+        if self.hub is not None:
+            yield self.hub.stopService()
+            self.hub = None
+        if self.offsets is not None:
+            self.offsets.close()
+            self.offsets = None
+
+    def destroy(self):
+        if self.own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def password(self, origin):
+        return self.credentials.for_connector(origin)[1]
+
+    def register(self, table: Table, origins=None) -> Table:
+        t = self.registry.register(table)
+        for origin in origins or self.connectors:
+            present = [x for x in self.registry.database_tables(origin) if x.qualified != t.qualified]
+            self.registry.set_database_tables(origin, present + [t])
+        return t
+
+    def append(self, *row_changes, origin="postgres_9", ts=None):
+        """Append one transaction of RowChanges (from electric.hub.changes) to the hub."""
+        self._txn += 1
+        ident = os.urandom(8)
+        return self.hub.append(Transaction(origin, ident, ts or 1_700_000_000_000_000 + self._txn,
+                                           tuple(c for group in row_changes for c in group)))
+
+    def upsert(self, table, row):
+        return changes.insert(table, row)
+
+    def delete(self, table, row):
+        return changes.delete(table, row)
+
+
+class PgClient(protocol.Protocol):
+    """A frontend over a real socket: send messages, wait for backend messages."""
+
+    def __init__(self):
+        self.parser = wire.BackendParser()
+        self.inbox: List = []
+        self.raw = b""
+        self.lost = defer.Deferred()
+        self.is_closed = False
+        self._waiter = None
+
+    def connectionMade(self):
+        pass
+
+    def dataReceived(self, data):
+        self.raw += data
+        self.inbox.extend(self.parser.feed(data))
+        self._poke()
+
+    def connectionLost(self, reason=None):
+        self.is_closed = True
+        self._poke()
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def _poke(self):
+        if self._waiter is not None:
+            d, self._waiter = self._waiter, None
+            d.callback(None)
+
+    def send(self, *messages):
+        self.transport.write(b"".join(m.encode() if hasattr(m, "encode") else m for m in messages))
+
+    @defer.inlineCallbacks
+    def until(self, pred: Callable, timeout: float = 15.0):
+        """Consume messages up to the first one matching `pred`; returns (it, everything consumed)."""
+        seen = []
+        deadline = reactor.seconds() + timeout
+        while True:
+            while self.inbox:
+                m = self.inbox.pop(0)
+                seen.append(m)
+                if pred(m):
+                    return m, seen
+            if self.is_closed:
+                raise AssertionError(f"connection closed while waiting; got {seen!r}")
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"timed out waiting; got {seen!r}")
+            self._waiter = d = defer.Deferred()
+            timer = reactor.callLater(0.2, lambda: self._poke())
+            yield d
+            if timer.active():
+                timer.cancel()
+
+    @defer.inlineCallbacks
+    def query(self, sql):
+        self.send(wire.Query(sql))
+        _, msgs = yield self.until(lambda m: isinstance(m, wire.ReadyForQuery))
+        return msgs
+
+
+@defer.inlineCallbacks
+def connect(port, user="postgres_1", password=None, app=None, ssl=True, replication="database"):
+    """A logged-in PgClient (or one holding the server's error in its inbox)."""
+    client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), PgClient())
+    if ssl:
+        client.parser.expect_ssl_response()
+        client.send(wire.SSLRequest())
+        yield client.until(lambda m: isinstance(m, wire.SSLResponse))
+    params = {"user": user, "database": user, "application_name": app or user, "client_encoding": "UTF8"}
+    if replication is not None:
+        params["replication"] = replication
+    client.send(wire.StartupMessage(params))
+    auth = ClientAuth(user, password)
+    while True:
+        m, _ = yield client.until(lambda m: isinstance(m, (wire.Authentication, wire.ErrorResponse,
+                                                            wire.ReadyForQuery)))
+        if isinstance(m, wire.ErrorResponse):
+            client.error = m
+            return client
+        if isinstance(m, wire.ReadyForQuery):
+            client.error = None
+            return client
+        replies = auth.receive(m)
+        if replies:
+            client.send(*replies)
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def eventually(check, timeout=30.0, interval=0.1):
+    """Poll `check()` (may return a Deferred) until truthy; returns its value."""
+    deadline = reactor.seconds() + timeout
+    last = None
+    while reactor.seconds() < deadline:
+        last = yield defer.maybeDeferred(check)
+        if last:
+            return last
+        yield sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")

@@ -1,0 +1,237 @@
+"""
+The port-5433 server over real sockets, with a real embedded hub, driven by a
+protocol-level client (Electric's own codec): authentication, errors that
+keep or close the connection, streaming, one stream per slot, CopyDone,
+acknowledgements into the hub, flow control and shutdown.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from electric.hub import positions
+from electric.postgres import pgoutput, wire
+from electric.postgres.lsn import format_lsn
+from electric.postgres.server import hub_consumer
+from tests.follower_helpers import ITEMS, Electric, connect, eventually, sleep
+
+START = "START_REPLICATION SLOT \"{slot}\" LOGICAL {lsn} (proto_version '3', publication_names '\"all_tables\"')"
+
+
+def xlog(m):
+    """The replication payload of a CopyData, decoded (XLogData → (lsn, pgoutput message))."""
+    rep = m.replication_message()
+    if isinstance(rep, wire.XLogData):
+        return ("w", rep.wal_start, pgoutput.decode(rep.data))
+    if isinstance(rep, wire.PrimaryKeepalive):
+        return ("k", rep.wal_end, rep)
+    return ("?", 0, rep)
+
+
+def is_commit(m):
+    return isinstance(m, wire.CopyData) and m.data[:1] == b"w" and xlog(m)[2].__class__ is pgoutput.Commit
+
+
+class Server(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.e = Electric()
+        yield self.e.start()
+        self.addCleanup(self.e.destroy)
+        self.addCleanup(self.e.stop)
+        self.items = self.e.register(ITEMS)
+        self.clients = []
+
+        def close_clients():
+            for c in self.clients:
+                if c.transport is not None:
+                    c.transport.abortConnection()
+        self.addCleanup(close_clients)
+
+    @defer.inlineCallbacks
+    def login(self, user="postgres_1", password=None, **kw):
+        if password is None:
+            password = self.e.password(user)
+        c = yield connect(self.e.port, user, password, **kw)
+        self.clients.append(c)
+        return c
+
+    @defer.inlineCallbacks
+    def test_login_and_queries(self):
+        c = yield self.login()
+        self.assertIsNone(c.error)
+        msgs = yield c.query("IDENTIFY_SYSTEM")
+        row = [m for m in msgs if isinstance(m, wire.DataRow)][0].texts()
+        self.assertEqual(row[1:], ["1", "0/0", "postgres_1"])
+        msgs = yield c.query("SELECT nonsense FROM nowhere")
+        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        self.assertEqual((err.severity, err.sqlstate), ("ERROR", "0A000"))
+        msgs = yield c.query("SELECT pg_catalog.set_config('search_path', '', false);")
+        self.assertEqual([m.texts() for m in msgs if isinstance(m, wire.DataRow)], [[""]])
+
+    @defer.inlineCallbacks
+    def test_md5_server(self):
+        yield self.e.stop()
+        self.e.follower_kw = {"auth_method": "md5"}
+        yield self.e.start()
+        c = yield self.login()
+        self.assertIsNone(c.error)
+
+    @defer.inlineCallbacks
+    def test_bad_password_and_unknown_user_are_refused(self):
+        for user, password in (("postgres_1", "wrong"), ("postgres_1", self.e.password("postgres_2")),
+                               ("nobody", "x")):
+            c = yield self.login(user, password)
+            self.assertEqual((c.error.severity, c.error.sqlstate), ("FATAL", "28P01"))
+            self.assertEqual(c.error.message, f'password authentication failed for user "{user}"')
+            yield c.lost
+
+    @defer.inlineCallbacks
+    def test_plain_connection_refused(self):
+        c = yield self.login(replication=None, ssl=False)
+        self.assertEqual((c.error.severity, c.error.sqlstate), ("FATAL", "08004"))
+        self.assertIn("replication=database", c.error.message)
+        yield c.lost
+
+    @defer.inlineCallbacks
+    def test_garbage_is_fatal(self):
+        from tests.follower_helpers import PgClient
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        c = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.e.port), PgClient())
+        self.clients.append(c)
+        c.transport.write(b"\x00\x00\x00\x10garbage-garbage!")
+        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        # Postgres's own answer to a startup packet naming no protocol it speaks.
+        self.assertEqual((m.severity, m.sqlstate), ("FATAL", "0A000"))
+        self.assertIn("unsupported frontend protocol", m.message)
+        yield c.lost
+        # After login, an unknown message type is a protocol violation.
+        c = yield self.login()
+        c.transport.write(b"\x01\x00\x00\x00\x08junk")
+        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        self.assertEqual((m.severity, m.sqlstate), ("FATAL", "08P01"))
+        yield c.lost
+
+    @defer.inlineCallbacks
+    def test_streaming_one_stream_per_slot_and_resume(self):
+        e = self.e
+        r1 = yield e.append(e.upsert(self.items, {"id": "a", "content": "first", "n": "1"}))
+        c = yield self.login()
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        m, _ = yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData))
+        self.assertEqual(xlog(ka)[:2], ("k", 0))
+        _, seen = yield c.until(is_commit)
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Relation", "Insert", "Commit"])
+        self.assertEqual(decoded[2].new, ("a", "first", "1"))
+        self.assertEqual(decoded[3].end_lsn, positions.end_lsn(r1.position))
+        # A second START_REPLICATION for the streaming slot: 55006, no CopyBoth, connection lives.
+        c2 = yield self.login()
+        msgs = yield c2.query(START.format(slot="postgres_1", lsn="0/0"))
+        self.assertFalse([m for m in msgs if isinstance(m, wire.CopyBothResponse)])
+        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        self.assertEqual((err.severity, err.sqlstate), ("ERROR", "55006"))
+        self.assertIn('replication slot "postgres_1" is active', err.message)
+        msgs = yield c2.query("IDENTIFY_SYSTEM")
+        self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
+        # Live transactions, then a reply-requested status update gets a keepalive.
+        r2 = yield e.append(e.upsert(self.items, {"id": "b", "content": None, "n": "2"}),
+                            e.delete(self.items, {"id": "a"}))
+        _, seen = yield c.until(is_commit)
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Insert", "Delete", "Commit"])
+        self.assertEqual(decoded[2].key, ("a", None, None))
+        end2 = positions.end_lsn(r2.position)
+        c.send(wire.StandbyStatusUpdate(end2, end2, end2, 0, True).frame())
+        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData) and xlog(m)[0] == "k"
+                              and xlog(m)[1] == end2)
+        # The flush position reached the hub as this subscriber's durable ack.
+        yield eventually(lambda: e.hub.status()["consumers"].get(hub_consumer("postgres_1"), {}).get("acked")
+                         == r2.position)
+        # CopyDone from the subscriber ends the stream the way Postgres does.
+        c.send(wire.CopyDone())
+        _, seen = yield c.until(lambda m: isinstance(m, wire.ReadyForQuery))
+        tail = [m for m in seen if not isinstance(m, wire.CopyData)]
+        self.assertEqual(tail, [wire.CopyDone(), wire.CommandComplete("COPY 0"),
+                                wire.CommandComplete("START_REPLICATION"), wire.ReadyForQuery("I")])
+        # The slot is free again.  Like Postgres, it starts at max(requested,
+        # confirmed flush): asked for r1's end it resumes after r2 (flushed).
+        end1 = format_lsn(positions.end_lsn(r1.position))
+        c2.send(wire.Query(START.format(slot="postgres_1", lsn=end1)))
+        ka, _ = yield c2.until(lambda m: isinstance(m, wire.CopyData))
+        self.assertEqual(xlog(ka)[:2], ("k", end2))
+        r3 = yield e.append(e.upsert(self.items, {"id": "c", "content": "3", "n": "3"}))
+        _, seen = yield c2.until(is_commit)
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Relation", "Insert", "Commit"])
+        self.assertEqual(decoded[2].new, ("c", "3", "3"))
+        st = e.follower.status()["slots"]["postgres_1"]
+        self.assertTrue(st["streaming"])
+        self.assertEqual(st["sent_position"], r3.position)
+        # A slot with no history starts exactly after the requested LSN: never r1 again.
+        c3 = yield self.login()
+        c3.send(wire.Query(START.format(slot="another", lsn=end1)))
+        _, seen = yield c3.until(is_commit)
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Relation", "Insert", "Delete", "Commit"])
+        self.assertEqual(decoded[-1].end_lsn, end2)
+        # Terminate ends streaming and frees the slot.
+        c2.send(wire.Terminate())
+        yield c2.lost
+        yield eventually(lambda: not e.follower.status()["slots"]["postgres_1"]["streaming"])
+
+    @defer.inlineCallbacks
+    def test_start_beyond_hub_raises_base(self):
+        e = self.e
+        yield e.append(e.upsert(self.items, {"id": "a", "content": "x", "n": "1"}))
+        c = yield self.login()
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="5/0")))
+        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData))
+        self.assertGreaterEqual(xlog(ka)[1], 0x500000000)
+        m, seen = yield c.until(is_commit)
+        commit = xlog(m)[2]
+        self.assertGreater(commit.end_lsn, 0x500000000)
+        self.assertEqual(e.offsets.slot_base("postgres_1"), positions.rebased(0x500000000, 0))
+
+    @defer.inlineCallbacks
+    def test_flow_control(self):
+        e = self.e
+        big = "x" * 4000
+        for batch in range(10):
+            yield defer.gatherResults([
+                e.append(e.upsert(self.items, {"id": f"r{batch}-{i}", "content": big, "n": str(i)}))
+                for i in range(300)])
+        c = yield self.login()
+        c.transport.pauseProducing()  # stop reading: the server's socket buffer fills up
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        stream = yield eventually(lambda: e.follower.slots.get("postgres_1") and e.follower.slots["postgres_1"].stream)
+        yield eventually(lambda: stream.paused, timeout=30)
+        yield sleep(0.5)
+        held = stream.encoder.position
+        self.assertLess(held, 3000)
+        self.assertTrue(stream.paused)
+        c.transport.resumeProducing()
+        last = None
+        while last is None or last.end_lsn < positions.end_lsn(3000):
+            m, _ = yield c.until(is_commit, timeout=60)
+            last = xlog(m)[2]
+        self.assertEqual(last.end_lsn, positions.end_lsn(3000))
+
+    @defer.inlineCallbacks
+    def test_stop_service_closes_connections(self):
+        c = yield self.login()
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        yield e_stop(self.e)
+        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
+        yield c.lost
+
+
+def e_stop(e):
+    return e.follower.stopService()
