@@ -196,7 +196,15 @@ class Replication(Base):
             self.assertEqual(updates(log)[0]["id"], f"r{i}")
 
     @defer.inlineCallbacks
+    def test_migration_notification_off_by_default(self):
+        c = yield self.fx.authed(V0_2, "v2", "alice")
+        self.assertEqual(self.fx.service.notify_migration("1", "h1", "2", "h2"), 0)
+        c.send(msg(V0_2, "SatPingReq"))
+        self.assertEqual((yield c.recv()), bytes.fromhex("04 0a 00"))
+
+    @defer.inlineCallbacks
     def test_migration_notification_only_to_v0_2(self):
+        self.fx.service.migration_notifications = True
         old = yield self.fx.authed(ORIGINAL, "orig", "alice")
         new = yield self.fx.authed(V0_2, "newer", "alice")
         self.assertEqual(self.fx.service.notify_migration("1", "h1", "2", "h2"), 1)

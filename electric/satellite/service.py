@@ -41,6 +41,15 @@ PULL_BATCH = 100
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
 
+SEND_MIGRATION_NOTIFICATIONS = False
+"""
+Default of `SatelliteService(migration_notifications=...)`.  Off because the
+published electric-sql@0.4.3 client has no handler for the
+SatMigrationNotification its own .proto defines: receiving one throws inside
+its websocket message handler and kills the client process (seen with the
+real client, see tests/test_satellite_e2e.py).  The real peer wins.
+"""
+
 
 class ClientConnection:
     """
@@ -278,7 +287,8 @@ class SatelliteService(service.Service):
 
     name = "satellite"
 
-    def __init__(self, config, hub, registry, offsets, reactor=None, authenticator=None):
+    def __init__(self, config, hub, registry, offsets, reactor=None, authenticator=None,
+                 migration_notifications=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -287,6 +297,9 @@ class SatelliteService(service.Service):
         self.registry = registry
         self.offsets = offsets
         self.authenticator = authenticator if authenticator is not None else auth_mod.from_config(config)
+        self.migration_notifications = (
+            SEND_MIGRATION_NOTIFICATIONS if migration_notifications is None else migration_notifications
+        )
         self.listening = defer.Deferred()
         self.connections: List[ClientConnection] = []
         self._clients: Dict[str, ClientConnection] = {}
@@ -398,8 +411,15 @@ class SatelliteService(service.Service):
         """
         Tell every authenticated client of a generation that has
         SatMigrationNotification (V0_2) that the schema changed; returns how
-        many were told.
+        many were told.  Sends nothing unless the service was made with
+        ``migration_notifications=True`` (see SEND_MIGRATION_NOTIFICATIONS).
         """
+        if not self.migration_notifications:
+            log.info(
+                "satellite: migration {old} -> {new} applied; notifications are off (the electric-sql@0.4.3 client cannot take them)",
+                old=old_version, new=new_version,
+            )
+            return 0
         sent = 0
         for conn in list(self.connections):
             if conn.send_migration(old_version, old_hash, new_version, new_hash):

@@ -1,0 +1,164 @@
+"""
+End to end with the REAL client: electric-sql@0.4.3 + better-sqlite3 in Node,
+against SatelliteService and the embedded hub.
+"""
+
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from electric.hub.interface import DELETE, UPSERT, RowChange, Transaction
+
+from tests.node_client import NodeClient, ensure_installed
+from tests.satellite_helpers import SatelliteFixture, eventually
+
+_n = [0]
+
+
+def pg_txn(*changes):
+    _n[0] += 1
+    return Transaction("postgres_1", _n[0].to_bytes(8, "big"), 1_700_000_000_000_000 + _n[0], tuple(changes))
+
+
+def up(key, content, user=None, n=None):
+    return RowChange("public", "items", UPSERT, (key,), {"id": key, "content": content, "n": n, "electric_user_id": user})
+
+
+def rm(key):
+    return RowChange("public", "items", DELETE, (key,), {"id": key})
+
+
+class RealClient(unittest.TestCase):
+    timeout = 120
+
+    @classmethod
+    def setUpClass(cls):
+        ensure_installed()
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.fx = yield SatelliteFixture(self).start()
+        self.nodes = []
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        for node in self.nodes:
+            yield node.kill()
+
+    @defer.inlineCallbacks
+    def node(self, name, token):
+        c = NodeClient(os.path.join(self.fx.dir, f"{name}.db"), self.fx.port, token)
+        self.nodes.append(c)
+        yield c.start()
+        return c
+
+    @defer.inlineCallbacks
+    def hub_rows(self):
+        snap = yield self.fx.hub.snapshot([("public", "items")])
+        return {r.key[0]: dict(r.row) for r in snap.rows}
+
+    @defer.inlineCallbacks
+    def client_rows(self, node):
+        rows = yield node.query("SELECT id, content, n, electric_user_id FROM items ORDER BY id")
+        return {r["id"]: r for r in rows}
+
+    def assertAlive(self, node):
+        self.assertEqual(node.crashes(), [])
+        self.assertIsNone(node.exit_code, node.events)
+
+    @defer.inlineCallbacks
+    def test_local_writes_reach_the_hub(self):
+        node = yield self.node("writer", "alice")
+        yield node.execute("INSERT INTO items (id, content, n) VALUES (?, ?, ?)", "a", "first", 1)
+        yield node.execute("INSERT INTO items (id, content, n) VALUES (?, ?, ?)", "b", "second", 2)
+        rows = yield eventually(lambda: self.hub_rows().addCallback(lambda r: r if {"a", "b"} <= set(r) else None),
+                                message="inserts in the hub")
+        self.assertEqual(rows["a"]["content"], "first")
+        self.assertEqual(rows["a"]["n"], "1")
+        yield node.execute("UPDATE items SET content = ? WHERE id = ?", "changed", "a")
+        yield eventually(lambda: self.hub_rows().addCallback(lambda r: r.get("a", {}).get("content") == "changed"),
+                         message="update in the hub")
+        yield node.execute("DELETE FROM items WHERE id = ?", "b")
+        rows = yield eventually(lambda: self.hub_rows().addCallback(lambda r: r if "b" not in r else None),
+                                message="delete in the hub")
+        self.assertEqual(set(rows), {"a"})
+        # every client transaction was acknowledged: the client emptied its oplog
+        yield eventually(lambda: node.query("SELECT count(*) AS n FROM _electric_oplog").addCallback(lambda r: r[0]["n"] == 0),
+                         message="client oplog acknowledged")
+        client_id = (yield node.query("SELECT value FROM _electric_meta WHERE key = 'clientId'"))[0]["value"]
+        self.assertIsNotNone(self.fx.offsets.client_lsn(client_id))
+        self.assertAlive(node)
+
+    @defer.inlineCallbacks
+    def test_hub_rows_reach_the_client(self):
+        yield self.fx.hub.append(pg_txn(up("s1", "before connect", n="7")))
+        node = yield self.node("reader", "alice")
+        rows = yield eventually(lambda: self.client_rows(node).addCallback(lambda r: r if "s1" in r else None),
+                                message="initial sync in the client")
+        self.assertEqual(rows["s1"], {"id": "s1", "content": "before connect", "n": 7, "electric_user_id": None})
+        yield self.fx.hub.append(pg_txn(up("s2", "live"), up("s1", "changed", n="8")))
+        rows = yield eventually(
+            lambda: self.client_rows(node).addCallback(lambda r: r if "s2" in r and r["s1"]["content"] == "changed" else None),
+            message="live transaction in the client",
+        )
+        self.assertEqual(rows["s1"]["n"], 8)
+        yield self.fx.hub.append(pg_txn(rm("s2")))
+        yield eventually(lambda: self.client_rows(node).addCallback(lambda r: "s2" not in r), message="delete in the client")
+        # the client recorded the LSN Electric issued for the last transaction
+        lsn_meta = (yield node.query("SELECT value FROM _electric_meta WHERE key = 'lsn'"))[0]["value"]
+        self.assertTrue(lsn_meta)
+        self.assertAlive(node)
+
+    @defer.inlineCallbacks
+    def test_two_users_see_only_their_rows(self):
+        yield self.fx.hub.append(pg_txn(up("a1", "alice's", user="alice"), up("b1", "bob's", user="bob"), up("p1", "public")))
+        alice = yield self.node("alice", "alice")
+        bob = yield self.node("bob", "bob")
+        yield self.fx.hub.append(pg_txn(up("a2", "alice again", user="alice"), up("b2", "bob again", user="bob")))
+        want = {"alice": {"a1", "a2", "p1"}, "bob": {"b1", "b2", "p1"}}
+        for name, node in (("alice", alice), ("bob", bob)):
+            rows = yield eventually(
+                lambda node=node, name=name: self.client_rows(node).addCallback(lambda r: r if want[name] <= set(r) else None),
+                message=f"{name}'s rows",
+            )
+            self.assertEqual(set(rows), want[name])
+        # a write by alice reaches bob only when it is not alice-owned
+        yield alice.execute("INSERT INTO items (id, content, electric_user_id) VALUES (?, ?, ?)", "a3", "private", "alice")
+        yield alice.execute("INSERT INTO items (id, content) VALUES (?, ?)", "p2", "shared")
+        yield eventually(lambda: self.client_rows(bob).addCallback(lambda r: "p2" in r), message="shared row at bob")
+        yield eventually(lambda: self.hub_rows().addCallback(lambda r: "a3" in r), message="private row in the hub")
+        self.assertNotIn("a3", (yield self.client_rows(bob)))
+        self.assertAlive(alice)
+        self.assertAlive(bob)
+
+    @defer.inlineCallbacks
+    def test_reconnect_resumes_without_loss(self):
+        node = yield self.node("resumer", "alice")
+        yield self.fx.hub.append(pg_txn(up("r1", "one")))
+        yield eventually(lambda: self.client_rows(node).addCallback(lambda r: "r1" in r), message="first row")
+        yield node.stop()
+        # while the client is away: Electric gets new rows, the client makes a local write
+        yield self.fx.hub.append(pg_txn(up("r2", "two")))
+        yield self.fx.hub.append(pg_txn(up("r1", "one, changed")))
+        again = NodeClient(node.config["db"], self.fx.port, "alice")
+        self.nodes.append(again)
+        yield again.start()
+        yield again.execute("INSERT INTO items (id, content) VALUES (?, ?)", "local", "made after restart")
+        rows = yield eventually(
+            lambda: self.client_rows(again).addCallback(
+                lambda r: r if "r2" in r and r["r1"]["content"] == "one, changed" else None),
+            message="rows missed while away",
+        )
+        self.assertIn("local", rows)
+        yield eventually(lambda: self.hub_rows().addCallback(lambda r: "local" in r), message="local write in the hub")
+        self.assertAlive(again)
+
+    @defer.inlineCallbacks
+    def test_migration_notification_call_leaves_real_client_alive(self):
+        node = yield self.node("migr", "alice")
+        yield eventually(lambda: self.fx.service.connected_clients(), message="client connected")
+        self.assertEqual(self.fx.service.notify_migration("1", "a", "2", "b"), 0)
+        yield self.fx.hub.append(pg_txn(up("m1", "after migration")))
+        yield eventually(lambda: self.client_rows(node).addCallback(lambda r: "m1" in r), message="row after migration")
+        self.assertAlive(node)
