@@ -521,3 +521,96 @@ class RealPostgresTests(unittest.TestCase):
             finally:
                 conn.close()
         return threads.deferToThread(run)
+
+
+# --------------------------------------------------------------------------
+# ServerAuth against the real libpq client (psql), over a tiny Twisted server.
+
+from twisted.internet import defer, protocol, reactor, utils  # noqa: E402
+
+
+class _TinyServer(protocol.Protocol):
+    """Just enough of a backend for psql: auth, then `SELECT 1`-style answers."""
+
+    def connectionMade(self):
+        self.parser = w.FrontendParser()
+        self.auth = None
+
+    def dataReceived(self, data):
+        try:
+            for msg in self.parser.feed(data):
+                self.handle(msg)
+        except ProtocolError as e:
+            self.fatal(e.sqlstate, e.message)
+
+    def fatal(self, sqlstate, message):
+        self.transport.write(w.ErrorResponse.build("FATAL", sqlstate, message).encode())
+        self.transport.loseConnection()
+
+    def handle(self, msg):
+        f = self.factory
+        if isinstance(msg, (w.SSLRequest, w.GSSENCRequest)):
+            self.transport.write(w.SSLResponse(False).encode())
+        elif isinstance(msg, w.StartupMessage):
+            self.auth = ServerAuth(msg.user, f.passwords.get(msg.user), f.method)
+            self.transport.write(w.encode_all(self.auth.start()))
+            self.after_auth_step([])
+        elif isinstance(msg, w.PasswordMessage):
+            self.after_auth_step(self.auth.receive(msg))
+        elif isinstance(msg, w.Query):
+            f.queries.append(msg.sql)
+            self.transport.write(w.encode_all([
+                w.RowDescription((w.FieldDescription.text("?column?", 23),)), w.DataRow((1,)),
+                w.CommandComplete("SELECT 1"), w.ReadyForQuery("I")]))
+        elif isinstance(msg, w.Terminate):
+            self.transport.loseConnection()
+
+    def after_auth_step(self, replies):
+        self.transport.write(w.encode_all(replies))
+        if self.auth.failed:
+            self.factory.failures.append(self.auth.failure_reason)
+            self.transport.write(self.auth.error_response().encode())
+            self.transport.loseConnection()
+        elif self.auth.done:
+            self.transport.write(w.encode_all([
+                w.AuthenticationOk(), w.ParameterStatus("server_version", "15.0"),
+                w.ParameterStatus("server_encoding", "UTF8"), w.ParameterStatus("client_encoding", "UTF8"),
+                w.ParameterStatus("standard_conforming_strings", "on"), w.BackendKeyData(1, 2),
+                w.ReadyForQuery("I")]))
+
+
+class ServerAgainstLibpqTests(unittest.TestCase):
+    def setUp(self):
+        self.factory = protocol.Factory.forProtocol(_TinyServer)
+        self.factory.passwords = {"electric": "s3cret p\u00e4ss"}
+        self.factory.queries, self.factory.failures = [], []
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    def psql(self, password, user="electric"):
+        env = {"PATH": "/usr/bin:/bin", "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
+        return utils.getProcessOutputAndValue(
+            f"{PGBIN}/psql", ["-X", "-h", "127.0.0.1", "-p", str(self.port.getHost().port), "-U", user,
+                              "-d", "electric", "-tA", "-c", "SELECT 1"], env=env)
+
+    @defer.inlineCallbacks
+    def check(self, method):
+        self.factory.method = method
+        out, err, code = yield self.psql("s3cret p\u00e4ss")
+        self.assertEqual((out.strip(), code), (b"1", 0), err)
+        self.assertEqual(self.factory.queries, ["SELECT 1"])
+        out, err, code = yield self.psql("wrong")
+        self.assertNotEqual(code, 0)
+        self.assertIn(b'password authentication failed for user "electric"', err)
+        out, err, code = yield self.psql("s3cret p\u00e4ss", user="nobody")
+        self.assertIn(b'password authentication failed for user "nobody"', err)
+        self.assertEqual(len(self.factory.failures), 2)
+
+    def test_scram_with_libpq(self):
+        return self.check("scram-sha-256")
+
+    def test_md5_with_libpq(self):
+        return self.check("md5")
+
+    def test_cleartext_with_libpq(self):
+        return self.check("password")

@@ -396,12 +396,12 @@ class ServerAuth:
             return self._fail(f'user "{self.user}" has no password')
         if _SCRAM_SECRET_RE.match(pw):
             iters, salt, stored, server = self._parse_scram_secret(pw)
-            ok_ = hmac.compare_digest(_scram_keys(_salted_password(given, salt, iters))[0], stored)
+            matches = hmac.compare_digest(_scram_keys(_salted_password(given, salt, iters))[0], stored)
         elif _MD5_SECRET_RE.match(pw):
-            ok_ = hmac.compare_digest(md5_password_hash(self.user, given), pw)
+            matches = hmac.compare_digest(md5_password_hash(self.user, given), pw)
         else:
-            ok_ = hmac.compare_digest(given.encode("utf-8"), pw.encode("utf-8"))
-        return self._ok([]) if ok_ else self._fail("password does not match")
+            matches = hmac.compare_digest(given.encode("utf-8"), pw.encode("utf-8"))
+        return self._ok([]) if matches else self._fail("password does not match")
 
     def _check_md5(self, given: str) -> List[Message]:
         pw = self.password
@@ -416,7 +416,8 @@ class ServerAuth:
     @staticmethod
     def _parse_scram_secret(secret: str) -> Tuple[int, bytes, bytes, bytes]:
         m = _SCRAM_SECRET_RE.match(secret)
-        assert m is not None
+        if m is None:
+            raise ValueError("not a SCRAM-SHA-256 secret")
         return (int(m.group(1)), base64.b64decode(m.group(2)), base64.b64decode(m.group(3)),
                 base64.b64decode(m.group(4)))
 
