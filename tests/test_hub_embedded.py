@@ -201,6 +201,25 @@ class SubscriptionTests(HubTestCase):
             self.assertLess(events.index(("acked", p)), first_seen)
 
     @defer.inlineCallbacks
+    def test_consumer_looping_synchronously_over_a_long_backlog(self):
+        hub = self.make_hub()
+        yield defer.gatherResults([hub.append(txn(up("items", i))) for i in range(3000)])
+        sub = hub.subscribe(0)
+        seen = []
+        done = defer.Deferred()
+
+        def loop(items):
+            seen.extend(r.position for r in items)
+            if seen[-1] == 3000:
+                done.callback(None)
+            else:
+                sub.next(1).addCallback(loop)
+
+        sub.next(1).addCallback(loop)
+        yield done
+        self.assertEqual(seen, list(range(1, 3001)))
+
+    @defer.inlineCallbacks
     def test_stop_fails_waiting_subscription(self):
         hub = self.make_hub()
         sub = hub.subscribe(0)

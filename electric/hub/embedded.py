@@ -199,7 +199,10 @@ class _Subscription:
             return defer.fail(HubError(f"max_items must be ≥ 1, got {max_items}"))
         d = self._d = defer.Deferred()
         self._max = max_items
-        self._hub._serve(self)
+        if self._hub._may_serve_now():
+            self._hub._serve(self)
+        else:
+            self._hub._reactor.callLater(0, self._hub._serve, self)
         return d
 
     def close(self):
@@ -286,6 +289,8 @@ class EmbeddedHub(service.Service):
         self._consumers: Dict[str, int] = {}
         self._subscriptions = set()
         self._waiting = set()
+        self._served_now = 0  # next() calls answered synchronously this reactor turn
+        self._reset_call = None
         self._position_waiters = []
         self._tail = collections.deque()
         self._tail_size = 0
@@ -345,6 +350,10 @@ class EmbeddedHub(service.Service):
         self._closing = True
         if self._compactor is not None and self._compactor.running:
             self._compactor.stop()
+        if self._reset_call is not None and self._reset_call.active():
+            self._reset_call.cancel()
+        self._reset_call = None
+        self._served_now = 0
         self._queue.put(_Stop())
         yield self._writer_done
         self._writer.join()
@@ -387,7 +396,8 @@ class EmbeddedHub(service.Service):
         self._check_open()
         if not isinstance(from_position, int) or from_position < 0:
             raise HubError(f"subscription start {from_position!r} must be an int ≥ 0")
-        if consumer is not None and consumer not in self._consumers:
+        if consumer is not None:
+            # Subscribing from P says the consumer holds everything up to P.
             self._set_consumer(consumer, from_position)
         sub = _Subscription(self, from_position, consumer)
         self._subscriptions.add(sub)
@@ -405,6 +415,8 @@ class EmbeddedHub(service.Service):
     def _set_consumer(self, consumer, position):
         if not isinstance(consumer, str) or not consumer:
             raise HubError(f"consumer name {consumer!r} must be a non-empty str")
+        if not isinstance(position, int) or position < 0:
+            raise HubError(f"position {position!r} must be an int ≥ 0")
         if self._consumers.get(consumer) != position:
             self._consumers[consumer] = position
             self._queue.put(("ack", consumer, position))
@@ -666,6 +678,21 @@ class EmbeddedHub(service.Service):
                 self._serve(sub)
 
     # --- reactor side: serving subscriptions ---------------------------
+
+    def _may_serve_now(self):
+        """
+        Answer a next() synchronously only a few times per reactor turn: a
+        consumer that loops (next -> callback -> next) over a long backlog
+        would otherwise recurse without bound.
+        """
+        if self._served_now == 0:
+            self._reset_call = self._reactor.callLater(0, self._reset_served_now)
+        self._served_now += 1
+        return self._served_now <= 32
+
+    def _reset_served_now(self):
+        self._served_now = 0
+        self._reset_call = None
 
     def _serve(self, sub):
         if sub.closed or sub._d is None or sub._busy:
