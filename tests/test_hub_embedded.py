@@ -382,3 +382,14 @@ class PositionTests(HubTestCase):
         self.assertIn("not this hub", str(e.exception))
         hub = yield self.reopen(hub)
         self.assertEqual(hub.position_from_client_lsn(lsn), 42)
+
+
+class InterfaceTests(HubTestCase):
+    def test_embedded_hub_provides_ihub(self):
+        from zope.interface.verify import verifyObject
+
+        hub = self.make_hub()
+        self.assertTrue(verifyObject(IHub, hub))
+        sub = hub.subscribe(0)
+        self.assertTrue(verifyObject(ISubscription, sub))
+        sub.close()

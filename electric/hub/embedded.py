@@ -350,10 +350,6 @@ class EmbeddedHub(service.Service):
         self._closing = True
         if self._compactor is not None and self._compactor.running:
             self._compactor.stop()
-        if self._reset_call is not None and self._reset_call.active():
-            self._reset_call.cancel()
-        self._reset_call = None
-        self._served_now = 0
         self._queue.put(_Stop())
         yield self._writer_done
         self._writer.join()
@@ -368,6 +364,10 @@ class EmbeddedHub(service.Service):
             for c in self._readers:
                 c.close()
             self._readers.clear()
+        if self._reset_call is not None and self._reset_call.active():
+            self._reset_call.cancel()
+        self._reset_call = None
+        self._served_now = 0
         self._open = False
         self._stop_requested = False
         self._tail.clear()

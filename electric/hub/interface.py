@@ -214,6 +214,14 @@ class IHub(Interface):
     def status():
         """A JSON-able dict: log length, row count, consumers and their lag."""
 
+    hub_id = Attribute("8 random bytes naming this hub's data (made when its store is created).")
+
+    def client_lsn(position):
+        """Opaque bytes naming `position` for a Satellite client (see `electric.hub.positions`)."""
+
+    def position_from_client_lsn(data):
+        """The position in bytes made by `client_lsn`; ValueError for another hub's or garbled bytes."""
+
 
 class HubError(Exception):
     """The hub could not accept or serve a request."""
