@@ -174,9 +174,11 @@ def connect(port, user="postgres_1", password=None, app=None, ssl=True, replicat
         params["replication"] = replication
     client.send(wire.StartupMessage(params))
     auth = ClientAuth(user, password)
+    client.startup = []
     while True:
-        m, _ = yield client.until(lambda m: isinstance(m, (wire.Authentication, wire.ErrorResponse,
-                                                            wire.ReadyForQuery)))
+        m, seen = yield client.until(lambda m: isinstance(m, (wire.Authentication, wire.ErrorResponse,
+                                                               wire.ReadyForQuery)))
+        client.startup += seen
         if isinstance(m, wire.ErrorResponse):
             client.error = m
             return client

@@ -213,15 +213,26 @@ class StockSubscriber(unittest.TestCase):
     def test_copy_data_false_and_foreign_tables(self):
         e, pg = self.e, self.pg
         items = e.register(ITEMS, ["postgres_2"])
+        full = e.register(Table("public", "full_t", (Column("id", "int4", 23, -1, None),
+                                                     Column("v", "text", 25, -1, None)), ("id",), "f"),
+                          ["postgres_2"])
         other = e.register(Table("public", "not_there", (Column("k", "int4", 23, -1, True),), ("k",)), ["postgres_1"])
         yield e.append(e.upsert(items, {"id": "old", "content": "before the slot", "n": "0"}))
-        yield install_schema(pg, "db2", ["CREATE TABLE items (id text PRIMARY KEY, content text, n int)"], [items])
+        yield install_schema(pg, "db2", [
+            "CREATE TABLE items (id text PRIMARY KEY, content text, n int)",
+            "CREATE TABLE full_t (id int PRIMARY KEY, v text)", "ALTER TABLE full_t REPLICA IDENTITY FULL",
+        ], [items, full])
         yield sql(pg, subscribe_sql(e, "postgres_2", copy_data=False), "db2")
         # A slot created without a snapshot starts at the hub's head, as in Postgres.
         yield eventually(lambda: e.follower.status()["slots"].get("postgres_2", {}).get("streaming"))
         yield e.append(e.upsert(other, {"k": "1"}))  # a table db2 does not have: skipped
-        yield e.append(e.upsert(items, {"id": "new", "content": "after", "n": "1"}), e.upsert(other, {"k": "2"}))
+        yield e.append(e.upsert(items, {"id": "new", "content": "after", "n": "1"}), e.upsert(other, {"k": "2"}),
+                       e.upsert(full, {"id": "1", "v": "one"}), e.upsert(full, {"id": "2", "v": "two"}))
         yield wait_for(pg, "SELECT string_agg(id || ':' || content, ',' ORDER BY id) FROM items", "new:after", "db2")
+        yield wait_for(pg, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM full_t", "1:one,2:two", "db2")
+        # REPLICA IDENTITY FULL on the subscriber: upserts and deletes by key still apply.
+        yield e.append(e.upsert(full, {"id": "1", "v": "uno"}), e.delete(full, {"id": "2", "v": "two"}))
+        yield wait_for(pg, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM full_t", "1:uno", "db2")
         status = e.follower.status()["slots"]["postgres_2"]
         self.assertEqual(status["changes_skipped"], 2)
         self.assertEqual(errors_in_log(pg), [])

@@ -223,6 +223,49 @@ class Server(unittest.TestCase):
         self.assertEqual(last.end_lsn, positions.end_lsn(3000))
 
     @defer.inlineCallbacks
+    def test_silent_subscriber_is_pinged_then_dropped(self):
+        yield self.e.stop()
+        self.e.follower_kw = {"keepalive_interval": 0.2, "sender_timeout": 1.5}
+        yield self.e.start()
+        c = yield self.login()
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        ping, _ = yield c.until(lambda m: isinstance(m, wire.CopyData) and xlog(m)[0] == "k"
+                                and xlog(m)[2].reply_requested)
+        # Answering keeps it alive ...
+        c.send(wire.StandbyStatusUpdate(0, 0, 0, 0, False).frame())
+        yield sleep(1.0)
+        self.assertFalse(c.is_closed)
+        # ... silence ends it, and frees the slot for the subscriber's next attempt.
+        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse), timeout=10)
+        self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
+        self.assertIn("replication timeout", m.message)
+        yield c.lost
+        yield eventually(lambda: not self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+
+    @defer.inlineCallbacks
+    def test_cancel_request_ends_stream(self):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from tests.follower_helpers import PgClient
+        c = yield self.login()
+        key = [m for m in c.startup if isinstance(m, wire.BackendKeyData)][0]
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        for secret in (key.key ^ 1, key.key):
+            k = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.e.port), PgClient())
+            k.send(wire.CancelRequest(key.pid, secret))
+            yield k.lost
+            if secret != key.key:  # a wrong key changes nothing
+                self.assertTrue(self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+                self.assertFalse([m for m in c.inbox if isinstance(m, wire.ErrorResponse)])
+        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        self.assertEqual((m.severity, m.sqlstate), ("ERROR", "57014"))
+        yield c.until(lambda m: m == wire.ReadyForQuery("I"))
+        self.assertFalse(self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+        msgs = yield c.query("IDENTIFY_SYSTEM")
+        self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
+
+    @defer.inlineCallbacks
     def test_stop_service_closes_connections(self):
         c = yield self.login()
         c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))

@@ -93,7 +93,7 @@ class OutboundEncoder:
         if table is None or not table.primary_key:
             return None, False
         known = self._shapes.get((schema, name))
-        if known is not None and known.table == table:
+        if known is not None and (known.table is table or known.table == table):
             return known, False
         reg = self.registry.find(schema, name)
         relation_id = reg.relation_id if reg is not None else table.relation_id
