@@ -92,10 +92,22 @@ class InvalidTransaction(ValueError):
     """A transaction handed to the hub is malformed; nothing of it was applied."""
 
 
+def _check_text(where: str, what: str, text: str):
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidTransaction(f"{where}: {what} is not valid Unicode text ({e.reason} at {e.start})") from None
+
+
 def _check_value(where: str, col, value, allow_unchanged: bool):
     if not isinstance(col, str):
         raise InvalidTransaction(f"{where}: column name {col!r} is not a str")
-    if value is None or isinstance(value, str):
+    _check_text(where, f"column name {col!r}", col)
+    if value is None:
+        return
+    if isinstance(value, str):
+        _check_text(where, f"value of column {col!r}", value)
         return
     if value is UNCHANGED and allow_unchanged:
         return
@@ -108,6 +120,7 @@ def check_transaction(transaction: Transaction) -> None:
         raise InvalidTransaction(f"expected a Transaction, got {type(transaction).__name__}")
     if not isinstance(transaction.origin, str) or not transaction.origin:
         raise InvalidTransaction(f"transaction origin {transaction.origin!r} must be a non-empty str")
+    _check_text("transaction", "origin", transaction.origin)
     if not isinstance(transaction.origin_id, (bytes, bytearray)):
         raise InvalidTransaction(f"transaction origin_id {transaction.origin_id!r} must be bytes")
     if not isinstance(transaction.commit_timestamp, int) or isinstance(transaction.commit_timestamp, bool):
@@ -120,7 +133,9 @@ def check_transaction(transaction: Transaction) -> None:
             raise InvalidTransaction(f"{where}: expected a RowChange, got {type(ch).__name__}")
         if not isinstance(ch.schema, str) or not ch.schema or not isinstance(ch.table, str) or not ch.table:
             raise InvalidTransaction(f"{where}: schema and table must be non-empty str, got {ch.schema!r}.{ch.table!r}")
-        where = f"change {i} ({ch.schema}.{ch.table} {ch.op})"
+        where = f"change {i} ({ch.schema!r}.{ch.table!r} {ch.op})"
+        _check_text(where, "schema name", ch.schema)
+        _check_text(where, "table name", ch.table)
         if ch.op not in (UPSERT, DELETE, TRUNCATE):
             raise InvalidTransaction(f"{where}: unknown op {ch.op!r}")
         if ch.op == TRUNCATE:
@@ -130,6 +145,8 @@ def check_transaction(transaction: Transaction) -> None:
         for v in ch.key:
             if not (v is None or isinstance(v, str)):
                 raise InvalidTransaction(f"{where}: key value {v!r} must be str or None")
+            if v is not None:
+                _check_text(where, "key value", v)
         if ch.op == UPSERT and ch.values is None:
             raise InvalidTransaction(f"{where}: an upsert needs values")
         for mapping, allow_unchanged in ((ch.values, True), (ch.old_values, True)):
