@@ -308,6 +308,7 @@ class FollowerProtocol(protocol.Protocol):
         self.stream: Optional[ReplicationStream] = None
         self.copy_writer: Optional[_CopyWriter] = None
         self.peer = ""
+        self.paused = False  # the transport's buffer is full
         self._auth_timer = None
         self._closed = False
 
@@ -341,11 +342,13 @@ class FollowerProtocol(protocol.Protocol):
     # --- IPushProducer: forward to whatever is writing -------------------------
 
     def pauseProducing(self):
+        self.paused = True
         for p in (self.stream, self.copy_writer):
             if p is not None:
                 p.pauseProducing()
 
     def resumeProducing(self):
+        self.paused = False
         for p in (self.stream, self.copy_writer):
             if p is not None:
                 p.resumeProducing()
@@ -364,6 +367,7 @@ class FollowerProtocol(protocol.Protocol):
                     self.transport.write(action.data)
             elif isinstance(action, walsender.SendStream):
                 self.copy_writer = _CopyWriter(self, action.chunks)
+                self.copy_writer.paused = self.paused
                 self.copy_writer.run()
             elif isinstance(action, walsender.Disconnect):
                 self._disconnect(action.reason)
@@ -436,6 +440,7 @@ class FollowerProtocol(protocol.Protocol):
             self.run(self.session.command_failed("55000", f"Electric's hub is not available: {e}"))
             return
         self.stream = stream
+        stream.paused = self.paused
         self.run(self.session.start_streaming(command))
         stream.start()
 

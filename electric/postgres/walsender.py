@@ -31,6 +31,7 @@ from typing import Iterator, List, Optional, Protocol, Sequence
 from electric.postgres import catalog_answers as ca
 from electric.postgres import wire
 from electric.postgres.auth import ServerAuth
+from electric.postgres.lsn import format_lsn
 from electric.schema import SchemaRegistry, Table
 
 SERVER_VERSION = "15.0 (Electric)"
@@ -363,8 +364,6 @@ class Session:
             ca.check_publications(cmd.publications, [backend.publication])
             return self._result(ca.table_list_result(self._database_tables(), cmd.with_attnames))
         if isinstance(cmd, ca.IdentifySystem):
-            from electric.postgres.lsn import format_lsn
-
             return self._result(ca.identify_system_result(
                 backend.system_id, format_lsn(backend.current_lsn(self.origin)), self.parameters.get("database")))
         if isinstance(cmd, ca.CreateSlot):
@@ -427,8 +426,8 @@ class Session:
 
     def slot_created(self, name: str, consistent_lsn: int, snapshot=None) -> list:
         """The driver made the slot; `snapshot` is held for COPY when SNAPSHOT 'use' was asked."""
-        from electric.postgres.lsn import format_lsn
-
+        if self.state == CLOSED:
+            return []
         self.state = READY
         if snapshot is not None:
             self.snapshot = snapshot
@@ -437,11 +436,15 @@ class Session:
 
     def command_failed(self, sqlstate: str, message: str) -> list:
         """The driver refused the pending command: ErrorResponse, connection lives."""
+        if self.state == CLOSED:
+            return []
         self.state = READY
         return self._error(sqlstate, message) + self._flush_queue()
 
     def start_streaming(self, command: ca.StartReplication) -> list:
         """The driver accepted START_REPLICATION: enter CopyBoth mode."""
+        if self.state == CLOSED:
+            return []
         self.state = STREAMING
         self.stream = command
         return [Send(wire.CopyBothResponse(0, ()).encode())]
