@@ -1,0 +1,483 @@
+"""
+One connector (one Postgres in CONNECTORS) as a long-lived Service.
+
+State machine::
+
+    init ─► setup ─► streaming ─► ready
+              ▲  │        │  (subscription enabled + refreshed)
+              │  ▼        ▼
+              backoff ◄───┘  (any failure; the reason is kept)
+
+* ``setup``: `electric.postgres.setup.run_setup` (publication, slot,
+  introspection, triggers, subscription), then the replication connection.
+* ``streaming``: the stream is live; `ready` is True from here on, and only
+  while the stream stays up.
+* ``ready``: additionally the subscription back to Electric is enabled and
+  refreshed (done once `follower_ready` fired, i.e. the port-5433 server
+  can serve this Postgres; retried with backoff on its own).
+* ``backoff``: waiting 1 s, doubling to 10 s, then setup again.  A stream
+  that came up resets the delay, so a restarted Postgres is back in ~1 s.
+
+Data path: XLogData → pgoutput decode → `TransactionAssembler` →
+`hub.append` (pipelined, in commit order) → `AckTracker` → standby status
+update.  The flush position only covers transactions the hub made durable;
+on any error the connection is dropped and Postgres resends from there (the
+hub drops the duplicates by (origin, commit end LSN)).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Dict, Optional, Tuple
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+
+from electric.postgres import inbound, pgoutput, replication, setup
+from electric.postgres.lsn import format_lsn
+from electric.schema import Table
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT_TRANSACTIONS = 500
+MAX_INFLIGHT_ROWS = 50_000
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 10.0
+
+
+class Backoff:
+    def __init__(self, first: float = FIRST_BACKOFF, cap: float = MAX_BACKOFF):
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class _Stream:
+    """The consumer side of one replication connection."""
+
+    def __init__(self, service: "ConnectorService", flushed: int):
+        self.service = service
+        self.assembler = service.assembler
+        self.assembler.reset()
+        self.decoder = pgoutput.PgoutputDecoder(1)
+        self.acks = inbound.AckTracker(flushed)
+        self.client: Optional[replication.ReplicationClient] = None
+        self.queue = deque()
+        self.waiting = False
+        self.inflight_tx = 0
+        self.inflight_rows = 0
+        self.paused_for = set()
+        self.closed = False
+        self.appended = 0
+        self.dropped = 0
+
+    # IStreamConsumer
+
+    def stream_started(self, client):
+        self.client = client
+        # Report where we stand at once, like pg_recvlogical does.
+        client.send_status(self.acks.flushed)
+
+    def xlog_data(self, wal_start, wal_end, data):
+        if self.closed:
+            return
+        try:
+            msg = self.decoder.decode(data)
+        except pgoutput.PgoutputError as e:
+            self.fail(f"cannot decode pgoutput at {format_lsn(wal_end)}: {e}")
+            return
+        self.queue.append(msg)
+        if not self.waiting:
+            self.drain()
+
+    def keepalive(self, wal_end):
+        if not self.queue and not self.waiting and not self.assembler.in_transaction:
+            self.acks.idle_advance(wal_end)
+        return self.acks.flushed
+
+    # processing
+
+    def drain(self):
+        while self.queue and not self.waiting and not self.closed:
+            msg = self.queue.popleft()
+            try:
+                event = self.assembler.feed(msg)
+            except inbound.InboundError as e:
+                self.fail(str(e))
+                return
+            if event is None:
+                continue
+            if isinstance(event, inbound.NeedTable):
+                self.waiting = True
+                self._pause("lookup")
+                d = defer.ensureDeferred(self.service._resolve_table(event.schema, event.name))
+                d.addCallbacks(self._resolved, self._resolve_failed)
+                return
+            self._committed(event)
+
+    def _resolved(self, result):
+        table, skipped = result
+        if self.closed:
+            return
+        self.assembler.table_resolved(table, skipped)
+        self.waiting = False
+        self._resume("lookup")
+        self.drain()
+
+    def _resolve_failed(self, failure):
+        self.fail(f"catalog lookup failed: {setup.error_text(failure)}")
+
+    def _committed(self, event: inbound.Assembled):
+        if event.transaction is None:
+            self.dropped += 1
+            self.acks.add(event.end_lsn, done=True)
+            self._report()
+            return
+        entry = self.acks.add(event.end_lsn)
+        rows = event.rows
+        self.inflight_tx += 1
+        self.inflight_rows += rows
+        if self.inflight_tx > MAX_INFLIGHT_TRANSACTIONS or self.inflight_rows > MAX_INFLIGHT_ROWS:
+            self._pause("flow")
+        try:
+            d = self.service.hub.append(event.transaction)
+        except Exception:
+            d = defer.fail()
+        d.addCallbacks(self._appended, self._append_failed,
+                       callbackArgs=(entry, rows), errbackArgs=(entry, rows, event.end_lsn))
+
+    def _appended(self, _result, entry, rows):
+        self.inflight_tx -= 1
+        self.inflight_rows -= rows
+        self.appended += 1
+        if self.closed:
+            return
+        if self.acks.done(entry):
+            self._report()
+        if self.inflight_tx <= MAX_INFLIGHT_TRANSACTIONS // 2 and self.inflight_rows <= MAX_INFLIGHT_ROWS // 2:
+            self._resume("flow")
+
+    def _append_failed(self, failure, entry, rows, end_lsn):
+        self.inflight_tx -= 1
+        self.inflight_rows -= rows
+        if self.closed:
+            return
+        log.error("connector %s: hub append of the transaction ending at %s failed: %s; reconnecting",
+                  self.service.connector.name, format_lsn(end_lsn), failure.getErrorMessage())
+        self.fail(f"hub append failed: {failure.getErrorMessage()}")
+
+    def _report(self):
+        if self.client is not None and not self.closed:
+            self.client.send_status(self.acks.flushed)
+        self.service._flushed = self.acks.flushed
+
+    def _pause(self, why):
+        self.paused_for.add(why)
+        if self.client is not None:
+            self.client.pause()
+
+    def _resume(self, why):
+        self.paused_for.discard(why)
+        if not self.paused_for and self.client is not None:
+            self.client.resume()
+
+    def fail(self, text: str):
+        if self.closed:
+            return
+        self.closed = True
+        self.service._last_error = text
+        log.error("connector %s: replication stream error: %s", self.service.connector.name, text)
+        if self.client is not None:
+            self.client.close(text)
+
+    def stop(self):
+        self.closed = True
+        if self.client is not None:
+            self.client.close("connector stopped")
+
+
+class ConnectorService(Service):
+    """
+    `follower_ready`: None (enable the subscription as soon as streaming), a
+    Deferred, or a callable returning a Deferred/None — fired when Electric's
+    port-5433 server can serve this connector's subscription.
+    """
+
+    def __init__(self, config, connector, hub, registry, credentials, follower_ready=None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.connector = connector
+        self.hub = hub
+        self.registry = registry
+        self.credentials = credentials
+        self.follower_ready = follower_ready
+        self.reactor = reactor
+        self.name = f"connector:{connector.name}"
+        self.phase = "init"
+        self.subscription_enabled = False
+        self.subscription_oid: Optional[int] = None
+        self.tables: Dict[Tuple[str, str], Table] = {}
+        self.skipped: Dict[Tuple[str, str], str] = {}
+        self._logged_skips = set()
+        self._oids: Dict[Tuple[str, str], int] = {}
+        self._last_error: Optional[str] = None
+        self._flushed = 0
+        self._stream: Optional[_Stream] = None
+        self._stopping = False
+        self._sleep: Optional[defer.Deferred] = None
+        self._loop: Optional[defer.Deferred] = None
+        self._enabler: Optional[defer.Deferred] = None
+        self._sleep_enable: Optional[defer.Deferred] = None
+        self._backoff = Backoff()
+        self.assembler = inbound.TransactionAssembler(connector.name, self._lookup)
+
+    # -- status --
+
+    @property
+    def ready(self) -> bool:
+        """True only while the replication stream is live."""
+        s = self._stream
+        return s is not None and not s.closed and s.client is not None and s.client.state == "streaming"
+
+    @property
+    def state(self) -> str:
+        if self.ready:
+            return "ready" if self.subscription_enabled else "streaming"
+        return self.phase
+
+    def status(self) -> dict:
+        s = self._stream
+        return {
+            "connector": self.connector.name,
+            "state": self.state,
+            "ready": self.ready,
+            "last_error": self._last_error,
+            "skipped_tables": [
+                {"schema": k[0], "table": k[1], "reason": r} for k, r in sorted(self.skipped.items())
+            ],
+            "subscription_enabled": self.subscription_enabled,
+            "flushed_lsn": format_lsn(self._flushed),
+            "received_lsn": format_lsn(s.client.last_received) if s is not None and s.client is not None else None,
+        }
+
+    # -- Service --
+
+    def startService(self):
+        super().startService()
+        self._stopping = False
+        self._loop = defer.ensureDeferred(self._run())
+        self._loop.addErrback(lambda f: log.error("connector %s: loop crashed: %s",
+                                                  self.connector.name, f.getTraceback()))
+
+    def stopService(self):
+        super().stopService()
+        self._stopping = True
+        if self._sleep is not None and not self._sleep.called:
+            self._sleep.cancel()
+        for d in (self._enabler, self._sleep_enable):
+            if d is not None and not d.called:
+                d.cancel()
+        if self._stream is not None:
+            self._stream.stop()
+        loop = self._loop
+        if loop is None or loop.called:
+            return defer.succeed(None)
+        done = defer.Deferred()
+        loop.addBoth(lambda _: done.callback(None))
+        return done
+
+    # -- the loop --
+
+    async def _run(self):
+        while not self._stopping:
+            try:
+                await self._setup_and_stream()
+            except defer.CancelledError:
+                if self._stopping:
+                    break
+            except Exception as e:
+                if self._stopping:
+                    break
+                self._last_error = self._describe(e)
+                log.error("connector %s: %s", self.connector.name, self._last_error)
+            if self._stopping:
+                break
+            self.phase = "backoff"
+            delay = self._backoff.next()
+            log.info("connector %s: retrying in %.0f s", self.connector.name, delay)
+            self._sleep = deferLater(self.reactor, delay, lambda: None)
+            try:
+                await self._sleep
+            except defer.CancelledError:
+                break
+        self.phase = "stopped"
+
+    def _describe(self, e: Exception) -> str:
+        if isinstance(e, (setup.SetupError, replication.ReplicationError)):
+            return str(e)
+        return f"{type(e).__name__}: {setup.error_text(e)}"
+
+    async def _setup_and_stream(self):
+        self.phase = "setup"
+        try:
+            result = await setup.run_setup(self.config, self.connector, self.credentials, self.reactor)
+        except Exception as e:
+            raise setup.SetupError(f"setup failed: {self._describe(e)}") from e
+        if self._stopping:
+            return
+        self._apply_introspection(result.introspection, replace=True)
+        self.subscription_oid = result.subscription_oid
+        self.assembler.set_subscription_oid(result.subscription_oid)
+        stream = _Stream(self, result.slot_confirmed_lsn)
+        self._flushed = result.slot_confirmed_lsn
+        client = replication.ReplicationClient(
+            self.connector.user, self.connector.password, self.connector.database,
+            self.config.slot, self.config.publication, stream, label=self.connector.name,
+        )
+        stream.client = client
+        self._stream = stream
+        timeout = max(1.0, self.connector.connect_timeout_ms / 1000.0)
+        try:
+            await replication.connect(self.reactor, self.connector.host, self.connector.port, client, timeout)
+        except replication.ReplicationError as e:
+            stream.closed = True
+            raise replication.ReplicationError(f"replication connection failed: {e}") from e
+        log.info("connector %s: streaming from slot %s (confirmed %s)", self.connector.name,
+                 self.config.slot, format_lsn(result.slot_confirmed_lsn))
+        self._backoff.reset()
+        self._last_error = None
+        if not self.subscription_enabled and (self._enabler is None or self._enabler.called):
+            self._enabler = defer.ensureDeferred(self._enable_when_ready())
+        reason = await client.done
+        stream.closed = True
+        if self._stopping:
+            return
+        raise replication.ReplicationError(f"replication stream ended: {client.error or reason}")
+
+    # -- schema --
+
+    def _lookup(self, schema: str, name: str):
+        key = (schema, name)
+        return self.tables.get(key), self.skipped.get(key)
+
+    def _apply_introspection(self, found: setup.Introspection, replace: bool = False,
+                             names: Optional[Tuple[str, str]] = None) -> None:
+        if replace:
+            self.tables = {}
+            self.skipped = {}
+        elif names is not None:
+            self.tables.pop(names, None)
+            self.skipped.pop(names, None)
+        for t in found.tables:
+            self.tables[t.qualified] = t
+        self._oids.update(found.oids)
+        for s in found.skipped:
+            key = (s.schema, s.name)
+            self.skipped[key] = s.reason
+            if (key, s.reason) not in self._logged_skips:
+                self._logged_skips.add((key, s.reason))
+                log.error('connector %s: not replicating table "%s"."%s": %s',
+                          self.connector.name, s.schema, s.name, s.reason)
+        setup.apply_to_registry(self.registry, self.connector.name,
+                                sorted(self.tables.values(), key=lambda t: self._oids.get(t.qualified, 0)))
+
+    async def _resolve_table(self, schema: str, name: str):
+        """A Relation showed a table we do not know in this shape: ask the catalog."""
+        log.info('connector %s: looking up "%s"."%s" in the catalog', self.connector.name, schema, name)
+        session = setup.SetupSession(self.connector, self.reactor)
+        await session.open()
+        try:
+            found = await session.introspect_table(self.config.publication, schema, name)
+            await session.install_upsert_triggers(found.tables, found.oids)
+        finally:
+            session.close()
+        self._apply_introspection(found, names=(schema, name))
+        return self._lookup(schema, name)
+
+    # -- the subscription back to Electric --
+
+    async def _wait_follower(self):
+        ready = self.follower_ready
+        if callable(ready) and not isinstance(ready, defer.Deferred):
+            ready = ready()
+        if isinstance(ready, defer.Deferred):
+            if ready.called:
+                return
+            waiter = defer.Deferred()
+            ready.addBoth(lambda r: (waiter.callback(None), r)[1])
+            await waiter
+
+    async def _enable_when_ready(self):
+        try:
+            await self._wait_follower()
+            backoff = Backoff()
+            while not self._stopping and not self.subscription_enabled:
+                try:
+                    await self._enable_and_refresh()
+                    return
+                except defer.CancelledError:
+                    raise
+                except Exception as e:
+                    self._last_error = f"enabling subscription failed: {self._describe(e)}"
+                    log.error("connector %s: %s", self.connector.name, self._last_error)
+                self._sleep_enable = deferLater(self.reactor, backoff.next(), lambda: None)
+                await self._sleep_enable
+        except defer.CancelledError:
+            return
+
+    async def _enable_and_refresh(self):
+        session = setup.SetupSession(self.connector, self.reactor)
+        await session.open()
+        try:
+            await session.enable_subscription(self.connector.name)
+            await session.refresh_subscription(self.connector.name, copy_data=True)
+        finally:
+            session.close()
+        self.subscription_enabled = True
+        log.info("connector %s: subscription enabled", self.connector.name)
+
+    # -- public controls (migrations call these) --
+
+    def refresh(self):
+        """Re-read the catalog, reinstall triggers, refresh the subscription."""
+        return defer.ensureDeferred(self._refresh())
+
+    async def _refresh(self):
+        session = setup.SetupSession(self.connector, self.reactor)
+        await session.open()
+        try:
+            found = await session.introspect(self.config.publication)
+            await session.install_upsert_triggers(found.tables, found.oids)
+            self._apply_introspection(found, replace=True)
+            if self.subscription_enabled:
+                await session.refresh_subscription(self.connector.name, copy_data=True)
+        finally:
+            session.close()
+
+    def disable(self):
+        return defer.ensureDeferred(self._disable())
+
+    async def _disable(self):
+        session = setup.SetupSession(self.connector, self.reactor)
+        await session.open()
+        try:
+            await session.disable_subscription(self.connector.name)
+        finally:
+            session.close()
+        self.subscription_enabled = False
+
+    def enable(self):
+        return defer.ensureDeferred(self._enable_and_refresh())
