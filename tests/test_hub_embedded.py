@@ -143,6 +143,22 @@ class AppendTests(HubTestCase):
         self.assertIn("not running", str(f))
         self.assertRaises(HubError, hub.subscribe, 0)
 
+    def test_data_dir_used_by_another_hub_is_refused(self):
+        self.make_hub()
+        other = EmbeddedHub(self.dir, reactor, compact_interval=0)
+        e = self.assertRaises(HubError, other.startService)
+        self.assertIn("in use by another Electric process", str(e))
+
+    def test_garbage_store_is_refused_clearly(self):
+        with open(os.path.join(self.dir, "hub.sqlite3"), "wb") as f:
+            f.write(b"definitely not sqlite " * 400)
+        hub = EmbeddedHub(self.dir, reactor, compact_interval=0)
+        e = self.assertRaises(HubError, hub.startService)
+        self.assertIn("cannot open the hub store", str(e))
+        # The lock was released: a hub on a fresh file in that directory starts.
+        os.remove(os.path.join(self.dir, "hub.sqlite3"))
+        self.make_hub()
+
     @defer.inlineCallbacks
     def test_stop_finishes_queued_commits(self):
         hub = self.make_hub()

@@ -34,6 +34,7 @@ Files: ``<data_dir>/hub.sqlite3`` (+ SQLite's ``-wal``/``-shm``).
 from __future__ import annotations
 
 import collections
+import fcntl
 import itertools
 import json
 import os
@@ -117,11 +118,15 @@ def _decode_changes(blob) -> tuple:
 
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=60000")
-    conn.execute("PRAGMA cache_size=-65536")
-    conn.execute("PRAGMA mmap_size=1073741824")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=60000")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA mmap_size=1073741824")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -275,6 +280,7 @@ class EmbeddedHub(service.Service):
         self._open = False
         self._closing = False
         self._stop_requested = False
+        self._lock_file = None
         self._queue: "queue.Queue" = queue.Queue()
         self._writer: Optional[threading.Thread] = None
         self._writer_done: Optional[defer.Deferred] = None
@@ -304,7 +310,19 @@ class EmbeddedHub(service.Service):
         if self._open:
             return
         os.makedirs(self.data_dir, exist_ok=True)
-        conn = _connect(self.path)
+        # One process per data directory: two writers would hand out the
+        # same positions.
+        lock = open(os.path.join(self.data_dir, "hub.lock"), "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise HubError(f"{self.data_dir} is in use by another Electric process (hub.lock is held)") from None
+        try:
+            conn = _connect(self.path)
+        except sqlite3.Error as e:
+            lock.close()
+            raise HubError(f"{self.path}: cannot open the hub store: {e}") from None
         try:
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
@@ -325,9 +343,15 @@ class EmbeddedHub(service.Service):
             self._horizon = _meta(conn, "horizon", 0)
             self._row_count = conn.execute("SELECT count(*) FROM rows WHERE deleted = 0").fetchone()[0]
             self._consumers = dict(conn.execute("SELECT name, acked FROM consumers"))
+        except sqlite3.Error as e:
+            conn.close()
+            lock.close()
+            raise HubError(f"{self.path}: cannot open the hub store: {e}") from None
         except BaseException:
             conn.close()
+            lock.close()
             raise
+        self._lock_file = lock
         self._open = True
         self._closing = False
         self._writer_done = defer.Deferred()
@@ -368,6 +392,8 @@ class EmbeddedHub(service.Service):
             self._reset_call.cancel()
         self._reset_call = None
         self._served_now = 0
+        self._lock_file.close()
+        self._lock_file = None
         self._open = False
         self._stop_requested = False
         self._tail.clear()
