@@ -10,11 +10,13 @@ fixes a broken deployment in one round instead of one variable per restart.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 MIN_SIGNING_KEY_BYTES = 32
+_LIBPQ_TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 class ConfigError(Exception):
@@ -53,6 +55,9 @@ class Connector:
         ]
         if self.password:
             parts.append(f"password={q(self.password)}")
+        # TLS settings from the URL reach libpq; other parameters are kept
+        # on the Connector for whoever needs them but are not libpq's.
+        parts += [f"{k}={q(v)}" for k, v in self.params if k in _LIBPQ_TLS_PARAMS]
         return " ".join(parts)
 
 
@@ -75,7 +80,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "GLOBAL_CLUSTER_ID": ("dev.electric-db", "cluster identifier (logging)"),
     "ELECTRIC_INSTANCE_ID": ("instance-1.region-1.dev.electric-db", "instance identifier (logging)"),
     "ELECTRIC_REGIONAL_ID": ("region-1.dev.electric-db", "server id sent to Satellite clients"),
-    "VAXINE_HOST": (None, "Vaxine host; unset = embedded hub"),
+    "VAXINE_HOST": (None, "Vaxine host; unset = embedded hub (this build has no Vaxine link: setting it is a startup error)"),
     "VAXINE_API_PORT": ("8087", "Vaxine protocol-buffers API port"),
     "VAXINE_REPLICATION_PORT": ("8088", "Vaxine replication stream port"),
     "VAXINE_CONNECTION_TIMEOUT": ("5000", "Vaxine connect timeout in ms"),
@@ -86,22 +91,51 @@ SECRET_VARIABLES = frozenset({"SATELLITE_AUTH_SIGNING_KEY"})
 
 def mask(value: str) -> str:
     """Show a secret's shape, never its content."""
-    return f"<{len(value)} bytes hidden>"
+    return f"<{len(value.encode())} bytes hidden>"
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def _mask_url_password(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """
+    Hide the password of a connection URL, also in URLs too broken to parse:
+    error messages go to logs, and a typo must not leak a credential there.
+    Errs towards hiding too much (everything up to the last '@').
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        at = rest.rfind("@")
+        if at >= 0 and ":" in rest[:at]:
+            user = rest[:at].split(":", 1)[0]
+            rest = f"{user}:***{rest[at:]}"
+        url = scheme + sep + rest
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def _digits(text: Optional[str]) -> bool:
+    """Plain ASCII decimal digits only: int() would also take ' 5', '5_0', '+5' and '²'."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
+def _valid_port(text: Optional[str]) -> Optional[int]:
+    """A TCP port 1..65535 written as plain decimal digits, else None."""
+    if not _digits(text) or len(text) > 5:
+        return None
+    n = int(text)
+    return n if 1 <= n <= 65535 else None
 
 
 def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
-    """Parse CONNECTORS, appending one message per bad entry to `problems`."""
+    """
+    Parse CONNECTORS, appending one message per bad entry to `problems`.
+
+    Unlike the original, user and password are percent-decoded (so a
+    password may contain '@', ':' or '/') and `postgres://` is accepted
+    as well as `postgresql://`.  Query parameters are kept on the
+    Connector; `host`, `port`, `user`, `dbname` override the URL parts as
+    in libpq, and `timeout` (ms) is the connect timeout.
+    """
     expected = "name=postgresql://user:password@host:port/database"
     result: List[Connector] = []
     seen = set()
@@ -111,12 +145,14 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
             continue
         name, sep, url = item.partition("=")
         name = name.strip()
-        if not sep or not name or not url:
+        if not sep or not name or not url or "://" in name:
             problems.append(f"CONNECTORS: entry {_mask_url_password(item)!r} is not {expected}")
             continue
         shown = _mask_url_password(url)
-        if not all(ch.isalnum() or ch == "_" for ch in name):
-            problems.append(f"CONNECTORS: connector name {name!r} must contain only letters, digits and _")
+        if not all(ch.isalnum() or ch == "_" for ch in name) or not name.isascii():
+            problems.append(
+                f"CONNECTORS: connector name {name!r} must contain only ASCII letters, digits and _"
+            )
             continue
         try:
             parts = urlsplit(url)
@@ -127,20 +163,28 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
         if parts.scheme not in ("postgres", "postgresql"):
             problems.append(f"CONNECTORS: {name}: {shown!r} is not {expected} (scheme must be postgresql)")
             continue
+        if port == 0:
+            problems.append(f"CONNECTORS: {name}: {shown!r} has port 0 (expected 1 to 65535)")
+            continue
         database = unquote(parts.path.lstrip("/"))
-        if not parts.hostname or not database or parts.username is None:
+        if not parts.hostname or not database or not parts.username:
             problems.append(f"CONNECTORS: {name}: {shown!r} is not {expected} (needs user, host and database)")
             continue
         params = tuple(parse_qsl(parts.query, keep_blank_values=True))
-        timeout_ms = 5000
         pdict = dict(params)
+        timeout_ms = 5000
         if "timeout" in pdict:
-            try:
-                timeout_ms = int(pdict["timeout"])
-                if timeout_ms <= 0:
-                    raise ValueError
-            except ValueError:
-                problems.append(f"CONNECTORS: {name}: timeout={pdict['timeout']!r} is not a positive integer (ms)")
+            text_ms = pdict["timeout"]
+            if not _digits(text_ms) or int(text_ms) <= 0:
+                problems.append(f"CONNECTORS: {name}: timeout={text_ms!r} is not a positive integer (ms)")
+                continue
+            timeout_ms = int(text_ms)
+        if "port" in pdict:
+            port = _valid_port(pdict["port"])
+            if port is None:
+                problems.append(
+                    f"CONNECTORS: {name}: port={pdict['port']!r} is not a port number from 1 to 65535"
+                )
                 continue
         if name in seen:
             problems.append(f"CONNECTORS: connector name {name!r} appears more than once")
@@ -150,7 +194,7 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
             Connector(
                 name=name,
                 host=pdict.get("host") or parts.hostname,
-                port=int(pdict.get("port") or port or 5432),
+                port=port or 5432,
                 database=pdict.get("dbname") or database,
                 user=pdict.get("user") or unquote(parts.username),
                 password=unquote(parts.password or ""),
@@ -163,6 +207,11 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
 
 @dataclass(frozen=True)
 class Config:
+    """
+    Everything the service reads from its environment, checked once at
+    startup so no component has to re-validate or fail later on a typo.
+    """
+
     connectors: Tuple[Connector, ...] = ()
     electric_host: str = "127.0.0.1"
     postgres_replication_port: int = 5433
@@ -187,6 +236,7 @@ class Config:
 
     @property
     def embedded_hub(self) -> bool:
+        """True when VAXINE_HOST is unset: the hub lives in ELECTRIC_DATA_DIR."""
         return self.vaxine_host is None
 
     @property
@@ -215,29 +265,22 @@ class Config:
 
         def port(name: str) -> int:
             value = get(name)
-            try:
-                n = int(value)
-                if not 1 <= n <= 65535:
-                    raise ValueError
-                return n
-            except (TypeError, ValueError):
+            n = _valid_port(value)
+            if n is None:
                 problems.append(f"{name}={shown(name, value)}: expected a port number from 1 to 65535")
                 return 0
+            return n
 
         def positive_int(name: str) -> int:
             value = get(name)
-            try:
-                n = int(value)
-                if n <= 0:
-                    raise ValueError
-                return n
-            except (TypeError, ValueError):
+            if not _digits(value) or int(value) <= 0:
                 problems.append(f"{name}={shown(name, value)}: expected a positive integer")
                 return 0
+            return int(value)
 
         def identifier(name: str) -> str:
             value = get(name)
-            if not value or not all(ch.isalnum() or ch == "_" for ch in value):
+            if not value or not value.isascii() or not all(ch.isalnum() or ch == "_" for ch in value):
                 problems.append(f"{name}={value!r}: expected a name of letters, digits and _")
             return value
 
@@ -253,8 +296,6 @@ class Config:
                 f"SATELLITE_AUTH_SIGNING_ISS={iss!r}: an issuer needs SATELLITE_AUTH_SIGNING_KEY too"
             )
         suffix = get("MIGRATIONS_FILE_NAME_SUFFIX")
-        if not suffix:
-            problems.append("MIGRATIONS_FILE_NAME_SUFFIX='': expected a file name suffix such as /postgres.sql")
         electric_host = get("ELECTRIC_HOST")
         if not electric_host or any(ch.isspace() or ch in "'\\" for ch in electric_host):
             problems.append(f"ELECTRIC_HOST={electric_host!r}: expected a host name or address")
@@ -282,6 +323,44 @@ class Config:
             vaxine_replication_port=port("VAXINE_REPLICATION_PORT"),
             vaxine_connection_timeout_ms=positive_int("VAXINE_CONNECTION_TIMEOUT"),
         )
+        listeners = {}
+        for name, number in (("STATUS_PORT", config.status_port),
+                             ("WEBSOCKET_PORT", config.websocket_port),
+                             ("POSTGRES_REPLICATION_PORT", config.postgres_replication_port)):
+            if number:
+                listeners.setdefault(number, []).append(name)
+        for number, names in sorted(listeners.items()):
+            if len(names) > 1:
+                problems.append(f"{' and '.join(names)} share port {number}: each listener needs its own port")
         if problems:
             raise ConfigError(problems)
         return config
+
+
+def _shown_default(name: str) -> str:
+    default = VARIABLES[name][0]
+    if default is None:
+        return "unset"
+    return default if default else '""'
+
+
+def environment_help(width: int = 79) -> str:
+    """The environment variables with defaults, for `twistd electric --help`."""
+    import textwrap
+
+    lines = ["Environment variables (all optional):", ""]
+    for name, (_default, text) in VARIABLES.items():
+        lines.append(f"  {name} (default: {_shown_default(name)})")
+        lines += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines) + "\n"
+
+
+def environment_markdown() -> str:
+    """The same as a Markdown table, pasted into README.md (a test keeps them equal)."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, (_default, text) in VARIABLES.items():
+        default = _shown_default(name)
+        shown = "unset" if default == "unset" else f"`{default}`"
+        text = text.replace("|", "\\|")
+        rows.append(f"| `{name}` | {shown} | {text} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,189 @@
+"""
+The HTTP API on STATUS_PORT: status routes, plus one shared Klein app that
+other components (migrations) add their routes to.
+
+Bodies are compact JSON with sorted keys because the original's integration
+tests compare them as text.  Every flag is read live from the component at
+request time, never cached, so the answer is the real state of each link.
+Unknown routes and methods answer 404 with a JSON body, as API clients of
+this service parse every body as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping, Optional
+
+from klein import Klein
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.web import server
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+log = Logger(namespace="electric.http")
+
+
+def dumps(value) -> bytes:
+    """Compact, key-sorted JSON (what the original emits and its tests compare)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def _json(request, status: int, value) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return dumps(value)
+
+
+def _is_running(component) -> bool:
+    return bool(getattr(component, "running", False))
+
+
+def _safe_status(component) -> object:
+    """A component's status() for /details; a failing status() must not hide the others."""
+    try:
+        return component.status()
+    except Exception as e:  # one broken component must not take the whole report down
+        log.failure("status() of {component!r} failed", component=component)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+class HttpApi:
+    """
+    `connectors` is a live mapping name -> object with `.ready` (bool) and
+    `.status()` (dict); it may gain entries after construction (the service
+    builder adds connectors later), so it is read on every request.
+    `vaxine` is whatever answers the Vaxine health check (`.ready`); None in
+    this build, which reports `"vaxine": false`.
+    """
+
+    def __init__(self, config, hub, connectors: Mapping[str, object], vaxine: Optional[object] = None):
+        self.config = config
+        self.hub = hub
+        self.connectors = connectors
+        self.vaxine = vaxine
+        self.app = Klein()
+        self._catch_all_installed = False
+        self._install()
+
+    # -- what the routes report ---------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "connectors": {name: bool(c.ready) for name, c in sorted(self.connectors.items())},
+            "hub": _is_running(self.hub),
+            "vaxine": bool(self.vaxine is not None and self.vaxine.ready),
+        }
+
+    def details(self) -> dict:
+        return {
+            "connectors": {name: _safe_status(c) for name, c in sorted(self.connectors.items())},
+            "hub": _safe_status(self.hub),
+            "running": {"hub": _is_running(self.hub)},
+        }
+
+    # -- routes ---------------------------------------------------------------
+
+    def _install(self) -> None:
+        app = self.app
+
+        @app.route("/api/status", methods=["GET", "HEAD"])
+        def status(request):
+            return _json(request, 200, self.status())
+
+        @app.route("/api/status/", methods=["GET", "HEAD"], endpoint="status_slash")
+        def status_slash(request):
+            return _json(request, 200, self.status())
+
+        @app.route("/api/status/details", methods=["GET", "HEAD"])
+        def details(request):
+            return _json(request, 200, self.details())
+
+        @app.handle_errors(NotFound, MethodNotAllowed)
+        def not_found(request, failure):
+            return _json(request, 404, {"error": "not found"})
+
+    def resource(self):
+        """
+        The twisted.web resource to serve.  The catch-all 500 handler is added
+        here, after every component added its routes and error handlers,
+        because Klein tries handlers in registration order.
+        """
+        if not self._catch_all_installed:
+            self._catch_all_installed = True
+
+            @self.app.handle_errors(Exception)
+            def internal_error(request, failure):
+                if failure.check(HTTPException):
+                    # e.g. a redirect werkzeug chose: keep its code and headers.
+                    response = failure.value.get_response({})
+                    for header, value in response.headers:
+                        if header.lower() in ("location", "allow"):
+                            request.setHeader(header.encode("latin-1"), str(value).encode("latin-1"))
+                    return _json(request, failure.value.code, {"error": failure.value.name.lower()})
+                log.failure("{method} {uri} failed", failure,
+                            method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
+                return _json(request, 500, {"error": "internal error", "detail": failure.getErrorMessage()})
+
+        return self.app.resource()
+
+
+class _QuietSite(server.Site):
+    """No access log: health checks poll /api/status many times a second."""
+
+    def log(self, request):
+        pass
+
+
+class HttpService(service.Service):
+    """
+    Listens on LISTEN_HOST:STATUS_PORT.  `listening` fires with the
+    IListeningPort once bound, or errbacks (CannotListenError) if the port
+    cannot be bound.
+    stopService closes the listener and every open connection (keep-alive
+    clients would otherwise hold the process past SIGTERM).
+    """
+
+    name = "http"
+
+    def __init__(self, config, api: HttpApi, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.api = api
+        self.reactor = reactor
+        self.listening: defer.Deferred = defer.Deferred()
+        self.port = None
+        self._factory: Optional[WrappingFactory] = None
+
+    def startService(self):
+        site = _QuietSite(self.api.resource())
+        site.noisy = False
+        self._factory = WrappingFactory(site)
+        self._factory.noisy = False
+        try:
+            self.port = self.reactor.listenTCP(
+                self.config.status_port, self._factory, interface=self.config.listen_host
+            )
+        except Exception as e:
+            # Reported through `listening` (the root turns it into a clean
+            # non-zero exit); raising here too would report it twice.
+            log.error("HTTP API cannot listen on {host}:{port}: {error}",
+                      host=self.config.listen_host, port=self.config.status_port, error=e)
+            self.listening.errback(e)
+            return
+        service.Service.startService(self)
+        address = self.port.getHost()
+        log.info("HTTP API listening on {host}:{port}", host=address.host, port=address.port)
+        self.listening.callback(self.port)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        d = defer.maybeDeferred(port.stopListening)
+        for protocol in list(self._factory.protocols):
+            protocol.transport.abortConnection()
+        return d

@@ -1,0 +1,288 @@
+"""
+The `electric` twistd plugin as an operator meets it: --help, a real
+`twistd -n electric` on free ports answering /api/status and exiting 0 on
+SIGTERM, bad configurations exiting non-zero with the aggregated message and
+no traceback; the in-process service tree; and the packaging that makes the
+plugin visible after `pip install`.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+from twisted.application.service import IServiceMaker
+from twisted.internet import defer, error, protocol, reactor
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.plugin import getPlugins
+from twisted.trial import unittest
+from twisted.web.client import Agent, readBody
+
+from electric.config import VARIABLES, Config, ConfigError
+from electric.service import VAXINE_UNAVAILABLE, ElectricService, build_service
+from tests.pgcluster import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+TWISTD = os.path.join(BIN, "twistd")
+
+
+class _Run(protocol.ProcessProtocol):
+    def __init__(self):
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.out += data
+
+    def errReceived(self, data):
+        self.err += data
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+    @property
+    def text(self):
+        return (self.out + self.err).decode("utf-8", "replace")
+
+
+def _env(workdir, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env.update(
+        PYTHONPATH=ROOT,
+        LISTEN_HOST="127.0.0.1",
+        ELECTRIC_DATA_DIR=os.path.join(workdir, "data"),
+        OFFSET_STORAGE_FILE=os.path.join(workdir, "offsets.dat"),
+        MIGRATIONS_DIR=os.path.join(workdir, "migrations"),
+        STATUS_PORT=str(free_port()),
+        WEBSOCKET_PORT=str(free_port()),
+        POSTGRES_REPLICATION_PORT=str(free_port()),
+    )
+    env.update(extra)
+    return env
+
+
+def _spawn(args, env, workdir):
+    run = _Run()
+    transport = reactor.spawnProcess(run, args[0], args, env=env, path=workdir)
+    return run, transport
+
+
+def _with_timeout(d, seconds):
+    return d.addTimeout(seconds, reactor)
+
+
+class PluginDiscoveryTests(unittest.TestCase):
+    def test_plugin_is_found(self):
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("electric", makers)
+        options = makers["electric"].options()
+        usage = str(options)
+        for name in VARIABLES:
+            self.assertIn(name, usage)
+
+    def test_help_documents_every_variable_with_its_default(self):
+        proc = subprocess.run([TWISTD, "electric", "--help"], capture_output=True, text=True, timeout=60,
+                              cwd=tempfile.gettempdir(), env=dict(os.environ, PYTHONPATH=ROOT))
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for name, (default, _text) in VARIABLES.items():
+            shown = "unset" if default is None else (default or '""')
+            self.assertIn(f"{name} (default: {shown})", proc.stdout)
+
+
+class TwistdTests(unittest.TestCase):
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="electric-plugin-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+
+    def spawn(self, env):
+        run, transport = _spawn([TWISTD, "-n", "--pidfile=", "electric"], env, self.workdir)
+
+        def kill():
+            try:
+                transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                return None
+            return run.ended
+
+        self.addCleanup(kill)
+        return run, transport
+
+    @defer.inlineCallbacks
+    def get_status(self, port, run, timeout=30.0):
+        """Poll /api/status until it answers (or the process dies)."""
+        agent = Agent(reactor)
+        deadline = reactor.seconds() + timeout
+        while reactor.seconds() < deadline:
+            if run.ended.called:
+                self.fail(f"twistd exited early:\n{run.text}")
+            try:
+                response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/api/status".encode())
+                body = yield readBody(response)
+                return response, body
+            except (error.ConnectError, error.ConnectionRefusedError):
+                yield deferLater(reactor, 0.1)
+        self.fail(f"no answer on {port} after {timeout}s:\n{run.text}")
+
+    @defer.inlineCallbacks
+    def test_serves_status_and_exits_0_on_sigterm(self):
+        env = _env(self.workdir)
+        run, transport = self.spawn(env)
+        response, body = yield self.get_status(env["STATUS_PORT"], run)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(body, b'{"connectors":{},"hub":true,"vaxine":false}')
+        self.assertTrue(os.path.exists(os.path.join(self.workdir, "data", "hub.sqlite3")))
+        transport.signalProcess("TERM")
+        code = yield _with_timeout(run.ended, 5)
+        self.assertEqual(code, 0, run.text)
+        self.assertNotIn("Traceback", run.text)
+        self.assertIn("electric started: hub, http", run.text)
+
+    @defer.inlineCallbacks
+    def test_bad_configuration_exits_nonzero_with_every_problem(self):
+        env = _env(self.workdir, STATUS_PORT="http", WEBSOCKET_PORT="0",
+                   SATELLITE_AUTH_SIGNING_KEY="tooshortsecret",
+                   CONNECTORS="a=postgresql://u:hunter2@h:1/d;a=postgresql://u:pw@h/d;b=mysql://x")
+        run, _ = self.spawn(env)
+        code = yield _with_timeout(run.ended, 60)
+        self.assertNotEqual(code, 0)
+        self.assertNotIn("Traceback", run.text)
+        err = run.err.decode()
+        self.assertIn("invalid configuration:", err)
+        for expected in ("STATUS_PORT='http': expected a port number from 1 to 65535",
+                         "WEBSOCKET_PORT='0': expected a port number",
+                         "SATELLITE_AUTH_SIGNING_KEY=<14 bytes hidden>: expected at least 32 bytes",
+                         "connector name 'a' appears more than once",
+                         "CONNECTORS: b: 'mysql://x'"):
+            self.assertIn(expected, err)
+        self.assertNotIn("hunter2", run.text)
+        self.assertNotIn("tooshortsecret", run.text)
+        self.assertFalse(os.path.exists(os.path.join(self.workdir, "data")))
+
+    @defer.inlineCallbacks
+    def test_vaxine_host_is_a_clear_startup_error(self):
+        run, _ = self.spawn(_env(self.workdir, VAXINE_HOST="vaxine"))
+        code = yield _with_timeout(run.ended, 60)
+        self.assertNotEqual(code, 0)
+        self.assertIn("unset VAXINE_HOST to use the embedded hub", run.err.decode())
+        self.assertNotIn("Traceback", run.text)
+
+    @defer.inlineCallbacks
+    def test_status_port_in_use_exits_nonzero(self):
+        blocker = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(blocker.stopListening)
+        taken = blocker.getHost().port
+        run, _ = self.spawn(_env(self.workdir, STATUS_PORT=str(taken)))
+        code = yield _with_timeout(run.ended, 60)
+        self.assertEqual(code, 1, run.text)
+        self.assertIn(f"electric cannot start: http: Couldn't listen on 127.0.0.1:{taken}", run.text)
+        self.assertNotIn("Traceback", run.text)
+
+
+class ServiceTreeTests(unittest.TestCase):
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="electric-tree-")
+        self.addCleanup(shutil.rmtree, self.workdir, True)
+        self.config = Config(status_port=free_port(), listen_host="127.0.0.1",
+                             data_dir=os.path.join(self.workdir, "data"))
+
+    def test_building_starts_nothing(self):
+        root = build_service(self.config, reactor)
+        self.assertIsInstance(root, ElectricService)
+        self.assertEqual([s.name for s in root], ["hub", "http"])
+        self.assertFalse(any(s.running for s in root))
+        self.assertFalse(os.path.exists(self.config.data_dir))
+        self.assertIs(root.api.hub, root.hub)
+        self.assertIs(root.api.connectors, root.connectors)
+
+    def test_vaxine_host_is_refused(self):
+        config = Config(vaxine_host="vaxine")
+        with self.assertRaises(ConfigError) as caught:
+            build_service(config, reactor)
+        self.assertEqual(caught.exception.problems, [VAXINE_UNAVAILABLE])
+
+    @defer.inlineCallbacks
+    def test_start_serve_stop(self):
+        root = build_service(self.config, reactor)
+        root.startService()
+        stopped = False
+        try:
+            yield root.getServiceNamed("http").listening
+            self.assertTrue(root.hub.running)
+            agent = Agent(reactor)
+            response = yield agent.request(b"GET", f"http://127.0.0.1:{self.config.status_port}/api/status".encode())
+            body = yield readBody(response)
+            self.assertEqual(json.loads(body), {"connectors": {}, "hub": True, "vaxine": False})
+            yield root.stopService()
+            stopped = True
+            self.assertFalse(root.hub.running)
+            self.assertFalse(root.getServiceNamed("http").running)
+            with self.assertRaises(Exception):
+                yield agent.request(b"GET", f"http://127.0.0.1:{self.config.status_port}/api/status".encode())
+        finally:
+            if not stopped:
+                yield root.stopService()
+
+
+class PackagingTests(unittest.TestCase):
+    """`pip install .` must ship twisted/plugins/electric_plugin.py (and no __init__.py there)."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="electric-wheel-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def _pip(self, *args):
+        return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+
+    def _wheel(self):
+        out = os.path.join(self.tmp, "dist")
+        proc = self._pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, ROOT)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        [name] = [n for n in os.listdir(out) if n.endswith(".whl")]
+        return os.path.join(out, name)
+
+    @defer.inlineCallbacks
+    def test_wheel_ships_the_plugin_and_it_is_found_from_the_install(self):
+        wheel = yield deferToThread(self._wheel)
+        names = zipfile.ZipFile(wheel).namelist()
+        self.assertIn("twisted/plugins/electric_plugin.py", names)
+        self.assertNotIn("twisted/__init__.py", names)
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+        self.assertIn("electric/service.py", names)
+        self.assertFalse([n for n in names if "__pycache__" in n or n.startswith("tests/")])
+        target = os.path.join(self.tmp, "site")
+        proc = yield deferToThread(self._pip, "install", "--no-deps", "--no-index", "-q", "--target", target, wheel)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        # -S: no .pth processing, so the checkout (an editable install) is not on
+        # the path; only the installed copy and the venv's plain site-packages are.
+        site_packages = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(defer.__file__))))
+        code = ("from twisted.plugin import getPlugins\n"
+                "from twisted.application.service import IServiceMaker\n"
+                "import sys\n"
+                "[m] = [p for p in getPlugins(IServiceMaker) if p.tapname == 'electric']\n"
+                "print(sys.modules[type(m).__module__].__file__)\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env["PYTHONPATH"] = os.pathsep.join([target, site_packages])
+        proc = yield deferToThread(subprocess.run, [sys.executable, "-S", "-c", code], capture_output=True,
+                                   text=True, timeout=120, cwd=self.tmp, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout.strip(), os.path.join(target, "twisted", "plugins", "electric_plugin.py"))
+
+    def test_checkout_plugin_is_visible_outside_the_checkout(self):
+        """What `pip install -e .` (make deps) gives: the plugin without PYTHONPATH, from any directory."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        code = ("from twisted.plugin import getPlugins\n"
+                "from twisted.application.service import IServiceMaker\n"
+                "print(sorted(p.tapname for p in getPlugins(IServiceMaker)))\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=self.tmp, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("'electric'", proc.stdout)
