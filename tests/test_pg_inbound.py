@@ -74,7 +74,7 @@ class ConnectorTestBase(unittest.TestCase):
     def setUp(self):
         self.pg = cluster()
         n = next(_counter) + os.getpid() % 1000 * 100
-        self.name = f"pg_{n}"
+        self.name = f"conn_{n}"
         self.db = f"db_{n}"
         self.slot = f"slot_{n}"
         self.pg.psql(f"CREATE DATABASE {self.db}", dbname="postgres")
@@ -102,15 +102,16 @@ class ConnectorTestBase(unittest.TestCase):
         self.pg.psql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", dbname="postgres", check=False)
 
     @defer.inlineCallbacks
-    def start(self, follower_ready=None, password=None):
+    def start(self, follower_ready=None, password=None, port=1):
         password = self.password if password is None else password
         url = f"postgresql://{USER}:{password}@127.0.0.1:{self.pg.port}/{self.db}"
         self.config = Config.from_environ({
             "CONNECTORS": f"{self.name}={url}",
             "POSTGRES_SLOT": self.slot,
             "ELECTRIC_DATA_DIR": self.tmp,
-            # Nobody listens here: the subscription stays disabled (see follower_ready).
-            "POSTGRES_REPLICATION_PORT": "1",
+            # By default nobody listens there and the subscription stays
+            # disabled (follower_ready never fires).
+            "POSTGRES_REPLICATION_PORT": str(port),
         })
         self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), compact_interval=0)
         self.hub.startService()
@@ -356,3 +357,58 @@ class WrongPasswordTests(ConnectorTestBase):
         lines = [line for line in self.logs.lines if "password authentication failed" in line]
         self.assertTrue(lines)
         self.assertIn(f"connector {self.name}", lines[0])
+
+
+class FollowerTests(ConnectorTestBase):
+    """
+    The subscription back to Electric, enabled against a stand-in publisher:
+    another database of the same cluster plays Electric's port 5433 (same
+    conninfo shape, same credentials), so a stock PG 15 apply worker and
+    table sync really run, and what they apply must not come back.
+    """
+
+    @defer.inlineCallbacks
+    def test_enable_sync_upsert_and_no_echo(self):
+        pub_db = self.name  # conninfo dbname is the connector name
+        creds = SubscriberCredentials(self.tmp, [self.name])
+        user, password = creds.for_connector(self.name)
+        self.pg.psql(f"CREATE DATABASE {pub_db}", dbname="postgres")
+        self.addCleanup(self.pg.psql, f"DROP DATABASE IF EXISTS {pub_db} WITH (FORCE)", "postgres", False)
+        self.addCleanup(self.pg.psql, f"DROP ROLE IF EXISTS {user}", "postgres", False)
+        self.addCleanup(self.pg.psql, f"SELECT pg_drop_replication_slot('{self.name}') FROM pg_replication_slots "
+                                      f"WHERE slot_name = '{self.name}'", "postgres", False)
+        self.pg.psql(f"CREATE ROLE {user} LOGIN REPLICATION PASSWORD '{password}'", dbname="postgres")
+        schema = "CREATE TABLE public.t (id int PRIMARY KEY, v text)"
+        self.pg.psql(f"{schema}; INSERT INTO t VALUES (1, 'remote'), (2, 'remote'); GRANT SELECT ON t TO {user};"
+                     "CREATE PUBLICATION all_tables FOR ALL TABLES", dbname=pub_db)
+        self.pg.psql(f"SELECT pg_create_logical_replication_slot('{self.name}', 'pgoutput')", dbname=pub_db)
+        self.sql(f"{schema}; INSERT INTO t VALUES (1, 'local')")
+        follower = defer.Deferred()
+        yield self.start(follower_ready=follower, port=self.pg.port)
+        self.assertEqual(self.service.status()["state"], "streaming")
+        self.assertEqual(self.sql(f"SELECT subenabled FROM pg_subscription WHERE subname = '{self.name}'").strip(), "f")
+        follower.callback(None)
+        yield wait_until(lambda: self.service.state == "ready", what="subscription enabled")
+        # Table sync copied the publisher's rows; the upsert trigger turned the
+        # conflicting copy of row 1 into an update.
+        yield threads.deferToThread(
+            lambda: self._wait_db("SELECT string_agg(id || v, ',' ORDER BY id) FROM t", "1remote,2remote"))
+        self.pg.psql("INSERT INTO t VALUES (3, 'streamed')", dbname=pub_db)
+        yield threads.deferToThread(
+            lambda: self._wait_db("SELECT count(*) FROM t WHERE id = 3", "1"))
+        self.sql("INSERT INTO t VALUES (4, 'local')")
+        rows = yield self.wait_rows("t", 1)
+        # Only the local write reached the hub: what the subscription applied
+        # (table sync and streaming) carried Electric's own origin.
+        self.assertEqual(rows, {("4",): {"id": "4", "v": "local"}})
+        self.assertEqual(self.hub.status()["appends"], 1)
+
+    def _wait_db(self, sql, expected, timeout=30.0):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sql(sql, check=False).strip() == expected:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {sql!r} == {expected!r}")
