@@ -490,3 +490,34 @@ class BadValueTests(HubTestCase):
         self.assertEqual(hub.status()["row_count"], 2)
         got = yield hub.subscribe(0).next(10)
         self.assertEqual([r.position for r in got], [1, 2])
+
+
+class StorageFailureTests(HubTestCase):
+    @defer.inlineCallbacks
+    def test_transaction_failing_in_storage_fails_alone(self):
+        hub = self.make_hub()
+        yield hub.append(txn(up("items", 1, v="before")))
+        db = sqlite3.connect(os.path.join(self.dir, "hub.sqlite3"), isolation_level=None)
+        db.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON log WHEN NEW.origin = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'injected storage failure'); END"
+        )
+        db.close()
+        ds = [
+            hub.append(txn(up("items", 2, v="a"))),
+            hub.append(txn(up("items", 1, v="lost"), up("items", 3, v="lost"), origin="boom")),
+            hub.append(txn(up("items", 4, v="b"))),
+        ]
+        a = yield ds[0]
+        f = yield self.assertFailure(ds[1], HubError)
+        b = yield ds[2]
+        self.assertIn("injected storage failure", str(f))
+        self.assertEqual((a.position, b.position), (2, 3))
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+        snap = yield hub.snapshot()
+        self.assertEqual({c.key: c.row["v"] for c in snap.rows}, {("1",): "before", ("2",): "a", ("4",): "b"})
+        self.assertEqual(hub.status()["row_count"], 3)
+        hub = yield self.reopen(hub)
+        self.assertEqual(hub.head(), 3)
+        got = yield hub.subscribe(0).next(10)
+        self.assertEqual([r.position for r in got], [1, 2, 3])
