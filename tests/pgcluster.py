@@ -7,18 +7,28 @@ Runs the server binaries as the ``postgres`` OS user with a scrubbed
 environment when we are root (initdb refuses root), directly otherwise.
 The role ``electric``/``password`` is the bootstrap superuser; the database
 ``electric`` exists.  See ../shared/spec/pg-dev-cluster.md.
+
+Also the command line behind `make start_dev_env` / `make stop_dev_env`:
+
+    python -m tests.pgcluster start --port 54321 --datadir /tmp/electric-dev/pg1
+    python -m tests.pgcluster stop --datadir /tmp/electric-dev/pg1 [--remove]
+
+`start` is idempotent (creates the cluster only if missing, starts it only if
+stopped, creates the database only if missing) and leaves the server running.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
 USER = "electric"
@@ -110,12 +120,27 @@ class PgCluster:
         with open(os.path.join(self.datadir, "postgresql.conf"), "a") as f:
             f.write("\n".join(conf) + "\n")
 
+    def running(self) -> bool:
+        """Whether a server is running on this data directory (pg_ctl status)."""
+        if not os.path.exists(os.path.join(self.datadir, "PG_VERSION")):
+            return False
+        proc = subprocess.run(_as_pg([f"{PGBIN}/pg_ctl", "-D", self.datadir, "status"]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return proc.returncode == 0
+
     def start(self) -> "PgCluster":
         self.initdb()
-        subprocess.run(
-            _as_pg([f"{PGBIN}/pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60", "start"]),
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        if not self.running():
+            proc = subprocess.run(
+                _as_pg([f"{PGBIN}/pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "-t", "60", "start"]),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
+            if proc.returncode != 0:
+                tail = "\n".join(self.log().splitlines()[-5:])
+                raise RuntimeError(
+                    f"PostgreSQL on port {self.port} ({self.datadir}) did not start: "
+                    f"{proc.stderr.strip()}\nserver.log:\n{tail}"
+                )
         self.started = True
         if self not in _live:
             _live.append(self)
@@ -136,12 +161,18 @@ class PgCluster:
         self.stop()
         self.start()
 
-    def destroy(self) -> None:
+    def destroy(self, remove: Optional[bool] = None) -> None:
+        """Stop and forget the cluster; its directory goes if we made it (or `remove`)."""
         self.stop("immediate")
         if self in _live:
             _live.remove(self)
-        if self._own_dir:
+        if self._own_dir if remove is None else remove:
             shutil.rmtree(self.datadir, ignore_errors=True)
+
+    def detach(self) -> None:
+        """Keep the server running after this process exits (the dev env)."""
+        if self in _live:
+            _live.remove(self)
 
     def psql(self, sql: str, dbname: str = DATABASE, check: bool = True) -> str:
         """Run `sql` with psql over TCP; returns unaligned, tuples-only output."""
@@ -183,3 +214,36 @@ def _cleanup() -> None:
 
 
 atexit.register(_cleanup)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.pgcluster",
+                                     description="Start or stop a local PostgreSQL 15 cluster for Electric.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="create if missing, start if stopped; print its URL")
+    start.add_argument("--port", type=int, required=True)
+    start.add_argument("--datadir", required=True)
+    stop = sub.add_parser("stop", help="stop the server")
+    stop.add_argument("--datadir", required=True)
+    stop.add_argument("--remove", action="store_true", help="also delete the data directory")
+    args = parser.parse_args(argv)
+    datadir = os.path.abspath(args.datadir)
+    if args.command == "start":
+        cluster = PgCluster(port=args.port, datadir=datadir)
+        try:
+            cluster.start()
+        except (RuntimeError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", None) or ""
+            print(f"error: {e} {detail}".strip(), file=sys.stderr)
+            return 1
+        finally:
+            cluster.detach()
+        print(cluster.url)
+        return 0
+    cluster = PgCluster(port=1, datadir=datadir)
+    cluster.destroy(remove=args.remove)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The throwaway-cluster helper and its command line (behind make start_dev_env): start, query, stop, clean up."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.internet import protocol, reactor
+from twisted.trial import unittest
+
+from tests import pgcluster
+from tests.pgcluster import PgCluster, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PgClusterTests(unittest.TestCase):
+    def test_life_cycle(self):
+        cluster = PgCluster()
+        self.addCleanup(cluster.destroy)
+        cluster.start()
+        self.assertIn(cluster, pgcluster._live)
+        self.assertTrue(cluster.running())
+        self.assertEqual(cluster.url, f"postgresql://electric:password@127.0.0.1:{cluster.port}/electric")
+        self.assertEqual(cluster.psql("SHOW wal_level").strip(), "logical")
+        self.assertEqual(cluster.psql("SHOW wal_retrieve_retry_interval").strip(), "200ms")
+        self.assertEqual(
+            cluster.psql("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = 'electric'").strip(), "t|t"
+        )
+        cluster.psql("CREATE TABLE kept (id int PRIMARY KEY); INSERT INTO kept VALUES (7)")
+        self.assertEqual(cluster.wait_for("SELECT count(*) FROM kept", "1", timeout=10), "1")
+
+        # starting a running cluster is a no-op
+        cluster.start()
+        cluster.stop()
+        self.assertFalse(cluster.running())
+        with self.assertRaises(RuntimeError) as caught:
+            cluster.psql("SELECT 1")
+        self.assertIn(f"psql failed on port {cluster.port}", str(caught.exception))
+
+        cluster.restart()
+        self.assertEqual(cluster.psql("SELECT id FROM kept").strip(), "7")
+        self.assertIn("database system is ready to accept connections", cluster.log())
+
+        datadir = cluster.datadir
+        cluster.destroy()
+        self.assertFalse(os.path.exists(datadir))
+        self.assertNotIn(cluster, pgcluster._live)
+
+    def test_errors_are_clear(self):
+        blocker = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(blocker.stopListening)
+        cluster = PgCluster(port=blocker.getHost().port)
+        self.addCleanup(cluster.destroy)
+        with self.assertRaises(RuntimeError) as caught:
+            cluster.start()
+        text = str(caught.exception)
+        self.assertIn(f"PostgreSQL on port {cluster.port}", text)
+        self.assertIn("did not start", text)
+        self.assertIn("Address already in use", text)
+        self.assertFalse(cluster.running())
+
+
+class CommandLineTests(unittest.TestCase):
+    def setUp(self):
+        self.parent = tempfile.mkdtemp(prefix="electric-dev-", dir="/tmp")
+        os.chmod(self.parent, 0o755)  # the postgres user must reach the data directory below
+        self.addCleanup(shutil.rmtree, self.parent, True)
+        self.datadir = os.path.join(self.parent, "pg1")
+        self.port = free_port()
+        self.addCleanup(self.cli, "stop", "--datadir", self.datadir, "--remove")
+
+    def cli(self, *args):
+        return subprocess.run([sys.executable, "-m", "tests.pgcluster", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    def test_start_is_idempotent_and_outlives_the_command(self):
+        for _ in range(2):
+            proc = self.cli("start", "--port", str(self.port), "--datadir", self.datadir)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertEqual(proc.stdout.strip(), f"postgresql://electric:password@127.0.0.1:{self.port}/electric")
+        cluster = PgCluster(port=self.port, datadir=self.datadir)
+        self.assertTrue(cluster.running())
+        self.assertEqual(cluster.psql("SELECT current_database()").strip(), "electric")
+
+        proc = self.cli("stop", "--datadir", self.datadir)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse(cluster.running())
+        self.assertTrue(os.path.exists(os.path.join(self.datadir, "PG_VERSION")))
+
+        proc = self.cli("stop", "--datadir", self.datadir, "--remove")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse(os.path.exists(self.datadir))
+
+    def test_start_failure_exits_nonzero(self):
+        blocker = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(blocker.stopListening)
+        proc = self.cli("start", "--port", str(blocker.getHost().port), "--datadir", self.datadir)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("did not start", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+
+    def test_usage_errors(self):
+        proc = self.cli("start", "--datadir", self.datadir)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("--port", proc.stderr)
