@@ -260,7 +260,7 @@ class EmbeddedHub(service.Service):
         reactor=None,
         *,
         retain: int = 10000,
-        tail_budget: int = 200_000,
+        tail_budget: int = 100_000,
         tail_entries: int = 10_000,
         compact_interval: float = 30.0,
         max_group: int = 2000,
