@@ -51,6 +51,15 @@ ENSURE_TABLE_SQL = (
 # Two Electrics (or a person with psql) migrating the same database at once
 # must not both pass the version check: the second waits for the first.
 LOCK_TABLE_SQL = "LOCK TABLE electric.migrations IN SHARE ROW EXCLUSIVE MODE"
+# The dev databases' user is called "electric", so once the electric schema
+# exists the default search_path ("$user", public) would put every
+# unqualified CREATE TABLE of a migration into Electric's own schema, which
+# is never replicated.  Migrations run with that schema taken off the path.
+SEARCH_PATH_SQL = (
+    "SELECT 'electric' = ANY (current_schemas(false)), "
+    "coalesce(string_agg(quote_ident(s), ', ' ORDER BY n) FILTER (WHERE s <> 'electric'), 'public') "
+    "FROM unnest(current_schemas(false)) WITH ORDINALITY AS u(s, n)"
+)
 LOOKUP_SQL = "SELECT version, hash FROM electric.migrations WHERE version = %s"
 LATEST_SQL = (
     "SELECT version, hash, applied_at FROM electric.migrations "
@@ -553,6 +562,9 @@ class MigrationDatabase:
             yield conn.runOperation(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
             yield conn.runOperation(ENSURE_TABLE_SQL)
             yield conn.runOperation(LOCK_TABLE_SQL)
+            (electric_on_path, path), = yield conn.runQuery(SEARCH_PATH_SQL)
+            if electric_on_path:
+                yield conn.runOperation(f"SET LOCAL search_path TO {path}")
             step = "looking up the version"
             rows = yield conn.runQuery(LOOKUP_SQL, (vsn,))
             if rows:

@@ -236,6 +236,16 @@ class ApplyToPostgresTest(TempDirMixin, unittest.TestCase):
         self.assertEqual([a.version for a in applied][:2], ["101_add_column", "100_create_items"])
 
     @defer.inlineCallbacks
+    def test_unqualified_tables_go_to_public_not_electric(self):
+        # the user is called "electric", so "$user" on the search path is the electric schema
+        yield self.db.apply(self.migration("105_where", "CREATE TABLE t105 (id int PRIMARY KEY);"))
+        self.assertEqual(self.pg.psql("SELECT relnamespace::regnamespace FROM pg_class WHERE relname = 't105'").strip(),
+                         "public")
+        yield self.db.apply(self.migration("106_explicit", "CREATE TABLE electric.t106 (id int PRIMARY KEY);"))
+        self.assertEqual(self.pg.psql("SELECT relnamespace::regnamespace FROM pg_class WHERE relname = 't106'").strip(),
+                         "electric")
+
+    @defer.inlineCallbacks
     def test_reapply_same_file_is_already_migrated(self):
         m = self.migration("110_once", "CREATE TABLE t110 (id int PRIMARY KEY);")
         yield self.db.apply(m)

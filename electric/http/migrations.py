@@ -40,7 +40,11 @@ from electric.migrations import (
 
 log = Logger(namespace="electric.migrations")
 
-READY = "ready"
+# ConnectorService states in which the database is set up and its stream is
+# live ("streaming" = the subscription back to Electric is not enabled yet;
+# refresh() copes with that).  Anything else (init, setup, backoff) means
+# setup may be introspecting right now, so a migration would race it.
+MIGRATABLE_STATES = frozenset({"ready", "streaming"})
 
 
 def dumps(value) -> bytes:
@@ -59,13 +63,13 @@ def _state_name(connector) -> Optional[str]:
 
 
 def _connector_name(connector) -> str:
-    for attr in ("name", "origin"):
+    inner = getattr(connector, "connector", None)  # ConnectorService.connector: config.Connector
+    if inner is not None and isinstance(getattr(inner, "name", None), str):
+        return inner.name
+    for attr in ("origin", "name"):
         value = getattr(connector, attr, None)
         if isinstance(value, str):
             return value
-    inner = getattr(connector, "connector", None)
-    if inner is not None and isinstance(getattr(inner, "name", None), str):
-        return inner.name
     raise ValueError(f"cannot tell the connector name of {connector!r}")
 
 
@@ -244,7 +248,7 @@ class Migrator(Service):
     def _apply_locked(self, name: str, migration: Migration):
         connector = self.connectors[name]
         state = _state_name(connector)
-        if state is not None and state != READY:
+        if state is not None and state not in MIGRATABLE_STATES:
             raise InvalidState(state, migration.version, name)
         try:
             result = yield self.databases[name].apply(migration)
