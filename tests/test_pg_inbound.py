@@ -327,6 +327,50 @@ class RestartTests(ConnectorTestBase):
         self.assertEqual(self.hub.head(), 2)
 
 
+class HubFailureTests(ConnectorTestBase):
+    @defer.inlineCallbacks
+    def test_failed_append_reconnects_and_loses_nothing(self):
+        self.sql("CREATE TABLE h (id int PRIMARY KEY)")
+        yield self.start()
+        self.sql("INSERT INTO h VALUES (1)")
+        yield self.wait_rows("h", 1)
+        yield self.hub.stopService()
+        self.sql("INSERT INTO h VALUES (2); INSERT INTO h VALUES (3)")
+        self.sql("INSERT INTO h VALUES (4)")
+        yield wait_until(lambda: any("hub append" in line and "failed" in line for line in self.logs.lines),
+                         what="append failure logged")
+        self.assertIn("hub append failed", self.service.status()["last_error"] or "")
+        self.hub.startService()
+        rows = yield self.wait_rows("h", 4, timeout=60)
+        self.assertEqual(sorted(rows), [("1",), ("2",), ("3",), ("4",)])
+        self.assertEqual(self.hub.head(), 3)
+
+
+class ControlTests(ConnectorTestBase):
+    @defer.inlineCallbacks
+    def test_refresh_picks_up_new_tables_and_disable_enable(self):
+        self.sql("CREATE TABLE one (id int PRIMARY KEY)")
+        yield self.start()
+        self.assertIsNone(self.registry.find("public", "two"))
+        self.sql("CREATE TABLE public.two (id int PRIMARY KEY, v text); CREATE TABLE public.three (v text)")
+        yield self.service.refresh()
+        self.assertEqual(self.registry.get("public", "two").column_names, ("id", "v"))
+        self.assertEqual([t.name for t in self.registry.database_tables(self.name)], ["one", "two"])
+        self.assertEqual(self.sql("SELECT count(*) FROM pg_trigger WHERE tgname = 'electric_upsert' "
+                                  "AND tgrelid = 'public.two'::regclass AND tgenabled = 'R'").strip(), "1")
+        self.assertEqual([s["table"] for s in self.service.status()["skipped_tables"]], ["three"])
+        # Enabled against nothing listening: the subscription is on, its
+        # refresh fails and is retried, the stream is unaffected.
+        yield self.service.disable()
+        self.assertEqual(self.sql(f"SELECT subenabled FROM pg_subscription WHERE subname = '{self.name}'").strip(), "f")
+        with self.assertRaises(Exception) as cm:
+            yield self.service.enable()
+        self.assertIn("could not connect to the publisher", str(cm.exception))
+        self.assertEqual(self.sql(f"SELECT subenabled FROM pg_subscription WHERE subname = '{self.name}'").strip(), "t")
+        self.assertTrue(self.service.ready)
+        yield self.service.disable()
+
+
 class BigTransactionTests(ConnectorTestBase):
     @defer.inlineCallbacks
     def test_100k_row_transaction(self):
@@ -343,6 +387,11 @@ class BigTransactionTests(ConnectorTestBase):
         # must stay far from unbounded.
         self.assertLess(grown_kb, 1024 * 1024, f"RSS grew by {grown_kb} kB")
         self.assertEqual(self.hub.head(), 1)
+        # 100k rows in flight is over the flow-control bound: the socket was
+        # paused until the hub made them durable, then resumed.
+        self.assertEqual(self.service._stream.flow_pauses, 1)
+        self.sql("INSERT INTO big VALUES (0, 'after')")
+        yield wait_until(lambda: self.hub.head() == 2, what="stream resumed after the pause")
 
 
 class WrongPasswordTests(ConnectorTestBase):

@@ -80,6 +80,7 @@ class _Stream:
         self.closed = False
         self.appended = 0
         self.dropped = 0
+        self.flow_pauses = 0
 
     # IStreamConsumer
 
@@ -148,6 +149,8 @@ class _Stream:
         self.inflight_tx += 1
         self.inflight_rows += rows
         if self.inflight_tx > MAX_INFLIGHT_TRANSACTIONS or self.inflight_rows > MAX_INFLIGHT_ROWS:
+            if "flow" not in self.paused_for:
+                self.flow_pauses += 1
             self._pause("flow")
         try:
             d = self.service.hub.append(event.transaction)
@@ -271,6 +274,9 @@ class ConnectorService(Service):
             "subscription_enabled": self.subscription_enabled,
             "flushed_lsn": format_lsn(self._flushed),
             "received_lsn": format_lsn(s.client.last_received) if s is not None and s.client is not None else None,
+            "transactions_appended": s.appended if s is not None else 0,
+            "transactions_dropped": s.dropped if s is not None else 0,
+            "appends_in_flight": s.inflight_tx if s is not None else 0,
         }
 
     # -- Service --

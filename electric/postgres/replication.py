@@ -222,12 +222,25 @@ class ReplicationClient(protocol.Protocol):
 
 
 def connect(reactor, host: str, port: int, client: ReplicationClient, timeout: float = 5.0):
-    """Deferred firing with `client` once streaming started (errback on failure)."""
+    """
+    Deferred firing with `client` once streaming started (errback on failure).
+    A server that accepts the connection but never gets to streaming within
+    a few timeouts is dropped rather than waited for forever.
+    """
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     d = connectProtocol(endpoint, client)
 
     def connected(_):
-        return client.started
+        handshake = max(10.0, 3 * timeout)
+        timer = reactor.callLater(handshake, client.close,
+                                  f"no replication stream after {handshake:.0f} s (stuck in {client.state})")
+
+        def stop_timer(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return client.started.addBoth(stop_timer)
 
     def failed(f):
         raise ReplicationError(f"cannot connect to {host}:{port}: {f.getErrorMessage()}")
