@@ -236,6 +236,19 @@ class SubscriptionTests(HubTestCase):
         self.assertEqual(seen, list(range(1, 3001)))
 
     @defer.inlineCallbacks
+    def test_stop_while_reads_are_in_flight(self):
+        hub = self.make_hub(tail_entries=1)
+        yield defer.gatherResults([hub.append(txn(up("items", i))) for i in range(200)])
+        pending = [hub.subscribe(i).next(50) for i in range(0, 100, 5)]
+        snaps = [hub.snapshot() for _ in range(3)]
+        yield hub.stopService()
+        results = yield defer.DeferredList(pending + snaps, consumeErrors=True)
+        for ok, value in results:
+            if not ok:
+                value.trap(SubscriptionClosed, HubError)
+        self.assertFalse(hub._readers)
+
+    @defer.inlineCallbacks
     def test_stop_fails_waiting_subscription(self):
         hub = self.make_hub()
         sub = hub.subscribe(0)
