@@ -24,20 +24,34 @@ transaction can be written under flow control without building it in memory.
 
 from __future__ import annotations
 
+import struct
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from electric.hub import positions
 from electric.hub.interface import UNCHANGED, ResolvedTransaction
 from electric.postgres import pgoutput
 from electric.postgres.lsn import pg_now, unix_to_pg_us
-from electric.postgres.wire import PrimaryKeepalive, XLogData
+from electric.postgres.pgoutput import encode_tuple
+from electric.postgres.wire import PrimaryKeepalive
 from electric.schema import SchemaRegistry, Table
+
+
+_XLOG_HEAD = struct.Struct("!ciBQQq")  # CopyData tag, length, 'w', dataStart, walEnd, sendTime
+_REL = struct.Struct("!I")
+
+
+def _xlog(start: int, now: int, payload: bytes) -> bytes:
+    """One complete CopyData(XLogData) frame with dataStart = walEnd = `start`.
+
+    Same bytes as ``wire.XLogData(start, start, now, payload).frame()``, built
+    in one step because a 200k-row transaction makes 200k of them."""
+    return _XLOG_HEAD.pack(b"d", len(payload) + 29, 0x77, start, start, now) + payload
 
 
 class _Shape:
     """What this connection told the subscriber about one table."""
 
-    __slots__ = ("table", "relation_id", "columns", "key_index", "message")
+    __slots__ = ("table", "relation_id", "columns", "key_index", "message", "insert_head", "delete_head")
 
     def __init__(self, table: Table, relation_id: int):
         self.table = table
@@ -45,6 +59,8 @@ class _Shape:
         self.columns = table.column_names
         keys = set(table.primary_key)
         self.key_index = [i for i, name in enumerate(self.columns) if name in keys]
+        self.insert_head = b"I" + _REL.pack(relation_id) + b"N"
+        self.delete_head = b"D" + _REL.pack(relation_id) + b"K"
         self.message = pgoutput.Relation(
             relation_id=relation_id,
             namespace=table.schema,
@@ -128,22 +144,24 @@ class OutboundEncoder:
             if not started:
                 started = True
                 xid = rt.position & 0xFFFFFFFF or 1
-                yield XLogData(begin_lsn, begin_lsn, now, pgoutput.Begin(commit_lsn, ts, xid).encode()).frame()
+                yield _xlog(begin_lsn, now, pgoutput.Begin(commit_lsn, ts, xid).encode())
             if fresh:
-                yield XLogData(0, 0, now, shape.message.encode()).frame()
+                yield _xlog(0, now, shape.message.encode())
             row = change.row
             if change.deleted:
                 key = [None] * len(shape.columns)
                 for k in shape.key_index:
                     key[k] = _value(row, shape.columns[k])
-                payload = pgoutput.Delete(shape.relation_id, key=tuple(key)).encode()
+                payload = shape.delete_head + encode_tuple(key)
             else:
-                payload = pgoutput.Insert(shape.relation_id, tuple(_value(row, c) for c in shape.columns)).encode()
+                get = row.get
+                payload = shape.insert_head + encode_tuple([
+                    None if v is UNCHANGED else v for v in (get(c) for c in shape.columns)])
             lsn = begin_lsn + i if begin_lsn + i < commit_lsn else commit_lsn
             i += 1
-            yield XLogData(lsn, lsn, now, payload).frame()
+            yield _xlog(lsn, now, payload)
         if started:
-            yield XLogData(end_lsn, end_lsn, now, pgoutput.Commit(commit_lsn, end_lsn, ts).encode()).frame()
+            yield _xlog(end_lsn, now, pgoutput.Commit(commit_lsn, end_lsn, ts).encode())
             self.transactions_sent += 1
             self.changes_sent += i
         self.position = rt.position
