@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import resource
 import shutil
@@ -16,6 +15,7 @@ import tempfile
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from electric.config import Config
@@ -43,13 +43,15 @@ def tearDownModule():
         _cluster = None
 
 
-class LogCapture(logging.Handler):
+class LogCapture:
+    """Formatted text of every twisted.logger event from electric.postgres.*."""
+
     def __init__(self):
-        super().__init__(logging.DEBUG)
         self.lines = []
 
-    def emit(self, record):
-        self.lines.append(record.getMessage())
+    def __call__(self, event):
+        if str(event.get("log_namespace", "")).startswith("electric.postgres"):
+            self.lines.append(formatEvent(event))
 
 
 @defer.inlineCallbacks
@@ -82,9 +84,8 @@ class ConnectorTestBase(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="einbound")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.logs = LogCapture()
-        for name in ("electric.postgres.connector", "electric.postgres.setup", "electric.postgres.inbound"):
-            logging.getLogger(name).addHandler(self.logs)
-            self.addCleanup(logging.getLogger(name).removeHandler, self.logs)
+        globalLogPublisher.addObserver(self.logs)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logs)
 
     def sql(self, text, check=True):
         return self.pg.psql(text, dbname=self.db, check=check)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT
@@ -106,6 +107,31 @@ class AssemblerTests(unittest.TestCase):
         [ev] = run(self.a, tx(0x100, po.Insert(16600, ("v",)), po.Insert(16400, ("a", "x"))))
         self.assertEqual([c.table for c in ev.transaction.changes], ["items"])
         self.assertEqual(self.a.dropped_changes[("public", "nokey")], 1)
+
+    def test_skipped_table_log_is_rate_limited(self):
+        now = [0.0]
+        a = inbound.TransactionAssembler("pg1", lookup_with({}, {("public", "nokey"): "table has no primary key"}),
+                                         clock=lambda: now[0], skipped_log_interval=60)
+        lines = []
+
+        def observe(event):
+            if event.get("log_namespace") == "electric.postgres.inbound":
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        rel = po.Relation(16600, "public", "nokey", "d", (po.RelationColumn(0, "v", 25, -1),))
+        self.assertIsInstance(a.feed(rel), inbound.NeedTable)
+        a.table_resolved(None, "table has no primary key")
+        for i in range(5):
+            evs = run(a, tx(0x100 * (i + 1), po.Insert(16600, ("v",))))
+            self.assertEqual(evs[0].dropped, inbound.EMPTY)
+            now[0] += 20
+        self.assertEqual(a.dropped_changes[("public", "nokey")], 5)
+        self.assertEqual(lines, [
+            "connector pg1: dropped 1 change(s) to skipped table public.nokey (table has no primary key)",
+            "connector pg1: dropped 3 change(s) to skipped table public.nokey (table has no primary key)",
+        ])
 
     def test_ddl_relation_needs_lookup(self):
         wider = po.Relation(16400, "public", "items", "d", RC + (po.RelationColumn(0, "w", 23, -1),))

@@ -27,19 +27,19 @@ hub drops the duplicates by (origin, commit end LSN)).
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import Dict, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 
 from electric.postgres import inbound, pgoutput, replication, setup
 from electric.postgres.lsn import format_lsn
 from electric.schema import Table
 
-log = logging.getLogger(__name__)
+log = Logger(namespace="electric.postgres.connector")
 
 MAX_INFLIGHT_TRANSACTIONS = 500
 MAX_INFLIGHT_ROWS = 50_000
@@ -175,8 +175,8 @@ class _Stream:
         self.inflight_rows -= rows
         if self.closed:
             return
-        log.error("connector %s: hub append of the transaction ending at %s failed: %s; reconnecting",
-                  self.service.connector.name, format_lsn(end_lsn), failure.getErrorMessage())
+        log.error("connector {connector}: hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
+                  connector=self.service.connector.name, lsn=format_lsn(end_lsn), error=failure.getErrorMessage())
         self.fail(f"hub append failed: {failure.getErrorMessage()}")
 
     def _report(self):
@@ -199,7 +199,8 @@ class _Stream:
             return
         self.closed = True
         self.service._last_error = text
-        log.error("connector %s: replication stream error: %s", self.service.connector.name, text)
+        log.error("connector {connector}: replication stream error: {error}", connector=self.service.connector.name,
+                  error=text)
         if self.client is not None:
             self.client.close(text)
 
@@ -285,8 +286,8 @@ class ConnectorService(Service):
         super().startService()
         self._stopping = False
         self._loop = defer.ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: log.error("connector %s: loop crashed: %s",
-                                                  self.connector.name, f.getTraceback()))
+        self._loop.addErrback(lambda f: log.failure("connector {connector}: loop crashed", f,
+                                                    connector=self.connector.name))
 
     def stopService(self):
         super().stopService()
@@ -318,12 +319,12 @@ class ConnectorService(Service):
                 if self._stopping:
                     break
                 self._last_error = self._describe(e)
-                log.error("connector %s: %s", self.connector.name, self._last_error)
+                log.error("connector {connector}: {error}", connector=self.connector.name, error=self._last_error)
             if self._stopping:
                 break
             self.phase = "backoff"
             delay = self._backoff.next()
-            log.info("connector %s: retrying in %.0f s", self.connector.name, delay)
+            log.info("connector {connector}: retrying in {delay:.0f} s", connector=self.connector.name, delay=delay)
             self._sleep = deferLater(self.reactor, delay, lambda: None)
             try:
                 await self._sleep
@@ -361,8 +362,8 @@ class ConnectorService(Service):
         except replication.ReplicationError as e:
             stream.closed = True
             raise replication.ReplicationError(f"replication connection failed: {e}") from e
-        log.info("connector %s: streaming from slot %s (confirmed %s)", self.connector.name,
-                 self.config.slot, format_lsn(result.slot_confirmed_lsn))
+        log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn})", connector=self.connector.name,
+                 slot=self.config.slot, lsn=format_lsn(result.slot_confirmed_lsn))
         self._backoff.reset()
         self._last_error = None
         if not self.subscription_enabled and (self._enabler is None or self._enabler.called):
@@ -395,14 +396,15 @@ class ConnectorService(Service):
             self.skipped[key] = s.reason
             if (key, s.reason) not in self._logged_skips:
                 self._logged_skips.add((key, s.reason))
-                log.error('connector %s: not replicating table "%s"."%s": %s',
-                          self.connector.name, s.schema, s.name, s.reason)
+                log.error('connector {connector}: not replicating table "{schema}"."{table}": {reason}',
+                          connector=self.connector.name, schema=s.schema, table=s.name, reason=s.reason)
         setup.apply_to_registry(self.registry, self.connector.name,
                                 sorted(self.tables.values(), key=lambda t: self._oids.get(t.qualified, 0)))
 
     async def _resolve_table(self, schema: str, name: str):
         """A Relation showed a table we do not know in this shape: ask the catalog."""
-        log.info('connector %s: looking up "%s"."%s" in the catalog', self.connector.name, schema, name)
+        log.info('connector {connector}: looking up "{schema}"."{table}" in the catalog',
+                 connector=self.connector.name, schema=schema, table=name)
         session = setup.SetupSession(self.connector, self.reactor)
         await session.open()
         try:
@@ -438,7 +440,7 @@ class ConnectorService(Service):
                     raise
                 except Exception as e:
                     self._last_error = f"enabling subscription failed: {self._describe(e)}"
-                    log.error("connector %s: %s", self.connector.name, self._last_error)
+                    log.error("connector {connector}: {error}", connector=self.connector.name, error=self._last_error)
                 self._sleep_enable = deferLater(self.reactor, backoff.next(), lambda: None)
                 await self._sleep_enable
         except defer.CancelledError:
@@ -453,7 +455,7 @@ class ConnectorService(Service):
         finally:
             session.close()
         self.subscription_enabled = True
-        log.info("connector %s: subscription enabled", self.connector.name)
+        log.info("connector {connector}: subscription enabled", connector=self.connector.name)
 
     # -- public controls (migrations call these) --
 

@@ -27,11 +27,12 @@ calls `table_resolved` and feeds on.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
+
+from twisted.logger import Logger
 
 from electric.hub import changes as hubchanges
 from electric.hub.interface import RowChange, Transaction
@@ -40,7 +41,7 @@ from electric.postgres import pgoutput as po
 from electric.postgres.lsn import format_lsn, pg_to_unix_us
 from electric.schema import Table
 
-log = logging.getLogger(__name__)
+log = Logger(namespace="electric.postgres.inbound")
 
 ELECTRIC_SCHEMA = "electric"
 BOOKKEEPING_TABLES = frozenset({"migrations", "meta"})
@@ -267,8 +268,8 @@ class TransactionAssembler:
             tx.changes.extend(build())
         except MissingKey as e:
             # Nothing can key this row in the hub; say so loudly, keep going.
-            log.error("connector %s: dropped a change to %s.%s: %s", self.origin,
-                      rel.relation.namespace, rel.relation.name, e)
+            log.error("connector {origin}: dropped a change to {schema}.{table}: {error}", origin=self.origin,
+                      schema=rel.relation.namespace, table=rel.relation.name, error=str(e))
             self._count_dropped(rel)
 
     @staticmethod
@@ -302,9 +303,9 @@ class TransactionAssembler:
         now = self._clock()
         last = self._skip_logged.get(key)
         if last is None or now - last >= self._skip_interval:
-            log.warning(
-                "connector %s: dropped %d change(s) to skipped table %s.%s (%s)",
-                self.origin, self._skip_counts[key], key[0], key[1], rel.skipped,
+            log.warn(
+                "connector {origin}: dropped {count} change(s) to skipped table {schema}.{table} ({reason})",
+                origin=self.origin, count=self._skip_counts[key], schema=key[0], table=key[1], reason=rel.skipped,
             )
             self._skip_logged[key] = now
             self._skip_counts[key] = 0

@@ -13,17 +13,17 @@ in the consumer (`electric.postgres.connector`).
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.logger import Logger
 from zope.interface import Interface
 
 from electric.postgres import auth, wire
 from electric.postgres.lsn import format_lsn, pg_now
 
-log = logging.getLogger(__name__)
+log = Logger(namespace="electric.postgres.replication")
 
 # XLogData carrying one pgoutput message; a 1 GB row is Postgres's own limit.
 MAX_MESSAGE_SIZE = (1 << 30) + 1024
@@ -102,7 +102,7 @@ class ReplicationClient(protocol.Protocol):
                 self._fail(f"protocol error: {e}")
                 return
             except Exception as e:  # a consumer bug must not wedge the stream
-                log.exception("replication %s: failed handling %s", self.label, type(msg).__name__)
+                log.failure("replication {label}: failed handling {kind}", label=self.label, kind=type(msg).__name__)
                 self._fail(f"internal error: {e}")
                 return
 

@@ -21,19 +21,19 @@ The steps (postgres-inbound.md section 3, with this project's departures):
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import psycopg2
 from twisted.internet import defer
+from twisted.logger import Logger
 from txpostgres import txpostgres
 
 from electric.config import Config, Connector
 from electric.postgres import types
 from electric.schema import Column, Table
 
-log = logging.getLogger(__name__)
+log = Logger(namespace="electric.postgres.setup")
 
 ELECTRIC_SCHEMA = "electric"
 TRIGGER_NAME = "electric_upsert"
@@ -353,9 +353,9 @@ class SetupSession:
     def ensure_publication(self, publication: str):
         rows = yield self.query("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = %s", (publication,))
         if rows and not rows[0][0]:
-            log.warning(
-                'connector %s: publication "%s" exists but is not FOR ALL TABLES; using it as it is',
-                self.connector.name, publication,
+            log.warn(
+                'connector {connector}: publication "{publication}" exists but is not FOR ALL TABLES; using it as it is',
+                connector=self.connector.name, publication=publication,
             )
         if not rows:
             yield self._tolerate_duplicate(f"CREATE PUBLICATION {quote_ident(publication)} FOR ALL TABLES")
@@ -458,10 +458,11 @@ class SetupSession:
             rows = yield self.query(sql, (name,))
         oid, current_conninfo, publications = rows[0]
         if current_conninfo != conninfo:
-            log.info("connector %s: subscription %s had a stale connection string; correcting it", name, name)
+            log.info("connector {name}: subscription {name} had a stale connection string; correcting it", name=name)
             yield self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} CONNECTION {quote_literal(conninfo)}")
         if list(publications or []) != [publication]:
-            log.info("connector %s: subscription %s had publications %s; setting %s", name, name, publications, publication)
+            log.info("connector {name}: subscription {name} had publications {old}; setting {new}",
+                     name=name, old=publications, new=publication)
             yield self.execute(
                 f"ALTER SUBSCRIPTION {quote_ident(name)} SET PUBLICATION {quote_ident(publication)} WITH (refresh = false)"
             )
