@@ -201,7 +201,7 @@ class Server(unittest.TestCase):
     @defer.inlineCallbacks
     def test_flow_control(self):
         e = self.e
-        big = "x" * 4000
+        big = "x" * 8000
         for batch in range(10):
             yield defer.gatherResults([
                 e.append(e.upsert(self.items, {"id": f"r{batch}-{i}", "content": big, "n": str(i)}))
