@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 
-from klein import Klein
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
@@ -28,6 +27,7 @@ from twisted.web.server import Site
 
 from electric.config import Config
 from electric.http.migrations import Migrator, install_routes
+from electric.http.status import HttpApi
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
 from electric.postgres.connector import ConnectorService
@@ -114,9 +114,9 @@ class MigrationsAcrossReplication(unittest.TestCase):
         self.notified = []
         self.migrator = Migrator(self.config, self.connectors,
                                  notify_migration=lambda *a: self.notified.append(a), poll_interval=0)
-        app = Klein()
-        install_routes(app, self.migrator)
-        self.port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
+        api = HttpApi(self.config, self.hub, self.connectors)
+        install_routes(api.app, self.migrator)
+        self.port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)

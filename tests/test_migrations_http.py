@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from argparse import Namespace
 
-from klein import Klein
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -26,6 +25,7 @@ from twisted.web.server import Site
 from electric import migrations_cli
 from electric.config import Config
 from electric.http.migrations import Migrator, install_routes
+from electric.http.status import HttpApi
 from electric.migrations import migration_hash
 from tests.pgcluster import PgCluster, free_port
 from tests.test_migrations import write_migration
@@ -49,6 +49,13 @@ class StubConnector:
         self.state = "ready"
         self.refreshes = 0
         self.refresh_error = None
+
+    @property
+    def ready(self):
+        return self.state == "ready"
+
+    def status(self):
+        return {"state": self.state}
 
     def refresh(self):
         self.refreshes += 1
@@ -76,9 +83,10 @@ class ApiTestBase(unittest.TestCase):
         self.migrator = Migrator(self.config, self.connectors,
                                  notify_migration=lambda *a: self.notified.append(a),
                                  poll_interval=0)
-        self.app = Klein()
-        install_routes(self.app, self.migrator)
-        self.port = reactor.listenTCP(0, Site(self.app.resource()), interface="127.0.0.1")
+        # the real shared app of the status API, as the service wires it
+        self.api = HttpApi(self.config, None, self.connectors)
+        install_routes(self.api.app, self.migrator)
+        self.port = reactor.listenTCP(0, Site(self.api.resource()), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)
@@ -330,6 +338,30 @@ class ErrorsTest(ApiTestBase):
         self.assertEqual(cm.exception.status, 503)
         entries = yield migrator.migrations_json()
         self.assertEqual(entries, ["unknown"])
+
+
+class RoutingTest(ApiTestBase):
+    @defer.inlineCallbacks
+    def test_other_methods_and_paths_are_not_found(self):
+        for method, path in (("DELETE", "/api/migrations"), ("POST", "/api/migrations/postgres_1"),
+                             ("GET", "/api/migrations/postgres_1/extra")):
+            code, _ = yield self.http(method, path)
+            self.assertEqual(code, 404, (method, path))
+
+    @defer.inlineCallbacks
+    def test_status_routes_still_answer(self):
+        code, text = yield self.http("GET", "/api/status")
+        self.assertEqual(code, 200)
+        self.assertIn('"connectors":{"postgres_1":', text)
+
+    @defer.inlineCallbacks
+    def test_connectors_registered_after_construction(self):
+        self.connectors["postgres_3"] = StubConnector("postgres_3")
+        self.add("30_late", "CREATE TABLE t30 (id int PRIMARY KEY);")
+        code, text = yield self.put("/api/migrations/postgres_3", "30_late")
+        self.assertEqual(code, 404)
+        self.assertIn("not in CONNECTORS", json.loads(text)["error"])
+        del self.connectors["postgres_3"]
 
 
 class CliTest(ApiTestBase):

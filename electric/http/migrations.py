@@ -98,23 +98,19 @@ class Migrator(Service):
             from twisted.internet import reactor
         self.reactor = reactor
         self.config = config
+        # A Mapping is kept by reference (the service builder may register
+        # connectors after constructing us, as it does for the status API).
         if isinstance(connectors, Mapping):
-            self.connectors: Dict[str, object] = dict(connectors)
+            self.connectors: Mapping[str, object] = connectors
         else:
             self.connectors = {_connector_name(c): c for c in connectors}
         self.source = source or MigrationSource.from_config(config)
         self.notify_migration = notify_migration
         self.refresh_timeout = refresh_timeout
         self.poll_interval = poll_interval
+        self.lock_timeout_ms = lock_timeout_ms
         self.databases: Dict[str, MigrationDatabase] = {}
-        for name in self.connectors:
-            try:
-                dsn = config.connector(name).dsn()
-            except KeyError:
-                raise ValueError(f"connector {name!r} is not in the configuration") from None
-            self.databases[name] = MigrationDatabase(name, dsn, lock_timeout_ms=lock_timeout_ms,
-                                                     reactor=reactor)
-        self._locks: Dict[str, defer.DeferredLock] = {n: defer.DeferredLock() for n in self.connectors}
+        self._locks: Dict[str, defer.DeferredLock] = {}
         self._applied: Dict[str, List[AppliedMigration]] = {}
         self._notified: set = set()
         self._loop: Optional[task.LoopingCall] = None
@@ -124,7 +120,7 @@ class Migrator(Service):
 
     def startService(self):
         super().startService()
-        if self.poll_interval and self.connectors:
+        if self.poll_interval:
             self._loop = task.LoopingCall(self._poll)
             self._loop.clock = self.reactor
             self._loop_done = self._loop.start(self.poll_interval, now=True)
@@ -146,6 +142,18 @@ class Migrator(Service):
     def names(self) -> List[str]:
         return sorted(self.connectors)
 
+    def database(self, name: str) -> MigrationDatabase:
+        """The migration session factory for connector `name` (its DSN comes from the config)."""
+        db = self.databases.get(name)
+        if db is None:
+            try:
+                dsn = self.config.connector(name).dsn()
+            except KeyError:
+                raise UnknownConnector(f"connector {name!r} is not in CONNECTORS", origin=name) from None
+            db = MigrationDatabase(name, dsn, lock_timeout_ms=self.lock_timeout_ms, reactor=self.reactor)
+            self.databases[name] = db
+        return db
+
     def _check_connector(self, name: str, vsn: Optional[str] = None):
         if name not in self.connectors:
             raise UnknownConnector(f"no connector named {name!r} (known: {', '.join(self.names()) or 'none'})",
@@ -160,7 +168,7 @@ class Migrator(Service):
         @defer.inlineCallbacks
         def one(name):
             try:
-                rows = yield self.databases[name].applied()
+                rows = yield self.database(name).applied()
             except MigrationError as e:
                 log.warn("cannot read applied migrations of {origin}: {error}", origin=name, error=str(e))
                 return
@@ -241,7 +249,8 @@ class Migrator(Service):
         validate_version(vsn)
         self._check_connector(name, vsn)
         migration = self.prepare(vsn)
-        result = yield self._locks[name].run(self._apply_locked, name, migration)
+        lock = self._locks.setdefault(name, defer.DeferredLock())
+        result = yield lock.run(self._apply_locked, name, migration)
         return result
 
     @defer.inlineCallbacks
@@ -251,7 +260,7 @@ class Migrator(Service):
         if state is not None and state not in MIGRATABLE_STATES:
             raise InvalidState(state, migration.version, name)
         try:
-            result = yield self.databases[name].apply(migration)
+            result = yield self.database(name).apply(migration)
         except MigrationError as e:
             e.vsn = e.vsn or migration.version
             e.origin = e.origin or name
@@ -384,19 +393,19 @@ def _requested_vsn(request) -> str:
 def install_routes(app, migrator: Migrator) -> None:
     """Add the /api/migrations routes to the Klein `app`."""
 
-    @app.route("/api/migrations", methods=["GET"], strict_slashes=False)
+    @app.route("/api/migrations", methods=["GET"], strict_slashes=False, endpoint="migrations_list")
     @defer.inlineCallbacks
     def list_migrations(request):
         body = yield migrator.migrations_json()
         return _json_response(request, 200, body)
 
-    @app.route("/api/migrations/<string:origin>", methods=["GET"])
+    @app.route("/api/migrations/<string:origin>", methods=["GET"], endpoint="migrations_show")
     @defer.inlineCallbacks
     def show_migration(request, origin):
         body = yield migrator.connector_json(origin)
         return _json_response(request, 200, body)
 
-    @app.route("/api/migrations/<string:origin>", methods=["PUT"])
+    @app.route("/api/migrations/<string:origin>", methods=["PUT"], endpoint="migrations_apply_one")
     @defer.inlineCallbacks
     def apply_one(request, origin):
         try:
@@ -410,7 +419,7 @@ def install_routes(app, migrator: Migrator) -> None:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"ok"
 
-    @app.route("/api/migrations", methods=["PUT"], strict_slashes=False)
+    @app.route("/api/migrations", methods=["PUT"], strict_slashes=False, endpoint="migrations_apply_all")
     @defer.inlineCallbacks
     def apply_everywhere(request):
         try:
