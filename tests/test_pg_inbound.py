@@ -384,9 +384,12 @@ class BigTransactionTests(ConnectorTestBase):
         snap = yield self.hub.snapshot([("public", "big")])
         self.assertEqual(len(snap.rows), 100000)
         grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-        # ~2.4 MB of row text; the assembled transaction is Python objects, but
-        # must stay far from unbounded.
-        self.assertLess(grown_kb, 1024 * 1024, f"RSS grew by {grown_kb} kB")
+        # The hub takes whole transactions, so all 100k rows are Python objects
+        # at once (connector and the in-process hub together measured ~180 MB,
+        # ~1.8 kB a row); the bound catches per-row leaks or copies, not that.
+        self.assertLess(grown_kb, 512 * 1024, f"RSS grew by {grown_kb} kB")
+        if os.environ.get("ELECTRIC_REPORT_RSS"):
+            print(f"100k-row transaction: peak RSS grew by {grown_kb} kB")
         self.assertEqual(self.hub.head(), 1)
         # 100k rows in flight is over the flow-control bound: the socket was
         # paused until the hub made them durable, then resumed.

@@ -106,7 +106,9 @@ class _Open:
 
 
 def relation_matches(relation: po.Relation, table: Table) -> bool:
-    """Same columns, in order, with the same types: rows map onto `table`."""
+    """Same columns, in order, with the same types and identity: rows map onto `table`."""
+    if relation.replica_identity != table.replica_identity:
+        return False
     if len(relation.columns) != len(table.columns):
         return False
     for rc, tc in zip(relation.columns, table.columns):
