@@ -63,11 +63,11 @@ SEARCH_PATH_SQL = (
 LOOKUP_SQL = "SELECT version, hash FROM electric.migrations WHERE version = %s"
 LATEST_SQL = (
     "SELECT version, hash, applied_at FROM electric.migrations "
-    "ORDER BY applied_at DESC, id DESC LIMIT 1"
+    "ORDER BY applied_at DESC NULLS LAST, id DESC LIMIT 1"
 )
 ALL_SQL = (
     "SELECT version, hash, applied_at FROM electric.migrations "
-    "ORDER BY applied_at DESC, id DESC"
+    "ORDER BY applied_at DESC NULLS LAST, id DESC"
 )
 INSERT_SQL = (
     "INSERT INTO electric.migrations (version, hash) VALUES (%s, %s) "
@@ -405,8 +405,10 @@ def transaction_control_problem(sql: str) -> Optional[str]:
 # applied migrations
 
 
-def format_applied_at(value: datetime) -> str:
+def format_applied_at(value: Optional[datetime]) -> Optional[str]:
     """ISO-8601 in UTC with T and Z; fractional seconds as Postgres prints them (trailing zeros cut)."""
+    if value is None:  # a row inserted by hand with applied_at NULL
+        return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     value = value.astimezone(timezone.utc)
@@ -421,7 +423,7 @@ def format_applied_at(value: datetime) -> str:
 class AppliedMigration:
     version: str
     hash: str
-    applied_at: datetime
+    applied_at: Optional[datetime]
 
     def to_json(self, origin: str) -> Dict[str, object]:
         return {
@@ -451,6 +453,9 @@ def _pg_message(e: Exception) -> str:
 
 
 def _is_connection_error(e: Exception) -> bool:
+    """The session broke (server gone, socket closed), as opposed to Postgres rejecting SQL."""
+    if isinstance(e, psycopg2.InterfaceError):
+        return True
     return isinstance(e, psycopg2.OperationalError) and not getattr(e, "pgcode", None)
 
 
@@ -584,8 +589,9 @@ class MigrationDatabase:
             if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_INTRANS:
                 in_tx = False
                 raise InvalidMigrationFile(
-                    f"migration {vsn} ended Electric's transaction on {self.origin} by itself; "
-                    "it must not contain COMMIT/ROLLBACK", vsn, self.origin)
+                    f"migration {vsn} ended Electric's transaction on {self.origin} by itself, so "
+                    "whatever it ran before that is committed without a record in electric.migrations; "
+                    "a migration must not contain COMMIT/ROLLBACK", vsn, self.origin)
             step = "recording the migration"
             inserted = yield conn.runQuery(INSERT_SQL, (vsn, migration.hash))
             step = "committing"
@@ -599,12 +605,13 @@ class MigrationDatabase:
             if in_tx and not _is_connection_error(e):
                 yield self._rollback(conn)
             if _is_connection_error(e):
+                if step == "committing":
+                    outcome = "check electric.migrations there to see whether it committed"
+                else:
+                    outcome = "nothing was committed"
                 raise DatabaseUnavailable(
-                    f"connection to {self.origin} lost while {step}: {_pg_message(e)} "
-                    "(the transaction did not commit)" if step != "committing" else
-                    f"connection to {self.origin} lost while committing migration {vsn}: "
-                    f"{_pg_message(e)}; check electric.migrations to see whether it committed",
-                    vsn, self.origin) from None
+                    f"connection to {self.origin} lost while {step} for migration {vsn}: "
+                    f"{_pg_message(e)}; {outcome}", vsn, self.origin) from None
             raise MigrationSQLError(
                 f"migration {vsn} failed on {self.origin} while {step} and was rolled back: "
                 f"{_pg_message(e)}", vsn, self.origin, sqlstate=getattr(e, "pgcode", None)) from None

@@ -319,6 +319,26 @@ class ApplyToPostgresTest(TempDirMixin, unittest.TestCase):
                          "%%,%s,50%")
 
     @defer.inlineCallbacks
+    def test_session_killed_mid_migration_commits_nothing(self):
+        m = self.migration("175_killed", "CREATE TABLE t175 (id int PRIMARY KEY);\n"
+                                         "SELECT pg_terminate_backend(pg_backend_pid());")
+        with self.assertRaises((MigrationSQLError, DatabaseUnavailable)) as cm:
+            yield self.db.apply(m)
+        self.assertIn("terminating connection", str(cm.exception))
+        self.assertEqual(self.pg.psql("SELECT to_regclass('t175') IS NULL").strip(), "t")
+        self.assertNotIn("175_killed", " ".join(self.versions()))
+
+    @defer.inlineCallbacks
+    def test_null_applied_at_is_listed_last_as_null(self):
+        yield self.db.apply(self.migration("176_a", "CREATE TABLE t176 (id int PRIMARY KEY);"))
+        self.pg.psql("INSERT INTO electric.migrations (version, hash, applied_at) VALUES ('176_hand', 'x', NULL)")
+        self.addCleanup(self.pg.psql, "DELETE FROM electric.migrations WHERE version = '176_hand'")
+        applied = yield self.db.applied()
+        self.assertEqual(applied[-1].to_json("p")["applied_at"], None)
+        self.assertEqual(applied[-1].version, "176_hand")
+        self.assertNotEqual(applied[0].version, "176_hand")
+
+    @defer.inlineCallbacks
     def test_unreachable_database(self):
         db = MigrationDatabase("gone", f"host=127.0.0.1 port={free_port()} user=electric dbname=electric")
         with self.assertRaises(DatabaseUnavailable) as cm:
