@@ -266,6 +266,25 @@ class Server(unittest.TestCase):
         self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
 
     @defer.inlineCallbacks
+    def test_hub_stopping(self):
+        c = yield self.login()
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        yield self.e.hub.stopService()
+        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
+        self.assertIn("hub is shutting down", m.message)
+        yield c.lost
+        # With the hub down, START_REPLICATION is refused before any CopyBoth; the connection lives.
+        c = yield self.login()
+        msgs = yield c.query(START.format(slot="postgres_1", lsn="0/0"))
+        self.assertFalse([m for m in msgs if isinstance(m, wire.CopyBothResponse)])
+        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        self.assertEqual((err.severity, err.sqlstate), ("ERROR", "55000"))
+        msgs = yield c.query("SELECT pg_catalog.set_config('search_path', '', false)")
+        self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
+
+    @defer.inlineCallbacks
     def test_stop_service_closes_connections(self):
         c = yield self.login()
         c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))

@@ -106,12 +106,15 @@ class ReplicationStream:
 
     # --- life cycle -----------------------------------------------------
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Subscribe to the hub (HubError when it is not running): before any CopyBoth is sent."""
         hub = self.follower.hub
         consumer = hub_consumer(self.origin) if self.durable else None
         self._sub = hub.subscribe(self.start_position, consumer)
         if self.durable:
             hub.ack(consumer, self.start_position)
+
+    def start(self) -> None:
         self._write(self.encoder.keepalive())
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = self.follower.reactor
@@ -439,6 +442,10 @@ class FollowerProtocol(protocol.Protocol):
         except HubError as e:
             self.run(self.session.command_failed("55000", f"Electric's hub is not available: {e}"))
             return
+        except Exception as e:
+            log.failure("START_REPLICATION {slot} failed", slot=command.slot)
+            self.run(self.session.command_failed("XX000", f"could not start replication: {e}"))
+            return
         self.stream = stream
         stream.paused = self.paused
         self.run(self.session.start_streaming(command))
@@ -568,6 +575,7 @@ class FollowerService(service.Service):
         start = max(requested, min(slot.confirmed, head))
         durable = not conn.session.is_sync_worker
         stream = ReplicationStream(self, conn, slot, base, start, durable)
+        stream.open()
         slot.active = conn
         slot.stream = stream
         log.info("slot {slot} ({origin}) streaming from {lsn} (position {pos}) to {peer}",
