@@ -101,8 +101,8 @@ class TwistdTests(unittest.TestCase):
         self.workdir = tempfile.mkdtemp(prefix="electric-plugin-")
         self.addCleanup(shutil.rmtree, self.workdir, True)
 
-    def spawn(self, env):
-        run, transport = _spawn([TWISTD, "-n", "--pidfile=", "electric"], env, self.workdir)
+    def spawn(self, env, args=(TWISTD, "-n", "--pidfile=", "electric")):
+        run, transport = _spawn(list(args), env, self.workdir)
 
         def kill():
             try:
@@ -184,6 +184,48 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(code, 1, run.text)
         self.assertIn(f"electric cannot start: http: Couldn't listen on 127.0.0.1:{taken}", run.text)
         self.assertNotIn("Traceback", run.text)
+
+
+    @defer.inlineCallbacks
+    def test_electric_run_is_twistd(self):
+        env = _env(self.workdir)
+        run, transport = self.spawn(env, [sys.executable, "-m", "electric", "run"])
+        response, body = yield self.get_status(env["STATUS_PORT"], run)
+        self.assertEqual(body, b'{"connectors":{},"hub":true,"vaxine":false}')
+        transport.signalProcess("TERM")
+        code = yield _with_timeout(run.ended, 5)
+        self.assertEqual(code, 0, run.text)
+
+
+class CommandLineTests(unittest.TestCase):
+    def electric(self, *args, **env):
+        return subprocess.run([sys.executable, "-m", "electric", *args], capture_output=True, text=True,
+                              timeout=60, cwd=tempfile.gettempdir(), env=dict(os.environ, PYTHONPATH=ROOT, **env))
+
+    def test_help_lists_the_commands(self):
+        proc = self.electric("--help")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        for command in ("run", "gen-token", "apply-migration"):
+            self.assertIn(command, proc.stdout)
+
+    def test_unknown_or_missing_command(self):
+        proc = self.electric("frobnicate")
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("invalid choice: 'frobnicate'", proc.stderr)
+        proc = self.electric()
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("usage: electric", proc.stderr)
+
+    def test_subcommands_dispatch(self):
+        proc = self.electric("gen-token", "--help")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("usage: electric gen-token", proc.stdout)
+        proc = self.electric("apply-migration")
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("usage: electric apply-migration NAME", proc.stderr)
+
+    def test_console_script_is_installed(self):
+        self.assertTrue(os.access(os.path.join(BIN, "electric"), os.X_OK))
 
 
 class ServiceTreeTests(unittest.TestCase):
@@ -286,3 +328,58 @@ class PackagingTests(unittest.TestCase):
                               cwd=self.tmp, env=env)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("'electric'", proc.stdout)
+
+
+def _read(*parts):
+    with open(os.path.join(ROOT, *parts)) as f:
+        return f.read()
+
+
+class RepositoryFilesTests(unittest.TestCase):
+    """README, Makefile, CI script and docker files stay consistent with config.VARIABLES."""
+
+    def test_readme_has_the_two_commands_and_the_generated_table(self):
+        from electric.config import environment_markdown
+
+        readme = _read("README.md")
+        self.assertIn("`make run`", readme)
+        self.assertIn("`make tests`", readme)
+        self.assertIn(environment_markdown(), readme)
+        for name in VARIABLES:
+            self.assertIn(f"`{name}`", readme)
+
+    def test_makefile_targets(self):
+        makefile = _read("Makefile")
+        for target in ("deps", "compile", "tests", "start_dev_env", "stop_dev_env", "shell", "run",
+                       "apply_migration", "docker-build", "bench", "clean"):
+            self.assertRegex(makefile, rf"(?m)^{target}:")
+
+    def test_ci_script_runs_make_tests(self):
+        path = os.path.join(ROOT, ".ci", "run")
+        self.assertTrue(os.access(path, os.X_OK))
+        script = _read(".ci", "run")
+        self.assertIn("set -euo pipefail", script)
+        self.assertRegex(script, r"(?m)^make tests\b")
+
+    def test_docker_files_use_only_known_variables_and_the_default_ports(self):
+        import re
+
+        dockerfile = _read("docker", "Dockerfile")
+        compose = _read("docker", "compose.yaml")
+        env_block = dockerfile.split("ENV ELECTRIC_DATA_DIR", 1)[1].split("VOLUME", 1)[0]
+        names = {"ELECTRIC_DATA_DIR"} | set(re.findall(r"\b([A-Z_]+)=", env_block))
+        electric = compose.split("\n  electric:\n", 1)[1]
+        environment = electric.split("environment:\n", 1)[1].split("    ports:", 1)[0]
+        names |= set(re.findall(r"(?m)^\s+#?\s*([A-Z_]+):", environment))
+        self.assertTrue(names)
+        self.assertEqual(names - set(VARIABLES), set())
+        self.assertIn("ELECTRIC_HOST: electric", environment)
+        ports = [VARIABLES[v][0] for v in ("STATUS_PORT", "WEBSOCKET_PORT", "POSTGRES_REPLICATION_PORT")]
+        self.assertIn("EXPOSE " + " ".join(ports), dockerfile)
+        for port in ports:
+            self.assertIn(f'"{port}:{port}"', electric)
+        self.assertIn('CMD ["twistd", "-n", "--pidfile=", "electric"]', dockerfile)
+        self.assertRegex(dockerfile, r"(?m)^USER electric$")
+        self.assertEqual(compose.count("image: postgres:15"), 1)  # one anchor shared by db_a and db_b
+        self.assertEqual(compose.count("<<: *postgres"), 2)
+        self.assertIn("wal_level=logical", compose)
