@@ -232,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cluster = PgCluster(port=args.port, datadir=datadir)
         try:
             cluster.start()
-        except (RuntimeError, subprocess.CalledProcessError) as e:
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
             detail = getattr(e, "stderr", None) or ""
             print(f"error: {e} {detail}".strip(), file=sys.stderr)
             return 1
