@@ -266,6 +266,31 @@ class Server(unittest.TestCase):
         self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
 
     @defer.inlineCallbacks
+    def test_drop_slot_releases_hub_consumer(self):
+        e = self.e
+        yield e.append(e.upsert(self.items, {"id": "a", "content": "x", "n": "1"}))
+        c = yield self.login()
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(is_commit)
+        consumers = e.hub.status()["consumers"]
+        self.assertIn(hub_consumer("postgres_1"), consumers)
+        # Dropping a streaming slot is a no-op success (the apply worker is stopped first).
+        c2 = yield self.login()
+        msgs = yield c2.query("DROP_REPLICATION_SLOT postgres_1 WAIT")
+        self.assertIn(wire.CommandComplete("DROP_REPLICATION_SLOT"), msgs)
+        self.assertIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
+        c.send(wire.Terminate())
+        yield c.lost
+        yield eventually(lambda: not e.follower.status()["slots"]["postgres_1"]["streaming"])
+        # A table-sync slot's drop changes nothing; the apply slot's drop releases compaction.
+        yield c2.query("DROP_REPLICATION_SLOT pg_16397_sync_16385_7712374349014268656 WAIT")
+        self.assertIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
+        msgs = yield c2.query("DROP_REPLICATION_SLOT postgres_1 WAIT")
+        self.assertIn(wire.CommandComplete("DROP_REPLICATION_SLOT"), msgs)
+        yield eventually(lambda: hub_consumer("postgres_1") not in e.hub.status()["consumers"])
+        self.assertNotIn("postgres_1", e.follower.status()["slots"])
+
+    @defer.inlineCallbacks
     def test_hub_stopping(self):
         c = yield self.login()
         c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))

@@ -64,6 +64,7 @@ class Slot:
         self.confirmed = confirmed
         self.active: Optional["FollowerProtocol"] = None
         self.stream: Optional["ReplicationStream"] = None
+        self.durable = False  # an apply worker (not a table-sync worker) has streamed from it
 
     def status(self) -> dict:
         s = {"origin": self.origin, "streaming": self.active is not None, "confirmed_position": self.confirmed}
@@ -101,7 +102,7 @@ class ReplicationStream:
         self._frames: Optional[Iterator[bytes]] = None
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
-        self.last_heard = time.monotonic()
+        self.last_heard = follower.reactor.seconds()
         self.started_at = time.time()
 
     # --- life cycle -----------------------------------------------------
@@ -149,7 +150,7 @@ class ReplicationStream:
     # --- subscriber → us ---------------------------------------------------
 
     def status_update(self, update) -> None:
-        self.last_heard = time.monotonic()
+        self.last_heard = self.follower.reactor.seconds()
         if self.durable and update.flushed:
             pos = positions.position_for_lsn(update.flushed, self.base)
             pos = min(pos, self.encoder.position)
@@ -166,7 +167,7 @@ class ReplicationStream:
     def _tick(self) -> None:
         if self.stopped:
             return
-        idle = time.monotonic() - self.last_heard
+        idle = self.follower.reactor.seconds() - self.last_heard
         timeout = self.follower.sender_timeout
         if timeout and idle > timeout:
             log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
@@ -517,9 +518,25 @@ class FollowerService(service.Service):
         return positions.end_lsn(self.hub.head(), self.base_for(origin))
 
     def drop_slot(self, name: str, origin: str) -> None:
+        """
+        DROP SUBSCRIPTION drops the apply slot: the origin then no longer
+        holds hub compaction back (a re-created subscription starts afresh,
+        with table sync).  Table-sync slots are dropped after every sync and
+        change nothing.  Always succeeds, as a refusal would make DROP
+        SUBSCRIPTION fail on the subscriber.
+        """
         slot = self.slots.get(name)
-        if slot is not None and slot.active is None:
-            del self.slots[name]
+        if slot is not None and slot.active is not None:
+            log.info("slot {name} ({origin}): drop requested while streaming; kept", name=name, origin=origin)
+            return
+        self.slots.pop(name, None)
+        apply_slot = (slot.durable if slot is not None else name == origin)
+        still_used = any(s.durable and s.origin == origin for s in self.slots.values())
+        if apply_slot and not still_used:
+            try:
+                self.hub.forget(hub_consumer(origin))
+            except HubError as e:
+                log.warn("slot {name}: hub could not forget {origin}: {e}", name=name, origin=origin, e=e)
         log.info("slot {name} ({origin}) dropped", name=name, origin=origin)
 
     # --- slots -------------------------------------------------------------------------
@@ -578,6 +595,7 @@ class FollowerService(service.Service):
         stream.open()
         slot.active = conn
         slot.stream = stream
+        slot.durable = slot.durable or durable
         log.info("slot {slot} ({origin}) streaming from {lsn} (position {pos}) to {peer}",
                  slot=command.slot, origin=origin, lsn=format_lsn(positions.end_lsn(start, base)),
                  pos=start, peer=conn.peer)
