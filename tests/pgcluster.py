@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
 USER = "electric"
@@ -205,7 +205,25 @@ class PgCluster:
         raise AssertionError(f"timed out waiting for {sql!r} == {expected!r}; last: {out!r}")
 
 
-def _cleanup() -> None:
+_shared: Dict[str, PgCluster] = {}
+
+
+def shared_cluster(key: str = "default") -> PgCluster:
+    """
+    One cluster per `key` for the whole test process, started on first use
+    (trial has no setUpClass, and initdb per test would dominate the suite's
+    runtime).  Tests sharing one must use their own table names.  Destroyed
+    by `destroy_all` at the end of the pytest session, or at exit.
+    """
+    cluster = _shared.get(key)
+    if cluster is None or cluster not in _live:
+        cluster = _shared[key] = PgCluster().start()
+    return cluster
+
+
+def destroy_all() -> None:
+    """Stop and delete every cluster this process started (never raises)."""
+    _shared.clear()
     for cluster in list(_live):
         try:
             cluster.destroy()
@@ -213,7 +231,8 @@ def _cleanup() -> None:
             pass
 
 
-atexit.register(_cleanup)
+_cleanup = destroy_all
+atexit.register(destroy_all)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

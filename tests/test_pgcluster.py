@@ -105,3 +105,46 @@ class CommandLineTests(unittest.TestCase):
         proc = self.cli("start", "--datadir", self.datadir)
         self.assertEqual(proc.returncode, 2)
         self.assertIn("--port", proc.stderr)
+
+
+class SharedClusterTests(unittest.TestCase):
+    def test_shared_cluster_is_reused_and_destroyed_by_destroy_all(self):
+        key = "test-pgcluster-shared"
+        cluster = pgcluster.shared_cluster(key)
+        self.addCleanup(cluster.destroy)
+        self.assertIs(pgcluster.shared_cluster(key), cluster)
+        self.assertEqual(cluster.psql("SELECT 1").strip(), "1")
+        # a destroyed shared cluster is replaced, not handed out dead
+        cluster.destroy()
+        again = pgcluster.shared_cluster(key)
+        self.addCleanup(again.destroy)
+        self.assertIsNot(again, cluster)
+        self.assertTrue(again.running())
+
+    def test_destroy_all_at_session_end(self):
+        """What conftest's pytest_sessionfinish does, in a child process so this run's clusters live on."""
+        code = (
+            "from tests import pgcluster\n"
+            "c = pgcluster.shared_cluster('x')\n"
+            "print(c.datadir, flush=True)\n"
+            "pgcluster.destroy_all()\n"
+            "print(c.running(), pgcluster._live)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        datadir, result = proc.stdout.splitlines()
+        self.assertEqual(result, "False []")
+        self.assertFalse(os.path.exists(datadir))
+
+    def test_clusters_are_destroyed_when_the_process_exits(self):
+        code = (
+            "from tests.pgcluster import PgCluster\n"
+            "c = PgCluster().start()\n"
+            "print(c.datadir, flush=True)\n"
+            "raise SystemExit('a test run that failed')\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 1)
+        datadir = proc.stdout.strip()
+        self.assertTrue(datadir.startswith("/tmp/epg"), datadir)
+        self.assertFalse(os.path.exists(datadir))
