@@ -263,3 +263,21 @@ class MigrationsAcrossReplication(unittest.TestCase):
         yield self.wait_sql(1, "SELECT content FROM later_t WHERE id = 'l1'", "early")
         code, text = yield self.get("/api/migrations")
         self.assertNotIn("pending_migrations", text)
+
+    @defer.inlineCallbacks
+    def test_add_column_on_one_database_first(self):
+        self.add("20_add_col", "ALTER TABLE entries ADD COLUMN extra text;")
+        code, text = yield self.put("/api/migrations/postgres_1", "20_add_col")
+        self.assertEqual((code, text), (200, "ok"))
+        # database 2 does not have the column yet: rows still arrive there without it
+        yield self.sql(0, "INSERT INTO entries VALUES ('c1', 'one', 'extra on 1')")
+        yield self.wait_sql(1, "SELECT content FROM entries WHERE id = 'c1'", "one")
+        yield self.sql(1, "INSERT INTO entries VALUES ('c2', 'two')")
+        yield self.wait_sql(0, "SELECT content || '/' || coalesce(extra, '-') FROM entries WHERE id = 'c2'", "two/-")
+        # once migrated, database 2 takes the column too
+        code, text = yield self.put("/api/migrations/postgres_2", "20_add_col")
+        self.assertEqual((code, text), (200, "ok"))
+        yield self.sql(0, "UPDATE entries SET extra = 'later' WHERE id = 'c2'")
+        yield self.wait_sql(1, "SELECT extra FROM entries WHERE id = 'c2'", "later")
+        yield self.sql(1, "INSERT INTO entries VALUES ('c3', 'three', 'extra on 2')")
+        yield self.wait_sql(0, "SELECT extra FROM entries WHERE id = 'c3'", "extra on 2")
