@@ -93,7 +93,7 @@ class Replication(Base):
         self.assertEqual((yield c.recv()), bytes.fromhex("06 0a 04 00 00 00 01"))
         rows = yield self.rows()
         self.assertEqual(rows["a"]["content"], "from client")
-        self.assertEqual(self.fx.offsets.client_lsn("dev-1"), b"\x00\x00\x00\x01")
+        yield eventually(lambda: self.fx.offsets.client_lsn("dev-1") == b"\x00\x00\x00\x01", message="client LSN stored")
 
         # the resolved write comes back (origin included), then hub -> client
         rel = yield c.recv_message(ORIGINAL)
@@ -130,6 +130,7 @@ class Replication(Base):
         c.send(client_txn(ORIGINAL, b"L1", 0, ["a", "x", "1", None]))
         yield c.recv()
         head = self.fx.hub.head()
+        yield eventually(lambda: self.fx.offsets.client_lsn("dup") == b"L1", message="client LSN stored")
         yield c.close()
         c2 = yield self.fx.authed(ORIGINAL, "dup", "alice")
         self.assertEqual(c2.server_start.lsn, b"L1")

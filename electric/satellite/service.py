@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, task, threads
 from twisted.logger import Logger
 
 from electric.hub.interface import HubError, SubscriptionClosed
@@ -79,6 +79,8 @@ class ClientConnection:
         self._auth_timer = None
         self._lost = False
         self._claimed = False
+        self._persisting = False
+        self._persist_next: Optional[sm.PersistClientLsn] = None
         self.closed = defer.Deferred()
 
     def _log(self, text: str) -> None:
@@ -188,8 +190,32 @@ class ClientConnection:
         d.addErrback(lambda f: log.failure("satellite: after append", f))
 
     def _persist(self, action: sm.PersistClientLsn) -> None:
-        d = defer.maybeDeferred(self.owner.offsets.set_client_lsn, action.client_id, action.lsn)
-        d.addErrback(lambda f: log.failure("satellite: storing the LSN of {client} failed", f, client=action.client_id))
+        """
+        Store the client's last acknowledged LSN off the reactor thread (each
+        store is an fsync), coalescing: while one write runs only the newest
+        LSN waits, since only the latest one is ever read back.
+        """
+        self._persist_next = action
+        if self._persisting:
+            return
+        self._persisting = True
+
+        def write_next(_=None):
+            action, self._persist_next = self._persist_next, None
+            if action is None:
+                self._persisting = False
+                return None
+            d = threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(),
+                self.owner.offsets.set_client_lsn, action.client_id, action.lsn,
+            )
+            d.addErrback(lambda f: log.failure("satellite: storing the LSN of {client} failed", f, client=action.client_id))
+            self.owner._pending_writes.add(d)
+            d.addBoth(lambda r: (self.owner._pending_writes.discard(d), r)[1])
+            d.addCallback(write_next)
+            return d
+
+        write_next()
 
     @defer.inlineCallbacks
     def _start_stream(self, action: sm.StartOutgoing):
@@ -304,6 +330,7 @@ class SatelliteService(service.Service):
         self.connections: List[ClientConnection] = []
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
+        self._pending_writes = set()
         self._port = None
 
     @property
@@ -351,6 +378,8 @@ class SatelliteService(service.Service):
             yield done
             if timer.active():
                 timer.cancel()
+        while self._pending_writes:  # client LSNs being stored: let them land before the store closes
+            yield defer.DeferredList(list(self._pending_writes), consumeErrors=True)
 
     # --- connections --------------------------------------------------
 
