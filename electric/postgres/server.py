@@ -577,20 +577,28 @@ class FollowerService(service.Service):
                 f'replication slot "{command.slot}" is active for PID {slot.active.pid}')
         base = self.base_for(origin)
         head = self.hub.head()
+        durable = not conn.session.is_sync_worker
         requested = positions.position_for_lsn(command.lsn, base)
-        if requested > head:
+        # A subscriber that applied something (LSN above our base) from a hub
+        # that never heard of it as a consumer got that LSN from other hub
+        # data: the data directory was replaced.  So is one asking beyond our
+        # head.  Either way its LSN names nothing here; raise the base above
+        # it and replay this hub from the start (upserts make that safe).
+        stranger = (durable and command.lsn > base
+                    and hub_consumer(origin) not in (self.hub.status().get("consumers") or {}))
+        if requested > head or stranger:
             new_base = positions.rebased(command.lsn, 0)
             log.warn(
-                "slot {slot} ({origin}) asks for {lsn}, beyond anything this hub issued (head {head} = {head_lsn});"
+                "slot {slot} ({origin}) asks for {lsn}, which this hub never issued (head {head} = {head_lsn}{why});"
                 " the hub's data was replaced: raising the LSN base to {base} and streaming from the start",
                 slot=command.slot, origin=origin, lsn=format_lsn(command.lsn), head=head,
-                head_lsn=format_lsn(positions.end_lsn(head, base)), base=format_lsn(new_base))
+                head_lsn=format_lsn(positions.end_lsn(head, base)), base=format_lsn(new_base),
+                why="" if requested > head else ", and no subscriber of this origin ever streamed from it")
             self.offsets.set_slot_base(origin, new_base)
             self._bases[origin] = base = new_base
             requested = positions.position_for_lsn(command.lsn, base)
             slot.confirmed = 0
         start = max(requested, min(slot.confirmed, head))
-        durable = not conn.session.is_sync_worker
         stream = ReplicationStream(self, conn, slot, base, start, durable)
         stream.open()
         slot.active = conn
