@@ -86,10 +86,10 @@ def install_schema(pg, dbname, tables_ddl, trigger_tables):
             yield sql(pg, stmt, dbname)
 
 
-def subscribe_sql(e, origin, copy_data):
+def subscribe_sql(e, origin, copy_data, options=""):
     return (f"CREATE SUBSCRIPTION {origin} CONNECTION 'host=127.0.0.1 port={e.port} dbname={origin}"
             f" user={origin} password={e.password(origin)} sslmode=disable' PUBLICATION all_tables"
-            f" WITH (copy_data = {'true' if copy_data else 'false'})")
+            f" WITH (copy_data = {'true' if copy_data else 'false'}{options})")
 
 
 EXPECTED_ERRORS = (
@@ -222,7 +222,10 @@ class StockSubscriber(unittest.TestCase):
             "CREATE TABLE items (id text PRIMARY KEY, content text, n int)",
             "CREATE TABLE full_t (id int PRIMARY KEY, v text)", "ALTER TABLE full_t REPLICA IDENTITY FULL",
         ], [items, full])
-        yield sql(pg, subscribe_sql(e, "postgres_2", copy_data=False), "db2")
+        # Options a subscriber may ask for: we always send whole text-format transactions,
+        # which a subscriber asking for streaming / binary / two-phase accepts.
+        yield sql(pg, subscribe_sql(e, "postgres_2", copy_data=False,
+                                    options=", streaming = on, binary = true, two_phase = true"), "db2")
         # A slot created without a snapshot starts at the hub's head, as in Postgres.
         yield eventually(lambda: e.follower.status()["slots"].get("postgres_2", {}).get("streaming"))
         yield e.append(e.upsert(other, {"k": "1"}))  # a table db2 does not have: skipped
