@@ -5,7 +5,6 @@ introspection, upsert triggers, subscription (created, corrected, enabled).
 
 from __future__ import annotations
 
-import logging
 import tempfile
 
 from twisted.internet import defer

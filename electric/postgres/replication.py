@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from electric.postgres import auth, wire
-from electric.postgres.lsn import format_lsn, pg_now
+from electric.postgres.lsn import pg_now
 
 log = Logger(namespace="electric.postgres.replication")
 
@@ -247,7 +247,3 @@ def connect(reactor, host: str, port: int, client: ReplicationClient, timeout: f
 
     d.addCallbacks(connected, failed)
     return d
-
-
-def describe_position(lsn: int) -> str:
-    return format_lsn(lsn)

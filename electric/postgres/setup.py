@@ -31,6 +31,7 @@ from txpostgres import txpostgres
 
 from electric.config import Config, Connector
 from electric.postgres import types
+from electric.postgres.lsn import parse_lsn
 from electric.schema import Column, Table
 
 log = Logger(namespace="electric.postgres.setup")
@@ -383,8 +384,6 @@ class SetupSession:
                 f'replication slot "{slot}" exists for plugin {plugin!r} in database {database!r}, '
                 f"not pgoutput in {self.connector.database!r}; drop it or set POSTGRES_SLOT to another name"
             )
-        from electric.postgres.lsn import parse_lsn
-
         return parse_lsn(confirmed) if confirmed else 0
 
     @defer.inlineCallbacks
