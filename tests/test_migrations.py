@@ -31,6 +31,7 @@ from electric.migrations import (
     transaction_control_problem,
     validate_version,
 )
+from tests import pgcluster
 from tests.pgcluster import PgCluster, free_port
 
 
@@ -182,18 +183,9 @@ class JsonShapeTest(unittest.TestCase):
             "origin": "postgres_1", "vsn": "1"})
 
 
-_shared = {}
-
-
-def shared_cluster(key: str = "default") -> PgCluster:
-    """
-    One cluster per module, started on first use: trial has no setUpClass,
-    and a cluster per test would dominate the runtime.  pgcluster destroys
-    it when the process exits.
-    """
-    if key not in _shared:
-        _shared[key] = PgCluster().start()
-    return _shared[key]
+def shared_cluster() -> PgCluster:
+    """The cluster these migration tests share (each test uses its own table names)."""
+    return pgcluster.shared_cluster("migrations-a")
 
 
 class ApplyToPostgresTest(TempDirMixin, unittest.TestCase):

@@ -34,17 +34,16 @@ from electric.postgres.connector import ConnectorService
 from electric.postgres.credentials import SubscriberCredentials
 from electric.postgres.server import FollowerService
 from electric.schema import SchemaRegistry
+from tests import pgcluster
 from tests.pgcluster import PASSWORD, USER, PgCluster, free_port
 from tests.test_migrations import write_migration
 
-_clusters = []
 _numbers = itertools.count(1)
 
 
 def clusters():
-    if not _clusters:
-        _clusters.extend([PgCluster().start(), PgCluster().start()])
-    return _clusters
+    """Two clusters shared with the other migration test modules (each test has its own databases)."""
+    return [pgcluster.shared_cluster("migrations-a"), pgcluster.shared_cluster("migrations-b")]
 
 
 @defer.inlineCallbacks

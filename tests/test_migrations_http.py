@@ -28,18 +28,16 @@ from electric.config import Config
 from electric.http.migrations import Migrator, install_routes
 from electric.http.status import HttpApi
 from electric.migrations import migration_hash
+from tests import pgcluster
 from tests.pgcluster import PgCluster, free_port
 from tests.test_migrations import write_migration
 
-_clusters = []
 _db_numbers = itertools.count(1)
 
 
 def clusters():
-    """Two clusters per process, started on first use (trial has no setUpClass)."""
-    if not _clusters:
-        _clusters.extend([PgCluster().start(), PgCluster().start()])
-    return _clusters
+    """Two clusters shared with the other migration test modules (each test has its own databases)."""
+    return [pgcluster.shared_cluster("migrations-a"), pgcluster.shared_cluster("migrations-b")]
 
 
 class StubConnector:
