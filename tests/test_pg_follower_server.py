@@ -327,6 +327,26 @@ class Server(unittest.TestCase):
         self.assertNotIn("postgres_1", e.follower.status()["slots"])
 
     @defer.inlineCallbacks
+    def test_unencodable_row_ends_stream_with_clear_error(self):
+        e = self.e
+        from electric.schema import Column, Table
+        yield e.append(e.upsert(self.items, {"id": "a", "content": "fine", "n": "1"}))
+        # The hub only takes text values, so break the other input: a database definition
+        # whose column name cannot go into a Relation message (NUL byte).
+        broken = Table("public", "other", (Column("k", "int4", 23, -1, True), Column("x\x00y", "text", 25)), ("k",))
+        broken = e.registry.register(broken)
+        e.registry.set_database_tables("postgres_1", [self.items, broken])
+        yield e.append(e.upsert(broken, {"k": "1"}))
+        c = yield self.login()
+        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        m, seen = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        self.assertEqual(len([x for x in seen if is_commit(x)]), 1)  # the good transaction went out
+        self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
+        self.assertIn("cannot encode the transaction after hub position 1", m.message)
+        yield c.lost
+        self.assertEqual(len(self.flushLoggedErrors(pgoutput.PgoutputError)), 1)
+
+    @defer.inlineCallbacks
     def test_hub_stopping(self):
         c = yield self.login()
         c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))

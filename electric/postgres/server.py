@@ -192,12 +192,21 @@ class ReplicationStream:
                     out = []
                     size = 0
                     finished = True
-                    for frame in self._frames:
-                        out.append(frame)
-                        size += len(frame)
-                        if size >= WRITE_CHUNK:
-                            finished = False
-                            break
+                    try:
+                        for frame in self._frames:
+                            out.append(frame)
+                            size += len(frame)
+                            if size >= WRITE_CHUNK:
+                                finished = False
+                                break
+                    except Exception as e:
+                        # A row we cannot encode must not wedge the stream silently:
+                        # say which transaction, drop the connection (the subscriber retries).
+                        log.failure("slot {slot}: cannot encode the transaction after position {pos}",
+                                    slot=self.slot.name, pos=self.encoder.position)
+                        self.conn.abandon(f"cannot encode the transaction after hub position"
+                                          f" {self.encoder.position}: {e}")
+                        return
                     if finished:
                         self._frames = None
                     if out:
