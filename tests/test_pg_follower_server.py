@@ -261,7 +261,7 @@ class Server(unittest.TestCase):
     @defer.inlineCallbacks
     def test_silent_subscriber_is_pinged_then_dropped(self):
         yield self.e.stop()
-        self.e.follower_kw = {"keepalive_interval": 0.2, "sender_timeout": 1.5}
+        self.e.follower_kw = {"keepalive_interval": 0.2, "sender_timeout": 3.0}
         yield self.e.start()
         c = yield self.login()
         c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
