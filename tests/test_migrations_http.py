@@ -339,6 +339,25 @@ class ErrorsTest(ApiTestBase):
         self.assertEqual(entries, ["unknown"])
 
 
+class ConcurrencyTest(ApiTestBase):
+    @defer.inlineCallbacks
+    def test_same_migration_sent_twice_at_once(self):
+        self.add("50_race", "CREATE TABLE t50 (id int PRIMARY KEY);")
+        results = yield defer.gatherResults([
+            self.put("/api/migrations/postgres_1", "50_race"),
+            self.put("/api/migrations/postgres_1", "50_race"),
+            self.put("/api/migrations", "50_race"),
+        ])
+        everywhere = {r["origin"]: r["status"] for r in json.loads(results[2][1])["results"]}
+        # whichever request came first applied it to postgres_1; the others were told it is there
+        postgres_1 = sorted([results[0][0], results[1][0], everywhere["postgres_1"]])
+        self.assertEqual(postgres_1, [200, 409, 409])
+        self.assertEqual(everywhere["postgres_2"], 200)
+        self.assertEqual(self.psql(0, "SELECT count(*) FROM electric.migrations"), "1")
+        self.assertEqual(self.psql(1, "SELECT count(*) FROM electric.migrations"), "1")
+        self.assertEqual(self.connectors["postgres_1"].refreshes, 1)
+
+
 class RoutingTest(ApiTestBase):
     @defer.inlineCallbacks
     def test_other_methods_and_paths_are_not_found(self):
