@@ -53,7 +53,7 @@ def start_replication_command(slot: str, publication: str, proto_version: int = 
 class ReplicationClient(protocol.Protocol):
     """
     States: ``startup`` → ``auth`` → ``identify`` → ``start`` → ``streaming``
-    → ``closed``.  `started` fires when streaming begins (or fails with a
+    → (``failed`` →) ``closed``.  `started` fires when streaming begins (or fails with a
     `ReplicationError` carrying the server's message); `done` fires with the
     reason text when the connection ends.
     """
@@ -94,7 +94,7 @@ class ReplicationClient(protocol.Protocol):
             self._fail(f"protocol error from server: {e}")
             return
         for msg in messages:
-            if self.state == "closed":
+            if self.state in ("closed", "failed"):
                 return
             try:
                 self._handle(msg)
@@ -138,15 +138,16 @@ class ReplicationClient(protocol.Protocol):
 
     def close(self, why: str = "closed by Electric") -> None:
         """Drop the connection; Postgres resends everything after the last flush."""
-        if self.error is None:
-            self.error = why
-        if self.transport is not None and self.state != "closed":
-            self.transport.abortConnection()
+        if self.transport is not None and self.state not in ("closed", "failed"):
+            self._fail(why)
 
     # -- message handling --
 
     def _fail(self, text: str) -> None:
-        self.error = text
+        # The first reason is the real one; what follows it is fallout.
+        if self.error is None:
+            self.error = text
+        self.state = "failed"
         if self.transport is not None:
             self.transport.abortConnection()
 
