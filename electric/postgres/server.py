@@ -32,6 +32,7 @@ from zope.interface import implementer
 from electric.hub import positions
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.postgres import walsender
+from electric.postgres.auth import scram_secret
 from electric.postgres.lsn import format_lsn, pg_now
 from electric.postgres.outbound import OutboundEncoder
 
@@ -503,6 +504,7 @@ class FollowerService(service.Service):
         self.connections = set()
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
+        self._verifiers: Dict[str, tuple] = {}
 
     # --- walsender.Backend ------------------------------------------------------
 
@@ -514,7 +516,18 @@ class FollowerService(service.Service):
         return "7000000000000000001"
 
     def password_for(self, user: str) -> Optional[str]:
-        return self.credentials.password_for_user(user)
+        """
+        For SCRAM, a verifier computed once per user (as Postgres stores it),
+        so a reconnecting subscriber does not cost a PBKDF2 run each time.
+        md5 needs the password itself.
+        """
+        password = self.credentials.password_for_user(user)
+        if password is None or self.auth_method != "scram-sha-256":
+            return password
+        cached = self._verifiers.get(user)
+        if cached is None or cached[0] != password:
+            cached = self._verifiers[user] = (password, scram_secret(password))
+        return cached[1]
 
     def base_for(self, origin: str) -> int:
         base = self._bases.get(origin)
