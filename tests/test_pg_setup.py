@@ -214,6 +214,20 @@ class SetupTests(unittest.TestCase):
         self.assertEqual(pg.psql("SELECT a, b FROM t").strip(), "x2|y2")
 
     @defer.inlineCallbacks
+    def test_search_path_warning(self):
+        config = make_config(self.pg, name="pg_warn")
+        session = setup.SetupSession(config.connectors[0])
+        yield session.open()
+        try:
+            yield session.ensure_migrations_table()
+            first = yield session.warn_if_search_path_hits_electric()
+        finally:
+            session.close()
+        # The test clusters' role is "electric", like the dev set-up's.
+        self.assertEqual(first, "electric")
+        self.assertIn("pg_warn", setup._warned_search_path)
+
+    @defer.inlineCallbacks
     def test_wrong_password_is_a_clear_error(self):
         pg = self.pg
         config = Config.from_environ({"CONNECTORS": f"pg_bad=postgresql://electric:nope@127.0.0.1:{pg.port}/electric"})

@@ -41,6 +41,8 @@ TRIGGER_NAME = "electric_upsert"
 
 DUPLICATE_OBJECT = "42710"
 
+_warned_search_path = set()
+
 
 class SetupError(Exception):
     """A setup step failed; the message says which and why."""
@@ -351,6 +353,25 @@ class SetupSession:
         )
 
     @defer.inlineCallbacks
+    def warn_if_search_path_hits_electric(self):
+        """
+        A role named like the schema (the dev set-up's "electric") resolves
+        "$user" in the default search_path to Electric's schema, so its
+        unqualified CREATE TABLEs land where nothing is replicated.
+        """
+        rows = yield self.query("SELECT (pg_catalog.current_schemas(false))[1], current_user")
+        first, user = rows[0] if rows else (None, None)
+        if first == ELECTRIC_SCHEMA and self.connector.name not in _warned_search_path:
+            _warned_search_path.add(self.connector.name)
+            log.warn(
+                'connector {connector}: role "{user}" has schema "electric" first in its search_path, so its '
+                "unqualified CREATE TABLEs go into Electric's own schema, which is never replicated; "
+                'qualify them (public.<table>) or ALTER ROLE "{user}" SET search_path = public',
+                connector=self.connector.name, user=user,
+            )
+        return first
+
+    @defer.inlineCallbacks
     def ensure_publication(self, publication: str):
         rows = yield self.query("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = %s", (publication,))
         if rows and not rows[0][0]:
@@ -502,6 +523,7 @@ def run_setup(config: Config, connector: Connector, credentials, reactor=None):
     yield session.open()
     try:
         yield session.ensure_migrations_table()
+        yield session.warn_if_search_path_hits_electric()
         yield session.ensure_publication(config.publication)
         confirmed = yield session.ensure_slot(config.slot)
         found = yield session.introspect(config.publication)
