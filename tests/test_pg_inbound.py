@@ -296,6 +296,24 @@ class StreamTests(ConnectorTestBase):
         self.assertEqual(self.hub.status()["appends"], 2)
 
 
+class ElectricSchemaTests(ConnectorTestBase):
+    @defer.inlineCallbacks
+    def test_migration_bookkeeping_transactions_are_dropped(self):
+        self.sql("CREATE TABLE public.u (id int PRIMARY KEY)")
+        yield self.start()
+        # A migration commits its DDL, its rows and its electric.migrations row
+        # together; that whole transaction stays out of the hub (as the original).
+        self.sql("BEGIN; INSERT INTO public.u VALUES (1);"
+                 "INSERT INTO electric.migrations (version, hash) VALUES ('1', 'abc'); COMMIT")
+        self.sql("CREATE TABLE electric.other (id int PRIMARY KEY); INSERT INTO electric.other VALUES (1);"
+                 "INSERT INTO public.u VALUES (2)")
+        rows = yield self.wait_rows("u", 1)
+        self.assertEqual(list(rows), [("2",)])
+        self.assertIsNone(self.registry.find("electric", "other"))
+        self.assertEqual(self.hub.status()["appends"], 1)
+        self.assertEqual((yield self.rows("other", schema="electric")), {})
+
+
 class RestartTests(ConnectorTestBase):
     @defer.inlineCallbacks
     def test_postgres_restart_mid_stream_loses_and_duplicates_nothing(self):
