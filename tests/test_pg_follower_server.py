@@ -186,6 +186,44 @@ class Server(unittest.TestCase):
         yield eventually(lambda: not e.follower.status()["slots"]["postgres_1"]["streaming"])
 
     @defer.inlineCallbacks
+    def test_table_sync_no_gap_no_duplicate(self):
+        e = self.e
+        yield e.append(e.upsert(self.items, {"id": "a", "content": "one", "n": "1"}))
+        app = "pg_16397_sync_16385_7712374349014268656"
+        c = yield self.login(app=app)
+        yield c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
+        msgs = yield c.query(f"CREATE_REPLICATION_SLOT \"{app}\" LOGICAL pgoutput (SNAPSHOT 'use')")
+        consistent = [m for m in msgs if isinstance(m, wire.DataRow)][0].texts()[1]
+        self.assertEqual(consistent, format_lsn(positions.end_lsn(1)))
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        # Written after the consistent point but before the COPY: the copy has it ...
+        yield e.append(e.upsert(self.items, {"id": "b", "content": "two", "n": "2"}),
+                       e.upsert(self.items, {"id": "a", "content": "one!", "n": "11"}))
+        yield e.append(e.delete(self.items, {"id": "b"}), e.upsert(self.items, {"id": "c", "content": None}))
+        msgs = yield c.query("COPY public.items (id, content, n) TO STDOUT")
+        data = b"".join(m.data for m in msgs if isinstance(m, wire.CopyData))
+        self.assertEqual(sorted(data.splitlines()), [b"a\tone!\t11", b"c\t\\N\t\\N"])
+        self.assertIn(wire.CommandComplete("COPY 2"), msgs)
+        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        yield c.query("COMMIT")
+        # ... so the catch-up stream from the consistent point starts after the snapshot.
+        c.send(wire.Query(START.format(slot=app, lsn=consistent)))
+        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData))
+        self.assertEqual(xlog(ka)[:2], ("k", positions.end_lsn(3)))
+        r4 = yield e.append(e.upsert(self.items, {"id": "d", "content": "four", "n": "4"}))
+        m, seen = yield c.until(is_commit)
+        inserts = [xlog(x)[2].new for x in seen if isinstance(x, wire.CopyData) and x.data[:1] == b"w"
+                   and isinstance(xlog(x)[2], pgoutput.Insert)]
+        self.assertEqual(inserts, [("d", "four", "4")])
+        self.assertEqual(xlog(m)[2].end_lsn, positions.end_lsn(r4.position))
+        # The sync worker ends the stream and drops its slot; the hub consumer is untouched.
+        c.send(wire.CopyDone())
+        yield c.until(lambda m: m == wire.ReadyForQuery("I"))
+        msgs = yield c.query(f"DROP_REPLICATION_SLOT {app} WAIT")
+        self.assertIn(wire.CommandComplete("DROP_REPLICATION_SLOT"), msgs)
+        self.assertNotIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
+
+    @defer.inlineCallbacks
     def test_start_beyond_hub_raises_base(self):
         e = self.e
         yield e.append(e.upsert(self.items, {"id": "a", "content": "x", "n": "1"}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from electric.hub import positions
-from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot
+from electric.hub.interface import ResolvedChange, ResolvedTransaction
 from electric.postgres import catalog_answers as ca
 from electric.postgres import pgoutput, walsender, wire
 from electric.postgres.auth import ClientAuth
@@ -384,13 +384,7 @@ class Queries(unittest.TestCase):
         self.assertEqual(c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")[-1], wire.ReadyForQuery("T"))
         c.query(f"CREATE_REPLICATION_SLOT \"{app}\" LOGICAL pgoutput (SNAPSHOT 'use')")
         self.assertEqual(c.actions[-1].command.snapshot, "use")
-        snap = Snapshot(7, (
-            ResolvedChange("public", "items", ("a",), {"id": "a", "content": "tab\there\nnew \\ line", "n": "1"}),
-            ResolvedChange("public", "items", ("b",), {"id": "b", "content": None}),
-            ResolvedChange("public", "items", ("c",), {"id": "c", "content": "gone", "n": "3"}, deleted=True),
-            ResolvedChange("public", "other", (1,), {"k": "1"}),
-        ))
-        msgs = c.take(c.session.slot_created(app, positions.end_lsn(7), snap))
+        msgs = c.take(c.session.slot_created(app, positions.end_lsn(7), use_snapshot=True))
         self.assertEqual(rows(msgs), [[app, format_lsn(positions.end_lsn(7)), None, "pgoutput"]])
         self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
         msgs = c.query(RELATION_Q)
@@ -404,8 +398,16 @@ class Queries(unittest.TestCase):
         msgs = c.query(ROW_FILTER_Q.format(relid=relid))
         self.assertEqual(rows(msgs), [[None]])
         self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
-        msgs = c.query("COPY public.items (id, content, n) TO STDOUT")
-        stream = c.actions[-1]
+        self.assertEqual(c.query("COPY public.items (id, content, n) TO STDOUT"), [])
+        req = c.actions[-1]
+        self.assertIsInstance(req, walsender.CopyRequest)
+        self.assertEqual((req.command.schema, req.command.table, req.columns, req.slot),
+                         ("public", "items", ("id", "content", "n"), app))
+        (stream,) = c.session.copy_rows([
+            ResolvedChange("public", "items", ("a",), {"id": "a", "content": "tab\there\nnew \\ line", "n": "1"}),
+            ResolvedChange("public", "items", ("b",), {"id": "b", "content": None}),
+            ResolvedChange("public", "items", ("c",), {"id": "c", "content": "gone", "n": "3"}, deleted=True),
+        ])
         self.assertIsInstance(stream, walsender.SendStream)
         msgs = c.take([walsender.Send(chunk) for chunk in stream.chunks])
         self.assertEqual(msgs[0], wire.CopyOutResponse(0, (0, 0, 0)))
@@ -415,7 +417,7 @@ class Queries(unittest.TestCase):
         # Input queued behind the COPY is answered after resume().
         self.assertEqual(c.query("COMMIT"), [])
         self.assertEqual(c.take(c.session.resume()), [wire.CommandComplete("COMMIT"), wire.ReadyForQuery("I")])
-        self.assertIsNone(c.session.snapshot)
+        self.assertIsNone(c.session.sync_slot)
 
     def test_copy_unknown_column_and_outside_sync(self):
         msgs = self.c.query("COPY public.items (id, nope) TO STDOUT")

@@ -391,6 +391,8 @@ class FollowerProtocol(protocol.Protocol):
                          peer=self.peer, user=action.user, app=action.application_name)
             elif isinstance(action, walsender.CreateSlotRequest):
                 self._create_slot(action.command)
+            elif isinstance(action, walsender.CopyRequest):
+                self._copy(action)
             elif isinstance(action, walsender.StartRequest):
                 self._start(action.command)
             elif isinstance(action, walsender.StatusUpdate):
@@ -431,17 +433,23 @@ class FollowerProtocol(protocol.Protocol):
             self.follower.slots_release(stream.slot, self)
 
     def _create_slot(self, command) -> None:
-        d = self.follower.create_slot(self.session.origin, command)
+        try:
+            lsn = self.follower.create_slot(self.session.origin, command)
+        except Exception as e:
+            log.failure("CREATE_REPLICATION_SLOT {name} failed", name=command.name)
+            self.run(self.session.command_failed("55000", f"could not create replication slot: {e}"))
+            return
+        self.run(self.session.slot_created(command.name, lsn, command.snapshot == "use"))
 
-        def made(result):
-            lsn, snapshot = result
-            return self.session.slot_created(command.name, lsn, snapshot)
+    def _copy(self, action) -> None:
+        cmd = action.command
+        d = self.follower.copy_snapshot(self.session.origin, action.slot, cmd.schema, cmd.table)
 
         def failed(f):
-            log.failure("CREATE_REPLICATION_SLOT {name} failed", f, name=command.name)
-            return self.session.command_failed("55000", f"could not create replication slot: {f.getErrorMessage()}")
+            log.failure("COPY {schema}.{table} failed", f, schema=cmd.schema, table=cmd.table)
+            return self.session.command_failed("55000", f"could not read the hub's rows: {f.getErrorMessage()}")
 
-        d.addCallbacks(made, failed)
+        d.addCallbacks(self.session.copy_rows, failed)
         d.addCallback(lambda actions: None if self._closed else self.run(actions))
 
     def _start(self, command) -> None:
@@ -563,29 +571,41 @@ class FollowerService(service.Service):
 
     # --- slots -------------------------------------------------------------------------
 
-    def create_slot(self, origin: str, command) -> defer.Deferred:
-        """Deferred (consistent LSN, Snapshot or None); SNAPSHOT 'use' snapshots the origin's tables."""
-        base = self.base_for(origin)
+    def create_slot(self, origin: str, command) -> int:
+        """
+        The slot's consistent point: the hub's head.  With SNAPSHOT 'use' the
+        COPY that follows is served from a later snapshot of its one table
+        (`copy_snapshot`), which moves the slot's start up to that snapshot.
+        """
+        position = self.hub.head()
+        slot = self.slots.get(command.name)
+        if slot is None or slot.active is None:
+            self.slots[command.name] = Slot(command.name, origin, position)
+        lsn = positions.end_lsn(position, self.base_for(origin))
+        log.info("slot {name} ({origin}) created at {lsn} (position {pos})",
+                 name=command.name, origin=origin, lsn=format_lsn(lsn), pos=position)
+        return lsn
 
-        def made(position, snapshot=None):
-            slot = self.slots.get(command.name)
-            if slot is None or slot.active is None:
-                self.slots[command.name] = Slot(command.name, origin, position)
-            lsn = positions.end_lsn(position, base)
-            log.info("slot {name} ({origin}) created at {lsn} (position {pos}){snap}",
-                     name=command.name, origin=origin, lsn=format_lsn(lsn), pos=position,
-                     snap=f" with a snapshot of {len(snapshot.rows)} rows" if snapshot is not None else "")
-            return lsn, snapshot
+    def copy_snapshot(self, origin: str, slot_name: str, schema: str, table: str) -> defer.Deferred:
+        """
+        Deferred list of the live rows of one table for a table-sync COPY.
+        The snapshot's position becomes the sync slot's start: the catch-up
+        stream then begins right after the copied state, so nothing between
+        the consistent point and the snapshot arrives twice.
+        """
+        d = self.hub.snapshot([(schema, table)])
 
-        if command.snapshot == "use":
-            tables = [t.qualified for t in self.registry.database_tables(origin)]
-            d = self.hub.snapshot(tables)
-            d.addCallback(lambda snap: made(snap.position, snap))
-            return d
-        try:
-            return defer.succeed(made(self.hub.head()))
-        except Exception:
-            return defer.fail()
+        def taken(snap):
+            slot = self.slots.get(slot_name)
+            if slot is None:
+                slot = self.slots[slot_name] = Slot(slot_name, origin, snap.position)
+            slot.confirmed = max(slot.confirmed, snap.position)
+            rows = [r for r in snap.rows if r.schema == schema and r.table == table and not r.deleted]
+            log.info("slot {slot} ({origin}): COPY {schema}.{table}: {n} rows as of position {pos}",
+                     slot=slot_name, origin=origin, schema=schema, table=table, n=len(rows), pos=snap.position)
+            return rows
+
+        return d.addCallback(taken)
 
     def start_stream(self, conn: FollowerProtocol, command) -> ReplicationStream:
         """A stream for START_REPLICATION, or QueryError (55006 when the slot is busy)."""

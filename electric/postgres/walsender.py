@@ -17,9 +17,16 @@ States::
                                            streaming ──CopyDone──▶ ready
     any state ──Terminate / FATAL──▶ closed
 
-While busy (a CREATE_REPLICATION_SLOT snapshot or START_REPLICATION check is
-in the driver's hands, or a COPY is being written) further input is queued,
-so requests are always answered in order.
+While busy (CREATE_REPLICATION_SLOT, a COPY's snapshot or a START_REPLICATION
+check is in the driver's hands, or a COPY is being written) further input is
+queued, so requests are always answered in order.
+
+Table sync: ``CREATE_REPLICATION_SLOT ... (SNAPSHOT 'use')`` inside a
+transaction makes this connection a sync connection for that slot; its
+``COPY`` is served from a hub snapshot of that one table, taken when the COPY
+arrives (the worker names its table only then).  The driver records the
+snapshot's position as the slot's start, so the catch-up stream that follows
+begins exactly after the copied state: no gap, nothing twice.
 """
 
 from __future__ import annotations
@@ -78,6 +85,15 @@ class CreateSlotRequest:
     """Answer with `Session.slot_created(...)` or `Session.command_failed(...)`."""
 
     command: ca.CreateSlot
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    """Answer with `Session.copy_rows(rows)` or `Session.command_failed(...)`."""
+
+    command: ca.CopyTable
+    columns: tuple
+    slot: str
 
 
 @dataclass(frozen=True)
@@ -141,8 +157,8 @@ class Session:
         self.user: Optional[str] = None
         self.application_name = ""
         self.txn = "I"  # ReadyForQuery status: I, T, E
-        self.snapshot = None  # hub Snapshot held by a table-sync transaction
-        self.snapshot_lsn: Optional[int] = None
+        self.sync_slot: Optional[str] = None  # slot made with SNAPSHOT 'use' in the open transaction
+        self._copy_columns: tuple = ()
         self._auth: Optional[ServerAuth] = None
         self._queue: List[object] = []
         self._skip_until_sync = False
@@ -176,7 +192,7 @@ class Session:
         was = self.state
         self.state = CLOSED
         self._queue = []
-        self.snapshot = None
+        self.sync_slot = None
         if was == STREAMING:
             return [StreamStopped("connection closed")]
         return []
@@ -300,7 +316,7 @@ class Session:
             return self._query(msg.sql)
         if isinstance(msg, wire.Terminate):
             self.state = CLOSED
-            self.snapshot = None
+            self.sync_slot = None
             return [Disconnect("client terminated")]
         if isinstance(msg, (wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Flush)):
             if self._skip_until_sync:
@@ -396,8 +412,7 @@ class Session:
                 notice = wire.NoticeResponse.build("WARNING", "25P01", "there is no transaction in progress")
                 out.append(Send(notice.encode()))
             self.txn = "I"
-            self.snapshot = None
-            self.snapshot_lsn = None
+            self.sync_slot = None
             return out + self._complete(tag)
         if isinstance(cmd, ca.RelationInfo):
             own = backend.registry.database_table(self.origin, cmd.schema, cmd.table)
@@ -424,14 +439,13 @@ class Session:
 
     # --- answers from the driver --------------------------------------------------
 
-    def slot_created(self, name: str, consistent_lsn: int, snapshot=None) -> list:
-        """The driver made the slot; `snapshot` is held for COPY when SNAPSHOT 'use' was asked."""
+    def slot_created(self, name: str, consistent_lsn: int, use_snapshot: bool = False) -> list:
+        """The driver made the slot; with SNAPSHOT 'use' this transaction may now COPY."""
         if self.state == CLOSED:
             return []
         self.state = READY
-        if snapshot is not None:
-            self.snapshot = snapshot
-            self.snapshot_lsn = consistent_lsn
+        if use_snapshot:
+            self.sync_slot = name
         return self._result(ca.create_slot_result(name, format_lsn(consistent_lsn))) + self._flush_queue()
 
     def command_failed(self, sqlstate: str, message: str) -> list:
@@ -470,21 +484,33 @@ class Session:
         if own is None:
             raise ca.QueryError(ca.UNDEFINED_TABLE, f'relation "{cmd.schema}.{cmd.table}" does not exist')
         columns = ca.copy_columns(own, cmd.columns)
-        if self.snapshot is None:
+        if self.sync_slot is None:
             raise ca.QueryError(
                 ca.FEATURE_NOT_SUPPORTED,
                 "COPY is served only in a table-sync transaction, after"
                 " CREATE_REPLICATION_SLOT ... (SNAPSHOT 'use')")
-        rows = [r for r in self.snapshot.rows
-                if r.schema == cmd.schema and r.table == cmd.table and not r.deleted]
         self.state = BUSY
-        return [SendStream(self._copy_chunks(rows, columns))]
+        self._copy_columns = columns
+        return [CopyRequest(cmd, columns, self.sync_slot)]
+
+    def copy_rows(self, rows: Sequence) -> list:
+        """
+        The driver's snapshot of the table (ResolvedChanges): the COPY's output,
+        as chunks to write under flow control; call `resume()` once written.
+        """
+        if self.state == CLOSED:
+            return []
+        return [SendStream(self._copy_chunks(rows, self._copy_columns))]
 
     def _copy_chunks(self, rows: Sequence, columns: Sequence[str]) -> Iterator[bytes]:
         yield wire.CopyOutResponse(0, tuple(0 for _ in columns)).encode()
         buf: List[bytes] = []
         size = 0
+        n = 0
         for r in rows:
+            if r.deleted:
+                continue
+            n += 1
             row = r.row
             line = wire.copy_text_row([row.get(c) for c in columns])
             buf.append(line)
@@ -494,7 +520,7 @@ class Session:
                 buf, size = [], 0
         if buf:
             yield wire.CopyData(b"".join(buf)).encode()
-        yield wire.encode_all([wire.CopyDone(), wire.CommandComplete(f"COPY {len(rows)}"),
+        yield wire.encode_all([wire.CopyDone(), wire.CommandComplete(f"COPY {n}"),
                                wire.ReadyForQuery(self.txn)])
 
     # --- streaming ------------------------------------------------------------------
