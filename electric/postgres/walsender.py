@@ -145,6 +145,15 @@ class Backend(Protocol):
 
 
 class Session:
+    """
+    One connection.  `feed(bytes)` returns actions; answers to requests the
+    driver handles asynchronously come back through `slot_created`,
+    `copy_rows`, `start_streaming` or `command_failed`, each returning the
+    next actions.  The authenticated user is the connection's origin: it is
+    the connector whose database subscribes, so every answer (table lists,
+    column lists, COPY) describes that database's own tables.
+    """
+
     def __init__(self, backend: Backend, pid: int, secret: int, auth_method: str = "scram-sha-256",
                  max_message_size: int = 64 * 1024 * 1024):
         self.backend = backend
@@ -173,6 +182,7 @@ class Session:
 
     @property
     def is_sync_worker(self) -> bool:
+        """A table-sync worker: its stream is short-lived and must not move the origin's hub ack."""
         return bool(SYNC_APPLICATION_NAME.match(self.application_name))
 
     # --- input --------------------------------------------------------------
