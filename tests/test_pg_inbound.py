@@ -23,24 +23,14 @@ from electric.hub.embedded import EmbeddedHub
 from electric.postgres.connector import ConnectorService
 from electric.postgres.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
-from tests.pgcluster import PASSWORD, USER, PgCluster
+from tests.pgcluster import PASSWORD, USER, shared_cluster
+from tests.test_pg_setup import CLUSTER_KEY
 
-_cluster = None
 _counter = itertools.count(1)
 
 
-def cluster() -> PgCluster:
-    global _cluster
-    if _cluster is None:
-        _cluster = PgCluster(extra_conf=["wal_sender_timeout = '10s'"]).start()
-    return _cluster
-
-
-def tearDownModule():
-    global _cluster
-    if _cluster is not None:
-        _cluster.destroy()
-        _cluster = None
+def cluster():
+    return shared_cluster(CLUSTER_KEY)
 
 
 class LogCapture:
@@ -444,8 +434,9 @@ class FollowerTests(ConnectorTestBase):
         creds = SubscriberCredentials(self.tmp, [self.name])
         user, password = creds.for_connector(self.name)
         self.pg.psql(f"CREATE DATABASE {pub_db}", dbname="postgres")
-        self.addCleanup(self.pg.psql, f"DROP DATABASE IF EXISTS {pub_db} WITH (FORCE)", "postgres", False)
+        # (Cleanups run last-added first: the role goes after its database.)
         self.addCleanup(self.pg.psql, f"DROP ROLE IF EXISTS {user}", "postgres", False)
+        self.addCleanup(self.pg.psql, f"DROP DATABASE IF EXISTS {pub_db} WITH (FORCE)", "postgres", False)
         self.addCleanup(self.pg.psql, f"SELECT pg_drop_replication_slot('{self.name}') FROM pg_replication_slots "
                                       f"WHERE slot_name = '{self.name}'", "postgres", False)
         self.pg.psql(f"CREATE ROLE {user} LOGIN REPLICATION PASSWORD '{password}'", dbname="postgres")

@@ -22,8 +22,9 @@ from electric.postgres.connector import ConnectorService
 from electric.postgres.credentials import SubscriberCredentials
 from electric.postgres.server import FollowerService
 from electric.schema import SchemaRegistry
-from tests.pgcluster import PgCluster
+from tests.pgcluster import shared_cluster
 from tests.test_pg_inbound import wait_until
+from tests.test_pg_setup import CLUSTER_KEY
 
 NAMES = ("postgres_a", "postgres_b")
 
@@ -31,9 +32,9 @@ NAMES = ("postgres_a", "postgres_b")
 class TwoDatabasesTests(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
-        self.pg = PgCluster().start()
-        self.addCleanup(self.pg.destroy)
+        self.pg = shared_cluster(CLUSTER_KEY)
         for name in NAMES:
+            self.addCleanup(self._drop_database, name)
             self.pg.psql(f"CREATE DATABASE {name}_db", dbname="postgres")
             self.pg.psql("CREATE TABLE public.items (id text PRIMARY KEY, content text, n int)", dbname=f"{name}_db")
         self.tmp = tempfile.mkdtemp(prefix="einbound-e2e")
@@ -63,6 +64,15 @@ class TwoDatabasesTests(unittest.TestCase):
         self.addCleanup(self._stop)
         for svc in self.connectors.values():
             yield wait_until(lambda svc=svc: svc.state == "ready", timeout=60, what=f"{svc.connector.name} ready")
+
+    def _drop_database(self, name):
+        db = f"{name}_db"
+        self.pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', dbname=db, check=False)
+        self.pg.psql(f'ALTER SUBSCRIPTION "{name}" SET (slot_name = NONE)', dbname=db, check=False)
+        self.pg.psql(f'DROP SUBSCRIPTION IF EXISTS "{name}"', dbname=db, check=False)
+        self.pg.psql(f"SELECT pg_drop_replication_slot('slot_{name}') FROM pg_replication_slots "
+                     f"WHERE slot_name = 'slot_{name}'", dbname="postgres", check=False)
+        self.pg.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", dbname="postgres", check=False)
 
     @defer.inlineCallbacks
     def _stop(self):

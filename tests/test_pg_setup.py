@@ -5,6 +5,9 @@ introspection, upsert triggers, subscription (created, corrected, enabled).
 
 from __future__ import annotations
 
+import itertools
+import os
+import shutil
 import tempfile
 
 from twisted.internet import defer
@@ -14,30 +17,54 @@ from electric.config import Config
 from electric.postgres import setup
 from electric.postgres.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
-from tests.pgcluster import PgCluster
+from tests.pgcluster import PASSWORD, USER, shared_cluster
 
-_cluster = None
-
-
-def cluster() -> PgCluster:
-    global _cluster
-    if _cluster is None or not _cluster.started:
-        _cluster = PgCluster().start()
-    return _cluster
+# One cluster for every connector test module; each test has its own
+# database and slot on it.
+CLUSTER_KEY = "pg-inbound"
+_counter = itertools.count(1)
 
 
-def tearDownModule():
-    global _cluster
-    if _cluster is not None:
-        _cluster.destroy()
-        _cluster = None
+class ScratchDatabase:
+    """A fresh database (and slot name) of the shared cluster for one test."""
+
+    def __init__(self):
+        self.cluster = shared_cluster(CLUSTER_KEY)
+        n = next(_counter) + os.getpid() % 1000 * 100
+        self.name = f"setup_{n}"
+        self.slot = f"setup_slot_{n}"
+        self.port = self.cluster.port
+        self.cluster.psql(f"CREATE DATABASE {self.name}", dbname="postgres")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{self.name}"
+
+    def psql(self, sql: str, check: bool = True) -> str:
+        return self.cluster.psql(sql, dbname=self.name, check=check)
+
+    def drop(self) -> None:
+        # A database holding subscriptions cannot be dropped; detach them from
+        # their (remote) slots first.
+        self.psql(
+            "DO $$DECLARE s record; BEGIN FOR s IN SELECT subname FROM pg_subscription "
+            "WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) LOOP "
+            "EXECUTE format('ALTER SUBSCRIPTION %I DISABLE', s.subname); "
+            "EXECUTE format('ALTER SUBSCRIPTION %I SET (slot_name = NONE)', s.subname); "
+            "EXECUTE format('DROP SUBSCRIPTION %I', s.subname); END LOOP; END$$",
+            check=False,
+        )
+        self.cluster.psql(
+            f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{self.name}'",
+            dbname="postgres", check=False)
+        self.cluster.psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)", dbname="postgres", check=False)
 
 
-def make_config(pg: PgCluster, name="postgres_1", **overrides) -> Config:
+def make_config(pg: ScratchDatabase, name="postgres_1", **overrides) -> Config:
     env = {
         "CONNECTORS": f"{name}={pg.url}",
         "POSTGRES_PUBLICATION": overrides.pop("publication", "all_tables"),
-        "POSTGRES_SLOT": overrides.pop("slot", "all_changes"),
+        "POSTGRES_SLOT": overrides.pop("slot", pg.slot),
         "ELECTRIC_HOST": overrides.pop("electric_host", "127.0.0.1"),
         "POSTGRES_REPLICATION_PORT": str(overrides.pop("port", 5433)),
     }
@@ -87,22 +114,10 @@ class PureTests(unittest.TestCase):
 
 class SetupTests(unittest.TestCase):
     def setUp(self):
-        self.pg = cluster()
+        self.pg = ScratchDatabase()
+        self.addCleanup(self.pg.drop)
         self.datadir = tempfile.mkdtemp(prefix="esetup")
-        # Each test starts from a clean database.
-        self.pg.psql("DROP DATABASE IF EXISTS electric WITH (FORCE)", dbname="postgres")
-        self.pg.psql("CREATE DATABASE electric", dbname="postgres")
-        self.pg.psql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots", dbname="postgres")
-
-    def tearDown(self):
-        # Subscriptions live in their database; drop them so DROP DATABASE works.
-        self.pg.psql(
-            "DO $$DECLARE s record; BEGIN FOR s IN SELECT subname FROM pg_subscription LOOP "
-            "EXECUTE format('ALTER SUBSCRIPTION %I DISABLE', s.subname); "
-            "EXECUTE format('ALTER SUBSCRIPTION %I SET (slot_name = NONE)', s.subname); "
-            "EXECUTE format('DROP SUBSCRIPTION %I', s.subname); END LOOP; END$$",
-            check=False,
-        )
+        self.addCleanup(shutil.rmtree, self.datadir, True)
 
     def creds(self, config):
         return SubscriberCredentials(self.datadir, [c.name for c in config.connectors])
@@ -144,8 +159,8 @@ class SetupTests(unittest.TestCase):
         self.assertNotIn("migrations", by_name)
         self.assertEqual(pg.psql("SELECT puballtables FROM pg_publication WHERE pubname='all_tables'").strip(), "t")
         self.assertEqual(
-            pg.psql("SELECT plugin, database FROM pg_replication_slots WHERE slot_name='all_changes'").strip(),
-            "pgoutput|electric",
+            pg.psql(f"SELECT plugin, database FROM pg_replication_slots WHERE slot_name='{pg.slot}'").strip(),
+            f"pgoutput|{pg.name}",
         )
         sub = pg.psql("SELECT subenabled, subpublications::text FROM pg_subscription WHERE subname='postgres_1'")
         self.assertEqual(sub.strip(), "f|{all_tables}")
@@ -230,7 +245,7 @@ class SetupTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_wrong_password_is_a_clear_error(self):
         pg = self.pg
-        config = Config.from_environ({"CONNECTORS": f"pg_bad=postgresql://electric:nope@127.0.0.1:{pg.port}/electric"})
+        config = Config.from_environ({"CONNECTORS": f"pg_bad=postgresql://electric:nope@127.0.0.1:{pg.port}/{pg.name}"})
         with self.assertRaises(setup.SetupError) as cm:
             yield setup.run_setup(config, config.connectors[0], self.creds(config))
         self.assertIn('password authentication failed for user "electric"', str(cm.exception))
