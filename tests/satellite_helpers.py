@@ -236,7 +236,7 @@ def drain_autobahn_timers(timeout=10.0):
         yield deferLater(reactor, 0.1, lambda: None)
 
 
-def test_config(**kw):
+def satellite_config(**kw):
     return dataclasses.replace(Config.from_environ({}), websocket_port=0, listen_host="127.0.0.1",
                                regional_id="region-1.test.electric-db", **kw)
 
@@ -257,7 +257,7 @@ class SatelliteFixture:
         self.registry = registry or registry_with_tables()
         self.hub = EmbeddedHub(data_dir + "/hub", reactor, compact_interval=0)
         self.offsets = OffsetStore(data_dir + "/offsets.db")
-        self.config = config or test_config()
+        self.config = config or satellite_config()
         self.service = SatelliteService(self.config, self.hub, self.registry, self.offsets, reactor=reactor)
         self.clients = []
 

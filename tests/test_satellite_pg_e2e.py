@@ -1,0 +1,140 @@
+"""
+The real electric-sql@0.4.3 client and two Postgres 15 databases, in process:
+two ConnectorServices read the databases, the EmbeddedHub orders and
+resolves, the FollowerService (5433) feeds the databases, SatelliteService
+serves the Node client.  A client's local writes must land in both
+databases; a write in Postgres must land in the client's SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from electric.config import Config
+from electric.hub.embedded import EmbeddedHub
+from electric.hub.offsets import OffsetStore
+from electric.postgres.connector import ConnectorService
+from electric.postgres.credentials import SubscriberCredentials
+from electric.postgres.server import FollowerService
+from electric.satellite.service import SatelliteService
+from electric.schema import SchemaRegistry
+from tests.node_client import NodeClient, ensure_installed
+from tests.pgcluster import PgCluster
+from tests.satellite_helpers import drain_autobahn_timers, eventually, satellite_config
+
+NAMES = ("postgres_a", "postgres_b")
+
+
+class ClientAndPostgres(unittest.TestCase):
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        ensure_installed()
+        self.pg = PgCluster().start()
+        self.addCleanup(self.pg.destroy)
+        for name in NAMES:
+            self.pg.psql(f"CREATE DATABASE {name}_db", dbname="postgres")
+            self.pg.psql(
+                "CREATE TABLE public.items (id text PRIMARY KEY, content text, n int4, electric_user_id text)",
+                dbname=f"{name}_db",
+            )
+        self.tmp = tempfile.mkdtemp(prefix="satellite-pg-e2e")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), reactor, compact_interval=0)
+        self.hub.startService()
+        self.registry = SchemaRegistry()
+        self.credentials = SubscriberCredentials(self.tmp, NAMES)
+        self.offsets = OffsetStore(os.path.join(self.tmp, "offsets.sqlite3"))
+        base = Config(postgres_replication_port=0, listen_host="127.0.0.1")
+        self.follower = FollowerService(base, self.hub, self.registry, self.credentials, self.offsets, reactor)
+        self.follower.startService()
+        port = yield self.follower.listening
+        self.connectors = {}
+        for name in NAMES:
+            config = Config.from_environ({
+                "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{name}_db",
+                "POSTGRES_SLOT": f"slot_{name}",
+                "POSTGRES_REPLICATION_PORT": str(port.getHost().port),
+                "ELECTRIC_DATA_DIR": self.tmp,
+            })
+            svc = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
+                                   follower_ready=self.follower.listening)
+            svc.startService()
+            self.connectors[name] = svc
+        self.satellite = SatelliteService(satellite_config(), self.hub, self.registry, self.offsets, reactor=reactor)
+        self.satellite.startService()
+        yield self.satellite.listening
+        self.nodes = []
+        self.addCleanup(self._stop)
+        for svc in self.connectors.values():
+            yield eventually(lambda svc=svc: svc.state == "ready", timeout=60, message=f"{svc.connector.name} ready")
+        yield eventually(lambda: self.registry.find("public", "items"), message="items registered")
+
+    @defer.inlineCallbacks
+    def _stop(self):
+        for node in self.nodes:
+            yield node.kill()
+        yield self.satellite.stopService()
+        for name, svc in self.connectors.items():
+            yield svc.stopService()
+            self.pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', dbname=f"{name}_db", check=False)
+        yield self.follower.stopService()
+        yield self.hub.stopService()
+        self.offsets.close()
+        yield drain_autobahn_timers()
+
+    def pg_rows(self, name):
+        return self.pg.psql("SELECT id, content, n, electric_user_id FROM items ORDER BY id", dbname=f"{name}_db").splitlines()
+
+    @defer.inlineCallbacks
+    def node(self, name, user):
+        c = NodeClient(os.path.join(self.tmp, f"{name}.db"), self.satellite.port, user, debug=bool(os.environ.get("NODE_DEBUG_CLIENT")))
+        self.nodes.append(c)
+        yield c.start()
+        return c
+
+    @defer.inlineCallbacks
+    def client_rows(self, node):
+        rows = yield node.query("SELECT id, content, n, electric_user_id FROM items ORDER BY id")
+        return ["|".join("" if r[k] is None else str(r[k]) for k in ("id", "content", "n", "electric_user_id")) for r in rows]
+
+    @defer.inlineCallbacks
+    def test_client_writes_reach_both_databases(self):
+        node = yield self.node("c1", "alice")
+        yield node.execute("INSERT INTO items (id, content, n) VALUES (?, ?, ?)", "c1", "from the client", 5)
+        yield node.execute("INSERT INTO items (id, content, n) VALUES (?, ?, ?)", "c2", "second", 6)
+        expected = ["c1|from the client|5|", "c2|second|6|"]
+        yield eventually(lambda: all(self.pg_rows(n) == expected for n in NAMES), timeout=60,
+                         message="client rows in both databases")
+        yield node.execute("UPDATE items SET content = ? WHERE id = ?", "changed", "c1")
+        yield node.execute("DELETE FROM items WHERE id = ?", "c2")
+        yield eventually(lambda: all(self.pg_rows(n) == ["c1|changed|5|"] for n in NAMES), timeout=60,
+                         message="update and delete in both databases")
+        self.assertEqual(node.crashes(), [])
+
+    @defer.inlineCallbacks
+    def test_postgres_writes_reach_the_client(self):
+        a, b = NAMES
+        self.pg.psql("INSERT INTO items VALUES ('p1', 'before connect', 1, NULL)", dbname=f"{a}_db")
+        yield eventually(lambda: self.hub.head() >= 1, message="first row in the hub")
+        alice = yield self.node("alice", "alice")
+        bob = yield self.node("bob", "bob")
+        yield eventually(lambda: self.client_rows(alice).addCallback(lambda r: r == ["p1|before connect|1|"]),
+                         timeout=60, message="initial sync at alice")
+        self.pg.psql("INSERT INTO items VALUES ('p2', 'alice only', 2, 'alice'), ('p3', 'bob only', 3, 'bob')",
+                     dbname=f"{b}_db")
+        self.pg.psql("UPDATE items SET content = 'updated in a' WHERE id = 'p1'", dbname=f"{a}_db")
+        yield eventually(
+            lambda: self.client_rows(alice).addCallback(lambda r: r == ["p1|updated in a|1|", "p2|alice only|2|alice"]),
+            timeout=60, message="live rows at alice")
+        yield eventually(
+            lambda: self.client_rows(bob).addCallback(lambda r: r == ["p1|updated in a|1|", "p3|bob only|3|bob"]),
+            timeout=60, message="live rows at bob")
+        self.assertEqual(alice.crashes(), [])
+        self.assertEqual(bob.crashes(), [])
