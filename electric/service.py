@@ -43,10 +43,6 @@ VAXINE_UNAVAILABLE = (
 STOP_BUDGET = 4.0
 
 
-class StartupError(Exception):
-    """A component could not start; the process exits non-zero."""
-
-
 def _exit_nonzero() -> None:
     """atexit hook: twistd exits 0 after any reactor stop; a failed start must not."""
     try:
@@ -80,6 +76,10 @@ class ElectricService(service.MultiService):
     """
     The root.  `hub`, `api` and `connectors` are kept as attributes so the
     `_add_*` helpers (and tests) can reach the shared objects.
+
+    A child that fails to start is logged and kept in `failure`; with
+    `exit_on_failure` (set by the twistd plugin, never in tests sharing a
+    reactor) it also stops the reactor and makes the process exit 1.
     """
 
     def __init__(self, config: Config, reactor=None):
@@ -92,10 +92,13 @@ class ElectricService(service.MultiService):
         self.api: Optional[HttpApi] = None
         self.connectors: Dict[str, object] = {}
         self.failure: Optional[Failure] = None
+        self.exit_on_failure = False
         self._stopping: Optional[defer.Deferred] = None
 
     def startService(self):
         service.Service.startService(self)
+        self.failure = None
+        self._stopping = None
         for child in list(self):
             if self.failure is not None:
                 return
@@ -115,6 +118,8 @@ class ElectricService(service.MultiService):
             return None
         self.failure = failure
         log.critical("electric cannot start: {name}: {error}", name=child.name, error=failure.getErrorMessage())
+        if not self.exit_on_failure:
+            return None
         atexit.register(_exit_nonzero)
         if self.reactor.running:
             self.reactor.stop()

@@ -273,6 +273,22 @@ class ServiceTreeTests(unittest.TestCase):
                 yield root.stopService()
 
 
+    @defer.inlineCallbacks
+    def test_a_child_that_cannot_start_is_reported(self):
+        blocker = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(blocker.stopListening)
+        config = Config(status_port=blocker.getHost().port, listen_host="127.0.0.1", data_dir=self.config.data_dir)
+        root = build_service(config, reactor)
+        self.assertFalse(root.exit_on_failure)
+        root.startService()
+        self.addCleanup(root.stopService)
+        # the root consumed the listening failure and kept it
+        self.assertTrue(root.getServiceNamed("http").listening.called)
+        self.assertTrue(root.failure.check(error.CannotListenError))
+        yield root.stopService()
+        self.assertFalse(root.hub.running)
+
+
 class PackagingTests(unittest.TestCase):
     """`pip install .` must ship twisted/plugins/electric_plugin.py (and no __init__.py there)."""
 

@@ -46,6 +46,7 @@ class ElectricServiceMaker:
             root = build_service(Config.from_environ(), reactor)
         except ConfigError as e:
             raise SystemExit(f"electric: {e}")
+        root.exit_on_failure = True
         exit_zero_on_sigterm(reactor)
         return root
 
