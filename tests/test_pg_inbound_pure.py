@@ -187,3 +187,29 @@ class AckTrackerTests(unittest.TestCase):
             acks.done(acks.add(i + 1))
         self.assertEqual(acks.flushed, 5000)
         self.assertLess(len(acks._entries), 2100)
+
+
+class WiringTests(unittest.TestCase):
+    def test_add_to_service_registers_every_connector(self):
+        import shutil
+        import tempfile
+
+        from electric.config import Config
+        from electric.postgres.connector import ConnectorService, add_to_service
+        from electric.service import build_service
+
+        config = Config.from_environ({
+            "CONNECTORS": "postgres_1=postgresql://u:p@127.0.0.1:1/db1;postgres_2=postgresql://u:p@127.0.0.1:2/db2",
+            "ELECTRIC_DATA_DIR": tempfile.mkdtemp(prefix="ewiring"),
+        })
+        self.addCleanup(shutil.rmtree, config.data_dir, True)
+        root = build_service(config)
+        services = add_to_service(root)
+        self.assertEqual(sorted(root.connectors), ["postgres_1", "postgres_2"])
+        for svc in services:
+            self.assertIsInstance(svc, ConnectorService)
+            self.assertIs(root.getServiceNamed(svc.name), svc)
+            self.assertIs(svc.registry, root.registry)
+            self.assertIs(svc.hub, root.hub)
+            self.assertFalse(svc.ready)
+            self.assertEqual(svc.status()["state"], "init")

@@ -489,3 +489,51 @@ class ConnectorService(Service):
 
     def enable(self):
         return defer.ensureDeferred(self._enable_and_refresh())
+
+
+FOLLOWER_SERVICE_NAME = "postgres-follower"
+
+
+def add_to_service(root, registry=None, credentials=None, follower_ready=None):
+    """
+    Wire one `ConnectorService` per configured connector into the service
+    tree built by `electric.service` (after the hub, before Satellite).
+
+    `registry` / `credentials` default to ``root.registry`` /
+    ``root.credentials`` (created and attached when missing, so the port-5433
+    server and the migrations share them).  `follower_ready` defaults to the
+    ``listening`` Deferred of the child named "postgres-follower", looked up
+    when a connector first streams, so the order in which the follower and
+    the connectors are added does not matter.  Connectors are registered in
+    ``root.connectors`` for /api/status and the migrations API.
+    """
+    from electric.postgres.credentials import SubscriberCredentials
+    from electric.schema import SchemaRegistry
+
+    config = root.config
+    if registry is None:
+        registry = getattr(root, "registry", None)
+        if registry is None:
+            registry = root.registry = SchemaRegistry()
+    if credentials is None:
+        credentials = getattr(root, "credentials", None)
+        if credentials is None:
+            credentials = root.credentials = SubscriberCredentials(
+                config.data_dir, [c.name for c in config.connectors])
+
+    def follower_listening():
+        try:
+            follower = root.getServiceNamed(FOLLOWER_SERVICE_NAME)
+        except KeyError:
+            return None
+        return getattr(follower, "listening", None)
+
+    services = []
+    for connector in config.connectors:
+        svc = ConnectorService(config, connector, root.hub, registry, credentials,
+                               follower_ready=follower_ready if follower_ready is not None else follower_listening,
+                               reactor=getattr(root, "reactor", None))
+        svc.setServiceParent(root)
+        root.connectors[connector.name] = svc
+        services.append(svc)
+    return services
