@@ -141,6 +141,24 @@ class AssemblerTests(unittest.TestCase):
         [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x", "5"))))
         self.assertEqual(ev.transaction.changes[0].values, {"id": "a", "v": "x", "w": "5"})
 
+    def test_catalog_moved_on_stream_columns_win(self):
+        # WAL written before a later DDL: the stream still has column x, the
+        # catalog already dropped it and added w.
+        rel = po.Relation(16400, "public", "items", "d", RC + (po.RelationColumn(0, "x", 23, -1),))
+        self.assertIsInstance(self.a.feed(rel), inbound.NeedTable)
+        catalog = Table("public", "items", ITEMS.columns + (Column("w", "text", 25, -1, False),), ("id",))
+        self.a.table_resolved(catalog, None)
+        [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x", "5"))))
+        self.assertEqual(ev.transaction.changes[0].values, {"id": "a", "v": "x", "x": "5"})
+
+    def test_catalog_moved_on_without_the_key_skips(self):
+        rel = po.Relation(16400, "public", "items", "d", (po.RelationColumn(1, "other", 25, -1),))
+        self.assertIsInstance(self.a.feed(rel), inbound.NeedTable)
+        self.a.table_resolved(ITEMS, None)
+        [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a",))))
+        self.assertEqual(ev.dropped, inbound.EMPTY)
+        self.assertEqual(self.a.dropped_changes[("public", "items")], 1)
+
     def test_contradictions_raise(self):
         with self.assertRaises(inbound.InboundError):
             self.a.feed(po.Insert(16400, ("a", "x")))

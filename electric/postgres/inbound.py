@@ -225,6 +225,8 @@ class TransactionAssembler:
             # stream's own column list is what these rows carry.  Keep the
             # catalog's key and types for columns we know.
             table = _table_from_relation(rel, table)
+            if table is None and skipped is None:
+                skipped = "the stream's columns no longer fit the table's primary key or supported types"
         if table is None and skipped is None:
             skipped = "table is not in the publication"
         self._relations[rel.relation_id] = _Rel(rel, table, None if table is not None else skipped)
