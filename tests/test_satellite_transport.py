@@ -197,6 +197,26 @@ class Replication(Base):
             self.assertEqual(updates(log)[0]["id"], f"r{i}")
 
     @defer.inlineCallbacks
+    def test_slow_reader_pauses_the_stream(self):
+        """A client that stops reading stops the server pulling from the hub; nothing is lost when it reads again."""
+        n = 1000
+        c = yield self.fx.authed(ORIGINAL, "slow", "alice", start_lsn=b"eof")
+        (conn,) = self.fx.service.connections
+        c.proto.transport.pauseProducing()  # the client stops reading its socket
+        big = "x" * 20_000
+        for i in range(n):
+            yield self.fx.hub.append(pg_txn(i + 1, {"id": f"r{i}", "content": big}))
+        yield eventually(lambda: conn._paused, message="server paused by its transport")
+        self.assertLess(conn.session.delivered, n)
+        self.assertLess(conn._subscription.position, self.fx.hub.head())
+        c.proto.transport.resumeProducing()
+        yield c.recv_message(ORIGINAL)  # relation
+        for i in range(n):
+            log = yield c.recv_message(ORIGINAL)
+            self.assertEqual(updates(log)[0]["id"], f"r{i}")
+        self.assertFalse(conn._paused)
+
+    @defer.inlineCallbacks
     def test_migration_notification_off_by_default(self):
         c = yield self.fx.authed(V0_2, "v2", "alice")
         self.assertEqual(self.fx.service.notify_migration("1", "h1", "2", "h2"), 0)
