@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from electric.hub.interface import DELETE, UPSERT, RowChange, Transaction
 
 from tests.node_client import NodeClient, ensure_installed
-from tests.satellite_helpers import SatelliteFixture, eventually
+from tests.satellite_helpers import SatelliteFixture, eventually, satellite_config
 
 _n = [0]
 
@@ -162,3 +162,29 @@ class RealClient(unittest.TestCase):
         yield self.fx.hub.append(pg_txn(up("m1", "after migration")))
         yield eventually(lambda: self.client_rows(node).addCallback(lambda r: "m1" in r), message="row after migration")
         self.assertAlive(node)
+
+
+class RealClientJWT(unittest.TestCase):
+    timeout = 120
+    KEY = "an-hs256-key-of-at-least-32-bytes!"
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        ensure_installed()
+        config = satellite_config(auth_signing_key=self.KEY, auth_signing_iss="test.electric-db")
+        self.fx = yield SatelliteFixture(self, config=config).start()
+        self.nodes = []
+        self.addCleanup(lambda: defer.gatherResults([n.kill() for n in self.nodes]))
+
+    @defer.inlineCallbacks
+    def test_signed_token_replicates(self):
+        from electric.satellite.auth import JWTAuth
+
+        token, _ = JWTAuth(self.KEY, "test.electric-db").generate("alice", ttl=600)
+        node = NodeClient(os.path.join(self.fx.dir, "jwt.db"), self.fx.port, token)
+        self.nodes.append(node)
+        yield node.start()
+        yield node.execute("INSERT INTO items (id, content) VALUES (?, ?)", "j1", "signed")
+        yield eventually(lambda: self.fx.hub.snapshot().addCallback(lambda s: any(r.key == ("j1",) for r in s.rows)),
+                         message="row from the JWT client in the hub")
+        self.assertEqual(node.crashes(), [])

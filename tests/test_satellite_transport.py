@@ -12,7 +12,8 @@ from electric.satellite import service as service_mod
 from electric.satellite.codec import ORIGINAL, V0_2
 
 from tests.satellite_helpers import (
-    ClientClosed, SatelliteFixture, begin, client_txn, eventually, insert, msg, oplog, relation, start_req,
+    ClientClosed, SatelliteFixture, begin, client_txn, eventually, insert, msg, oplog, relation, satellite_config,
+    start_req,
 )
 
 ITEMS = ["id", "content", "n", "electric_user_id"]
@@ -368,3 +369,39 @@ class Stop(Base):
         yield a.wait_closed()
         yield b.wait_closed()
         self.assertEqual(self.fx.service.connections, [])
+
+
+class JWTMode(unittest.TestCase):
+    timeout = 60
+    KEY = "s3cr3t-" * 6
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        config = satellite_config(auth_signing_key=self.KEY, auth_signing_iss="test.electric-db")
+        self.fx = yield SatelliteFixture(self, config=config).start()
+        from electric.satellite.auth import JWTAuth
+
+        self.auth = JWTAuth(self.KEY, "test.electric-db")
+
+    @defer.inlineCallbacks
+    def test_valid_token(self):
+        token, _ = self.auth.generate("alice", ttl=60)
+        c = yield self.fx.authed(ORIGINAL, "jwt-ok", token)
+        self.assertEqual(self.fx.service.connected_clients(), ["jwt-ok"])
+        self.assertEqual(self.fx.service.connections[0].session.user_id, "alice")
+        yield c.close()
+
+    @defer.inlineCallbacks
+    def test_expired_token(self):
+        token, _ = self.auth.generate("alice", ttl=-60)
+        c = yield self.fx.client()
+        c.send(codec.auth_request(V0_2, "jwt-old", token))
+        self.assertEqual((yield c.recv()), b"\x00\x08\x01")
+        yield c.wait_closed()
+
+    @defer.inlineCallbacks
+    def test_insecure_style_token_refused(self):
+        c = yield self.fx.client()
+        c.send(codec.auth_request(ORIGINAL, "jwt-plain", "alice"))
+        self.assertEqual((yield c.recv()), b"\x00\x08\x01")
+        yield c.wait_closed()
