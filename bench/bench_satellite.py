@@ -16,7 +16,14 @@ measured in the same run on the same machine:
    the hub's own durable append rate for the same transactions with the same
    per-origin sequencing, no websocket in between.
 
-    .venv/bin/python bench/bench_satellite.py [--clients 100,1000] [--rounds 20]
+3. with Postgres (one PG 15 cluster, a connector reading it, the 5433
+   follower feeding it back): time from a Postgres COMMIT (psycopg2 returns)
+   until each of N clients has the row -- reference: the same clients fed
+   by a direct hub append (section 1), so the ratio is what the Postgres
+   leg adds; and client -> Postgres transactions per second (clients write,
+   measured until the last row is in the table) beside client -> hub.
+
+    .venv/bin/python bench/bench_satellite.py [--clients 100,1000] [--rounds 20] [--no-postgres]
 
 Prints figures only; no assertions.  Takes about 1-2 minutes on 2 cores.
 """
@@ -340,6 +347,122 @@ def hub_only_writes(hub, n_origins, per_origin):
     return total / (time.perf_counter() - t0)
 
 
+# --- with Postgres -----------------------------------------------------------
+
+
+class PostgresSide:
+    """One cluster, one database, a ConnectorService and the 5433 follower, sharing the bench's hub."""
+
+    def __init__(self, tmp, hub, registry, offsets):
+        from tests.pgcluster import PgCluster
+
+        self.tmp, self.hub, self.registry, self.offsets = tmp, hub, registry, offsets
+        self.pg = PgCluster().start()
+        self.pg.psql("CREATE TABLE public.items (id text PRIMARY KEY, content text)")
+
+    @defer.inlineCallbacks
+    def start(self):
+        from electric.postgres.connector import ConnectorService
+        from electric.postgres.credentials import SubscriberCredentials
+        from electric.postgres.server import FollowerService
+
+        self.credentials = SubscriberCredentials(self.tmp, ("postgres_1",))
+        base = Config(postgres_replication_port=0, listen_host="127.0.0.1")
+        self.follower = FollowerService(base, self.hub, self.registry, self.credentials, self.offsets, reactor)
+        self.follower.startService()
+        port = yield self.follower.listening
+        config = Config.from_environ({
+            "CONNECTORS": f"postgres_1={self.pg.url}",
+            "POSTGRES_REPLICATION_PORT": str(port.getHost().port),
+            "ELECTRIC_DATA_DIR": self.tmp,
+        })
+        self.connector = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
+                                          follower_ready=self.follower.listening)
+        self.connector.startService()
+        deadline = time.monotonic() + 120
+        while self.connector.state != "ready":
+            if time.monotonic() > deadline:
+                raise RuntimeError("connector did not become ready")
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        import psycopg2
+
+        self.conn = psycopg2.connect(self.pg.dsn)
+        self.conn.autocommit = True
+
+    def insert(self, key):
+        with self.conn.cursor() as cur:
+            cur.execute("INSERT INTO items VALUES (%s, %s)", (key, "p" * 40))
+
+    def count(self, prefix):
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items WHERE id LIKE %s", (prefix + "%",))
+            return cur.fetchone()[0]
+
+    @defer.inlineCallbacks
+    def stop(self):
+        yield self.connector.stopService()
+        self.pg.psql('ALTER SUBSCRIPTION "postgres_1" DISABLE', check=False)
+        yield self.follower.stopService()
+        self.conn.close()
+        self.pg.destroy()
+
+
+@defer.inlineCallbacks
+def pg_fanout(service, pgside, n, rounds_n):
+    from twisted.internet import threads
+
+    factory = yield connect_clients(service.port, n)
+    factory.rounds = Rounds(n)
+    yield threads.deferToThread(pgside.insert, f"warm-up-{n}")
+    while any(c.oplogs < 1 for c in factory.clients):
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    for c in factory.clients:
+        c.oplogs = 0
+    for rnd in range(rounds_n):
+        yield threads.deferToThread(pgside.insert, f"pg-{n}-{rnd}")
+        t0 = time.perf_counter()
+        yield factory.rounds.start(rnd, t0)
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    for c in factory.clients:
+        c.sendClose(1000)
+    while service.connections:
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    return factory.rounds.stats()
+
+
+@defer.inlineCallbacks
+def client_to_postgres(service, pgside, n_clients, per_client):
+    """Like client_writes, but timed until the last row is in the Postgres table."""
+    from twisted.internet import threads
+
+    factory = yield connect_clients(service.port, n_clients, subscribe=False)
+    rel = codec.encode(ORIGINAL, ORIGINAL.pb.SatRelation(
+        schema_name="public", table_name="items", relation_id=0,
+        columns=[ORIGINAL.pb.SatRelationColumn(name="id", type="TEXT"), ORIGINAL.pb.SatRelationColumn(name="content", type="TEXT")]))
+    total = n_clients * per_client
+    t0 = time.perf_counter()
+    for ci, c in enumerate(factory.clients):
+        c.sendMessage(rel, isBinary=True)
+        for i in range(per_client):
+            row = codec.encode_row(ORIGINAL, ["id", "content"], {"id": f"w{ci}-{i}", "content": "y" * 40})
+            c.sendMessage(codec.encode(ORIGINAL, ORIGINAL.pb.SatOpLog(ops=[
+                ORIGINAL.pb.SatTransOp(begin=ORIGINAL.pb.SatOpBegin(commit_timestamp=int(time.time() * 1000), lsn=(i + 1).to_bytes(4, "big"))),
+                ORIGINAL.pb.SatTransOp(insert=ORIGINAL.pb.SatOpInsert(relation_id=0, row_data=row)),
+                ORIGINAL.pb.SatTransOp(commit=ORIGINAL.pb.SatOpCommit()),
+            ])), isBinary=True)
+    deadline = time.monotonic() + 120
+    while (yield threads.deferToThread(pgside.count, "w")) < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError("client rows did not all reach Postgres")
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    elapsed = time.perf_counter() - t0
+    for c in factory.clients:
+        c.sendClose(1000)
+    while service.connections:
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    return total / elapsed
+
+
 @defer.inlineCallbacks
 def main(args):
     tmp = tempfile.mkdtemp(prefix="bench-satellite-")
@@ -355,11 +478,14 @@ def main(args):
         yield service.listening
         print(f"bench_satellite: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
         print()
+        fanout_results = {}
+        hub_rates = {}
         print("1. hub commit -> N websocket clients (each gets the SatOpLog); reference: raw TCP fan-out of an equal frame")
         for n in args.clients:
             rounds_n = args.rounds if n <= 100 else max(5, args.rounds // 2)
             t_start = time.perf_counter()
             per_delivery, per_round, frame_size = yield fanout(service, hub, n, rounds_n)
+            fanout_results[n] = (per_delivery, per_round)
             ref_delivery, ref_round = yield raw_fanout(n, rounds_n, b"\x00" * frame_size)
             print(f"   N={n:5d}  rounds={rounds_n}  ({time.perf_counter() - t_start:.1f} s incl. connecting)")
             for label, got, ref in (
@@ -375,7 +501,31 @@ def main(args):
         ref = yield hub_only_writes(hub, n_clients, per)
         for subscribe, label in ((False, "write-only clients"), (True, "clients also receiving every write")):
             rate = yield client_writes(service, n_clients, per, subscribe)
+            hub_rates[subscribe] = rate
             print(f"   {n_clients} {label} x {per} txns: satellite {rate:8.0f} txn/s   hub alone {ref:8.0f} txn/s   ratio {rate / ref:5.2f}")
+        if args.postgres:
+            print()
+            print("3. with Postgres: PG commit -> N clients (reference: hub append -> N clients, section 1); client -> PG txn/s")
+            pgside = PostgresSide(tmp, hub, registry, offsets)
+            try:
+                yield pgside.start()
+                for n in args.clients:
+                    rounds_n = args.rounds if n <= 100 else max(5, args.rounds // 2)
+                    per_delivery, per_round = yield pg_fanout(service, pgside, n, rounds_n)
+                    ref_delivery, ref_round = fanout_results[n]
+                    print(f"   N={n:5d}  rounds={rounds_n}")
+                    for label, got, ref in (
+                        ("each delivery p50", pct(per_delivery, 50), pct(ref_delivery, 50)),
+                        ("each delivery p99", pct(per_delivery, 99), pct(ref_delivery, 99)),
+                        ("last of N     p50", pct(per_round, 50), pct(ref_round, 50)),
+                        ("last of N     p99", pct(per_round, 99), pct(ref_round, 99)),
+                    ):
+                        print(f"     {label}: from PG {ms(got)}   from hub {ms(ref)}   ratio {got / ref if ref else float('nan'):6.1f}x")
+                pg_rate = yield client_to_postgres(service, pgside, args.writers, args.per_writer)
+                print(f"   {args.writers} write-only clients x {args.per_writer} txns into Postgres: {pg_rate:8.0f} txn/s"
+                      f"   (client -> hub {hub_rates[False]:8.0f} txn/s, ratio {pg_rate / hub_rates[False]:5.2f})")
+            finally:
+                yield pgside.stop()
         yield service.stopService()
         yield hub.stopService()
         offsets.close()
@@ -389,13 +539,15 @@ def run():
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--writers", type=int, default=20)
     parser.add_argument("--per-writer", type=int, default=100)
+    parser.add_argument("--no-postgres", dest="postgres", action="store_false",
+                        help="skip the sections that need a Postgres 15 cluster")
     args = parser.parse_args()
     args.clients = [int(x) for x in args.clients.split(",")]
     failure = []
 
     def go():
         d = main(args)
-        d.addErrback(lambda f: (failure.append(f), f.printTraceback()))
+        d.addErrback(lambda f: (failure.append(f), f.printTraceback(file=sys.stderr)))
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(go)
