@@ -230,6 +230,11 @@ class Rows(unittest.TestCase):
             codec.decode_row(pb.SatOpRow(nulls_bitmask=b"", values=[b"a"]), ["id"])
         self.assertEqual(e.exception.code, codec.INVALID_REQUEST)
 
+    def test_decode_row_nul(self):
+        with self.assertRaises(FrameError) as e:
+            codec.decode_row(pb.SatOpRow(nulls_bitmask=h("00"), values=[b"a\x00b"]), ["id"])
+        self.assertIn("NUL", str(e.exception))
+
     def test_decode_row_not_utf8(self):
         with self.assertRaises(FrameError):
             codec.decode_row(pb.SatOpRow(nulls_bitmask=h("00"), values=[b"\xff"]), ["id"])

@@ -361,6 +361,15 @@ class Incoming(Base):
         s.receive(client_txn(ORIGINAL, b"A", 0, ["a", "x", "1", None]))
         self.assertFails(s.append_failed("hub stopped"), codec.INTERNAL)
 
+    def test_append_rejected_is_invalid_request(self):
+        s, _ = self.ready()
+        s.receive(relation(ORIGINAL, 0, "items", ITEMS_COLS))
+        s.receive(client_txn(ORIGINAL, b"A", 0, ["a", "x", "1", None]))
+        self.assertFails(s.append_failed("invalid transaction: bad", rejected=True), codec.INVALID_REQUEST)
+
+    def test_nul_value_refused(self):
+        self.bad(begin(ORIGINAL, b"A"), insert(ORIGINAL, 0, ["a", "x\x00y", "1", None]), commit(ORIGINAL))
+
     def test_paused_incoming(self):
         s, _ = self.ready()
         self.assertEqual(s.receive(msg(ORIGINAL, "SatInStopReplicationResp")), [])

@@ -315,8 +315,12 @@ def decode_row(row, columns: Sequence[str]) -> Dict[str, Optional[str]]:
         if is_null(row.nulls_bitmask, i):
             result[name] = None
         else:
+            value = row.values[i]
+            if b"\x00" in value:
+                # Postgres text cannot hold NUL: refuse here rather than break every subscriber later
+                raise FrameError(INVALID_REQUEST, f"value of column {name!r} contains a NUL byte")
             try:
-                result[name] = row.values[i].decode("utf-8")
+                result[name] = value.decode("utf-8")
             except UnicodeDecodeError:
                 raise FrameError(INVALID_REQUEST, f"value of column {name!r} is not UTF-8 text") from None
     return result

@@ -183,8 +183,13 @@ class ClientConnection:
             self._run(self.session.append_done(action.lsn))
 
         def failed(failure):
-            log.failure("satellite {client}: append failed", failure, client=self.session.client_id)
-            self._run(self.session.append_failed(failure.getErrorMessage()))
+            reason = failure.getErrorMessage()
+            rejected = reason.startswith("invalid transaction")
+            if rejected:
+                log.info("satellite {client}: hub refused a transaction: {reason}", client=self.session.client_id, reason=reason)
+            else:
+                log.failure("satellite {client}: append failed", failure, client=self.session.client_id)
+            self._run(self.session.append_failed(reason, rejected=rejected))
 
         d.addCallbacks(done, failed)
         d.addErrback(lambda f: log.failure("satellite: after append", f))

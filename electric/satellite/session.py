@@ -456,9 +456,16 @@ class SatelliteSession:
             actions.extend(self._release_held())
         return actions
 
-    def append_failed(self, reason: str) -> List:
+    def append_failed(self, reason: str, rejected: bool = False) -> List:
+        """
+        The hub did not store the transaction: `rejected` when the hub found
+        it malformed (the client's fault: INVALID_REQUEST), otherwise the hub
+        is unavailable (INTERNAL; the client re-sends after reconnecting).
+        """
         self._append_in_flight = None
         self._append_queue.clear()
+        if rejected:
+            return self._fail(INVALID_REQUEST, f"the hub refused a client transaction: {reason}")
         return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
 
     def disconnected(self) -> None:
