@@ -35,7 +35,7 @@ from electric.postgres.credentials import SubscriberCredentials
 from electric.postgres.server import FollowerService
 from electric.schema import SchemaRegistry
 from tests import pgcluster
-from tests.pgcluster import PASSWORD, USER, PgCluster, free_port
+from tests.pgcluster import PASSWORD, USER, free_port
 from tests.test_migrations import write_migration
 
 _numbers = itertools.count(1)

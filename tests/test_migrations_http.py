@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import shutil
 import tempfile
 from argparse import Namespace
@@ -29,7 +28,7 @@ from electric.http.migrations import Migrator, install_routes
 from electric.http.status import HttpApi
 from electric.migrations import migration_hash
 from tests import pgcluster
-from tests.pgcluster import PgCluster, free_port
+from tests.pgcluster import free_port
 from tests.test_migrations import write_migration
 
 _db_numbers = itertools.count(1)
@@ -444,59 +443,3 @@ class CliTest(ApiTestBase):
         self.assertEqual(code, 0)
         self.assertEqual(self.psql(0, "SELECT version FROM electric.migrations"), "25_module")
 
-
-class ServiceWiringTest(unittest.TestCase):
-    """`add_to_service` on the real service tree of electric.service."""
-
-    @defer.inlineCallbacks
-    def test_routes_served_by_the_status_port_and_clients_told(self):
-        from twisted.application.service import Service
-
-        from electric.http.migrations import add_to_service
-        from electric.service import build_service
-
-        pg = clusters()[0]
-        dbname = f"mig_http_{next(_db_numbers)}"
-        pg.psql(f"CREATE DATABASE {dbname}", dbname="postgres")
-        tmp = tempfile.mkdtemp(prefix="electric-migrations-")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        status_port = free_port()
-        config = Config.from_environ({
-            "CONNECTORS": f"postgres_1={pg.url.rsplit('/', 1)[0]}/{dbname}",
-            "MIGRATIONS_DIR": os.path.join(tmp, "migrations"),
-            "ELECTRIC_DATA_DIR": os.path.join(tmp, "data"),
-            "STATUS_PORT": str(status_port),
-            "LISTEN_HOST": "127.0.0.1",
-        })
-        root = build_service(config)
-        migrator = add_to_service(root)
-        self.assertIs(root.getServiceNamed("migrations"), migrator)
-        # components registered after the migrator are still found
-        root.connectors["postgres_1"] = StubConnector("postgres_1")
-        told = []
-
-        class FakeSatellite(Service):
-            name = "satellite"
-
-            def notify_migration(self, *args):
-                told.append(args)
-                return 1
-
-        FakeSatellite().setServiceParent(root)
-        root.startService()
-        self.addCleanup(root.stopService)
-        write_migration(os.path.join(tmp, "migrations"), "40_wired", "CREATE TABLE t40 (id int PRIMARY KEY);")
-
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        agent = Agent(reactor, pool=pool)
-        from twisted.web.client import FileBodyProducer
-        response = yield agent.request(
-            b"PUT", f"http://127.0.0.1:{status_port}/api/migrations/postgres_1".encode(),
-            Headers({b"content-type": [b"application/json"]}),
-            FileBodyProducer(io.BytesIO(b'{"vsn":"40_wired"}')))
-        body = yield readBody(response)
-        self.assertEqual((response.code, body), (200, b"ok"))
-        self.assertEqual(pg.psql("SELECT version FROM electric.migrations", dbname=dbname).strip(), "40_wired")
-        self.assertEqual([t[2] for t in told], ["40_wired"])
-        self.assertEqual(root.connectors["postgres_1"].refreshes, 1)

@@ -443,28 +443,4 @@ def install_routes(app, migrator: Migrator) -> None:
         return _json_response(request, status, body)
 
 
-def add_to_service(root) -> Migrator:
-    """
-    Wire migrations into the service tree built by `electric.service`:
-    call it after the HTTP API exists (``root.api``) and before the root
-    starts.  Connectors are read live from ``root.connectors`` and clients
-    are told through the child service named "satellite" if there is one,
-    so the order in which those are added does not matter.
-    """
-
-    def notify_migration(old_version, old_hash, new_version, new_hash):
-        try:
-            satellite = root.getServiceNamed("satellite")
-        except KeyError:
-            return 0
-        return satellite.notify_migration(old_version, old_hash, new_version, new_hash)
-
-    migrator = Migrator(root.config, root.connectors, notify_migration=notify_migration,
-                        reactor=root.reactor)
-    install_routes(root.api.app, migrator)
-    migrator.setServiceParent(root)
-    root.migrator = migrator
-    return migrator
-
-
-__all__ = ["Migrator", "install_routes", "add_to_service", "outcome_json", "dumps", "DatabaseUnavailable"]
+__all__ = ["Migrator", "install_routes", "outcome_json", "dumps", "DatabaseUnavailable"]
