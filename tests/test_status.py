@@ -153,7 +153,9 @@ class StatusApiTests(unittest.TestCase):
         client = yield protocol.ClientCreator(reactor, _Collect).connectTCP("127.0.0.1", port)
         client.transport.write(b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
         # wait until the keep-alive response arrived, then stop with the connection open
+        deadline = reactor.seconds() + 30
         while b'"vaxine":false}' not in client.data:
+            self.assertLess(reactor.seconds(), deadline, f"no response; got {client.data!r}")
             yield _tick()
         yield self.service.stopService()
         data = yield client.closed
