@@ -209,7 +209,7 @@ class WsClient:
 
 
 @defer.inlineCallbacks
-def eventually(check, timeout=20.0, interval=0.05, message="condition"):
+def eventually(check, timeout=60.0, interval=0.05, message="condition"):
     """Poll `check()` (may return a Deferred) until truthy; returns its value."""
     deadline = reactor.seconds() + timeout
     while True:

@@ -161,6 +161,16 @@ class Replication(Base):
         self.assertEqual([r["id"] for r in updates(nxt)], ["k4"])
 
     @defer.inlineCallbacks
+    def test_lsn_beyond_head_resyncs(self):
+        """An LSN of this hub naming a position it never reached (data restored from a backup): initial sync."""
+        yield self.fx.hub.append(pg_txn(1, {"id": "only"}))
+        c = yield self.fx.authed(ORIGINAL, "ahead", "alice", start_lsn=self.fx.hub.client_lsn(999))
+        yield c.recv_message(ORIGINAL)
+        log = yield c.recv_message(ORIGINAL)
+        self.assertEqual([r["id"] for r in updates(log)], ["only"])
+        self.assertEqual(log.ops[0].begin.lsn, self.fx.hub.client_lsn(1))
+
+    @defer.inlineCallbacks
     def test_eof_sends_only_new(self):
         yield self.fx.hub.append(pg_txn(1, {"id": "old"}))
         c = yield self.fx.authed(ORIGINAL, "eof", "alice", start_lsn=b"eof")
