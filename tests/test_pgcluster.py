@@ -148,3 +148,33 @@ class SharedClusterTests(unittest.TestCase):
         datadir = proc.stdout.strip()
         self.assertTrue(datadir.startswith("/tmp/epg"), datadir)
         self.assertFalse(os.path.exists(datadir))
+
+
+class MakefileDevEnvTests(unittest.TestCase):
+    """`make start_dev_env` / `make stop_dev_env` themselves, on free ports and a temporary directory."""
+
+    def make(self, target):
+        return subprocess.run(
+            ["make", "--no-print-directory", target, f"PYTHON={sys.executable}", f"DEV_DIR={self.devdir}",
+             f"PG1_PORT={self.ports[0]}", f"PG2_PORT={self.ports[1]}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+        )
+
+    def test_start_and_stop(self):
+        parent = tempfile.mkdtemp(prefix="electric-make-", dir="/tmp")
+        os.chmod(parent, 0o755)
+        self.addCleanup(shutil.rmtree, parent, True)
+        self.devdir = os.path.join(parent, "dev")
+        self.ports = (free_port(), free_port())
+        self.addCleanup(self.make, "stop_dev_env")
+        proc = self.make("start_dev_env")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout.split(), [
+            f"postgresql://electric:password@127.0.0.1:{port}/electric" for port in self.ports])
+        for n, port in enumerate(self.ports, 1):
+            cluster = PgCluster(port=port, datadir=os.path.join(self.devdir, f"pg{n}"))
+            self.assertEqual(cluster.psql("SHOW wal_level").strip(), "logical")
+            self.assertEqual(cluster.psql("SHOW wal_retrieve_retry_interval").strip(), "200ms")
+        proc = self.make("stop_dev_env")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertFalse(os.path.exists(self.devdir))
