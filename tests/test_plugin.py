@@ -376,6 +376,12 @@ class RepositoryFilesTests(unittest.TestCase):
                        "apply_migration", "docker-build", "bench", "clean"):
             self.assertRegex(makefile, rf"(?m)^{target}:")
 
+    def test_apply_migration_needs_a_name(self):
+        proc = subprocess.run(["make", "--no-print-directory", "apply_migration"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("usage: make apply_migration name=<migration>", proc.stdout)
+
     def test_ci_script_runs_make_tests(self):
         path = os.path.join(ROOT, ".ci", "run")
         self.assertTrue(os.access(path, os.X_OK))
