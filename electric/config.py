@@ -104,13 +104,13 @@ def _mask_url_password(url: str) -> str:
     Errs towards hiding too much (everything up to the last '@').
     """
     scheme, sep, rest = url.partition("://")
-    if sep:
-        at = rest.rfind("@")
-        if at >= 0 and ":" in rest[:at]:
-            user = rest[:at].split(":", 1)[0]
-            rest = f"{user}:***{rest[at:]}"
-        url = scheme + sep + rest
-    return _QUERY_PASSWORD.sub(r"\1***", url)
+    if not sep:  # no scheme at all, e.g. "user:password@host/db"
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        user = rest[:at].split(":", 1)[0]
+        rest = f"{user}:***{rest[at:]}"
+    return _QUERY_PASSWORD.sub(r"\1***", scheme + sep + rest)
 
 
 def _digits(text: Optional[str]) -> bool:

@@ -340,7 +340,9 @@ class ConnectorsTests(unittest.TestCase):
                       "a=postgresql://u:secretpw@h:99999/d",
                       "a=postgresql://u@h/d?password=secretpw&timeout=-",
                       "garbage://u:secretpw@h",
-                      "a=foo://u:secretpw@h/d"):
+                      "a=foo://u:secretpw@h/d",
+                      "a=u:secretpw@h/d",
+                      "u:secretpw@h/d"):
             problems, text = problems_of({"CONNECTORS": entry})
             self.assertEqual(len(problems), 1, problems)
             for secret in ("secretpw", "p@ss:w@rd", "ss:w"):
