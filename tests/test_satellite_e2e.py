@@ -155,6 +155,59 @@ class RealClient(unittest.TestCase):
         self.assertAlive(again)
 
     @defer.inlineCallbacks
+    def test_concurrent_writes_converge(self):
+        """A client and another origin write the same row at once: client and hub end identical (hub order decides)."""
+        node = yield self.node("racer", "alice")
+        yield self.fx.hub.append(pg_txn(up("x", "base"), up("y", "base")))
+        yield eventually(lambda: self.client_rows(node).addCallback(lambda r: {"x", "y"} <= set(r)), message="base rows")
+        d = self.fx.hub.append(pg_txn(up("x", "other origin")))
+        yield node.execute("UPDATE items SET content = ? WHERE id = ?", "client", "x")
+        yield node.execute("UPDATE items SET content = ? WHERE id = ?", "client", "y")
+        yield d
+
+        @defer.inlineCallbacks
+        def same():
+            hub = yield self.hub_rows()
+            client = yield self.client_rows(node)
+            oplog = yield node.query("SELECT count(*) AS n FROM _electric_oplog")
+            hub_view = {k: (v["content"],) for k, v in hub.items()}
+            client_view = {k: (v["content"],) for k, v in client.items()}
+            return oplog[0]["n"] == 0 and hub_view == client_view and hub_view
+
+        view = yield eventually(same, message="client and hub converge")
+        self.assertIn(view["x"], {("other origin",), ("client",)})
+        self.assertEqual(view["y"], ("client",))
+        self.assertAlive(node)
+
+    @defer.inlineCallbacks
+    def test_later_write_after_client_write_wins_at_the_client(self):
+        """
+        Departure 5: another origin writes a row right after the client's write
+        to it reached the hub (with an older commit time).  The hub orders it
+        later, so it wins; the client must end with it too, which it does only
+        if the ack of its own write arrived before the other write.
+        """
+        node = yield self.node("acker", "alice")
+        yield self.fx.hub.append(pg_txn(up("x", "base")))
+        yield eventually(lambda: self.client_rows(node).addCallback(lambda r: "x" in r), message="base row")
+        sub = self.fx.hub.subscribe(self.fx.hub.head())
+        self.addCleanup(sub.close)
+        yield node.execute("UPDATE items SET content = ? WHERE id = ?", "client", "x")
+        seen = yield sub.next(10)
+        self.assertTrue(seen[0].origin.startswith("satellite:"))
+        yield self.fx.hub.append(pg_txn(up("x", "later in hub order")))
+
+        @defer.inlineCallbacks
+        def converged():
+            client = yield self.client_rows(node)
+            oplog = yield node.query("SELECT count(*) AS n FROM _electric_oplog")
+            return oplog[0]["n"] == 0 and client["x"]["content"] == "later in hub order"
+
+        yield eventually(converged, message="client took the later write")
+        self.assertEqual((yield self.hub_rows())["x"]["content"], "later in hub order")
+        self.assertAlive(node)
+
+    @defer.inlineCallbacks
     def test_migration_notification_call_leaves_real_client_alive(self):
         node = yield self.node("migr", "alice")
         yield eventually(lambda: self.fx.service.connected_clients(), message="client connected")
