@@ -27,11 +27,14 @@ an append is in flight or queued.
 from __future__ import annotations
 
 import collections
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from electric.hub import changes as hub_changes
+from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot, Transaction
 from electric.satellite import codec
 from electric.satellite.auth import AuthError
@@ -598,11 +601,6 @@ class SatelliteSession:
 
 def _looks_issued(lsn: bytes) -> bool:
     """True for bytes shaped like a client LSN of *some* hub (right size, intact checksum)."""
-    import struct
-    import zlib
-
-    from electric.hub import positions
-
     if len(lsn) != positions.CLIENT_LSN_SIZE:
         return False
     body, (crc,) = lsn[:-4], struct.unpack("!I", lsn[-4:])
