@@ -110,6 +110,19 @@ class Replication(Base):
         self.assertEqual(log.ops[0].begin.lsn, self.fx.hub.client_lsn(self.fx.hub.head()))
 
     @defer.inlineCallbacks
+    def test_status(self):
+        import json
+
+        c = yield self.fx.authed(V0_2, "st", "alice", start_lsn=b"eof")
+        status = self.fx.service.status()
+        json.dumps(status)
+        self.assertEqual((status["listening"], status["auth"], status["connections"]), (True, "insecure", 1))
+        (client,) = status["clients"]
+        self.assertEqual((client["client_id"], client["user_id"], client["protocol"], client["outgoing"], client["incoming"]),
+                         ("st", "alice", "v0_2", "active", "active"))
+        yield c.close()
+
+    @defer.inlineCallbacks
     def test_v0_2_round_trip(self):
         c = yield self.fx.authed(V0_2, "v2-client", "alice", start_lsn=b"", start_options=[codec.OPT_FIRST_LSN])
         self.assertEqual(list(c.server_start.options), [codec.OPT_SYNC_MODE])

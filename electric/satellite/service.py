@@ -438,6 +438,29 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
+    def status(self) -> dict:
+        """A JSON-able summary for /api/status."""
+        return {
+            "listening": self._port is not None,
+            "port": self.port if self._port is not None else None,
+            "auth": self.authenticator.mode,
+            "connections": len(self.connections),
+            "clients": [
+                {
+                    "client_id": c.session.client_id,
+                    "user_id": c.session.user_id,
+                    "protocol": c.session.gen.name,
+                    "state": c.session.state,
+                    "outgoing": c.session.outgoing_state,
+                    "incoming": c.session.incoming_state,
+                    "appended": c.session.appended,
+                    "delivered": c.session.delivered,
+                }
+                for c in self.connections
+                if c.session.client_id is not None
+            ],
+        }
+
     def connected_clients(self) -> List[str]:
         return sorted(k for k, v in self._clients.items() if v is not None)
 
