@@ -146,6 +146,10 @@ class SchemaRegistry:
             for t in tables:
                 self._shapes[(origin, t.qualified)] = t
 
+    def has_database(self, origin: str) -> bool:
+        """True once connector `origin` has registered its database's tables (setup done)."""
+        return origin in self._present
+
     def database_tables(self, origin: str) -> List[Table]:
         """Registry tables that exist in `origin`'s database, in relation-id order."""
         names = set(self._present.get(origin, ()))

@@ -30,7 +30,14 @@ from twisted.python.failure import Failure
 
 from electric.config import Config, ConfigError
 from electric.http.status import HttpApi, HttpService
+from electric.http.migrations import Migrator, install_routes
 from electric.hub.embedded import EmbeddedHub
+from electric.hub.offsets import OffsetStore
+from electric.postgres.connector import add_to_service as add_connectors
+from electric.postgres.credentials import SubscriberCredentials
+from electric.postgres.server import FollowerService
+from electric.satellite.service import SatelliteService
+from electric.schema import SchemaRegistry
 
 log = Logger(namespace="electric")
 
@@ -91,6 +98,12 @@ class ElectricService(service.MultiService):
         self.hub = None
         self.api: Optional[HttpApi] = None
         self.connectors: Dict[str, object] = {}
+        self.registry = None
+        self.credentials = None
+        self.offsets = None
+        self.follower = None
+        self.satellite = None
+        self.migrator = None
         self.failure: Optional[Failure] = None
         self.exit_on_failure = False
         self._stopping: Optional[defer.Deferred] = None
@@ -170,6 +183,62 @@ def _add_http(root: ElectricService) -> HttpApi:
     return api
 
 
+class _OffsetStoreService(service.Service):
+    """
+    Owns the offset store file (OFFSET_STORAGE_FILE).  Added right after the
+    hub so it stops after everything that writes client and slot positions.
+    """
+
+    name = "offsets"
+
+    def __init__(self, path: str):
+        self.path = path
+        self.store = OffsetStore(path)
+
+    def stopService(self):
+        super().stopService()
+        self.store.close()
+
+
+def _add_offsets(root: ElectricService) -> OffsetStore:
+    holder = _OffsetStoreService(root.config.offset_storage_file)
+    holder.setServiceParent(root)
+    root.offsets = holder.store
+    return holder.store
+
+
+def _add_follower(root: ElectricService) -> FollowerService:
+    """Port 5433: added before the connectors, which enable their subscriptions once it listens."""
+    config = root.config
+    root.registry = SchemaRegistry()
+    root.credentials = SubscriberCredentials(config.data_dir, [c.name for c in config.connectors])
+    follower = FollowerService(config, root.hub, root.registry, root.credentials, root.offsets, root.reactor)
+    follower.setServiceParent(root)
+    root.follower = follower
+    return follower
+
+
+def _add_connectors(root: ElectricService) -> None:
+    add_connectors(root, registry=root.registry, credentials=root.credentials,
+                   follower_ready=root.follower.listening)
+
+
+def _add_satellite(root: ElectricService) -> SatelliteService:
+    satellite = SatelliteService(root.config, root.hub, root.registry, root.offsets, root.reactor)
+    satellite.setServiceParent(root)
+    root.satellite = satellite
+    return satellite
+
+
+def _add_migrations(root: ElectricService) -> Migrator:
+    migrator = Migrator(root.config, root.connectors, notify_migration=root.satellite.notify_migration,
+                        reactor=root.reactor)
+    migrator.setServiceParent(root)
+    install_routes(root.api.app, migrator)
+    root.migrator = migrator
+    return migrator
+
+
 def build_service(config: Config, reactor=None) -> ElectricService:
     """
     The whole service for `config`.  Raises ConfigError for configurations
@@ -182,5 +251,10 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     """
     root = ElectricService(config, reactor)
     _add_hub(root)
+    _add_offsets(root)
     _add_http(root)
+    _add_follower(root)
+    _add_connectors(root)
+    _add_satellite(root)
+    _add_migrations(root)
     return root

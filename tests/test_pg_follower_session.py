@@ -219,6 +219,26 @@ class Startup(unittest.TestCase):
             self.assertIsNotNone(c.disconnected)
             self.assertEqual(c.session.state, walsender.CLOSED)
 
+    def test_connector_not_set_up_yet_is_refused_08004(self):
+        """
+        A subscription left enabled by an earlier run reconnects as soon as
+        the port listens; until its connector has registered the database's
+        tables it must be refused (not streamed to with every table skipped).
+        """
+        registry = make_registry()
+        registry.register(items_table())
+        c = Client(walsender.Session(FakeBackend(registry), 1, 2))
+        msgs = c.login(user="postgres_1", password=PASSWORD)
+        self.assertFalse(of(msgs, wire.ErrorResponse))
+        fresh = SchemaRegistry()
+        fresh.register(items_table())
+        c = Client(walsender.Session(FakeBackend(fresh), 1, 2))
+        msgs = c.login(user="postgres_1", password=PASSWORD)
+        err = of(msgs, wire.ErrorResponse)[0]
+        self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08004"))
+        self.assertEqual(err.message, "Electric replication is not ready, missing schema for postgres_1")
+        self.assertIsNotNone(c.disconnected)
+
     def test_unknown_user_is_fatal_28p01(self):
         c = Client(new_session())
         msgs = c.login(user="mallory", password=PASSWORD)

@@ -290,8 +290,14 @@ class Session:
             return out + self._fatal("28P01", f'password authentication failed for user "{self.user}"')
         if not self._auth.done:
             return out
-        self.state = READY
         self._auth = None
+        if not self.backend.registry.has_database(self.user):
+            # Until its connector has read the catalog (and installed the
+            # upsert triggers) we do not know which tables this database has:
+            # streaming now would skip rows it should get.  Its apply worker
+            # retries after wal_retrieve_retry_interval.
+            return out + self._fatal("08004", f"Electric replication is not ready, missing schema for {self.user}")
+        self.state = READY
         params = [
             ("application_name", self.application_name),
             ("client_encoding", "UTF8"),
