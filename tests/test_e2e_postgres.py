@@ -8,6 +8,7 @@ as a child process, Postgres's own apply workers subscribing to port 5433.
 
 from __future__ import annotations
 
+import atexit
 import subprocess
 import time
 
@@ -63,23 +64,31 @@ def wait_same(a: PgCluster, b: PgCluster, table: str, timeout: float = 60.0, exp
     raise AssertionError(f"{table} did not converge:\nA={ta[:2000]!r}\nB={tb[:2000]!r}")
 
 
+_mesh = {}
+
+
+def mesh():
+    """
+    Two databases and one Electric for the whole test process, started on
+    first use (trial has no setUpClass); each test uses its own rows.
+    """
+    if not _mesh:
+        a = PgCluster().start()
+        b = PgCluster().start()
+        for pg in (a, b):
+            pg.psql(SCHEMA)
+        electric = ElectricProcess({"postgres_1": a.url, "postgres_2": b.url})
+        atexit.register(electric.stop)
+        electric.start().wait_ready()
+        _mesh.update(a=a, b=b, electric=electric)
+    return _mesh["a"], _mesh["b"], _mesh["electric"]
+
+
 class ActiveActive(unittest.TestCase):
     timeout = 600
 
-    @classmethod
-    def setUpClass(cls):
-        cls.a = PgCluster().start()
-        cls.b = PgCluster().start()
-        for pg in (cls.a, cls.b):
-            pg.psql(SCHEMA)
-        cls.electric = ElectricProcess({"postgres_1": cls.a.url, "postgres_2": cls.b.url}).start()
-        cls.electric.wait_ready()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.electric.stop()
-        for pg in (cls.a, cls.b):
-            pg.destroy()
+    def setUp(self):
+        self.a, self.b, self.electric = mesh()
 
     def test_insert_update_delete_both_ways(self):
         a, b = self.a, self.b

@@ -213,7 +213,7 @@ class WiringTests(unittest.TestCase):
         import tempfile
 
         from electric.config import Config
-        from electric.postgres.connector import ConnectorService, add_to_service
+        from electric.postgres.connector import ConnectorService
         from electric.service import build_service
 
         config = Config.from_environ({
@@ -222,7 +222,7 @@ class WiringTests(unittest.TestCase):
         })
         self.addCleanup(shutil.rmtree, config.data_dir, True)
         root = build_service(config)
-        services = add_to_service(root)
+        services = [root.connectors[name] for name in sorted(root.connectors)]
         self.assertEqual(sorted(root.connectors), ["postgres_1", "postgres_2"])
         for svc in services:
             self.assertIsInstance(svc, ConnectorService)
