@@ -232,7 +232,7 @@ def _add_satellite(root: ElectricService) -> SatelliteService:
 
 def _add_migrations(root: ElectricService) -> Migrator:
     migrator = Migrator(root.config, root.connectors, notify_migration=root.satellite.notify_migration,
-                        reactor=root.reactor)
+                        reactor=root.reactor, hub=root.hub)
     migrator.setServiceParent(root)
     install_routes(root.api.app, migrator)
     root.migrator = migrator

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from electric.hub import changes
-from electric.hub.interface import DELETE, UNCHANGED, UPSERT, RowChange, Transaction
+from electric.hub.interface import DELETE, RESEND, UNCHANGED, UPSERT, RowChange, Transaction
 from electric.hub.resolution import (
     InvalidTransaction,
     MemoryState,
@@ -132,6 +132,22 @@ class RuleTests(unittest.TestCase):
         )
         self.assertEqual(set(self.hub.live()), {("public", "items", ("5",)), ("public", "other", ("1",))})
         self.assertEqual(res.live_delta, -2 + 1)
+
+    def test_resend_repeats_current_state_without_changing_it(self):
+        self.apply(up("items", 1, content="a", n="1"), up("items", 2, content="b"))
+        self.apply(dl("items", 2))
+        before = dict(self.hub.rows)
+        res = self.apply(
+            RowChange("public", "items", RESEND, ("1",)),
+            RowChange("public", "items", RESEND, ("2",)),
+            RowChange("public", "items", RESEND, ("9",)),
+        )
+        self.assertEqual(
+            [(c.key, dict(c.row), c.deleted) for c in res.changes],
+            [(("1",), {"id": "1", "content": "a", "n": "1"}, False), (("2",), {"id": "2", "content": "b"}, True)],
+        )
+        self.assertEqual(self.hub.rows, before)
+        self.assertEqual(res.live_delta, 0)
 
     def test_row_touched_twice_appears_per_change_and_final_state_wins(self):
         res = self.apply(up("items", 1, content="a"), up("items", 1, content="b"), dl("items", 1), up("items", 1, n="3"))

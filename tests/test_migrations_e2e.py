@@ -112,7 +112,8 @@ class MigrationsAcrossReplication(unittest.TestCase):
             self.connectors[c.name] = svc
         self.notified = []
         self.migrator = Migrator(self.config, self.connectors,
-                                 notify_migration=lambda *a: self.notified.append(a), poll_interval=0)
+                                 notify_migration=lambda *a: self.notified.append(a), poll_interval=0,
+                                 hub=self.hub)
         api = HttpApi(self.config, self.hub, self.connectors)
         install_routes(api.app, self.migrator)
         self.port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
@@ -276,6 +277,8 @@ class MigrationsAcrossReplication(unittest.TestCase):
         # once migrated, database 2 takes the column too
         code, text = yield self.put("/api/migrations/postgres_2", "20_add_col")
         self.assertEqual((code, text), (200, "ok"))
+        # the value written on 1 while 2 lacked the column is not lost
+        yield self.wait_sql(1, "SELECT extra FROM entries WHERE id = 'c1'", "extra on 1")
         yield self.sql(0, "UPDATE entries SET extra = 'later' WHERE id = 'c2'")
         yield self.wait_sql(1, "SELECT extra FROM entries WHERE id = 'c2'", "later")
         yield self.sql(1, "INSERT INTO entries VALUES ('c3', 'three', 'extra on 2')")

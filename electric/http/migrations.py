@@ -17,12 +17,14 @@ tests compare them as text.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from electric.hub.interface import RESEND, RowChange, Transaction
 from electric.migrations import (
     AppliedMigration,
     ApplyResult,
@@ -93,7 +95,7 @@ class Migrator(Service):
                  notify_migration: Optional[Callable[..., object]] = None,
                  source: Optional[MigrationSource] = None,
                  refresh_timeout: float = 120.0, poll_interval: float = 30.0,
-                 lock_timeout_ms: int = 30000, reactor=None):
+                 lock_timeout_ms: int = 30000, reactor=None, hub=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -106,6 +108,8 @@ class Migrator(Service):
             self.connectors = {_connector_name(c): c for c in connectors}
         self.source = source or MigrationSource.from_config(config)
         self.notify_migration = notify_migration
+        # With a hub, rows of tables a migration widened are re-sent (see _resend_widened).
+        self.hub = hub
         self.refresh_timeout = refresh_timeout
         self.poll_interval = poll_interval
         self.lock_timeout_ms = lock_timeout_ms
@@ -259,6 +263,7 @@ class Migrator(Service):
         state = _state_name(connector)
         if state is not None and state not in MIGRATABLE_STATES:
             raise InvalidState(state, migration.version, name)
+        before = _column_sets(connector, name)
         try:
             result = yield self.database(name).apply(migration)
         except MigrationError as e:
@@ -271,8 +276,34 @@ class Migrator(Service):
             m for m in self._applied.get(name, []) if m.version != result.applied.version
         ]
         yield self._refresh(name, connector, migration)
+        yield self._resend_widened(name, before, _column_sets(connector, name))
         self._notify(result, migration)
         return result
+
+    @defer.inlineCallbacks
+    def _resend_widened(self, name, before, after):
+        """
+        A table that gained columns in this database may have rows whose new
+        columns other replicas filled while this one could not store them.
+        Re-send those rows' current state to every replica (a RESEND changes
+        nothing in the hub, so racing writes are safe); this database's apply
+        worker then fills the columns in.
+        """
+        widened = sorted(t for t, cols in after.items() if t in before and not cols <= before[t])
+        if self.hub is None or not widened:
+            return
+        snap = yield self.hub.snapshot(widened)
+        keys = [(r.schema, r.table, tuple(r.key)) for r in snap.rows if not r.deleted]
+        for i in range(0, len(keys), RESEND_BATCH):
+            chunk = keys[i:i + RESEND_BATCH]
+            yield self.hub.append(Transaction(
+                origin="electric:migration",
+                origin_id=f"{name}:{uuid.uuid4()}".encode(),
+                commit_timestamp=int(self.reactor.seconds() * 1_000_000),
+                changes=tuple(RowChange(s, t, RESEND, k) for s, t, k in chunk),
+            ))
+        log.info("migration on {origin}: re-sent {n} rows of {tables} whose table gained columns",
+                 origin=name, n=len(keys), tables=", ".join(f"{s}.{t}" for s, t in widened))
 
     @defer.inlineCallbacks
     def _refresh(self, name, connector, migration: Migration):
@@ -388,6 +419,18 @@ def _requested_vsn(request) -> str:
     vsn = body["vsn"]
     validate_version(vsn)
     return vsn
+
+
+RESEND_BATCH = 5000
+
+
+def _column_sets(connector, origin: str) -> Dict[Tuple[str, str], frozenset]:
+    """Each table's column names as `origin`'s database defines them (from the registry)."""
+    registry = getattr(connector, "registry", None)
+    if registry is None:
+        return {}
+    return {t.qualified: frozenset(t.column_names) for t in registry.database_tables(origin)
+            for t in [registry.database_table(origin, t.schema, t.name) or t]}
 
 
 def install_routes(app, migrator: Migrator) -> None:

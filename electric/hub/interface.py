@@ -59,6 +59,7 @@ Key = Tuple[Value, ...]
 UPSERT = "upsert"
 DELETE = "delete"
 TRUNCATE = "truncate"
+RESEND = "resend"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class RowChange:
       least the key columns), or None.
     op == TRUNCATE: `key` is () and `values` None; the hub deletes every live
       row of the table.
+    op == RESEND: the hub changes nothing but sends the row's current state
+      (live or tombstone) to every replica again; a row it does not know is
+      ignored.  Electric uses it after a migration, so a database that gained
+      columns gets the values other replicas wrote into them meanwhile.
 
     A change of primary key must be given as a DELETE of the old key followed
     by an UPSERT of the new one (`electric.hub.resolution.split_update` does it).

@@ -27,6 +27,9 @@ The rule, per row keyed by (schema, table, primary key), with hub order
   that arrives after a concurrent delete win (the original's ``update_wins``).
 * TRUNCATE tombstones every live row of the table (one resolved delete per
   row, in key order so the output is deterministic).
+* RESEND changes nothing: the row's current state (live or tombstone) is
+  sent again, so a replica that could not store some columns before a
+  migration catches up.  A row the hub does not know is ignored.
 * A primary-key change arrives already split into DELETE old + UPSERT new
   (`electric.hub.changes.update`, re-exported here as `split_update`).
 
@@ -45,6 +48,7 @@ from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 from electric.hub.changes import update as split_update  # noqa: F401  (re-export, see RowChange docs)
 from electric.hub.interface import (
     DELETE,
+    RESEND,
     TRUNCATE,
     UNCHANGED,
     UPSERT,
@@ -136,7 +140,7 @@ def check_transaction(transaction: Transaction) -> None:
         where = f"change {i} ({ch.schema!r}.{ch.table!r} {ch.op})"
         _check_text(where, "schema name", ch.schema)
         _check_text(where, "table name", ch.table)
-        if ch.op not in (UPSERT, DELETE, TRUNCATE):
+        if ch.op not in (UPSERT, DELETE, TRUNCATE, RESEND):
             raise InvalidTransaction(f"{where}: unknown op {ch.op!r}")
         if ch.op == TRUNCATE:
             continue
@@ -208,6 +212,11 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
 
         rid = (ch.schema, ch.table, tuple(ch.key))
         cur = current(rid)
+        if ch.op == RESEND:
+            # No write: the row's state goes out again, unchanged.
+            if cur is not None:
+                put(rid, RowState(dict(cur.values), cur.deleted))
+            continue
         if ch.op == DELETE:
             # The hub's last values win; the delete's old row only fills gaps.
             row = dict(cur.values) if cur is not None else {}
