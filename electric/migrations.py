@@ -31,7 +31,8 @@ from typing import Dict, List, Optional, Tuple
 import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
-from txpostgres import txpostgres
+
+from electric.postgres.sql import Connection
 
 log = Logger(namespace="electric.migrations")
 
@@ -459,27 +460,6 @@ def _is_connection_error(e: Exception) -> bool:
     return isinstance(e, psycopg2.OperationalError) and not getattr(e, "pgcode", None)
 
 
-class _Connection(txpostgres.Connection):
-    """
-    txpostgres polls a connection whose startup failed (say, a wrong
-    password) once more after failing the connect Deferred; that second
-    error must not escape into the reactor as an unhandled exception.
-    """
-
-    def _quiet(self, method):
-        try:
-            method()
-        except psycopg2.Error:
-            self.reactor.removeReader(self)
-            self.reactor.removeWriter(self)
-
-    def doRead(self):
-        self._quiet(super().doRead)
-
-    def doWrite(self):
-        self._quiet(super().doWrite)
-
-
 class MigrationDatabase:
     """
     One Postgres, reached over a fresh ordinary session per operation.
@@ -501,7 +481,7 @@ class MigrationDatabase:
 
     @defer.inlineCallbacks
     def _connect(self):
-        conn = _Connection(reactor=self.reactor)
+        conn = Connection(reactor=self.reactor)
         d = conn.connect(self.dsn)
         d.addTimeout(self.connect_timeout, self.reactor)
         try:

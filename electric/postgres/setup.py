@@ -27,11 +27,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import psycopg2
 from twisted.internet import defer
 from twisted.logger import Logger
-from txpostgres import txpostgres
 
 from electric.config import Config, Connector
 from electric.postgres import types
 from electric.postgres.lsn import parse_lsn
+from electric.postgres.sql import Connection, error_text
 from electric.schema import Column, Table
 
 log = Logger(namespace="electric.postgres.setup")
@@ -256,40 +256,9 @@ WHERE t.tgname = %s AND t.tgrelid = ANY (%s::oid[])
 # -- the session ------------------------------------------------------------
 
 
-class _Connection(txpostgres.Connection):
-    """
-    txpostgres re-polls a connection whose startup failed (e.g. a wrong
-    password) after it already failed the connect Deferred, and that second
-    error would escape into the reactor as an unhandled exception.
-    """
-
-    def _quiet(self, method):
-        try:
-            method()
-        except psycopg2.Error:
-            self.reactor.removeReader(self)
-            self.reactor.removeWriter(self)
-
-    def doRead(self):
-        self._quiet(super().doRead)
-
-    def doWrite(self):
-        self._quiet(super().doWrite)
-
-
 def _pgcode(failure_or_exc) -> Optional[str]:
     exc = getattr(failure_or_exc, "value", failure_or_exc)
     return getattr(exc, "pgcode", None)
-
-
-def error_text(exc) -> str:
-    """The server's message, without psycopg2's decoration."""
-    exc = getattr(exc, "value", exc)
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    if primary:
-        return primary
-    return " ".join(str(exc).split())
 
 
 class SetupSession:
@@ -301,11 +270,11 @@ class SetupSession:
     def __init__(self, connector: Connector, reactor=None):
         self.connector = connector
         self._reactor = reactor
-        self._conn: Optional[txpostgres.Connection] = None
+        self._conn: Optional[Connection] = None
 
     @defer.inlineCallbacks
     def open(self):
-        conn = _Connection(reactor=self._reactor)
+        conn = Connection(reactor=self._reactor)
         try:
             yield conn.connect(self.connector.dsn())
         except psycopg2.Error as e:
