@@ -215,6 +215,7 @@ def _add_follower(root: ElectricService) -> FollowerService:
     follower = FollowerService(config, root.hub, root.registry, root.credentials, root.offsets, root.reactor)
     follower.setServiceParent(root)
     root.follower = follower
+    root.api.add_component("postgres_follower", follower)
     return follower
 
 
@@ -227,6 +228,7 @@ def _add_satellite(root: ElectricService) -> SatelliteService:
     satellite = SatelliteService(root.config, root.hub, root.registry, root.offsets, root.reactor)
     satellite.setServiceParent(root)
     root.satellite = satellite
+    root.api.add_component("satellite", satellite)
     return satellite
 
 
@@ -235,6 +237,7 @@ def _add_migrations(root: ElectricService) -> Migrator:
                         reactor=root.reactor, hub=root.hub)
     migrator.setServiceParent(root)
     install_routes(root.api.app, migrator)
+    root.api.add_component("migrations", migrator)
     root.migrator = migrator
     return migrator
 

@@ -9,8 +9,10 @@ as a child process, Postgres's own apply workers subscribing to port 5433.
 from __future__ import annotations
 
 import atexit
+import json
 import subprocess
 import time
+import urllib.request
 
 from twisted.trial import unittest
 
@@ -139,8 +141,24 @@ class ActiveActive(unittest.TestCase):
         b.wait_for("SELECT content FROM conflict_t WHERE id = 2", "updated on b")
         a.wait_for("SELECT other FROM conflict_t WHERE id = 2", "x")
 
+    def test_status_reports_every_link(self):
+        self.a.psql("INSERT INTO entries_default (content) VALUES ('status probe')")
+        self.b.wait_for("SELECT count(*) FROM entries_default WHERE content = 'status probe'", "1")
+        self.assertEqual(self.electric.status(),
+                         {"connectors": {"postgres_1": True, "postgres_2": True}, "hub": True, "vaxine": False})
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.electric.status_port}/api/status/details", timeout=5) as r:
+            details = json.loads(r.read())
+        self.assertEqual(details["connectors"]["postgres_1"]["state"], "ready")
+        self.assertGreater(details["hub"]["head"], 0)
+        slots = details["postgres_follower"]["slots"]
+        self.assertTrue(slots["postgres_1"]["streaming"] and slots["postgres_2"]["streaming"])
+        self.assertIn("pg:postgres_2", details["hub"]["consumers"])
+        self.assertIn("satellite", details)
+        self.assertEqual(details["migrations"]["postgres_1"]["pending_migrations"], [])
+
     def test_many_transactions_both_directions(self):
-        n = 5000
+        n = 10000
         procs = []
         for pg, who in ((self.a, "a"), (self.b, "b")):
             sql = (f"DO $$ BEGIN FOR i IN 1..{n} LOOP "

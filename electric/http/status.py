@@ -12,7 +12,7 @@ this service parse every body as JSON.
 from __future__ import annotations
 
 import json
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 from klein import Klein
 from twisted.application import service
@@ -63,6 +63,8 @@ class HttpApi:
         self.hub = hub
         self.connectors = connectors
         self.vaxine = vaxine
+        # Other links (port 5433, Satellite, migrations) report here too.
+        self.components: Dict[str, object] = {}
         self.app = Klein()
         self._catch_all_installed = False
         self._install()
@@ -76,12 +78,19 @@ class HttpApi:
             "vaxine": bool(self.vaxine is not None and self.vaxine.ready),
         }
 
+    def add_component(self, name: str, component) -> None:
+        """Show `component.status()` under `name` in /api/status/details."""
+        self.components[name] = component
+
     def details(self) -> dict:
-        return {
+        out = {
             "connectors": {name: _safe_status(c) for name, c in sorted(self.connectors.items())},
             "hub": _safe_status(self.hub),
             "running": {"hub": _is_running(self.hub)},
         }
+        for name, component in sorted(self.components.items()):
+            out[name] = _safe_status(component)
+        return out
 
     # -- routes ---------------------------------------------------------------
 
