@@ -141,16 +141,49 @@ def _meta(conn, k, default=None):
     return default if row is None else row[0]
 
 
+_GET_MANY_CHUNK = 500  # keys per query (SQLite's default variable limit is far higher)
+
+
 class _SqliteState(StateView):
     """Row states as the writer's open SQLite transaction sees them."""
 
     def __init__(self, conn):
         self.conn = conn
+        self._encoded = {}
+
+    def encode_key(self, key) -> str:
+        """A key's stored text, encoded once per commit group (lookups and writes both need it)."""
+        text = self._encoded.get(key)
+        if text is None:
+            text = self._encoded[key] = _encode_key(key)
+        return text
+
+    def get_many(self, rids):
+        """One query per table and chunk of keys instead of one per row."""
+        out = dict.fromkeys(rids)
+        by_table = {}
+        for rid in out:
+            by_table.setdefault((rid[0], rid[1]), []).append(rid[2])
+        for (schema, table), keys in by_table.items():
+            for i in range(0, len(keys), _GET_MANY_CHUNK):
+                chunk = keys[i:i + _GET_MANY_CHUNK]
+                texts = {self.encode_key(k): k for k in chunk}
+                cur = self.conn.execute(
+                    "SELECT key, vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key IN (%s)"
+                    % ",".join("?" * len(texts)),
+                    (schema, table, *texts),
+                )
+                for text, vals, deleted in cur:
+                    out[(schema, table, texts[text])] = RowState(_loads(vals), bool(deleted))
+        return out
+
+    def end_group(self) -> None:
+        self._encoded.clear()
 
     def get(self, schema, table, key):
         row = self.conn.execute(
             "SELECT vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key = ?",
-            (schema, table, _encode_key(key)),
+            (schema, table, self.encode_key(key)),
         ).fetchone()
         if row is None:
             return None
@@ -571,7 +604,7 @@ class EmbeddedHub(service.Service):
                     conn.executemany(
                         "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?)",
                         [
-                            (s, t, _encode_key(k), _dumps(dict(st.values)), 1 if st.deleted else 0, pos)
+                            (s, t, state.encode_key(k), _dumps(dict(st.values)), 1 if st.deleted else 0, pos)
                             for (s, t, k), st in res.states.items()
                         ],
                     )
@@ -608,6 +641,7 @@ class EmbeddedHub(service.Service):
                 a.fresh = False
             head = start_head
             live_delta = 0
+        state.end_group()
         if appends:
             self._reactor.callFromThread(self._publish, appends, live_delta)
         return head

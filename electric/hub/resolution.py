@@ -91,6 +91,10 @@ class StateView:
     def live_keys(self, schema: str, table: str) -> Iterable[tuple]:
         raise TypeError(f"{type(self).__name__} must implement live_keys()")
 
+    def get_many(self, rids: Iterable[RowId]) -> Dict[RowId, Optional[RowState]]:
+        """States of many rows at once (a store may answer in bulk: large transactions)."""
+        return {rid: self.get(*rid) for rid in rids}
+
 
 class InvalidTransaction(ValueError):
     """A transaction handed to the hub is malformed; nothing of it was applied."""
@@ -163,7 +167,11 @@ def check_transaction(transaction: Transaction) -> None:
 
 
 def _known(values: Optional[Mapping]) -> Dict[str, Optional[str]]:
-    return {c: v for c, v in (values or {}).items() if v is not UNCHANGED}
+    if not values:
+        return {}
+    if UNCHANGED not in values.values():  # the common case, checked in C
+        return dict(values)
+    return {c: v for c, v in values.items() if v is not UNCHANGED}
 
 
 def _key_order(key: tuple):
@@ -182,10 +190,18 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
     out: List[ResolvedChange] = []
     live_delta = 0
 
+    fetched: Dict[RowId, Optional[RowState]] = state.get_many(
+        {(ch.schema, ch.table, tuple(ch.key)): None for ch in transaction.changes if ch.op != TRUNCATE}
+    )
+
     def current(rid: RowId) -> Optional[RowState]:
         if rid in pending:
             return pending[rid]
-        return state.get(*rid)
+        # Each row is read from `state` at most once (a store lookup can be a
+        # database query; a large transaction would otherwise pay it twice).
+        if rid not in fetched:
+            fetched[rid] = state.get(*rid)
+        return fetched[rid]
 
     def put(rid: RowId, new: RowState):
         nonlocal live_delta
@@ -227,19 +243,19 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
 
         # UPSERT
         values = ch.values
-        if ch.old_values is not None:
-            old = ch.old_values
-            sets = {
-                c: v
-                for c, v in values.items()
-                if v is not UNCHANGED and (c not in old or old[c] is UNCHANGED or old[c] != v)
-            }
-        else:
-            sets = _known(values)
         if cur is None:
             row = _known(ch.old_values)
             row.update(_known(values))
         else:
+            if ch.old_values is not None:
+                old = ch.old_values
+                sets = {
+                    c: v
+                    for c, v in values.items()
+                    if v is not UNCHANGED and (c not in old or old[c] is UNCHANGED or old[c] != v)
+                }
+            else:
+                sets = _known(values)
             row = dict(cur.values)
             row.update(sets)
         put(rid, RowState(row, False))
