@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from typing import Callable, List
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from electric.config import Config
@@ -23,6 +23,7 @@ from electric.postgres.auth import ClientAuth
 from electric.postgres.credentials import SubscriberCredentials
 from electric.postgres.server import FollowerService
 from electric.schema import Column, SchemaRegistry, Table
+from tests.polling import eventually, sleep  # noqa: F401  (re-exported for the follower tests)
 
 ITEMS = Table(
     "public", "items",
@@ -188,20 +189,3 @@ def connect(port, user="postgres_1", password=None, app=None, ssl=True, replicat
         replies = auth.receive(m)
         if replies:
             client.send(*replies)
-
-
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def eventually(check, timeout=30.0, interval=0.1):
-    """Poll `check()` (may return a Deferred) until truthy; returns its value."""
-    deadline = reactor.seconds() + timeout
-    last = None
-    while reactor.seconds() < deadline:
-        last = yield defer.maybeDeferred(check)
-        if last:
-            return last
-        yield sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s (last value {last!r})")

@@ -19,7 +19,6 @@ import shutil
 import tempfile
 
 from twisted.internet import defer, reactor, threads
-from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -37,6 +36,7 @@ from electric.schema import SchemaRegistry
 from tests import pgcluster
 from tests.pgcluster import PASSWORD, USER, free_port
 from tests.test_migrations import write_migration
+from tests.polling import wait_until
 
 _numbers = itertools.count(1)
 
@@ -44,22 +44,6 @@ _numbers = itertools.count(1)
 def clusters():
     """Two clusters shared with the other migration test modules (each test has its own databases)."""
     return [pgcluster.shared_cluster("migrations-a"), pgcluster.shared_cluster("migrations-b")]
-
-
-@defer.inlineCallbacks
-def wait_until(predicate, timeout=60.0, what="condition"):
-    """Poll `predicate` (may return a Deferred) until truthy; the last value."""
-    deadline = reactor.seconds() + timeout
-    last = None
-    while True:
-        last = predicate()
-        if isinstance(last, defer.Deferred):
-            last = yield last
-        if last:
-            return last
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-        yield deferLater(reactor, 0.1, lambda: None)
 
 
 BASE_SCHEMA = """

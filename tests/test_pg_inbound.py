@@ -14,7 +14,6 @@ import shutil
 import tempfile
 
 from twisted.internet import defer, reactor, threads
-from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -25,6 +24,7 @@ from electric.postgres.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
 from tests.pgcluster import PASSWORD, USER, shared_cluster
 from tests.test_pg_setup import CLUSTER_KEY
+from tests.polling import wait_until
 
 _counter = itertools.count(1)
 
@@ -42,22 +42,6 @@ class LogCapture:
     def __call__(self, event):
         if str(event.get("log_namespace", "")).startswith("electric.postgres"):
             self.lines.append(formatEvent(event))
-
-
-@defer.inlineCallbacks
-def wait_until(predicate, timeout=30.0, what="condition"):
-    """Poll `predicate` (may return a Deferred) until truthy."""
-    deadline = reactor.seconds() + timeout
-    last = None
-    while True:
-        last = predicate()
-        if isinstance(last, defer.Deferred):
-            last = yield last
-        if last:
-            return last
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-        yield deferLater(reactor, 0.05, lambda: None)
 
 
 class ConnectorTestBase(unittest.TestCase):

@@ -1,0 +1,27 @@
+"""Waiting for an eventual outcome inside reactor-driven (trial) tests, without blocking the reactor."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor, task
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def wait_until(check, timeout=30.0, what="condition", interval=0.1):
+    """Poll `check()` (may return a Deferred) until truthy; returns that value."""
+    deadline = reactor.seconds() + timeout
+    last = None
+    while True:
+        last = yield defer.maybeDeferred(check)
+        if last:
+            return last
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value {last!r}")
+        yield sleep(interval)
+
+
+def eventually(check, timeout=30.0, interval=0.1):
+    return wait_until(check, timeout=timeout, interval=interval)
