@@ -8,22 +8,12 @@ origin) are never read back in as new writes, and that WAL is not held.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from electric.config import Config
-from electric.hub.embedded import EmbeddedHub
-from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
-from electric.schema import SchemaRegistry
+from tests.mesh import InProcessMesh
 from tests.pgcluster import shared_cluster
-from tests.test_pg_inbound import wait_until
+from tests.polling import wait_until
 from tests.test_pg_setup import CLUSTER_KEY
 
 NAMES = ("postgres_a", "postgres_b")
@@ -37,33 +27,10 @@ class TwoDatabasesTests(unittest.TestCase):
             self.addCleanup(self._drop_database, name)
             self.pg.psql(f"CREATE DATABASE {name}_db", dbname="postgres")
             self.pg.psql("CREATE TABLE public.items (id text PRIMARY KEY, content text, n int)", dbname=f"{name}_db")
-        self.tmp = tempfile.mkdtemp(prefix="einbound-e2e")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), reactor, compact_interval=0)
-        self.hub.startService()
-        self.registry = SchemaRegistry()
-        self.credentials = SubscriberCredentials(self.tmp, NAMES)
-        self.offsets = OffsetStore(os.path.join(self.tmp, "offsets.sqlite3"))
-        base = Config(postgres_replication_port=0, listen_host="127.0.0.1")
-        self.follower = FollowerService(base, self.hub, self.registry, self.credentials, self.offsets, reactor)
-        self.follower.startService()
-        port = yield self.follower.listening
-        self.connectors = {}
-        for name in NAMES:
-            # One cluster stands in for two servers, so each needs its own slot name.
-            config = Config.from_environ({
-                "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{name}_db",
-                "POSTGRES_SLOT": f"slot_{name}",
-                "POSTGRES_REPLICATION_PORT": str(port.getHost().port),
-                "ELECTRIC_DATA_DIR": self.tmp,
-            })
-            svc = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
-                                   follower_ready=self.follower.listening)
-            svc.startService()
-            self.connectors[name] = svc
-        self.addCleanup(self._stop)
-        for svc in self.connectors.values():
-            yield wait_until(lambda svc=svc: svc.state == "ready", timeout=60, what=f"{svc.connector.name} ready")
+        self.mesh = InProcessMesh(self.pg, NAMES, prefix="einbound-e2e")
+        self.addCleanup(self.mesh.stop)
+        yield self.mesh.start()
+        self.hub, self.connectors = self.mesh.hub, self.mesh.connectors
 
     def _drop_database(self, name):
         db = f"{name}_db"
@@ -73,15 +40,6 @@ class TwoDatabasesTests(unittest.TestCase):
         self.pg.psql(f"SELECT pg_drop_replication_slot('slot_{name}') FROM pg_replication_slots "
                      f"WHERE slot_name = 'slot_{name}'", dbname="postgres", check=False)
         self.pg.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", dbname="postgres", check=False)
-
-    @defer.inlineCallbacks
-    def _stop(self):
-        for name, svc in self.connectors.items():
-            yield svc.stopService()
-            self.pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', dbname=f"{name}_db", check=False)
-        yield self.follower.stopService()
-        yield self.hub.stopService()
-        self.offsets.close()
 
     def sql(self, name, text):
         return self.pg.psql(text, dbname=f"{name}_db")

@@ -9,20 +9,12 @@ databases; a write in Postgres must land in the client's SQLite.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from electric.config import Config
-from electric.hub.embedded import EmbeddedHub
-from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
 from electric.satellite.service import SatelliteService
-from electric.schema import SchemaRegistry
+from tests.mesh import InProcessMesh
 from tests.node_client import NodeClient, ensure_installed
 from tests.pgcluster import PgCluster
 from tests.satellite_helpers import drain_autobahn_timers, eventually, satellite_config
@@ -44,36 +36,16 @@ class ClientAndPostgres(unittest.TestCase):
                 "CREATE TABLE public.items (id text PRIMARY KEY, content text, n int4, electric_user_id text)",
                 dbname=f"{name}_db",
             )
-        self.tmp = tempfile.mkdtemp(prefix="satellite-pg-e2e")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), reactor, compact_interval=0)
-        self.hub.startService()
-        self.registry = SchemaRegistry()
-        self.credentials = SubscriberCredentials(self.tmp, NAMES)
-        self.offsets = OffsetStore(os.path.join(self.tmp, "offsets.sqlite3"))
-        base = Config(postgres_replication_port=0, listen_host="127.0.0.1")
-        self.follower = FollowerService(base, self.hub, self.registry, self.credentials, self.offsets, reactor)
-        self.follower.startService()
-        port = yield self.follower.listening
-        self.connectors = {}
-        for name in NAMES:
-            config = Config.from_environ({
-                "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{name}_db",
-                "POSTGRES_SLOT": f"slot_{name}",
-                "POSTGRES_REPLICATION_PORT": str(port.getHost().port),
-                "ELECTRIC_DATA_DIR": self.tmp,
-            })
-            svc = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
-                                   follower_ready=self.follower.listening)
-            svc.startService()
-            self.connectors[name] = svc
+        self.mesh = InProcessMesh(self.pg, NAMES, prefix="satellite-pg-e2e")
+        self.addCleanup(self.mesh.stop)
+        yield self.mesh.start()
+        self.tmp = self.mesh.tmp
+        self.hub, self.registry, self.offsets = self.mesh.hub, self.mesh.registry, self.mesh.offsets
         self.satellite = SatelliteService(satellite_config(), self.hub, self.registry, self.offsets, reactor=reactor)
         self.satellite.startService()
         yield self.satellite.listening
         self.nodes = []
         self.addCleanup(self._stop)
-        for svc in self.connectors.values():
-            yield eventually(lambda svc=svc: svc.state == "ready", timeout=60, message=f"{svc.connector.name} ready")
         yield eventually(lambda: self.registry.find("public", "items"), message="items registered")
 
     @defer.inlineCallbacks
@@ -81,12 +53,6 @@ class ClientAndPostgres(unittest.TestCase):
         for node in self.nodes:
             yield node.kill()
         yield self.satellite.stopService()
-        for name, svc in self.connectors.items():
-            yield svc.stopService()
-            self.pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', dbname=f"{name}_db", check=False)
-        yield self.follower.stopService()
-        yield self.hub.stopService()
-        self.offsets.close()
         yield drain_autobahn_timers()
 
     def pg_rows(self, name):
