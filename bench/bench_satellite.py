@@ -357,7 +357,9 @@ class PostgresSide:
         from tests.pgcluster import PgCluster
 
         self.tmp, self.hub, self.registry, self.offsets = tmp, hub, registry, offsets
-        self.pg = PgCluster().start()
+        # synchronous_commit on: with it off, a commit reaches the WAL sender only when the WAL
+        # writer flushes (every 200 ms), which would be measured as Electric latency.
+        self.pg = PgCluster(extra_conf=["synchronous_commit = on"]).start()
         self.pg.psql("CREATE TABLE public.items (id text PRIMARY KEY, content text)")
 
     @defer.inlineCallbacks
