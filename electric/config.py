@@ -41,6 +41,10 @@ class Connector:
     password: str = field(repr=False, default="")
     params: Tuple[Tuple[str, str], ...] = ()
     connect_timeout_ms: int = 5000
+    # The logical slot Electric reads from in this database's server; None =
+    # POSTGRES_SLOT.  Slots are per server, so two databases of one server
+    # need different ones (`?slot=` in the URL).
+    slot: Optional[str] = None
 
     def dsn(self) -> str:
         """libpq keyword DSN for psycopg2/txpostgres (a normal SQL session)."""
@@ -134,7 +138,8 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
     password may contain '@', ':' or '/') and `postgres://` is accepted
     as well as `postgresql://`.  Query parameters are kept on the
     Connector; `host`, `port`, `user`, `dbname` override the URL parts as
-    in libpq, and `timeout` (ms) is the connect timeout.
+    in libpq, `timeout` (ms) is the connect timeout and `slot` names this
+    database's replication slot (default POSTGRES_SLOT).
     """
     expected = "name=postgresql://user:password@host:port/database"
     result: List[Connector] = []
@@ -186,6 +191,10 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
                     f"CONNECTORS: {name}: port={pdict['port']!r} is not a port number from 1 to 65535"
                 )
                 continue
+        slot = pdict.get("slot")
+        if slot is not None and not _identifier(slot):
+            problems.append(f"CONNECTORS: {name}: slot={slot!r} must be a name of lowercase letters, digits and _")
+            continue
         if name in seen:
             problems.append(f"CONNECTORS: connector name {name!r} appears more than once")
             continue
@@ -200,9 +209,15 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
                 password=unquote(parts.password or ""),
                 params=params,
                 connect_timeout_ms=timeout_ms,
+                slot=slot,
             )
         )
     return tuple(sorted(result, key=lambda c: c.name))
+
+
+def _identifier(text: str) -> bool:
+    """A replication slot name Postgres accepts: lowercase letters, digits and _, at most 63."""
+    return bool(text) and len(text) <= 63 and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789_" for ch in text)
 
 
 @dataclass(frozen=True)
@@ -242,6 +257,10 @@ class Config:
     @property
     def jwt_auth(self) -> bool:
         return self.auth_signing_key is not None
+
+    def slot_for(self, connector: Connector) -> str:
+        """The replication slot Electric reads `connector`'s changes from."""
+        return connector.slot or self.slot
 
     def connector(self, name: str) -> Connector:
         for c in self.connectors:
@@ -332,6 +351,15 @@ class Config:
         for number, names in sorted(listeners.items()):
             if len(names) > 1:
                 problems.append(f"{' and '.join(names)} share port {number}: each listener needs its own port")
+        slots = {}
+        for c in config.connectors:
+            slots.setdefault((c.host, c.port, config.slot_for(c)), []).append(c.name)
+        for (host, number, slot), names in sorted(slots.items()):
+            if len(names) > 1:
+                problems.append(
+                    f"CONNECTORS: {' and '.join(names)} are databases of one server ({host}:{number}) and would "
+                    f"share replication slot {slot!r}: give each its own with ?slot=<name> in its URL"
+                )
         if problems:
             raise ConfigError(problems)
         return config

@@ -335,6 +335,17 @@ class ConnectorsTests(unittest.TestCase):
         self.assertEqual(problems, ["CONNECTORS: connector name 'a' appears more than once"])
         self.assertEqual([c.name for c in result], ["a", "b"])
 
+    def test_databases_of_one_server_need_their_own_slots(self):
+        problems, _ = problems_of({"CONNECTORS": "a=postgresql://u:p@h:5/d1;b=postgresql://u:p@h:5/d2"})
+        self.assertEqual(problems, [
+            "CONNECTORS: a and b are databases of one server (h:5) and would share replication slot "
+            "'all_changes': give each its own with ?slot=<name> in its URL"])
+        config = Config.from_environ({"CONNECTORS": "a=postgresql://u:p@h:5/d1?slot=slot_a;b=postgresql://u:p@h:5/d2",
+                                      "POSTGRES_SLOT": "shared"})
+        self.assertEqual([config.slot_for(c) for c in config.connectors], ["slot_a", "shared"])
+        problems, _ = problems_of({"CONNECTORS": "a=postgresql://u:p@h/d?slot=Not-A-Slot"})
+        self.assertEqual(problems, ["CONNECTORS: a: slot='Not-A-Slot' must be a name of lowercase letters, digits and _"])
+
     def test_passwords_are_masked_even_in_unparseable_urls(self):
         for entry in ("a=postgresql://u:p@ss:w@rd@[oops/d",
                       "a=postgresql://u:secretpw@h:99999/d",

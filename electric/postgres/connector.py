@@ -352,7 +352,7 @@ class ConnectorService(Service):
         self._flushed = result.slot_confirmed_lsn
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
-            self.config.slot, self.config.publication, stream, label=self.connector.name,
+            self.config.slot_for(self.connector), self.config.publication, stream, label=self.connector.name,
         )
         stream.client = client
         self._stream = stream
@@ -363,7 +363,7 @@ class ConnectorService(Service):
             stream.closed = True
             raise replication.ReplicationError(f"replication connection failed: {e}") from e
         log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn})", connector=self.connector.name,
-                 slot=self.config.slot, lsn=format_lsn(result.slot_confirmed_lsn))
+                 slot=self.config.slot_for(self.connector), lsn=format_lsn(result.slot_confirmed_lsn))
         self._backoff.reset()
         self._last_error = None
         if not self.subscription_enabled and (self._enabler is None or self._enabler.called):

@@ -494,7 +494,7 @@ def run_setup(config: Config, connector: Connector, credentials, reactor=None):
         yield session.ensure_migrations_table()
         yield session.warn_if_search_path_hits_electric()
         yield session.ensure_publication(config.publication)
-        confirmed = yield session.ensure_slot(config.slot)
+        confirmed = yield session.ensure_slot(config.slot_for(connector))
         found = yield session.introspect(config.publication)
         yield session.install_upsert_triggers(found.tables, found.oids)
         user, password = credentials.for_connector(connector.name)
