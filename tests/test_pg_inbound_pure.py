@@ -216,9 +216,11 @@ class WiringTests(unittest.TestCase):
         from electric.postgres.connector import ConnectorService
         from electric.service import build_service
 
+        tmp = tempfile.mkdtemp(prefix="ewiring")
         config = Config.from_environ({
             "CONNECTORS": "postgres_1=postgresql://u:p@127.0.0.1:1/db1;postgres_2=postgresql://u:p@127.0.0.1:2/db2",
-            "ELECTRIC_DATA_DIR": tempfile.mkdtemp(prefix="ewiring"),
+            "ELECTRIC_DATA_DIR": tmp,
+            "OFFSET_STORAGE_FILE": tmp + "/offsets.dat",
         })
         self.addCleanup(shutil.rmtree, config.data_dir, True)
         root = build_service(config)
