@@ -90,6 +90,7 @@ class SchemaRegistry:
     _listeners: List[Callable[[Table], None]] = field(default_factory=list)
     _present: Dict[str, Tuple[Tuple[str, str], ...]] = field(default_factory=dict)
     _shapes: Dict[Tuple[str, Tuple[str, str]], Table] = field(default_factory=dict)
+    _streamable: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def register(self, table: Table) -> Table:
@@ -145,6 +146,18 @@ class SchemaRegistry:
             self._present[origin] = tuple(t.qualified for t in tables)
             for t in tables:
                 self._shapes[(origin, t.qualified)] = t
+
+    def allow_streaming(self, origin: str) -> None:
+        """
+        `origin`'s subscription lists every table it replicates (its connector
+        enabled and refreshed it), so its apply worker may stream: before that
+        Postgres would silently skip changes to tables not yet in the
+        subscription.
+        """
+        self._streamable.add(origin)
+
+    def may_stream(self, origin: str) -> bool:
+        return origin in self._streamable
 
     def has_database(self, origin: str) -> bool:
         """True once connector `origin` has registered its database's tables (setup done)."""

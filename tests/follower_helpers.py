@@ -85,6 +85,7 @@ class Electric:
         for origin in origins or self.connectors:
             present = [x for x in self.registry.database_tables(origin) if x.qualified != t.qualified]
             self.registry.set_database_tables(origin, present + [t])
+            self.registry.allow_streaming(origin)
         return t
 
     def append(self, *row_changes, origin="postgres_9", ts=None):

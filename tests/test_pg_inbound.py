@@ -14,6 +14,7 @@ import shutil
 import tempfile
 
 from twisted.internet import defer, reactor, threads
+from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -435,19 +436,30 @@ class FollowerTests(ConnectorTestBase):
         self.assertEqual(self.sql(f"SELECT subenabled FROM pg_subscription WHERE subname = '{self.name}'").strip(), "f")
         follower.callback(None)
         yield wait_until(lambda: self.service.state == "ready", what="subscription enabled")
-        # Table sync copied the publisher's rows; the upsert trigger turned the
-        # conflicting copy of row 1 into an update.
-        yield threads.deferToThread(
-            lambda: self._wait_db("SELECT string_agg(id || v, ',' ORDER BY id) FROM t", "1remote,2remote"))
+        # A fresh subscription copies nothing (its apply worker streams the
+        # hub from position 0 instead): the publisher's rows 1 and 2 stay there.
+        self.assertEqual(self.sql("SELECT string_agg(id || v, ',' ORDER BY id) FROM t").strip(), "1local")
         self.pg.psql("INSERT INTO t VALUES (3, 'streamed')", dbname=pub_db)
         yield threads.deferToThread(
             lambda: self._wait_db("SELECT count(*) FROM t WHERE id = 3", "1"))
+        # A table added later is copied by table sync; the upsert trigger turns
+        # the conflicting copy of row 1 into an update.
+        schema2 = "CREATE TABLE public.t2 (id int PRIMARY KEY, v text)"
+        self.pg.psql(f"{schema2}; INSERT INTO t2 VALUES (1, 'remote'), (2, 'remote'); GRANT SELECT ON t2 TO {user}",
+                     dbname=pub_db)
+        self.sql(f"{schema2}; INSERT INTO t2 VALUES (1, 'local')")
+        yield self.service.refresh()
+        yield threads.deferToThread(
+            lambda: self._wait_db("SELECT string_agg(id || v, ',' ORDER BY id) FROM t2", "1remote,2remote"))
         self.sql("INSERT INTO t VALUES (4, 'local')")
         rows = yield self.wait_rows("t", 1)
-        # Only the local write reached the hub: what the subscription applied
-        # (table sync and streaming) carried Electric's own origin.
+        # Only local writes reached the hub (t row 4, t2's local row 1): what
+        # the subscription applied (streaming and table sync) carried
+        # Electric's own origin and was dropped.
         self.assertEqual(rows, {("4",): {"id": "4", "v": "local"}})
-        self.assertEqual(self.hub.status()["appends"], 1)
+        yield wait_until(lambda: self.hub.status()["appends"] == 2, what="two local appends")
+        yield deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(self.hub.status()["appends"], 2)
 
     def _wait_db(self, sql, expected, timeout=30.0):
         import time

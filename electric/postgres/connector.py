@@ -450,10 +450,18 @@ class ConnectorService(Service):
         session = setup.SetupSession(self.connector, self.reactor)
         await session.open()
         try:
+            fresh = not await session.subscription_has_tables(self.connector.name)
             await session.enable_subscription(self.connector.name)
-            await session.refresh_subscription(self.connector.name, copy_data=True)
+            # A fresh subscription (this database joins) takes no table copy:
+            # its apply worker streams the hub from position 0 — the history,
+            # or a catch-up of current rows *and tombstones* — in hub order.
+            # A table copy could not delete rows this database holds that the
+            # hub has deleted since.  Tables added later (migrations) are new
+            # and empty here, so they are copied (copy_data = true).
+            await session.refresh_subscription(self.connector.name, copy_data=not fresh)
         finally:
             session.close()
+        self.registry.allow_streaming(self.connector.name)
         self.subscription_enabled = True
         log.info("connector {connector}: subscription enabled", connector=self.connector.name)
 

@@ -617,9 +617,16 @@ class FollowerService(service.Service):
             raise walsender.ca.QueryError(
                 walsender.ca.OBJECT_IN_USE,
                 f'replication slot "{command.slot}" is active for PID {slot.active.pid}')
+        durable = not conn.session.is_sync_worker
+        if durable and not self.registry.may_stream(origin):
+            # Its connector has not yet refreshed the subscription: Postgres
+            # would skip changes to tables missing from it, for good.  The
+            # apply worker retries after wal_retrieve_retry_interval.
+            raise walsender.ca.QueryError(
+                walsender.ca.OBJECT_NOT_IN_PREREQUISITE_STATE,
+                f"Electric replication is not ready for {origin}: its subscription is being refreshed")
         base = self.base_for(origin)
         head = self.hub.head()
-        durable = not conn.session.is_sync_worker
         requested = positions.position_for_lsn(command.lsn, base)
         # A subscriber that applied something (LSN above our base) from a hub
         # that never heard of it as a consumer got that LSN from other hub

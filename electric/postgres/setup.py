@@ -473,6 +473,15 @@ class SetupSession:
     def disable_subscription(self, name: str):
         return self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} DISABLE")
 
+    @defer.inlineCallbacks
+    def subscription_has_tables(self, name: str):
+        rows = yield self.query(
+            "SELECT count(*) FROM pg_catalog.pg_subscription_rel r "
+            "JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid "
+            "WHERE s.subname = %s AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
+            "WHERE datname = current_database())", (name,))
+        return rows[0][0] > 0
+
     def refresh_subscription(self, name: str, copy_data: bool = True):
         flag = "true" if copy_data else "false"
         return self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} REFRESH PUBLICATION WITH (copy_data = {flag})")
