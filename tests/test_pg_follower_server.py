@@ -117,6 +117,29 @@ class Server(unittest.TestCase):
         yield c.lost
 
     @defer.inlineCallbacks
+    def test_apply_worker_waits_until_the_subscription_is_refreshed(self):
+        """
+        Until its connector has refreshed the subscription (every table in
+        it), an origin's apply stream is refused with 55000 before any
+        CopyBoth, and the connection lives; afterwards it streams.
+        """
+        e = Electric(connectors=("postgres_3",))
+        yield e.start()
+        self.addCleanup(e.destroy)
+        self.addCleanup(e.stop)
+        e.registry.set_database_tables("postgres_3", [e.registry.register(ITEMS)])
+        c = yield connect(e.port, "postgres_3", e.password("postgres_3"))
+        self.clients.append(c)
+        msgs = yield c.query(START.format(slot="postgres_3", lsn="0/0"))
+        self.assertFalse([m for m in msgs if isinstance(m, wire.CopyBothResponse)])
+        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        self.assertEqual((err.severity, err.sqlstate), ("ERROR", "55000"))
+        self.assertIn("subscription is being refreshed", err.message)
+        e.registry.allow_streaming("postgres_3")
+        c.send(wire.Query(START.format(slot="postgres_3", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+
+    @defer.inlineCallbacks
     def test_streaming_one_stream_per_slot_and_resume(self):
         e = self.e
         r1 = yield e.append(e.upsert(self.items, {"id": "a", "content": "first", "n": "1"}))
