@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -170,6 +169,15 @@ class BenchFactory(WebSocketClientFactory):
 
 
 @defer.inlineCallbacks
+def disconnect_all(factory, service):
+    """Close every bench client and wait until the server has let go of them."""
+    for c in factory.clients:
+        c.sendClose(1000)
+    while service.connections:
+        yield task.deferLater(reactor, 0.05, lambda: None)
+
+
+@defer.inlineCallbacks
 def connect_clients(port, n, subscribe=True):
     factory = BenchFactory(f"ws://127.0.0.1:{port}/ws", n, subscribe)
     batch = 50
@@ -287,10 +295,7 @@ def fanout(service, hub, n, rounds_n):
         ORIGINAL.pb.SatTransOp(commit=ORIGINAL.pb.SatOpCommit(commit_timestamp=1, lsn=b"x" * 25)),
     ]))
     frame_size = len(log) + 2  # + websocket header
-    for c in factory.clients:
-        c.sendClose(1000)
-    while service.connections:
-        yield task.deferLater(reactor, 0.05, lambda: None)
+    yield disconnect_all(factory, service)
     return per_delivery, per_round, frame_size
 
 
@@ -324,10 +329,7 @@ def client_writes(service, n_clients, per_client, subscribe):
             c.sendMessage(frame, isBinary=True)
     yield done
     elapsed = time.perf_counter() - t0
-    for c in factory.clients:
-        c.sendClose(1000)
-    while service.connections:
-        yield task.deferLater(reactor, 0.05, lambda: None)
+    yield disconnect_all(factory, service)
     return total / elapsed
 
 
@@ -425,10 +427,7 @@ def pg_fanout(service, pgside, n, rounds_n):
         t0 = time.perf_counter()
         yield factory.rounds.start(rnd, t0)
         yield task.deferLater(reactor, 0.01, lambda: None)
-    for c in factory.clients:
-        c.sendClose(1000)
-    while service.connections:
-        yield task.deferLater(reactor, 0.05, lambda: None)
+    yield disconnect_all(factory, service)
     return factory.rounds.stats()
 
 
@@ -458,10 +457,7 @@ def client_to_postgres(service, pgside, n_clients, per_client):
             raise RuntimeError("client rows did not all reach Postgres")
         yield task.deferLater(reactor, 0.02, lambda: None)
     elapsed = time.perf_counter() - t0
-    for c in factory.clients:
-        c.sendClose(1000)
-    while service.connections:
-        yield task.deferLater(reactor, 0.05, lambda: None)
+    yield disconnect_all(factory, service)
     return total / elapsed
 
 

@@ -106,9 +106,13 @@ class MigrationError(Exception):
         return body
 
 
-class InvalidVersion(MigrationError):
+class BadRequest(MigrationError):
     status = 400
     code = ":bad_request"
+
+
+class InvalidVersion(BadRequest):
+    """The version name is not one Electric accepts (letters, digits and _)."""
 
 
 class VersionNotFound(MigrationError):

@@ -15,9 +15,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
-from tests.pgcluster import free_port
+from tests.pgcluster import free_port, read_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -97,8 +97,4 @@ class ElectricProcess:
         return self.proc.returncode if self.proc else None
 
     def log(self) -> str:
-        try:
-            with open(self.logfile, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(self.logfile)

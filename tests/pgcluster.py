@@ -38,6 +38,15 @@ DATABASE = "electric"
 _live: List["PgCluster"] = []
 
 
+def read_text(path: str) -> str:
+    """A log file's text so far ("" if it does not exist yet)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -187,11 +196,7 @@ class PgCluster:
         return proc.stdout
 
     def log(self) -> str:
-        try:
-            with open(self.logfile, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(self.logfile)
 
     def wait_for(self, sql: str, expected: str, timeout: float = 30.0) -> str:
         """Poll `sql` until its output (stripped) equals `expected`; returns the last output."""

@@ -103,6 +103,7 @@ from twisted.internet import defer, reactor  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
 from electric.config import Config  # noqa: E402
+from tests.polling import wait_until  # noqa: E402
 
 
 class ClientClosed(Exception):
@@ -208,17 +209,9 @@ class WsClient:
         return self.close_code
 
 
-@defer.inlineCallbacks
 def eventually(check, timeout=60.0, interval=0.05, message="condition"):
     """Poll `check()` (may return a Deferred) until truthy; returns its value."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = yield defer.maybeDeferred(check)
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"{message} not reached within {timeout} s (last: {value!r})")
-        yield deferLater(reactor, interval, lambda: None)
+    return wait_until(check, timeout=timeout, what=message, interval=interval)
 
 
 @defer.inlineCallbacks

@@ -28,9 +28,9 @@ from electric.hub.interface import RESEND, RowChange, Transaction
 from electric.migrations import (
     AppliedMigration,
     ApplyResult,
+    BadRequest,
     DatabaseUnavailable,
     InvalidState,
-    InvalidVersion,
     Migration,
     MigrationDatabase,
     MigrationError,
@@ -383,11 +383,6 @@ def outcome_json(name: str, outcome: Union[ApplyResult, MigrationError]) -> Dict
 # -- HTTP --------------------------------------------------------------------
 
 
-class _BadRequest(MigrationError):
-    status = 400
-    code = ":bad_request"
-
-
 class _UnsupportedMediaType(MigrationError):
     status = 415
     code = ":unsupported_media_type"
@@ -413,9 +408,9 @@ def _requested_vsn(request) -> str:
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise _BadRequest(f"Bad request: body is not JSON ({e})") from None
+        raise BadRequest(f"Bad request: body is not JSON ({e})") from None
     if not isinstance(body, dict) or "vsn" not in body:
-        raise _BadRequest('Bad request: body must be a JSON object {"vsn": "<migration name>"}')
+        raise BadRequest('Bad request: body must be a JSON object {"vsn": "<migration name>"}')
     vsn = body["vsn"]
     validate_version(vsn)
     return vsn
@@ -455,7 +450,7 @@ def install_routes(app, migrator: Migrator) -> None:
             vsn = _requested_vsn(request)
             yield migrator.apply(origin, vsn)
         except MigrationError as e:
-            if e.origin is None and not isinstance(e, (_BadRequest, _UnsupportedMediaType, InvalidVersion)):
+            if e.origin is None and not isinstance(e, (BadRequest, _UnsupportedMediaType)):
                 e.origin = origin
             return _error_response(request, e)
         request.setResponseCode(200)

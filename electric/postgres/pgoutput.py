@@ -457,46 +457,35 @@ class BeginPrepare:
                                                self.prepare_timestamp, self.xid) + _cstr(self.gid)
 
 
-class _PrepareLike:
-    __slots__ = ()
-
-    def encode(self) -> bytes:
-        return self.TAG + _PREPARE_HEAD.pack(  # type: ignore[attr-defined]
-            self.flags, self.lsn, self.end_lsn, self.timestamp, self.xid) + _cstr(self.gid)  # type: ignore[attr-defined]
-
-
 @dataclass(frozen=True, slots=True)
-class Prepare(_PrepareLike):
+class _PrepareLike:
+    """Prepare, Commit Prepared and Stream Prepare share one layout; only the tag differs."""
+
     flags: int
     lsn: int
-    """The prepare LSN."""
+    """The prepare LSN (Prepare, Stream Prepare) or the commit LSN (Commit Prepared)."""
     end_lsn: int
     timestamp: int
     xid: int
     gid: str
+
+    def encode(self) -> bytes:
+        return self.TAG + _PREPARE_HEAD.pack(  # type: ignore[attr-defined]
+            self.flags, self.lsn, self.end_lsn, self.timestamp, self.xid) + _cstr(self.gid)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare(_PrepareLike):
     TAG = b"P"
 
 
 @dataclass(frozen=True, slots=True)
 class CommitPrepared(_PrepareLike):
-    flags: int
-    lsn: int
-    """The commit LSN."""
-    end_lsn: int
-    timestamp: int
-    xid: int
-    gid: str
     TAG = b"K"
 
 
 @dataclass(frozen=True, slots=True)
 class StreamPrepare(_PrepareLike):
-    flags: int
-    lsn: int
-    end_lsn: int
-    timestamp: int
-    xid: int
-    gid: str
     TAG = b"p"
 
 

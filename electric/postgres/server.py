@@ -33,7 +33,7 @@ from electric.hub import positions
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.postgres import walsender
 from electric.postgres.auth import scram_secret
-from electric.postgres.lsn import format_lsn, pg_now
+from electric.postgres.lsn import format_lsn
 from electric.postgres.outbound import OutboundEncoder
 
 log = Logger(namespace="electric.postgres.server")
