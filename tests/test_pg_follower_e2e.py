@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from electric.postgres.setup import upsert_trigger_sql
 from electric.schema import Column, Table
-from tests.follower_helpers import ITEMS, Electric, eventually
+from tests.follower_helpers import ITEMS, Electric, eventually, subscriber_errors
 from tests.pgcluster import PgCluster
 
 TYPES = Table(
@@ -100,10 +100,7 @@ EXPECTED_ERRORS = (
 
 def errors_in_log(pg):
     """Every ERROR/FATAL of the subscriber's log that the scenario did not cause on purpose."""
-    return [line for line in pg.log().splitlines()
-            if ("ERROR:" in line or "FATAL:" in line)
-            and "terminating logical replication worker due to administrator command" not in line
-            and not any(ok in line for ok in EXPECTED_ERRORS)]
+    return subscriber_errors(pg, EXPECTED_ERRORS)
 
 
 class StockSubscriber(unittest.TestCase):

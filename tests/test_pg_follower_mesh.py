@@ -23,7 +23,7 @@ from electric.postgres.connector import ConnectorService
 from electric.postgres.credentials import SubscriberCredentials
 from electric.postgres.server import FollowerService
 from electric.schema import SchemaRegistry
-from tests.follower_helpers import eventually
+from tests.follower_helpers import eventually, subscriber_errors
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster, free_port
 
 SCHEMA = """
@@ -32,8 +32,6 @@ CREATE TABLE conflict_t (id int PRIMARY KEY, content text, other text);
 ALTER TABLE conflict_t REPLICA IDENTITY FULL;
 CREATE SEQUENCE load_seq;
 """
-
-EXPECTED_ERRORS = ("terminating logical replication worker due to administrator command",)
 
 
 def table_text(pg, table):
@@ -65,10 +63,6 @@ def pgbench(pg, script, transactions, clients=2):
     finally:
         os.unlink(path)
 
-
-def unexpected_errors(pg):
-    return [line for line in pg.log().splitlines()
-            if ("ERROR:" in line or "FATAL:" in line) and not any(ok in line for ok in EXPECTED_ERRORS)]
 
 
 class ActiveActive(unittest.TestCase):
@@ -161,8 +155,8 @@ class ActiveActive(unittest.TestCase):
         rows = yield self.converge("items", timeout=120)
         self.assertEqual(rows.count("load from A"), 1000)
         self.assertEqual(rows.count("load from B"), 1000)
-        self.assertEqual(unexpected_errors(a), [])
-        self.assertEqual(unexpected_errors(b), [])
+        self.assertEqual(subscriber_errors(a), [])
+        self.assertEqual(subscriber_errors(b), [])
 
     @defer.inlineCallbacks
     def hub_row(self, table, key):
