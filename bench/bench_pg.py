@@ -155,9 +155,9 @@ def through_electric(reactor, single: int, big: int, timeout: float):
     from electric.config import Config, parse_connectors
     from electric.hub.embedded import EmbeddedHub
     from electric.hub.offsets import OffsetStore
-    from electric.postgres.connector import ConnectorService
-    from electric.postgres.credentials import SubscriberCredentials
-    from electric.postgres.server import FollowerService
+    from electric.postgres.source.connector import ConnectorService
+    from electric.postgres.publisher.credentials import SubscriberCredentials
+    from electric.postgres.publisher.service import FollowerService
     from electric.schema import SchemaRegistry
 
     a, b = yield threads.deferToThread(two_clusters)

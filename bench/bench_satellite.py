@@ -366,9 +366,9 @@ class PostgresSide:
 
     @defer.inlineCallbacks
     def start(self):
-        from electric.postgres.connector import ConnectorService
-        from electric.postgres.credentials import SubscriberCredentials
-        from electric.postgres.server import FollowerService
+        from electric.postgres.source.connector import ConnectorService
+        from electric.postgres.publisher.credentials import SubscriberCredentials
+        from electric.postgres.publisher.service import FollowerService
 
         self.credentials = SubscriberCredentials(self.tmp, ("postgres_1",))
         base = Config(postgres_replication_port=0, listen_host="127.0.0.1")

@@ -8,7 +8,7 @@ life of the process and ordered by first registration) and those are what
 Electric sends to subscribers and clients.
 
 The registry is filled by the Postgres connectors from catalog introspection
-(`electric.postgres.introspection`), refreshed when a Relation message or a
+(`electric.postgres.source.setup`), refreshed when a Relation message or a
 migration shows the schema changed.  Listeners registered with `on_change`
 hear about every change (e.g. the 5433 server re-sends Relation messages).
 """

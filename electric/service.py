@@ -33,9 +33,9 @@ from electric.http.status import HttpApi, HttpService
 from electric.http.migrations import Migrator, install_routes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import add_to_service as add_connectors
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.source.connector import add_to_service as add_connectors
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import FollowerService
 from electric.satellite.service import SatelliteService
 from electric.schema import SchemaRegistry
 

@@ -17,9 +17,9 @@ from twisted.internet import defer, reactor
 from electric.config import Config
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import FollowerService
 from electric.schema import SchemaRegistry
 from tests.pgcluster import PgCluster
 from tests.polling import wait_until

@@ -4,11 +4,11 @@ from datetime import datetime, timezone
 
 from twisted.trial import unittest
 
-from electric.postgres.lsn import (
+from electric.postgres.protocol.lsn import (
     LSN, LSNError, MAX_LSN, PG_EPOCH_UNIX_US, datetime_to_pg, format_lsn, parse_lsn, pg_now,
     pg_to_datetime, pg_to_unix_us, unix_to_pg_us,
 )
-from electric.postgres import types
+from electric.postgres.protocol import types
 
 
 class LsnTextTests(unittest.TestCase):

@@ -29,9 +29,9 @@ from electric.http.migrations import Migrator, install_routes
 from electric.http.status import HttpApi
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import FollowerService
 from electric.schema import SchemaRegistry
 from tests import pgcluster
 from tests.pgcluster import PASSWORD, USER, free_port

@@ -17,12 +17,12 @@ import time
 from twisted.internet import threads
 from twisted.trial import unittest
 
-from electric.postgres import wire as w
-from electric.postgres.auth import (
+from electric.postgres.protocol import messages as w
+from electric.postgres.protocol.auth import (
     AuthenticationError, ClientAuth, ServerAuth, md5_password_hash, md5_response, saslprep,
     scram_secret,
 )
-from electric.postgres.wire import ProtocolError
+from electric.postgres.protocol.messages import ProtocolError
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster
 
 

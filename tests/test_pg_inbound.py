@@ -20,8 +20,8 @@ from twisted.trial import unittest
 
 from electric.config import Config
 from electric.hub.embedded import EmbeddedHub
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
 from tests.pgcluster import PASSWORD, USER, shared_cluster
 from tests.test_pg_setup import CLUSTER_KEY

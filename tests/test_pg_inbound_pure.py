@@ -6,9 +6,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT
-from electric.postgres import inbound
-from electric.postgres import pgoutput as po
-from electric.postgres.lsn import PG_EPOCH_UNIX_US
+from electric.postgres.source import assembly as inbound
+from electric.postgres.protocol import pgoutput as po
+from electric.postgres.protocol.lsn import PG_EPOCH_UNIX_US
 from electric.schema import Column, Table
 
 ITEMS = Table("public", "items", (Column("id", "text", 25, -1, True), Column("v", "text", 25, -1, False)), ("id",))
@@ -115,7 +115,7 @@ class AssemblerTests(unittest.TestCase):
         lines = []
 
         def observe(event):
-            if event.get("log_namespace") == "electric.postgres.inbound":
+            if event.get("log_namespace") == "electric.postgres.source.assembly":
                 lines.append(formatEvent(event))
 
         globalLogPublisher.addObserver(observe)
@@ -213,7 +213,7 @@ class WiringTests(unittest.TestCase):
         import tempfile
 
         from electric.config import Config
-        from electric.postgres.connector import ConnectorService
+        from electric.postgres.source.connector import ConnectorService
         from electric.service import build_service
 
         tmp = tempfile.mkdtemp(prefix="ewiring")

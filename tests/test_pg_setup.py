@@ -14,8 +14,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from electric.config import Config
-from electric.postgres import setup
-from electric.postgres.credentials import SubscriberCredentials
+from electric.postgres.source import setup
+from electric.postgres.publisher.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
 from tests.pgcluster import PASSWORD, USER, shared_cluster
 

@@ -4,8 +4,8 @@ import struct
 
 from twisted.trial import unittest
 
-from electric.postgres import wire as w
-from electric.postgres.wire import BackendParser, FrontendParser, ProtocolError
+from electric.postgres.protocol import messages as w
+from electric.postgres.protocol.messages import BackendParser, FrontendParser, ProtocolError
 
 
 def feed_bytewise(parser, data):

@@ -5,9 +5,9 @@ import struct
 from twisted.trial import unittest
 
 from electric.hub.interface import UNCHANGED
-from electric.postgres import pgoutput as po
-from electric.postgres.lsn import format_lsn, pg_to_datetime
-from electric.postgres.pgoutput import PgoutputError, decode
+from electric.postgres.protocol import pgoutput as po
+from electric.postgres.protocol.lsn import format_lsn, pg_to_datetime
+from electric.postgres.protocol.pgoutput import PgoutputError, decode
 
 BEGIN_HEX = "42 00000002A7F4A880 000230F65858D5F2 0000026B"
 RELATION_HEX = ("52 0000400C 7075626C696300 656E747269657300 66 0002 "
@@ -212,8 +212,8 @@ class MalformedTests(unittest.TestCase):
 
 from twisted.internet import threads  # noqa: E402
 
-from electric.postgres import wire as w  # noqa: E402
-from electric.postgres.lsn import LSN  # noqa: E402
+from electric.postgres.protocol import messages as w  # noqa: E402
+from electric.postgres.protocol.lsn import LSN  # noqa: E402
 from tests.pgcluster import PgCluster  # noqa: E402
 from tests.test_pg_auth import BlockingPgConnection  # noqa: E402
 

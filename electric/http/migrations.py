@@ -25,7 +25,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from electric.hub.interface import RESEND, RowChange, Transaction
-from electric.migrations import (
+from electric.migrations.migration import (
     AppliedMigration,
     ApplyResult,
     BadRequest,

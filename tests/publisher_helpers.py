@@ -18,10 +18,10 @@ from electric.hub import changes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.interface import Transaction
 from electric.hub.offsets import OffsetStore
-from electric.postgres import wire
-from electric.postgres.auth import ClientAuth
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.protocol import messages as wire
+from electric.postgres.protocol.auth import ClientAuth
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import FollowerService
 from electric.schema import Column, SchemaRegistry, Table
 from tests.polling import eventually, sleep  # noqa: F401  (re-exported for the follower tests)
 

@@ -2,10 +2,10 @@
 Port 5433: Electric as the logical-replication publisher every Postgres subscribes to.
 
 Each connector's Postgres has a subscription pointing back here (created by
-`electric.postgres.setup`); its apply worker streams the hub's resolved
+`electric.postgres.source.setup`); its apply worker streams the hub's resolved
 transactions from the position matching its origin progress, and its
 table-sync workers copy the hub's current rows when it joins.  The protocol
-itself is the sans-IO `electric.postgres.walsender.Session`; this module
+itself is the sans-IO `electric.postgres.publisher.session.Session`; this module
 moves bytes, owns the slots, and pumps hub subscriptions into sockets under
 flow control.
 
@@ -31,12 +31,12 @@ from zope.interface import implementer
 
 from electric.hub import positions
 from electric.hub.interface import HubError, SubscriptionClosed
-from electric.postgres import walsender
-from electric.postgres.auth import scram_secret
-from electric.postgres.lsn import format_lsn
-from electric.postgres.outbound import OutboundEncoder
+from electric.postgres.publisher import session as walsender
+from electric.postgres.protocol.auth import scram_secret
+from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.publisher.outbound import OutboundEncoder
 
-log = Logger(namespace="electric.postgres.server")
+log = Logger(namespace="electric.postgres.publisher.service")
 
 BATCH = 100
 """Resolved transactions asked from the hub per pull."""

@@ -29,12 +29,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from electric.config import Config, Connector
-from electric.postgres import types
-from electric.postgres.lsn import parse_lsn
+from electric.postgres.protocol import types
+from electric.postgres.protocol.lsn import parse_lsn
 from electric.postgres.sql import Connection, error_text
 from electric.schema import Column, Table
 
-log = Logger(namespace="electric.postgres.setup")
+log = Logger(namespace="electric.postgres.source.setup")
 
 ELECTRIC_SCHEMA = "electric"
 TRIGGER_NAME = "electric_upsert"

@@ -26,7 +26,7 @@ import stringprep
 import unicodedata
 from typing import List, Optional, Tuple
 
-from electric.postgres.wire import (
+from electric.postgres.protocol.messages import (
     AuthenticationCleartextPassword, AuthenticationMD5Password, AuthenticationOk,
     AuthenticationSASL, AuthenticationSASLContinue, AuthenticationSASLFinal,
     AuthenticationUnsupported, ErrorResponse, Message, PasswordMessage, ProtocolError,

@@ -11,10 +11,11 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from electric.hub import positions
-from electric.postgres import pgoutput, wire
-from electric.postgres.lsn import format_lsn
-from electric.postgres.server import hub_consumer
-from tests.follower_helpers import ITEMS, Electric, connect, eventually, sleep
+from electric.postgres.protocol import pgoutput
+from electric.postgres.protocol import messages as wire
+from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.publisher.service import hub_consumer
+from tests.publisher_helpers import ITEMS, Electric, connect, eventually, sleep
 
 START = "START_REPLICATION SLOT \"{slot}\" LOGICAL {lsn} (proto_version '3', publication_names '\"all_tables\"')"
 
@@ -98,7 +99,7 @@ class Server(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_garbage_is_fatal(self):
-        from tests.follower_helpers import PgClient
+        from tests.publisher_helpers import PgClient
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
         c = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.e.port), PgClient())
@@ -343,7 +344,7 @@ class Server(unittest.TestCase):
     def test_cancel_request_ends_stream(self):
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-        from tests.follower_helpers import PgClient
+        from tests.publisher_helpers import PgClient
         c = yield self.login()
         key = [m for m in c.startup if isinstance(m, wire.BackendKeyData)][0]
         c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))

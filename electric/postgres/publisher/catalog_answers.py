@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from electric.postgres import types as pgtypes
-from electric.postgres.lsn import LSNError, parse_lsn
+from electric.postgres.protocol import types as pgtypes
+from electric.postgres.protocol.lsn import LSNError, parse_lsn
 
 # SQLSTATEs used in answers.
 SYNTAX_ERROR = "42601"

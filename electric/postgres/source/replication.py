@@ -8,7 +8,7 @@ position and then only moves bytes: XLogData payloads go to the consumer,
 keepalives that ask for it are answered with the consumer's flush position,
 and the consumer's acknowledgements go out as standby status updates.
 Everything about transactions, acknowledgement order and flow control lives
-in the consumer (`electric.postgres.connector`).
+in the consumer (`electric.postgres.source.connector`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 from zope.interface import Interface
 
-from electric.postgres import auth, wire
-from electric.postgres.lsn import pg_now
+from electric.postgres.protocol import auth
+from electric.postgres.protocol import messages as wire
+from electric.postgres.protocol.lsn import pg_now
 
-log = Logger(namespace="electric.postgres.replication")
+log = Logger(namespace="electric.postgres.source.replication")
 
 # XLogData carrying one pgoutput message; a 1 GB row is Postgres's own limit.
 MAX_MESSAGE_SIZE = (1 << 30) + 1024

@@ -19,11 +19,11 @@ from twisted.trial import unittest
 from electric.config import Config, parse_connectors
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import FollowerService
 from electric.schema import SchemaRegistry
-from tests.follower_helpers import eventually, subscriber_errors
+from tests.publisher_helpers import eventually, subscriber_errors
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster, free_port
 
 SCHEMA = """

@@ -29,10 +29,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from electric.hub import positions
 from electric.hub.interface import UNCHANGED, ResolvedTransaction
-from electric.postgres import pgoutput
-from electric.postgres.lsn import pg_now, unix_to_pg_us
-from electric.postgres.pgoutput import encode_tuple
-from electric.postgres.wire import PrimaryKeepalive
+from electric.postgres.protocol import pgoutput
+from electric.postgres.protocol.lsn import pg_now, unix_to_pg_us
+from electric.postgres.protocol.pgoutput import encode_tuple
+from electric.postgres.protocol.messages import PrimaryKeepalive
 from electric.schema import SchemaRegistry, Table
 
 

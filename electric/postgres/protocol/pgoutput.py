@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
 from electric.hub.interface import UNCHANGED
-from electric.postgres.types import find_by_oid
-from electric.postgres.wire import ProtocolError
+from electric.postgres.protocol.types import find_by_oid
+from electric.postgres.protocol.messages import ProtocolError
 
 __all__ = [
     "PgoutputError", "decode", "PgoutputDecoder", "encode_tuple", "Begin", "Commit", "Origin",

@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from electric.postgres.types import typlen_of
+from electric.postgres.protocol.types import typlen_of
 
 __all__ = [
     "ProtocolError", "BackendParser", "FrontendParser",

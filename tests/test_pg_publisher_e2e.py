@@ -19,9 +19,9 @@ import os
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from electric.postgres.setup import upsert_trigger_sql
+from electric.postgres.source.setup import upsert_trigger_sql
 from electric.schema import Column, Table
-from tests.follower_helpers import ITEMS, Electric, eventually, subscriber_errors
+from tests.publisher_helpers import ITEMS, Electric, eventually, subscriber_errors
 from tests.pgcluster import PgCluster
 
 TYPES = Table(

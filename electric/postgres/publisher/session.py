@@ -6,7 +6,7 @@ password authentication, a few simple queries, then either a COPY (table
 sync) or a CopyBoth replication stream.  Everything that is only protocol —
 framing, authentication, which answer a query gets, which messages are legal
 in which state — lives here, free of sockets and of the reactor, so it can be
-tested byte for byte.  The Twisted protocol (`electric.postgres.server`)
+tested byte for byte.  The Twisted protocol (`electric.postgres.publisher.service`)
 executes the actions and does what needs the hub (snapshots, streaming).
 
 States::
@@ -35,10 +35,10 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Protocol, Sequence
 
-from electric.postgres import catalog_answers as ca
-from electric.postgres import wire
-from electric.postgres.auth import ServerAuth
-from electric.postgres.lsn import format_lsn
+from electric.postgres.publisher import catalog_answers as ca
+from electric.postgres.protocol import messages as wire
+from electric.postgres.protocol.auth import ServerAuth
+from electric.postgres.protocol.lsn import format_lsn
 from electric.schema import SchemaRegistry, Table
 
 SERVER_VERSION = "15.0 (Electric)"

@@ -14,11 +14,13 @@ from twisted.trial import unittest
 
 from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction
-from electric.postgres import catalog_answers as ca
-from electric.postgres import pgoutput, walsender, wire
-from electric.postgres.auth import ClientAuth
-from electric.postgres.lsn import format_lsn
-from electric.postgres.outbound import OutboundEncoder
+from electric.postgres.publisher import catalog_answers as ca
+from electric.postgres.protocol import pgoutput
+from electric.postgres.publisher import session as walsender
+from electric.postgres.protocol import messages as wire
+from electric.postgres.protocol.auth import ClientAuth
+from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.publisher.outbound import OutboundEncoder
 from electric.schema import Column, SchemaRegistry, Table
 
 PASSWORD = "s3cret-pw"
@@ -200,7 +202,7 @@ class Startup(unittest.TestCase):
         c.parser.expect_ssl_response()
         msgs = c.send(data, one_byte_at_a_time=True)
         salt = of(msgs, wire.AuthenticationMD5Password)[0].salt
-        from electric.postgres.auth import md5_response
+        from electric.postgres.protocol.auth import md5_response
         msgs = c.send(wire.PasswordMessage.password(md5_response("postgres_1", PASSWORD, salt)).encode(),
                       one_byte_at_a_time=True)
         self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))

@@ -8,7 +8,7 @@ State machine::
               │  ▼        ▼
               backoff ◄───┘  (any failure; the reason is kept)
 
-* ``setup``: `electric.postgres.setup.run_setup` (publication, slot,
+* ``setup``: `electric.postgres.source.setup.run_setup` (publication, slot,
   introspection, triggers, subscription), then the replication connection.
 * ``streaming``: the stream is live; `ready` is True from here on, and only
   while the stream stays up.
@@ -35,11 +35,14 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from electric.postgres import inbound, pgoutput, replication, setup
-from electric.postgres.lsn import format_lsn
+from electric.postgres.source import assembly as inbound
+from electric.postgres.protocol import pgoutput
+from electric.postgres.source import replication
+from electric.postgres.source import setup
+from electric.postgres.protocol.lsn import format_lsn
 from electric.schema import Table
 
-log = Logger(namespace="electric.postgres.connector")
+log = Logger(namespace="electric.postgres.source.connector")
 
 MAX_INFLIGHT_TRANSACTIONS = 500
 MAX_INFLIGHT_ROWS = 50_000
@@ -515,7 +518,7 @@ def add_to_service(root, registry=None, credentials=None, follower_ready=None):
     the connectors are added does not matter.  Connectors are registered in
     ``root.connectors`` for /api/status and the migrations API.
     """
-    from electric.postgres.credentials import SubscriberCredentials
+    from electric.postgres.publisher.credentials import SubscriberCredentials
     from electric.schema import SchemaRegistry
 
     config = root.config
