@@ -18,7 +18,16 @@ from electric.hub import changes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.interface import Transaction
 from electric.hub.offsets import OffsetStore
-from electric.postgres.protocol import messages as wire
+from electric.postgres.protocol.messages import (
+    Authentication,
+    ErrorResponse,
+    Query,
+    ReadyForQuery,
+    SSLRequest,
+    SSLResponse,
+    StartupMessage,
+)
+from electric.postgres.protocol.parsers import BackendParser
 from electric.postgres.protocol.auth import ClientAuth
 from electric.postgres.publisher.credentials import SubscriberCredentials
 from electric.postgres.publisher.service import FollowerService
@@ -106,7 +115,7 @@ class PgClient(protocol.Protocol):
     """A frontend over a real socket: send messages, wait for backend messages."""
 
     def __init__(self):
-        self.parser = wire.BackendParser()
+        self.parser = BackendParser()
         self.inbox: List = []
         self.raw = b""
         self.lost = defer.Deferred()
@@ -158,8 +167,8 @@ class PgClient(protocol.Protocol):
 
     @defer.inlineCallbacks
     def query(self, sql):
-        self.send(wire.Query(sql))
-        _, msgs = yield self.until(lambda m: isinstance(m, wire.ReadyForQuery))
+        self.send(Query(sql))
+        _, msgs = yield self.until(lambda m: isinstance(m, ReadyForQuery))
         return msgs
 
 
@@ -169,22 +178,22 @@ def connect(port, user="postgres_1", password=None, app=None, ssl=True, replicat
     client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), PgClient())
     if ssl:
         client.parser.expect_ssl_response()
-        client.send(wire.SSLRequest())
-        yield client.until(lambda m: isinstance(m, wire.SSLResponse))
+        client.send(SSLRequest())
+        yield client.until(lambda m: isinstance(m, SSLResponse))
     params = {"user": user, "database": user, "application_name": app or user, "client_encoding": "UTF8"}
     if replication is not None:
         params["replication"] = replication
-    client.send(wire.StartupMessage(params))
+    client.send(StartupMessage(params))
     auth = ClientAuth(user, password)
     client.startup = []
     while True:
-        m, seen = yield client.until(lambda m: isinstance(m, (wire.Authentication, wire.ErrorResponse,
-                                                               wire.ReadyForQuery)))
+        m, seen = yield client.until(lambda m: isinstance(m, (Authentication, ErrorResponse,
+                                                               ReadyForQuery)))
         client.startup += seen
-        if isinstance(m, wire.ErrorResponse):
+        if isinstance(m, ErrorResponse):
             client.error = m
             return client
-        if isinstance(m, wire.ReadyForQuery):
+        if isinstance(m, ReadyForQuery):
             client.error = None
             return client
         replies = auth.receive(m)

@@ -111,11 +111,6 @@ def rebased(lsn: int, position: int) -> int:
     return -(-need // LSN_STRIDE) * LSN_STRIDE
 
 
-def format_lsn(lsn: int) -> str:
-    """Postgres text form, e.g. ``0/1A2B3C``."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
 # --- Satellite client LSNs -------------------------------------------------
 
 CLIENT_LSN_VERSION = 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import itertools
 import random
-import time
 from typing import Deque, Dict, Iterator, Optional
 
 from twisted.application import service
@@ -104,7 +103,6 @@ class ReplicationStream:
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
         self.last_heard = follower.reactor.seconds()
-        self.started_at = time.time()
 
     # --- life cycle -----------------------------------------------------
 

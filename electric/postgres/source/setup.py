@@ -90,9 +90,6 @@ class SkippedTable:
     name: str
     reason: str
 
-    def as_dict(self):
-        return {"schema": self.schema, "table": self.name, "reason": self.reason}
-
 
 @dataclass
 class Introspection:
@@ -254,11 +251,6 @@ WHERE t.tgname = %s AND t.tgrelid = ANY (%s::oid[])
 
 
 # -- the session ------------------------------------------------------------
-
-
-def _pgcode(failure_or_exc) -> Optional[str]:
-    exc = getattr(failure_or_exc, "value", failure_or_exc)
-    return getattr(exc, "pgcode", None)
 
 
 class SetupSession:
