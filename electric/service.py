@@ -5,7 +5,7 @@ The service tree: one root MultiService, one named child per external link.
 touches the disk until the root's startService (twistd calls it).  Children
 start in the order they were added, which is dependency order: the hub first
 (everything writes into it), the HTTP API next so /api/status answers while
-the links come up, then the Postgres follower, the connectors and Satellite.
+the links come up, then the Postgres publisher, the connectors and Satellite.
 They stop in reverse order, one after the other, so a connector still
 flushing into the hub finds it open; each gets a bounded time so SIGTERM ends
 the process promptly even when a peer hangs.
@@ -35,7 +35,7 @@ from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
 from electric.postgres.source.connector import add_to_service as add_connectors
 from electric.postgres.publisher.credentials import SubscriberCredentials
-from electric.postgres.publisher.service import FollowerService
+from electric.postgres.publisher.service import PublisherService
 from electric.satellite.service import SatelliteService
 from electric.schema import SchemaRegistry
 
@@ -101,7 +101,7 @@ class ElectricService(service.MultiService):
         self.registry = None
         self.credentials = None
         self.offsets = None
-        self.follower = None
+        self.publisher = None
         self.satellite = None
         self.migrator = None
         self.failure: Optional[Failure] = None
@@ -207,21 +207,21 @@ def _add_offsets(root: ElectricService) -> OffsetStore:
     return holder.store
 
 
-def _add_follower(root: ElectricService) -> FollowerService:
+def _add_publisher(root: ElectricService) -> PublisherService:
     """Port 5433: added before the connectors, which enable their subscriptions once it listens."""
     config = root.config
     root.registry = SchemaRegistry()
     root.credentials = SubscriberCredentials(config.data_dir, [c.name for c in config.connectors])
-    follower = FollowerService(config, root.hub, root.registry, root.credentials, root.offsets, root.reactor)
-    follower.setServiceParent(root)
-    root.follower = follower
-    root.api.add_component("postgres_follower", follower)
-    return follower
+    publisher = PublisherService(config, root.hub, root.registry, root.credentials, root.offsets, root.reactor)
+    publisher.setServiceParent(root)
+    root.publisher = publisher
+    root.api.add_component("postgres_publisher", publisher)
+    return publisher
 
 
 def _add_connectors(root: ElectricService) -> None:
     add_connectors(root, registry=root.registry, credentials=root.credentials,
-                   follower_ready=root.follower.listening)
+                   publisher_ready=root.publisher.listening)
 
 
 def _add_satellite(root: ElectricService) -> SatelliteService:
@@ -256,7 +256,7 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     _add_hub(root)
     _add_offsets(root)
     _add_http(root)
-    _add_follower(root)
+    _add_publisher(root)
     _add_connectors(root)
     _add_satellite(root)
     _add_migrations(root)

@@ -1,5 +1,5 @@
 """
-Shared fixtures for the port-5433 tests: a real hub + registry + FollowerService
+Shared fixtures for the port-5433 tests: a real hub + registry + PublisherService
 on a free port, and a small protocol-level client built on Electric's codec.
 """
 
@@ -30,9 +30,9 @@ from electric.postgres.protocol.messages import (
 from electric.postgres.protocol.parsers import BackendParser
 from electric.postgres.protocol.auth import ClientAuth
 from electric.postgres.publisher.credentials import SubscriberCredentials
-from electric.postgres.publisher.service import FollowerService
+from electric.postgres.publisher.service import PublisherService
 from electric.schema import Column, SchemaRegistry, Table
-from tests.polling import eventually, sleep  # noqa: F401  (re-exported for the follower tests)
+from tests.polling import eventually, sleep  # noqa: F401  (re-exported for the publisher tests)
 
 ITEMS = Table(
     "public", "items",
@@ -42,18 +42,18 @@ ITEMS = Table(
 
 
 class Electric:
-    """Hub, registry, credentials, offsets and the follower, in one temp dir."""
+    """Hub, registry, credentials, offsets and the publisher, in one temp dir."""
 
-    def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, **follower_kw):
+    def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, **publisher_kw):
         self.own_dir = data_dir is None
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="electric-follower-")
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="electric-publisher-")
         self.connectors = connectors
         self.port = port
-        self.follower_kw = follower_kw
+        self.publisher_kw = publisher_kw
         self.registry = SchemaRegistry()
         self.credentials = SubscriberCredentials(self.data_dir, connectors)
         self.hub = None
-        self.follower = None
+        self.publisher = None
         self.offsets = None
         self._txn = 0
 
@@ -63,18 +63,18 @@ class Electric:
         self.hub.startService()
         self.offsets = OffsetStore(os.path.join(self.data_dir, "offsets.sqlite3"))
         config = Config(postgres_replication_port=self.port, listen_host="127.0.0.1", publication="all_tables")
-        self.follower = FollowerService(config, self.hub, self.registry, self.credentials, self.offsets,
-                                        reactor, **self.follower_kw)
-        self.follower.startService()
-        port = yield self.follower.listening
+        self.publisher = PublisherService(config, self.hub, self.registry, self.credentials, self.offsets,
+                                        reactor, **self.publisher_kw)
+        self.publisher.startService()
+        port = yield self.publisher.listening
         self.port = port.getHost().port
         return self
 
     @defer.inlineCallbacks
     def stop(self):
-        if self.follower is not None:
-            yield self.follower.stopService()
-            self.follower = None
+        if self.publisher is not None:
+            yield self.publisher.stopService()
+            self.publisher = None
         if self.hub is not None:
             yield self.hub.stopService()
             self.hub = None

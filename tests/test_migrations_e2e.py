@@ -31,7 +31,7 @@ from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
 from electric.postgres.source.connector import ConnectorService
 from electric.postgres.publisher.credentials import SubscriberCredentials
-from electric.postgres.publisher.service import FollowerService
+from electric.postgres.publisher.service import PublisherService
 from electric.schema import SchemaRegistry
 from tests import pgcluster
 from tests.pgcluster import PASSWORD, USER, free_port
@@ -84,13 +84,13 @@ class MigrationsAcrossReplication(unittest.TestCase):
         names = [c.name for c in self.config.connectors]
         creds = SubscriberCredentials(self.tmp, names)
         offsets = OffsetStore(os.path.join(self.tmp, "offsets.dat"))
-        self.follower = FollowerService(self.config, self.hub, registry, creds, offsets)
-        self.follower.startService()
-        self.addCleanup(self.follower.stopService)
+        self.publisher = PublisherService(self.config, self.hub, registry, creds, offsets)
+        self.publisher.startService()
+        self.addCleanup(self.publisher.stopService)
         self.connectors = {}
         for c in self.config.connectors:
             svc = ConnectorService(self.config, c, self.hub, registry, creds,
-                                   follower_ready=self.follower.listening)
+                                   publisher_ready=self.publisher.listening)
             svc.startService()
             self.addCleanup(svc.stopService)
             self.connectors[c.name] = svc

@@ -78,7 +78,7 @@ class ConnectorTestBase(unittest.TestCase):
         self.pg.psql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", dbname="postgres", check=False)
 
     @defer.inlineCallbacks
-    def start(self, follower_ready=None, password=None, port=1):
+    def start(self, publisher_ready=None, password=None, port=1):
         password = self.password if password is None else password
         url = f"postgresql://{USER}:{password}@127.0.0.1:{self.pg.port}/{self.db}"
         self.config = Config.from_environ({
@@ -86,7 +86,7 @@ class ConnectorTestBase(unittest.TestCase):
             "POSTGRES_SLOT": self.slot,
             "ELECTRIC_DATA_DIR": self.tmp,
             # By default nobody listens there and the subscription stays
-            # disabled (follower_ready never fires).
+            # disabled (publisher_ready never fires).
             "POSTGRES_REPLICATION_PORT": str(port),
         })
         self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), compact_interval=0)
@@ -96,7 +96,7 @@ class ConnectorTestBase(unittest.TestCase):
         creds = SubscriberCredentials(self.tmp, [self.name])
         self.service = ConnectorService(
             self.config, self.config.connectors[0], self.hub, self.registry, creds,
-            follower_ready=defer.Deferred() if follower_ready is None else follower_ready,
+            publisher_ready=defer.Deferred() if publisher_ready is None else publisher_ready,
         )
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -405,7 +405,7 @@ class WrongPasswordTests(ConnectorTestBase):
         self.assertIn(f"connector {self.name}", lines[0])
 
 
-class FollowerTests(ConnectorTestBase):
+class PublisherTests(ConnectorTestBase):
     """
     The subscription back to Electric, enabled against a stand-in publisher:
     another database of the same cluster plays Electric's port 5433 (same
@@ -430,11 +430,11 @@ class FollowerTests(ConnectorTestBase):
                      "CREATE PUBLICATION all_tables FOR ALL TABLES", dbname=pub_db)
         self.pg.psql(f"SELECT pg_create_logical_replication_slot('{self.name}', 'pgoutput')", dbname=pub_db)
         self.sql(f"{schema}; INSERT INTO t VALUES (1, 'local')")
-        follower = defer.Deferred()
-        yield self.start(follower_ready=follower, port=self.pg.port)
+        publisher = defer.Deferred()
+        yield self.start(publisher_ready=publisher, port=self.pg.port)
         self.assertEqual(self.service.status()["state"], "streaming")
         self.assertEqual(self.sql(f"SELECT subenabled FROM pg_subscription WHERE subname = '{self.name}'").strip(), "f")
-        follower.callback(None)
+        publisher.callback(None)
         yield wait_until(lambda: self.service.state == "ready", what="subscription enabled")
         # A fresh subscription copies nothing (its apply worker streams the
         # hub from position 0 instead): the publisher's rows 1 and 2 stay there.

@@ -2,7 +2,7 @@
 Two stock PostgreSQL 15 databases active-active through Electric, wired from
 its components in-process: EmbeddedHub, a ConnectorService per database
 (inbound stream, setup, upsert triggers, subscription back to port 5433)
-and the FollowerService.  Each database's own apply worker writes what the
+and the PublisherService.  Each database's own apply worker writes what the
 hub resolved; the tests only write SQL into the databases and compare them.
 """
 
@@ -21,7 +21,7 @@ from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
 from electric.postgres.source.connector import ConnectorService
 from electric.postgres.publisher.credentials import SubscriberCredentials
-from electric.postgres.publisher.service import FollowerService
+from electric.postgres.publisher.service import PublisherService
 from electric.schema import SchemaRegistry
 from tests.publisher_helpers import eventually, subscriber_errors
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster, free_port
@@ -87,11 +87,11 @@ class ActiveActive(unittest.TestCase):
         registry = SchemaRegistry()
         credentials = SubscriberCredentials(self.dir, [c.name for c in connectors])
         self.offsets = OffsetStore(config.offset_storage_file)
-        self.follower = FollowerService(config, self.hub, registry, credentials, self.offsets, reactor)
+        self.publisher = PublisherService(config, self.hub, registry, credentials, self.offsets, reactor)
         self.connectors = [ConnectorService(config, c, self.hub, registry, credentials,
-                                            follower_ready=self.follower.listening, reactor=reactor)
+                                            publisher_ready=self.publisher.listening, reactor=reactor)
                            for c in connectors]
-        self.services = [self.hub, self.follower] + self.connectors
+        self.services = [self.hub, self.publisher] + self.connectors
         for s in self.services:
             s.startService()
         self.addCleanup(self._stop)
@@ -127,7 +127,7 @@ class ActiveActive(unittest.TestCase):
 
         # The same key written on both while B's subscription is disabled: one row, the same on both.
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b DISABLE")
-        yield eventually(lambda: not self.follower.status()["slots"].get("pg_b", {}).get("streaming"))
+        yield eventually(lambda: not self.publisher.status()["slots"].get("pg_b", {}).get("streaming"))
         yield self.run_sql(a, "INSERT INTO items VALUES ('k', 'written on A', 1)")
         yield eventually(lambda: self.hub_row("items", ("k",)).addCallback(
             lambda row: row is not None and row.get("content") == "written on A"), timeout=30)
@@ -137,7 +137,7 @@ class ActiveActive(unittest.TestCase):
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b ENABLE")
         yield self.converge("conflict_t", "(1,start,x)")
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b DISABLE")
-        yield eventually(lambda: not self.follower.status()["slots"].get("pg_b", {}).get("streaming"))
+        yield eventually(lambda: not self.publisher.status()["slots"].get("pg_b", {}).get("streaming"))
         yield self.run_sql(a, "DELETE FROM conflict_t WHERE id = 1")
         yield threads.deferToThread(a.wait_for, "SELECT count(*) FROM conflict_t", "0")
         yield self.run_sql(b, "UPDATE conflict_t SET other = 'updated on B' WHERE id = 1")

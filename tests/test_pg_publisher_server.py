@@ -89,7 +89,7 @@ class Server(unittest.TestCase):
     @defer.inlineCallbacks
     def test_md5_server(self):
         yield self.e.stop()
-        self.e.follower_kw = {"auth_method": "md5"}
+        self.e.publisher_kw = {"auth_method": "md5"}
         yield self.e.start()
         c = yield self.login()
         self.assertIsNone(c.error)
@@ -207,7 +207,7 @@ class Server(unittest.TestCase):
         decoded = [xlog(m)[2] for m in seen if isinstance(m, CopyData) and m.data[:1] == b"w"]
         self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Relation", "Insert", "Commit"])
         self.assertEqual(decoded[2].new, ("c", "3", "3"))
-        st = e.follower.status()["slots"]["postgres_1"]
+        st = e.publisher.status()["slots"]["postgres_1"]
         self.assertTrue(st["streaming"])
         self.assertEqual(st["sent_position"], r3.position)
         # A slot with no history starts exactly after the requested LSN: never r1 again.
@@ -220,7 +220,7 @@ class Server(unittest.TestCase):
         # Terminate ends streaming and frees the slot.
         c2.send(Terminate())
         yield c2.lost
-        yield eventually(lambda: not e.follower.status()["slots"]["postgres_1"]["streaming"])
+        yield eventually(lambda: not e.publisher.status()["slots"]["postgres_1"]["streaming"])
 
     @defer.inlineCallbacks
     def test_table_sync_no_gap_no_duplicate(self):
@@ -320,7 +320,7 @@ class Server(unittest.TestCase):
         c = yield self.login()
         c.transport.pauseProducing()  # stop reading: the server's socket buffer fills up
         c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
-        stream = yield eventually(lambda: e.follower.slots.get("postgres_1") and e.follower.slots["postgres_1"].stream)
+        stream = yield eventually(lambda: e.publisher.slots.get("postgres_1") and e.publisher.slots["postgres_1"].stream)
         yield eventually(lambda: stream.paused, timeout=30)
         yield sleep(0.5)
         held = stream.encoder.position
@@ -336,7 +336,7 @@ class Server(unittest.TestCase):
     @defer.inlineCallbacks
     def test_silent_subscriber_is_pinged_then_dropped(self):
         yield self.e.stop()
-        self.e.follower_kw = {"keepalive_interval": 0.2, "sender_timeout": 3.0}
+        self.e.publisher_kw = {"keepalive_interval": 0.2, "sender_timeout": 3.0}
         yield self.e.start()
         c = yield self.login()
         c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
@@ -351,7 +351,7 @@ class Server(unittest.TestCase):
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
         self.assertIn("replication timeout", m.message)
         yield c.lost
-        yield eventually(lambda: not self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+        yield eventually(lambda: not self.e.publisher.status()["slots"]["postgres_1"]["streaming"])
 
     @defer.inlineCallbacks
     def test_cancel_request_ends_stream(self):
@@ -367,12 +367,12 @@ class Server(unittest.TestCase):
             k.send(CancelRequest(key.pid, secret))
             yield k.lost
             if secret != key.key:  # a wrong key changes nothing
-                self.assertTrue(self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+                self.assertTrue(self.e.publisher.status()["slots"]["postgres_1"]["streaming"])
                 self.assertFalse([m for m in c.inbox if isinstance(m, ErrorResponse)])
         m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse))
         self.assertEqual((m.severity, m.sqlstate), ("ERROR", "57014"))
         yield c.until(lambda m: m == ReadyForQuery("I"))
-        self.assertFalse(self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+        self.assertFalse(self.e.publisher.status()["slots"]["postgres_1"]["streaming"])
         msgs = yield c.query("IDENTIFY_SYSTEM")
         self.assertTrue([m for m in msgs if isinstance(m, DataRow)])
 
@@ -392,14 +392,14 @@ class Server(unittest.TestCase):
         self.assertIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
         c.send(Terminate())
         yield c.lost
-        yield eventually(lambda: not e.follower.status()["slots"]["postgres_1"]["streaming"])
+        yield eventually(lambda: not e.publisher.status()["slots"]["postgres_1"]["streaming"])
         # A table-sync slot's drop changes nothing; the apply slot's drop releases compaction.
         yield c2.query("DROP_REPLICATION_SLOT pg_16397_sync_16385_7712374349014268656 WAIT")
         self.assertIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
         msgs = yield c2.query("DROP_REPLICATION_SLOT postgres_1 WAIT")
         self.assertIn(CommandComplete("DROP_REPLICATION_SLOT"), msgs)
         yield eventually(lambda: hub_consumer("postgres_1") not in e.hub.status()["consumers"])
-        self.assertNotIn("postgres_1", e.follower.status()["slots"])
+        self.assertNotIn("postgres_1", e.publisher.status()["slots"])
 
     @defer.inlineCallbacks
     def test_unencodable_row_ends_stream_with_clear_error(self):
@@ -452,4 +452,4 @@ class Server(unittest.TestCase):
 
 
 def e_stop(e):
-    return e.follower.stopService()
+    return e.publisher.stopService()

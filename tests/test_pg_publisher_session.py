@@ -16,7 +16,20 @@ from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction
 from electric.postgres.publisher import catalog_answers as ca
 from electric.postgres.protocol import pgoutput
-from electric.postgres.publisher import session as walsender
+from electric.postgres.publisher.session import (
+    CLOSED,
+    Authenticated,
+    CancelRequested,
+    CopyRequest,
+    CreateSlotRequest,
+    Disconnect,
+    Send,
+    SendStream,
+    Session,
+    StartRequest,
+    StatusUpdate,
+    StreamStopped,
+)
 from electric.postgres.protocol.messages import (
     Authentication,
     AuthenticationMD5Password,
@@ -78,7 +91,7 @@ def make_registry():
 
 
 class FakeBackend:
-    """Plain values standing in for the follower service."""
+    """Plain values standing in for the publisher service."""
 
     publication = "all_tables"
     system_id = "7712374346367675096"
@@ -100,7 +113,7 @@ class FakeBackend:
 class Client:
     """A frontend talking to a Session: sends bytes, collects backend messages and actions."""
 
-    def __init__(self, session: walsender.Session):
+    def __init__(self, session: Session):
         self.session = session
         self.parser = BackendParser()
         self.actions = []
@@ -110,10 +123,10 @@ class Client:
     def _take(self, actions):
         msgs = []
         for a in actions:
-            if isinstance(a, walsender.Send):
+            if isinstance(a, Send):
                 self.raw += a.data
                 msgs.extend(self.parser.feed(a.data))
-            elif isinstance(a, walsender.Disconnect):
+            elif isinstance(a, Disconnect):
                 self.disconnected = a.reason
             else:
                 self.actions.append(a)
@@ -165,7 +178,7 @@ def rows(msgs):
 
 
 def new_session(method="scram-sha-256", backend=None):
-    return walsender.Session(backend or FakeBackend(), pid=4242, secret=99, auth_method=method)
+    return Session(backend or FakeBackend(), pid=4242, secret=99, auth_method=method)
 
 
 # Exact subscriber texts (pg15-subscriber-trace.md §3, §5), with our relation id pasted in.
@@ -210,7 +223,7 @@ class Startup(unittest.TestCase):
         self.assertEqual(of(msgs, BackendKeyData), [BackendKeyData(4242, 99)])
         self.assertEqual(msgs[-1], ReadyForQuery("I"))
         self.assertEqual(c.session.origin, "postgres_1")
-        self.assertEqual([type(a) for a in c.actions], [walsender.Authenticated])
+        self.assertEqual([type(a) for a in c.actions], [Authenticated])
         self.assertIsNone(c.disconnected)
 
     def test_md5_login(self):
@@ -252,7 +265,7 @@ class Startup(unittest.TestCase):
             self.assertEqual(err.message, 'password authentication failed for user "postgres_1"')
             self.assertFalse(of(msgs, AuthenticationOk))
             self.assertIsNotNone(c.disconnected)
-            self.assertEqual(c.session.state, walsender.CLOSED)
+            self.assertEqual(c.session.state, CLOSED)
 
     def test_connector_not_set_up_yet_is_refused_08004(self):
         """
@@ -262,12 +275,12 @@ class Startup(unittest.TestCase):
         """
         registry = make_registry()
         registry.register(items_table())
-        c = Client(walsender.Session(FakeBackend(registry), 1, 2))
+        c = Client(Session(FakeBackend(registry), 1, 2))
         msgs = c.login(user="postgres_1", password=PASSWORD)
         self.assertFalse(of(msgs, ErrorResponse))
         fresh = SchemaRegistry()
         fresh.register(items_table())
-        c = Client(walsender.Session(FakeBackend(fresh), 1, 2))
+        c = Client(Session(FakeBackend(fresh), 1, 2))
         msgs = c.login(user="postgres_1", password=PASSWORD)
         err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08004"))
@@ -324,7 +337,7 @@ class Startup(unittest.TestCase):
     def test_cancel_request(self):
         c = Client(new_session())
         c.send(CancelRequest(4242, 99).encode())
-        self.assertEqual(c.actions, [walsender.CancelRequested(4242, 99)])
+        self.assertEqual(c.actions, [CancelRequested(4242, 99)])
         self.assertIsNotNone(c.disconnected)
 
 
@@ -352,7 +365,7 @@ class Queries(unittest.TestCase):
         msgs = c.query("CREATE_REPLICATION_SLOT \"postgres_1\" LOGICAL pgoutput (SNAPSHOT 'nothing')")
         self.assertEqual(msgs, [])
         req = c.actions[-1]
-        self.assertIsInstance(req, walsender.CreateSlotRequest)
+        self.assertIsInstance(req, CreateSlotRequest)
         self.assertEqual(req.command, ca.CreateSlot("postgres_1", "nothing"))
         # Input while the driver works is answered afterwards, in order.
         self.assertEqual(c.query("IDENTIFY_SYSTEM"), [])
@@ -455,7 +468,7 @@ class Queries(unittest.TestCase):
         self.assertEqual(msgs[-1], ReadyForQuery("T"))
         self.assertEqual(c.query("COPY public.items (id, content, n) TO STDOUT"), [])
         req = c.actions[-1]
-        self.assertIsInstance(req, walsender.CopyRequest)
+        self.assertIsInstance(req, CopyRequest)
         self.assertEqual((req.command.schema, req.command.table, req.columns, req.slot),
                          ("public", "items", ("id", "content", "n"), app))
         (stream,) = c.session.copy_rows([
@@ -463,8 +476,8 @@ class Queries(unittest.TestCase):
             ResolvedChange("public", "items", ("b",), {"id": "b", "content": None}),
             ResolvedChange("public", "items", ("c",), {"id": "c", "content": "gone", "n": "3"}, deleted=True),
         ])
-        self.assertIsInstance(stream, walsender.SendStream)
-        msgs = c.take([walsender.Send(chunk) for chunk in stream.chunks])
+        self.assertIsInstance(stream, SendStream)
+        msgs = c.take([Send(chunk) for chunk in stream.chunks])
         self.assertEqual(msgs[0], CopyOutResponse(0, (0, 0, 0)))
         data = b"".join(m.data for m in of(msgs, CopyData))
         self.assertEqual(data, b"a\ttab\\there\\nnew \\\\ line\t1\nb\t\\N\t\\N\n")
@@ -489,15 +502,15 @@ class Queries(unittest.TestCase):
                        "(proto_version '3', publication_names '\"all_tables\"')")
         self.assertEqual(msgs, [])
         start = c.actions[-1]
-        self.assertIsInstance(start, walsender.StartRequest)
+        self.assertIsInstance(start, StartRequest)
         self.assertEqual((start.command.slot, start.command.lsn), ("postgres_1", 0x1A00))
         msgs = c.take(c.session.start_streaming(start.command))
         self.assertEqual(msgs, [CopyBothResponse(0, ())])
         upd = StandbyStatusUpdate(0x1A00, 0x1900, 0x1A00, 0, True)
         self.assertEqual(c.send(upd.frame()), [])
-        self.assertEqual(c.actions[-1], walsender.StatusUpdate(upd))
+        self.assertEqual(c.actions[-1], StatusUpdate(upd))
         msgs = c.send(CopyDone().encode())
-        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        self.assertIsInstance(c.actions[-1], StreamStopped)
         self.assertEqual(msgs, [CopyDone(), CommandComplete("COPY 0"),
                                 CommandComplete("START_REPLICATION"), ReadyForQuery("I")])
         msgs = c.query("DROP_REPLICATION_SLOT x WAIT")
@@ -516,7 +529,7 @@ class Queries(unittest.TestCase):
         c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
         c.take(c.session.start_streaming(c.actions[-1].command))
         c.send(Terminate().encode())
-        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        self.assertIsInstance(c.actions[-1], StreamStopped)
         self.assertIsNotNone(c.disconnected)
 
     def test_query_while_streaming_is_fatal(self):
@@ -525,7 +538,7 @@ class Queries(unittest.TestCase):
         c.take(c.session.start_streaming(c.actions[-1].command))
         msgs = c.query("IDENTIFY_SYSTEM")
         self.assertEqual(of(msgs, ErrorResponse)[0].sqlstate, "08P01")
-        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        self.assertIsInstance(c.actions[-1], StreamStopped)
         self.assertIsNotNone(c.disconnected)
 
     def test_garbage_copydata_while_streaming_is_fatal(self):

@@ -4,12 +4,12 @@ OFFSET_STORAGE_FILE: what must survive restarts about the outside world's positi
 * Per Postgres slot (subscription), the LSN *base* its hub positions are
   mapped with (`electric.hub.positions.end_lsn`).  It normally stays 0; when
   the hub's data was replaced while a subscriber holds a higher LSN, the
-  follower raises it so that LSNs keep growing for that subscriber.
+  publisher raises it so that LSNs keep growing for that subscriber.
 * Per Satellite client id, the last client LSN it acknowledged.
 
 Each write is its own fsync'd SQLite transaction (the calls are few and small,
 so they run synchronously).  Losing the file is safe: bases fall back to 0,
-which the follower detects by the subscriber's LSN being ahead of the hub.
+which the publisher detects by the subscriber's LSN being ahead of the hub.
 """
 
 from __future__ import annotations

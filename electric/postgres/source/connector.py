@@ -13,7 +13,7 @@ State machine::
 * ``streaming``: the stream is live; `ready` is True from here on, and only
   while the stream stays up.
 * ``ready``: additionally the subscription back to Electric is enabled and
-  refreshed (done once `follower_ready` fired, i.e. the port-5433 server
+  refreshed (done once `publisher_ready` fired, i.e. the port-5433 server
   can serve this Postgres; retried with backoff on its own).
 * ``backoff``: waiting 1 s, doubling to 10 s, then setup again.  A stream
   that came up resets the delay, so a restarted Postgres is back in ~1 s.
@@ -35,7 +35,7 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from electric.postgres.source import assembly as inbound
+from electric.postgres.source import assembly
 from electric.postgres.protocol import pgoutput
 from electric.postgres.source import replication
 from electric.postgres.source import setup
@@ -73,7 +73,7 @@ class _Stream:
         self.assembler = service.assembler
         self.assembler.reset()
         self.decoder = pgoutput.PgoutputDecoder(1)
-        self.acks = inbound.AckTracker(flushed)
+        self.acks = assembly.AckTracker(flushed)
         self.client: Optional[replication.ReplicationClient] = None
         self.queue = deque()
         self.waiting = False
@@ -116,12 +116,12 @@ class _Stream:
             msg = self.queue.popleft()
             try:
                 event = self.assembler.feed(msg)
-            except inbound.InboundError as e:
+            except assembly.InboundError as e:
                 self.fail(str(e))
                 return
             if event is None:
                 continue
-            if isinstance(event, inbound.NeedTable):
+            if isinstance(event, assembly.NeedTable):
                 self.waiting = True
                 self._pause("lookup")
                 d = defer.ensureDeferred(self.service._resolve_table(event.schema, event.name))
@@ -141,7 +141,7 @@ class _Stream:
     def _resolve_failed(self, failure):
         self.fail(f"catalog lookup failed: {setup.error_text(failure)}")
 
-    def _committed(self, event: inbound.Assembled):
+    def _committed(self, event: assembly.Assembled):
         if event.transaction is None:
             self.dropped += 1
             self.acks.add(event.end_lsn, done=True)
@@ -215,12 +215,12 @@ class _Stream:
 
 class ConnectorService(Service):
     """
-    `follower_ready`: None (enable the subscription as soon as streaming), a
+    `publisher_ready`: None (enable the subscription as soon as streaming), a
     Deferred, or a callable returning a Deferred/None — fired when Electric's
     port-5433 server can serve this connector's subscription.
     """
 
-    def __init__(self, config, connector, hub, registry, credentials, follower_ready=None, reactor=None):
+    def __init__(self, config, connector, hub, registry, credentials, publisher_ready=None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -230,7 +230,7 @@ class ConnectorService(Service):
         self.hub = hub
         self.registry = registry
         self.credentials = credentials
-        self.follower_ready = follower_ready
+        self.publisher_ready = publisher_ready
         self.reactor = reactor
         self.name = f"connector:{connector.name}"
         self.phase = "init"
@@ -249,7 +249,7 @@ class ConnectorService(Service):
         self._enabler: Optional[defer.Deferred] = None
         self._sleep_enable: Optional[defer.Deferred] = None
         self._backoff = Backoff()
-        self.assembler = inbound.TransactionAssembler(connector.name, self._lookup)
+        self.assembler = assembly.TransactionAssembler(connector.name, self._lookup)
 
     # -- status --
 
@@ -420,8 +420,8 @@ class ConnectorService(Service):
 
     # -- the subscription back to Electric --
 
-    async def _wait_follower(self):
-        ready = self.follower_ready
+    async def _wait_publisher(self):
+        ready = self.publisher_ready
         if callable(ready) and not isinstance(ready, defer.Deferred):
             ready = ready()
         if isinstance(ready, defer.Deferred):
@@ -433,7 +433,7 @@ class ConnectorService(Service):
 
     async def _enable_when_ready(self):
         try:
-            await self._wait_follower()
+            await self._wait_publisher()
             backoff = Backoff()
             while not self._stopping and not self.subscription_enabled:
                 try:
@@ -502,19 +502,19 @@ class ConnectorService(Service):
         return defer.ensureDeferred(self._enable_and_refresh())
 
 
-FOLLOWER_SERVICE_NAME = "postgres-follower"
+PUBLISHER_SERVICE_NAME = "postgres-publisher"
 
 
-def add_to_service(root, registry=None, credentials=None, follower_ready=None):
+def add_to_service(root, registry=None, credentials=None, publisher_ready=None):
     """
     Wire one `ConnectorService` per configured connector into the service
     tree built by `electric.service` (after the hub, before Satellite).
 
     `registry` / `credentials` default to ``root.registry`` /
     ``root.credentials`` (created and attached when missing, so the port-5433
-    server and the migrations share them).  `follower_ready` defaults to the
-    ``listening`` Deferred of the child named "postgres-follower", looked up
-    when a connector first streams, so the order in which the follower and
+    server and the migrations share them).  `publisher_ready` defaults to the
+    ``listening`` Deferred of the child named "postgres-publisher", looked up
+    when a connector first streams, so the order in which the publisher and
     the connectors are added does not matter.  Connectors are registered in
     ``root.connectors`` for /api/status and the migrations API.
     """
@@ -532,17 +532,17 @@ def add_to_service(root, registry=None, credentials=None, follower_ready=None):
             credentials = root.credentials = SubscriberCredentials(
                 config.data_dir, [c.name for c in config.connectors])
 
-    def follower_listening():
+    def publisher_listening():
         try:
-            follower = root.getServiceNamed(FOLLOWER_SERVICE_NAME)
+            publisher = root.getServiceNamed(PUBLISHER_SERVICE_NAME)
         except KeyError:
             return None
-        return getattr(follower, "listening", None)
+        return getattr(publisher, "listening", None)
 
     services = []
     for connector in config.connectors:
         svc = ConnectorService(config, connector, root.hub, registry, credentials,
-                               follower_ready=follower_ready if follower_ready is not None else follower_listening,
+                               publisher_ready=publisher_ready if publisher_ready is not None else publisher_listening,
                                reactor=getattr(root, "reactor", None))
         svc.setServiceParent(root)
         root.connectors[connector.name] = svc
