@@ -30,9 +30,10 @@ from twisted.python.failure import Failure
 
 from electric.config import Config, ConfigError
 from electric.http.status import HttpApi, HttpService
-from electric.http.migrations import Migrator, install_routes
+from electric.http.migrations import install_routes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
+from electric.migrations.migrator import Migrator
 from electric.postgres.source.connector import add_to_service as add_connectors
 from electric.postgres.publisher.credentials import SubscriberCredentials
 from electric.postgres.publisher.service import PublisherService
@@ -234,7 +235,7 @@ def _add_satellite(root: ElectricService) -> SatelliteService:
 
 def _add_migrations(root: ElectricService) -> Migrator:
     migrator = Migrator(root.config, root.connectors, notify_migration=root.satellite.notify_migration,
-                        reactor=root.reactor, hub=root.hub)
+                        reactor=root.reactor, hub=root.hub, registry=root.registry)
     migrator.setServiceParent(root)
     install_routes(root.api.app, migrator)
     root.api.add_component("migrations", migrator)

@@ -25,8 +25,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from electric.config import Config
-from electric.http.migrations import Migrator, install_routes
+from electric.http.migrations import install_routes
 from electric.http.status import HttpApi
+from electric.migrations.migrator import Migrator
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
 from electric.postgres.source.connector import ConnectorService
@@ -97,7 +98,7 @@ class MigrationsAcrossReplication(unittest.TestCase):
         self.notified = []
         self.migrator = Migrator(self.config, self.connectors,
                                  notify_migration=lambda *a: self.notified.append(a), poll_interval=0,
-                                 hub=self.hub)
+                                 hub=self.hub, registry=registry)
         api = HttpApi(self.config, self.hub, self.connectors)
         install_routes(api.app, self.migrator)
         self.port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")

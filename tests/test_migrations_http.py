@@ -24,8 +24,9 @@ from twisted.web.server import Site
 
 from electric.migrations import cli as migrations_cli
 from electric.config import Config
-from electric.http.migrations import Migrator, install_routes
+from electric.http.migrations import install_routes
 from electric.http.status import HttpApi
+from electric.migrations.migrator import Migrator
 from electric.migrations.migration import migration_hash
 from tests import pgcluster
 from tests.pgcluster import free_port
