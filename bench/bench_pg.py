@@ -173,16 +173,18 @@ def through_electric(reactor, single: int, big: int, timeout: float):
     credentials = SubscriberCredentials(data_dir, [c.name for c in connectors])
     offsets = OffsetStore(config.offset_storage_file)
     publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
-    services = [hub, publisher] + [
-        ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.listening, reactor=reactor)
+    connector_services = [
+        ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.when_listening,
+                         reactor=reactor)
         for c in connectors]
+    services = [hub, offsets, credentials, publisher] + connector_services
     try:
         for s in services:
             s.startService()
         deadline = time.monotonic() + 120
-        while not all(s.state == "ready" for s in services[2:]):
+        while not all(s.state == "ready" for s in connector_services):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"connectors not ready: {[s.status() for s in services[2:]]}")
+                raise RuntimeError(f"connectors not ready: {[s.status() for s in connector_services]}")
             yield task.deferLater(reactor, 0.2, lambda: None)
         for pg in (a, b):
             yield threads.deferToThread(
@@ -200,7 +202,6 @@ def through_electric(reactor, single: int, big: int, timeout: float):
     finally:
         for s in reversed(services):
             yield defer.maybeDeferred(s.stopService)
-        offsets.close()
         yield threads.deferToThread(a.destroy)
         yield threads.deferToThread(b.destroy)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -371,6 +371,7 @@ class PostgresSide:
         from electric.postgres.publisher.service import PublisherService
 
         self.credentials = SubscriberCredentials(self.tmp, ("postgres_1",))
+        self.credentials.startService()
         base = Config(postgres_replication_port=0, listen_host="127.0.0.1")
         self.publisher = PublisherService(base, self.hub, self.registry, self.credentials, self.offsets, reactor)
         self.publisher.startService()
@@ -381,7 +382,7 @@ class PostgresSide:
             "ELECTRIC_DATA_DIR": self.tmp,
         })
         self.connector = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
-                                          publisher_ready=self.publisher.listening)
+                                          publisher_ready=self.publisher.when_listening)
         self.connector.startService()
         deadline = time.monotonic() + 120
         while self.connector.state != "ready":
@@ -470,6 +471,7 @@ def main(args):
         hub = EmbeddedHub(os.path.join(tmp, "hub"), reactor, compact_interval=0)
         hub.startService()
         offsets = OffsetStore(os.path.join(tmp, "offsets.db"))
+        offsets.startService()
         config = dataclasses.replace(Config.from_environ({}), websocket_port=0, listen_host="127.0.0.1")
         service = SatelliteService(config, hub, registry, offsets, reactor=reactor)
         service.startService()
@@ -526,7 +528,7 @@ def main(args):
                 yield pgside.stop()
         yield service.stopService()
         yield hub.stopService()
-        offsets.close()
+        offsets.stopService()
     finally:
         shutil.rmtree(tmp, True)
 

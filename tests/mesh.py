@@ -47,6 +47,8 @@ class InProcessMesh:
     @defer.inlineCallbacks
     def start(self):
         self.hub.startService()
+        self.offsets.startService()
+        self.credentials.startService()
         self.publisher.startService()
         port = yield self.publisher.listening
         for name in self.names:
@@ -57,7 +59,7 @@ class InProcessMesh:
                 "ELECTRIC_DATA_DIR": self.tmp,
             })
             svc = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
-                                   publisher_ready=self.publisher.listening)
+                                   publisher_ready=self.publisher.when_listening)
             svc.startService()
             self.connectors[name] = svc
         for svc in self.connectors.values():
@@ -69,6 +71,6 @@ class InProcessMesh:
             yield svc.stopService()
             self.pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', dbname=self.database(name), check=False)
         yield self.publisher.stopService()
+        yield self.offsets.stopService()
         yield self.hub.stopService()
-        self.offsets.close()
         shutil.rmtree(self.tmp, True)

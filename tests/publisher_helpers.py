@@ -52,6 +52,7 @@ class Electric:
         self.publisher_kw = publisher_kw
         self.registry = SchemaRegistry()
         self.credentials = SubscriberCredentials(self.data_dir, connectors)
+        self.credentials.startService()
         self.hub = None
         self.publisher = None
         self.offsets = None
@@ -62,6 +63,7 @@ class Electric:
         self.hub = EmbeddedHub(os.path.join(self.data_dir, "hub"), reactor, compact_interval=0)
         self.hub.startService()
         self.offsets = OffsetStore(os.path.join(self.data_dir, "offsets.sqlite3"))
+        self.offsets.startService()
         config = Config(postgres_replication_port=self.port, listen_host="127.0.0.1", publication="all_tables")
         self.publisher = PublisherService(config, self.hub, self.registry, self.credentials, self.offsets,
                                         reactor, **self.publisher_kw)
@@ -79,7 +81,7 @@ class Electric:
             yield self.hub.stopService()
             self.hub = None
         if self.offsets is not None:
-            self.offsets.close()
+            self.offsets.stopService()
             self.offsets = None
 
     def destroy(self):

@@ -84,14 +84,17 @@ class MigrationsAcrossReplication(unittest.TestCase):
         registry = SchemaRegistry()
         names = [c.name for c in self.config.connectors]
         creds = SubscriberCredentials(self.tmp, names)
+        creds.startService()
         offsets = OffsetStore(os.path.join(self.tmp, "offsets.dat"))
+        offsets.startService()
+        self.addCleanup(offsets.stopService)
         self.publisher = PublisherService(self.config, self.hub, registry, creds, offsets)
         self.publisher.startService()
         self.addCleanup(self.publisher.stopService)
         self.connectors = {}
         for c in self.config.connectors:
             svc = ConnectorService(self.config, c, self.hub, registry, creds,
-                                   publisher_ready=self.publisher.listening)
+                                   publisher_ready=self.publisher.when_listening)
             svc.startService()
             self.addCleanup(svc.stopService)
             self.connectors[c.name] = svc

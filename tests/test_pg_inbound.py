@@ -94,6 +94,7 @@ class ConnectorTestBase(unittest.TestCase):
         self.addCleanup(self.hub.stopService)
         self.registry = SchemaRegistry()
         creds = SubscriberCredentials(self.tmp, [self.name])
+        creds.startService()
         self.service = ConnectorService(
             self.config, self.config.connectors[0], self.hub, self.registry, creds,
             publisher_ready=defer.Deferred() if publisher_ready is None else publisher_ready,
@@ -417,6 +418,7 @@ class PublisherTests(ConnectorTestBase):
     def test_enable_sync_upsert_and_no_echo(self):
         pub_db = self.name  # conninfo dbname is the connector name
         creds = SubscriberCredentials(self.tmp, [self.name])
+        creds.startService()
         user, password = creds.for_connector(self.name)
         self.pg.psql(f"CREATE DATABASE {pub_db}", dbname="postgres")
         # (Cleanups run last-added first: the role goes after its database.)

@@ -208,7 +208,7 @@ class AckTrackerTests(unittest.TestCase):
 
 
 class WiringTests(unittest.TestCase):
-    def test_add_to_service_registers_every_connector(self):
+    def test_build_service_wires_every_connector(self):
         import shutil
         import tempfile
 
@@ -224,12 +224,17 @@ class WiringTests(unittest.TestCase):
         })
         self.addCleanup(shutil.rmtree, config.data_dir, True)
         root = build_service(config)
-        services = [root.connectors[name] for name in sorted(root.connectors)]
-        self.assertEqual(sorted(root.connectors), ["postgres_1", "postgres_2"])
+        connectors = {s.connector.name: s for s in root if isinstance(s, ConnectorService)}
+        services = [connectors[name] for name in sorted(connectors)]
+        self.assertEqual(sorted(connectors), ["postgres_1", "postgres_2"])
+        api = root.getServiceNamed("http").api
+        publisher = root.getServiceNamed("postgres-publisher")
+        self.assertEqual(dict(api.connectors), connectors)
         for svc in services:
             self.assertIsInstance(svc, ConnectorService)
             self.assertIs(root.getServiceNamed(svc.name), svc)
-            self.assertIs(svc.registry, root.registry)
-            self.assertIs(svc.hub, root.hub)
+            self.assertIs(svc.registry, publisher.registry)
+            self.assertIs(svc.credentials, publisher.credentials)
+            self.assertIs(svc.hub, root.getServiceNamed("hub"))
             self.assertFalse(svc.ready)
             self.assertEqual(svc.status()["state"], "init")

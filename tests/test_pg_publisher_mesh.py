@@ -89,9 +89,9 @@ class ActiveActive(unittest.TestCase):
         self.offsets = OffsetStore(config.offset_storage_file)
         self.publisher = PublisherService(config, self.hub, registry, credentials, self.offsets, reactor)
         self.connectors = [ConnectorService(config, c, self.hub, registry, credentials,
-                                            publisher_ready=self.publisher.listening, reactor=reactor)
+                                            publisher_ready=self.publisher.when_listening, reactor=reactor)
                            for c in connectors]
-        self.services = [self.hub, self.publisher] + self.connectors
+        self.services = [self.hub, self.offsets, credentials, self.publisher] + self.connectors
         for s in self.services:
             s.startService()
         self.addCleanup(self._stop)
@@ -106,7 +106,6 @@ class ActiveActive(unittest.TestCase):
     def _stop(self):
         for s in reversed(self.services):
             yield defer.maybeDeferred(s.stopService)
-        self.offsets.close()
 
     def run_sql(self, pg, sql):
         return threads.deferToThread(pg.psql, sql)

@@ -120,7 +120,9 @@ class SetupTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.datadir, True)
 
     def creds(self, config):
-        return SubscriberCredentials(self.datadir, [c.name for c in config.connectors])
+        creds = SubscriberCredentials(self.datadir, [c.name for c in config.connectors])
+        creds.startService()
+        return creds
 
     @defer.inlineCallbacks
     def test_setup_is_idempotent_and_introspects(self):

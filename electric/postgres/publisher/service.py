@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import random
-from typing import Deque, Dict, Iterator, Optional
+from typing import Deque, Dict, Iterator, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, protocol, task
@@ -495,9 +495,13 @@ class _Factory(protocol.Factory):
 
 class PublisherService(service.Service):
     """
-    The port-5433 publisher.  `listening` fires with the IListeningPort once
-    bound (the connectors enable their subscriptions only then);
-    `stopService` closes the listener and every connection.
+    The port-5433 publisher.  Built with everything it serves from: the
+    `config` (port, publication), the `hub` (an IHub), the schema
+    `registry`, the subscriber `credentials` and the `offsets` store (LSN
+    bases).  `listening` fires with the IListeningPort once bound;
+    `when_listening()` gives each waiter (the connectors enable their
+    subscriptions only then) its own Deferred.  `stopService` closes the
+    listener and every connection.
     """
 
     name = "postgres-publisher"
@@ -521,6 +525,7 @@ class PublisherService(service.Service):
         self.auth_timeout = auth_timeout
         self.publication = config.publication
         self.listening: defer.Deferred = defer.Deferred()
+        self._listen_waiters: List[defer.Deferred] = []
         self.port = None
         self.connections = set()
         self.slots: Dict[str, Slot] = {}
@@ -531,7 +536,7 @@ class PublisherService(service.Service):
 
     @property
     def system_id(self) -> str:
-        hub_id = getattr(self.hub, "hub_id", None)
+        hub_id = self.hub.hub_id
         if hub_id:
             return str(int.from_bytes(hub_id[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF)
         return "7000000000000000001"
@@ -646,8 +651,7 @@ class PublisherService(service.Service):
         # data: the data directory was replaced.  So is one asking beyond our
         # head.  Either way its LSN names nothing here; raise the base above
         # it and replay this hub from the start (upserts make that safe).
-        stranger = (durable and command.lsn > base
-                    and hub_consumer(origin) not in (self.hub.status().get("consumers") or {}))
+        stranger = durable and command.lsn > base and not self.hub.has_consumer(hub_consumer(origin))
         if requested > head or stranger:
             new_base = positions.rebased(command.lsn, 0)
             log.warn(
@@ -696,6 +700,9 @@ class PublisherService(service.Service):
         host = self.port.getHost()
         log.info("Postgres subscribers: listening on {host}:{port}", host=host.host, port=host.port)
         self.listening.callback(self.port)
+        waiters, self._listen_waiters = self._listen_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def stopService(self):
         super().stopService()
@@ -703,6 +710,14 @@ class PublisherService(service.Service):
         d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
         for conn in list(self.connections):
             conn.abandon("Electric is shutting down")
+        return d
+
+    def when_listening(self) -> defer.Deferred:
+        """Fires (with None) once the port is bound: at once if it is already."""
+        if self.port is not None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._listen_waiters.append(d)
         return d
 
     def status(self) -> dict:
