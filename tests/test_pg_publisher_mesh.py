@@ -139,6 +139,8 @@ class ActiveActive(unittest.TestCase):
         yield eventually(lambda: not self.publisher.status()["slots"].get("pg_b", {}).get("streaming"))
         yield self.run_sql(a, "DELETE FROM conflict_t WHERE id = 1")
         yield threads.deferToThread(a.wait_for, "SELECT count(*) FROM conflict_t", "0")
+        # "Concurrent" means B's update reaches the hub after A's delete: wait for the delete there.
+        yield eventually(lambda: self.hub_row("conflict_t", ("1",)).addCallback(lambda row: row is None), timeout=30)
         yield self.run_sql(b, "UPDATE conflict_t SET other = 'updated on B' WHERE id = 1")
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b ENABLE")
         yield self.converge("conflict_t", "(1,start,\"updated on B\")")

@@ -9,7 +9,7 @@ SQL would either lie or need a real catalog.  Everything else is refused
 with a clear ErrorResponse so a subscriber (or a curious human with psql)
 sees why, and the connection stays usable.
 
-Pure module: text in, `Command` / `ResultSet` out.  The walsender session
+Pure module: text in, `Command` / `ResultSet` out.  The publisher session
 turns them into protocol messages.
 """
 

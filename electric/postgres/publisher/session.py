@@ -164,7 +164,7 @@ class Backend(Protocol):
     """
     What a session needs to know about the rest of Electric, synchronously.
 
-    The server implements it over the registry, credentials, hub and offset
+    The `PublisherService` implements it over the registry, credentials, hub and offset
     store; tests implement it with plain values.
     """
 

@@ -13,7 +13,7 @@ State machine::
 * ``streaming``: the stream is live; `ready` is True from here on, and only
   while the stream stays up.
 * ``ready``: additionally the subscription back to Electric is enabled and
-  refreshed (done once `publisher_ready` fired, i.e. the port-5433 server
+  refreshed (done once `publisher_ready` fired, i.e. the port-5433 publisher
   can serve this Postgres; retried with backoff on its own).
 * ``backoff``: waiting 1 s, doubling to 10 s, then setup again.  A stream
   that came up resets the delay, so a restarted Postgres is back in ~1 s.
