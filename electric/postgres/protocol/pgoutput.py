@@ -69,6 +69,7 @@ REPLICA_IDENTITIES = ("d", "n", "f", "i")
 def _tuple_data(c: Cursor) -> TupleData:
     """TupleData at the cursor (inlined reads: this is the hot path of every change)."""
     buf = c.buf
+    size = len(buf)
     n = c.int16()
     if n < 0:
         raise c.error(f"negative column count {n} in tuple data")
@@ -77,18 +78,18 @@ def _tuple_data(c: Cursor) -> TupleData:
     pos = c.pos
     unpack = I32.unpack_from
     for _ in range(n):
-        if pos >= len(buf):
+        if pos >= size:
             raise c.error(f"tuple data ends after {len(vals)} of {n} columns")
         kind = buf[pos]
         pos += 1
         if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary
-            if pos + 4 > len(buf):
+            if pos + 4 > size:
                 raise c.error(f"value length at offset {pos} overruns the message")
             ln = unpack(buf, pos)[0]
             pos += 4
             end = pos + ln
             what = "text" if kind == 0x74 else "binary"
-            if ln < 0 or end > len(buf):
+            if ln < 0 or end > size:
                 raise c.error(f"{what} value of length {ln} at offset {pos} overruns the message")
             if kind == 0x74:
                 try:
@@ -611,6 +612,8 @@ _DECODERS: Dict[int, tuple] = {
     ord("r"): (_d_rollback_prepared, "Rollback Prepared", 3),
     ord("p"): (_prepare_like(StreamPrepare), "Stream Prepare", 3),
 }
+# ... plus the name errors give the message, made once.
+_DECODERS = {tag: (fn, name, v, f"pgoutput {name} message") for tag, (fn, name, v) in _DECODERS.items()}
 
 # Messages that carry an xid after the type byte inside a stream block.
 _STREAMABLE = frozenset(b"RYIUDTM")
@@ -635,12 +638,12 @@ def decode(payload: bytes, in_stream: bool = False,
         raise PgoutputError(
             f"unsupported pgoutput message type {bytes([tag])!r} "
             f"(payload of {len(payload)} bytes starting {bytes(payload[:16]).hex()})")
-    fn, name, min_version = entry
+    fn, name, min_version, what = entry
     if proto_version is not None and proto_version < min_version:
         raise PgoutputError(
             f"pgoutput {name} message is not valid in proto_version {proto_version} "
             f"(needs {min_version} or later)")
-    c = Cursor(payload, f"pgoutput {name} message", 1, PgoutputError)
+    c = Cursor(payload, what, 1, PgoutputError)
     msg = fn(c, in_stream and tag in _STREAMABLE)
     c.end()
     return msg
