@@ -11,10 +11,14 @@ The steps (postgres-inbound.md section 3, with this project's departures):
 * ``electric`` schema and ``electric.migrations`` table;
 * the publication ``FOR ALL TABLES`` and the logical slot Electric reads;
 * catalog introspection into `Table`s, deciding which tables Electric can
-  carry (a primary key, only built-in column types) and why not the others;
+  carry (a primary key, only built-in column types) and why not the others.
+  Every table of the publication is a user table, whatever its schema
+  (``electric`` included), except Electric's own bookkeeping tables
+  (`electric.schema.BOOKKEEPING_TABLES`);
 * an upsert trigger on every carried table, enabled only for replica
   sessions, so a stock Postgres subscriber applies Electric's INSERTs of
-  rows it already has as UPDATEs (departure 1);
+  rows it already has as UPDATEs (departure 1), race-free against local
+  writers of the same key;
 * the subscription back to Electric's port 5433, created disabled and
   corrected when its connection string or publication is stale.
 """
@@ -32,16 +36,15 @@ from electric.config import Config, Connector
 from electric.postgres import types
 from electric.postgres.lsn import parse_lsn
 from electric.postgres.sql import Connection, error_text
-from electric.schema import Column, Table
+from electric.schema import ELECTRIC_SCHEMA, Column, Table, is_bookkeeping
 
 log = Logger(namespace="electric.postgres.setup")
 
-ELECTRIC_SCHEMA = "electric"
 TRIGGER_NAME = "electric_upsert"
 
 DUPLICATE_OBJECT = "42710"
 
-_warned_search_path = set()
+_told_search_path = set()
 
 
 class SetupError(Exception):
@@ -110,7 +113,7 @@ SELECT DISTINCT ON (c.oid) c.oid, n.nspname, c.relname, c.relreplident
 FROM pg_catalog.pg_publication_tables pt
 JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
-WHERE pt.pubname = %s AND n.nspname <> 'electric'
+WHERE pt.pubname = %s
 ORDER BY c.oid
 """
 
@@ -163,6 +166,7 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
         ident = ident if isinstance(ident, str) else ident.decode()
         cols = columns.get(oid, [])
         if not cols:
+            result.skipped.append(SkippedTable(schema, name, "table has no columns (generated columns are not replicated)"))
             continue
         key = pks.get(oid)
         if not key:
@@ -322,20 +326,22 @@ class SetupSession:
         )
 
     @defer.inlineCallbacks
-    def warn_if_search_path_hits_electric(self):
+    def note_search_path(self):
         """
         A role named like the schema (the dev set-up's "electric") resolves
         "$user" in the default search_path to Electric's schema, so its
-        unqualified CREATE TABLEs land where nothing is replicated.
+        unqualified CREATE TABLEs land there.  They replicate like any other
+        table; said once because a table is matched across databases by
+        schema and name, so it must land in the same schema in each of them.
         """
         rows = yield self.query("SELECT (pg_catalog.current_schemas(false))[1], current_user")
         first, user = rows[0] if rows else (None, None)
-        if first == ELECTRIC_SCHEMA and self.connector.name not in _warned_search_path:
-            _warned_search_path.add(self.connector.name)
-            log.warn(
+        if first == ELECTRIC_SCHEMA and self.connector.name not in _told_search_path:
+            _told_search_path.add(self.connector.name)
+            log.info(
                 'connector {connector}: role "{user}" has schema "electric" first in its search_path, so its '
-                "unqualified CREATE TABLEs go into Electric's own schema, which is never replicated; "
-                'qualify them (public.<table>) or ALTER ROLE "{user}" SET search_path = public',
+                "unqualified CREATE TABLEs land in schema electric; they replicate like tables of any schema "
+                "(a table must be in the same schema in every database)",
                 connector=self.connector.name, user=user,
             )
         return first
@@ -378,18 +384,28 @@ class SetupSession:
 
     @defer.inlineCallbacks
     def introspect(self, publication: str):
+        """Every table of the publication except Electric's bookkeeping tables."""
         table_rows = yield self.query(_TABLES_SQL, (publication,))
+        table_rows = [r for r in table_rows if not is_bookkeeping(r[1], r[2])]
         result = yield self._describe(table_rows)
         return result
 
     @defer.inlineCallbacks
     def introspect_table(self, publication: str, schema: str, name: str):
-        """One table, whether or not it is published (None: no such table / not published)."""
-        rows = yield self.query(_ONE_TABLE_SQL, (publication, schema, name))
-        rows = [r[:4] for r in rows if r[4]]
-        if not rows or schema == ELECTRIC_SCHEMA:
+        """
+        One table: carried, or skipped with the reason (also when it exists
+        but is not published); empty when it does not exist (any more) or is
+        one of Electric's bookkeeping tables.
+        """
+        if is_bookkeeping(schema, name):
             return Introspection()
-        result = yield self._describe(rows)
+        rows = yield self.query(_ONE_TABLE_SQL, (publication, schema, name))
+        if not rows:
+            return Introspection()
+        published = [r[:4] for r in rows if r[4]]
+        if not published:
+            return Introspection(skipped=[SkippedTable(schema, name, f'table is not in publication "{publication}"')])
+        result = yield self._describe(published)
         return result
 
     @defer.inlineCallbacks
@@ -501,7 +517,7 @@ def run_setup(config: Config, connector: Connector, credentials, reactor=None):
     yield session.open()
     try:
         yield session.ensure_migrations_table()
-        yield session.warn_if_search_path_hits_electric()
+        yield session.note_search_path()
         yield session.ensure_publication(config.publication)
         confirmed = yield session.ensure_slot(config.slot_for(connector))
         found = yield session.introspect(config.publication)
