@@ -216,7 +216,7 @@ class StreamTests(ConnectorTestBase):
                                                 "AND prosrc LIKE '%\"a\"%'"))
         # A table created after setup is picked up from its first Relation.
         # (Qualified: the role is called electric, so "$user" in search_path
-        # now finds Electric's own schema first.)
+        # now finds schema electric first, and this test reads public.c.)
         self.sql("CREATE TABLE public.c (id int PRIMARY KEY); INSERT INTO public.c VALUES (1)")
         yield self.wait_rows("c", 1)
         self.sql("TRUNCATE a, b")
