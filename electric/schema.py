@@ -22,6 +22,31 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 FIRST_RELATION_ID = 20000
 
+# Electric's schema in every Postgres.  It is an ordinary schema for user
+# tables too: a role named "electric" has it first in its default
+# search_path, so that role's unqualified CREATE TABLEs land here, and they
+# replicate like tables of any other schema.
+ELECTRIC_SCHEMA = "electric"
+
+# Electric's own bookkeeping tables, the only tables it never replicates:
+# not introspected, never offered to a subscriber or a client, and a
+# transaction that writes one is not forwarded (postgres-inbound.md §10).
+#
+# * electric.migrations: created by Electric (setup and the migrations API);
+#   which migrations ran in this database.
+# * electric.meta: not created by Electric, but the original service's
+#   tooling used it for the same kind of bookkeeping, so it stays out.
+#
+# Besides these tables Electric creates only functions in its schema (the
+# upsert trigger functions, electric.upsert_<table oid>) and the sequence
+# behind electric.migrations.id.
+BOOKKEEPING_TABLES = frozenset({(ELECTRIC_SCHEMA, "migrations"), (ELECTRIC_SCHEMA, "meta")})
+
+
+def is_bookkeeping(schema: str, name: str) -> bool:
+    """True for Electric's own tables (`BOOKKEEPING_TABLES`), which never replicate."""
+    return (schema, name) in BOOKKEEPING_TABLES
+
 
 @dataclass(frozen=True)
 class Column:
@@ -110,6 +135,10 @@ class SchemaRegistry:
 
     def find(self, schema: str, name: str) -> Optional[Table]:
         return self._tables.get((schema, name))
+
+    def named(self, name: str) -> List[Table]:
+        """Every table called `name`, whatever its schema, in relation-id order."""
+        return [t for t in self.tables() if t.name == name]
 
     def by_relation_id(self, relation_id: int) -> Optional[Table]:
         return self._by_id.get(relation_id)
