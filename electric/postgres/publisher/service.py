@@ -117,7 +117,7 @@ class ReplicationStream:
         self._frames: Optional[Iterator[bytes]] = None
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
-        self.last_heard = publisher.reactor.seconds()
+        self.last_heard = publisher.clock.seconds()
 
     # --- life cycle -----------------------------------------------------
 
@@ -132,7 +132,7 @@ class ReplicationStream:
     def start(self) -> None:
         self._write(self.encoder.keepalive())
         self._timer = task.LoopingCall(self._tick)
-        self._timer.clock = self.publisher.reactor
+        self._timer.clock = self.publisher.clock
         self._timer.start(self.publisher.keepalive_interval, now=False)
         self._pump()
 
@@ -164,7 +164,7 @@ class ReplicationStream:
     # --- subscriber → us ---------------------------------------------------
 
     def status_update(self, update) -> None:
-        self.last_heard = self.publisher.reactor.seconds()
+        self.last_heard = self.publisher.clock.seconds()
         if self.durable and update.flushed:
             pos = positions.position_for_lsn(update.flushed, self.base)
             pos = min(pos, self.encoder.position)
@@ -181,7 +181,7 @@ class ReplicationStream:
     def _tick(self) -> None:
         if self.stopped:
             return
-        idle = self.publisher.reactor.seconds() - self.last_heard
+        idle = self.publisher.clock.seconds() - self.last_heard
         timeout = self.publisher.sender_timeout
         if timeout and idle > timeout:
             log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
@@ -348,7 +348,7 @@ class PublisherProtocol(protocol.Protocol):
             self.transport.setTcpKeepAlive(True)
         self.transport.registerProducer(self, True)
         self.publisher.connections.add(self)
-        self._auth_timer = self.publisher.reactor.callLater(
+        self._auth_timer = self.publisher.clock.callLater(
             self.publisher.auth_timeout, self._auth_timed_out)
 
     def dataReceived(self, data):
@@ -508,7 +508,7 @@ class PublisherService(service.Service):
 
     def __init__(self, config, hub, registry, credentials, offsets, reactor=None, *,
                  auth_method: str = "scram-sha-256", keepalive_interval: float = 10.0,
-                 sender_timeout: float = 60.0, auth_timeout: float = 60.0):
+                 sender_timeout: float = 60.0, auth_timeout: float = 60.0, clock=None):
         if reactor is None:
             from twisted.internet import reactor
         if auth_method not in ("scram-sha-256", "md5"):
@@ -519,6 +519,9 @@ class PublisherService(service.Service):
         self.credentials = credentials
         self.offsets = offsets
         self.reactor = reactor
+        # Keepalives, the sender timeout and the authentication deadline run on
+        # `clock` (an IReactorTime; the reactor unless a test passes a task.Clock).
+        self.clock = clock if clock is not None else reactor
         self.auth_method = auth_method
         self.keepalive_interval = keepalive_interval
         self.sender_timeout = sender_timeout
