@@ -113,10 +113,3 @@ def seeded(*fixed: int) -> Callable:
 
     return decorate
 
-
-def note_seed(testcase, seed: int) -> None:
-    """For tests that draw their own seed (`choose`): report it if the test fails."""
-    hint = rerun_hint(seed, testcase.id())
-    # trial has no "did this test fail" hook that pytest also honours; printing
-    # at clean-up time is shown by pytest for failures only and kept by trial in test.log.
-    testcase.addCleanup(lambda: print(hint, file=sys.stderr))

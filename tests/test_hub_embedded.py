@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from electric.hub.embedded import CATCH_UP_ORIGIN, EmbeddedHub
 from electric.hub.interface import UNCHANGED, HubError, IHub, ISubscription, RowChange, SubscriptionClosed, Transaction
 from tests.hub_helpers import dl, tr, txn, up
+from tests.seeds import seeded
 
 
 def later(seconds=0.0):
@@ -461,14 +462,13 @@ class InterfaceTests(HubTestCase):
 
 
 class EquivalenceTests(HubTestCase):
+    @seeded(11, 12, 13)
     @defer.inlineCallbacks
-    def test_sqlite_hub_resolves_exactly_like_the_reference(self):
+    def test_sqlite_hub_resolves_exactly_like_the_reference(self, rnd):
         """The rows table inside the write transaction behaves as the pure rule says."""
-        import random
-
         from electric.hub.resolution import MemoryState
 
-        rnd = random.Random(11)
+        self.dir = self.tempdir()  # a hub of its own for each seed
         ref = MemoryState()
         hub = self.make_hub(tail_entries=50)
         txns = []
