@@ -237,11 +237,15 @@ class ConnectorService(Service):
     publisher can serve this connector's subscription.
     """
 
-    def __init__(self, config, connector, hub, registry, credentials, publisher_ready=None, reactor=None):
+    def __init__(self, config, connector, hub, registry, credentials, publisher_ready=None, reactor=None,
+                 clock=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        # The retry backoffs run on `clock` (an IReactorTime: the reactor
+        # unless a test passes a task.Clock); connections need the reactor.
+        self.clock = clock if clock is not None else reactor
         self.config = config
         self.connector = connector
         self.hub = hub
@@ -344,7 +348,7 @@ class ConnectorService(Service):
             self.phase = "backoff"
             delay = self._backoff.next()
             log.info("connector {connector}: retrying in {delay:.0f} s", connector=self.connector.name, delay=delay)
-            self._sleep = deferLater(self.reactor, delay, lambda: None)
+            self._sleep = deferLater(self.clock, delay, lambda: None)
             try:
                 await self._sleep
             except defer.CancelledError:
@@ -463,7 +467,7 @@ class ConnectorService(Service):
                 except Exception as e:
                     self._last_error = f"enabling subscription failed: {self._describe(e)}"
                     log.error("connector {connector}: {error}", connector=self.connector.name, error=self._last_error)
-                self._sleep_enable = deferLater(self.reactor, backoff.next(), lambda: None)
+                self._sleep_enable = deferLater(self.clock, backoff.next(), lambda: None)
                 await self._sleep_enable
         except defer.CancelledError:
             return

@@ -1,0 +1,112 @@
+"""
+Timers driven by `task.Clock`, not by waiting: the connector's retry backoff
+and the hub's periodic compaction.  (The publisher's keepalives and sender
+timeout and the Satellite heartbeat and deadlines are tested the same way
+beside the rest of their service: test_pg_publisher_server, test_satellite_transport.)
+
+Everything else is real: the connector really fails to reach a port nobody
+listens on, the hub really compacts its SQLite log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from electric.config import Config
+from electric.hub.embedded import EmbeddedHub
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.source.connector import FIRST_BACKOFF, MAX_BACKOFF, ConnectorService
+from electric.schema import SchemaRegistry
+from tests.hub_helpers import txn, up
+from tests.pgcluster import free_port
+from tests.polling import wait_until
+
+
+class TempDir:
+    def tempdir(self):
+        path = tempfile.mkdtemp(prefix="electric-timers-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+
+class ConnectorBackoff(TempDir, unittest.TestCase):
+    timeout = 60
+
+    def start(self, clock):
+        tmp = self.tempdir()
+        config = Config.from_environ({
+            # Nothing listens on this port: every attempt fails at once.
+            "CONNECTORS": f"pg=postgresql://electric:password@127.0.0.1:{free_port()}/electric",
+            "ELECTRIC_DATA_DIR": tmp,
+            "POSTGRES_REPLICATION_PORT": "1",
+        })
+        hub = EmbeddedHub(os.path.join(tmp, "hub"), reactor, compact_interval=0)
+        hub.startService()
+        self.addCleanup(hub.stopService)
+        creds = SubscriberCredentials(tmp, ["pg"])
+        creds.startService()
+        service = ConnectorService(config, config.connectors[0], hub, SchemaRegistry(), creds,
+                                   publisher_ready=defer.Deferred(), clock=clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    @defer.inlineCallbacks
+    def test_failed_attempts_retry_after_doubling_delays_up_to_the_cap(self):
+        clock = task.Clock()
+        service = self.start(clock)
+        expected = [FIRST_BACKOFF]
+        while len(expected) < 7:
+            expected.append(min(MAX_BACKOFF, expected[-1] * 2))
+        self.assertEqual(expected[-3:], [MAX_BACKOFF] * 3)
+        for delay in expected:
+            yield wait_until(lambda: service.phase == "backoff" and clock.getDelayedCalls(),
+                             what="the next attempt to fail")
+            self.assertIn("setup failed", service.status()["last_error"])
+            self.assertEqual(service.status()["state"], "backoff")
+            retry, = clock.getDelayedCalls()
+            self.assertEqual(retry.getTime() - clock.seconds(), delay)
+            clock.advance(delay * 0.99)  # not yet ...
+            self.assertEqual(service.phase, "backoff")
+            clock.advance(delay * 0.01)  # ... now: the next attempt starts at once
+            self.assertEqual(service.phase, "setup")
+
+    @defer.inlineCallbacks
+    def test_stop_during_backoff_ends_the_loop(self):
+        clock = task.Clock()
+        service = self.start(clock)
+        yield wait_until(lambda: service.phase == "backoff" and clock.getDelayedCalls(), what="a backoff")
+        yield service.stopService()
+        self.assertEqual(service.phase, "stopped")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class HubCompactionInterval(TempDir, unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_compacts_once_per_interval(self):
+        clock = task.Clock()
+        hub = EmbeddedHub(self.tempdir(), reactor, compact_interval=30.0, retain=5, clock=clock)
+        hub.startService()
+        self.addCleanup(hub.stopService)
+        for i in range(20):
+            yield hub.append(txn(up("items", i, v=str(i))))
+        clock.advance(29.9)
+        self.assertEqual((hub.status()["horizon"], hub.status()["compactions"]), (0, 0))
+        clock.advance(0.1)  # the first interval: everything but the last `retain` entries goes
+        yield wait_until(lambda: hub.status()["compactions"] == 1, what="the first compaction")
+        self.assertEqual(hub.status()["horizon"], 15)
+        self.assertEqual(hub.status()["log_length"], 5)
+        for i in range(20, 30):
+            yield hub.append(txn(up("items", i, v=str(i))))
+        clock.advance(30.0)
+        yield wait_until(lambda: hub.status()["compactions"] == 2, what="the second compaction")
+        self.assertEqual(hub.status()["horizon"], 25)
+        yield hub.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])  # stopping the hub stops its timer
