@@ -7,17 +7,14 @@ import shutil
 import sqlite3
 import tempfile
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from electric.hub.embedded import CATCH_UP_ORIGIN, EmbeddedHub
 from electric.hub.interface import UNCHANGED, HubError, IHub, ISubscription, RowChange, SubscriptionClosed, Transaction
 from tests.hub_helpers import dl, tr, txn, up
+from tests.polling import wait_until
 from tests.seeds import seeded
-
-
-def later(seconds=0.0):
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class HubTestCase(unittest.TestCase):
@@ -212,7 +209,7 @@ class SubscriptionTests(HubTestCase):
         d1.addCallback(lambda r: events.append(("acked", r.position)))
         d2.addCallback(lambda r: events.append(("acked", r.position)))
         yield defer.gatherResults([d1, d2])
-        yield later()
+        yield wait_until(lambda: any(e[0] == "seen" for e in events), what="the subscriber to see an entry")
         first_seen = next(i for i, e in enumerate(events) if e[0] == "seen")
         for p in events[first_seen][1]:
             self.assertLess(events.index(("acked", p)), first_seen)

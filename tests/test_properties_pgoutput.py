@@ -19,7 +19,7 @@ Properties of the pgoutput codec, every message type in every protocol version i
 
 from __future__ import annotations
 
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
