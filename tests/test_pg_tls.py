@@ -17,7 +17,10 @@ import os
 import shutil
 import tempfile
 
-from cryptography.hazmat.primitives import serialization
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
@@ -43,7 +46,7 @@ def _prepare(pg: PgCluster) -> PgCluster:
 
 def tls_cluster(kind: str = "good"):
     """
-    (cluster, CA) accepting only TLS.  ``good``: certificate for localhost,
+    (cluster, CA, server certificate files) accepting only TLS.  ``good``: certificate for localhost,
     127.0.0.1 and ::1; ``otherhost``: certificate only for "otherhost".
     The ``good`` one also has role certuser, which must show a client
     certificate of the CA.
@@ -61,12 +64,31 @@ def tls_cluster(kind: str = "good"):
             with open(hba, "w") as f:
                 f.write("hostssl all certuser 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n" + rules)
             pg.psql("SELECT pg_reload_conf()")
-        found = _clusters[kind] = (pg, ca)
+        found = _clusters[kind] = (pg, ca, files)
     return found
 
 
+def write_crl(ca: TestCA, revoked_cert_file=None) -> str:
+    """A CRL signed by `ca`, revoking the certificate in `revoked_cert_file` (none if None); returns its path."""
+    issuer = x509.load_pem_x509_certificate(ca.ca.cert_pem.bytes())
+    key = serialization.load_pem_private_key(ca.ca.private_key_pem.bytes(), password=None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+               .last_update(now - datetime.timedelta(hours=1)).next_update(now + datetime.timedelta(days=1)))
+    if revoked_cert_file is not None:
+        with open(revoked_cert_file, "rb") as f:
+            serial = x509.load_pem_x509_certificate(f.read()).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    crl = builder.sign(key, hashes.SHA256())
+    path = os.path.join(ca.dir, f"crl{len(os.listdir(ca.dir))}.pem")
+    with open(path, "wb") as f:
+        f.write(crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def tearDownModule():
-    for pg, ca in _clusters.values():
+    for pg, ca, _files in _clusters.values():
         pg.destroy()
         ca.cleanup()
     _clusters.clear()
@@ -284,14 +306,14 @@ class StreamTLSTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_verify_full(self):
-        pg, ca = tls_cluster()
+        pg, ca, _ = tls_cluster()
         client = yield self.connect(pg, sslmode="verify-full", rootcert=ca.ca_file)
         self.assertEqual((client.state, client.encrypted), ("streaming", True))
         self.assertEqual(self.server_ssl(pg), "t|")
 
     @defer.inlineCallbacks
     def test_weaker_modes_use_tls_too(self):
-        pg, ca = tls_cluster()
+        pg, ca, _ = tls_cluster()
         for tls in ({"sslmode": "verify-ca", "rootcert": ca.ca_file}, {"sslmode": "require"},
                     {"sslmode": "prefer"}, {"sslmode": "allow"}, {}):
             client = yield self.connect(pg, **tls)
@@ -301,7 +323,7 @@ class StreamTLSTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_ca_is_refused(self):
-        pg, _ca = tls_cluster()
+        pg, _ca, _ = tls_cluster()
         other = TestCA()
         self.addCleanup(other.cleanup)
         for mode in ("verify-full", "verify-ca", "require"):
@@ -311,7 +333,7 @@ class StreamTLSTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_host_name_is_refused_only_by_verify_full(self):
-        pg, ca = tls_cluster("otherhost")
+        pg, ca, _ = tls_cluster("otherhost")
         text = yield self.refused(pg, sslmode="verify-full", rootcert=ca.ca_file)
         self.assertEqual(text, 'TLS handshake failed: server certificate for "otherhost" does not match host name '
                                '"127.0.0.1" (sslmode=verify-full)')
@@ -320,17 +342,17 @@ class StreamTLSTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_host_name_is_checked_for_names_too(self):
-        pg, ca = tls_cluster()
+        pg, ca, _ = tls_cluster()
         client = yield self.connect(pg, host="localhost", sslmode="verify-full", rootcert=ca.ca_file)
         self.assertTrue(client.encrypted)
-        pg2, ca2 = tls_cluster("otherhost")
+        pg2, ca2, _ = tls_cluster("otherhost")
         text = yield self.refused(pg2, host="localhost", sslmode="verify-full", rootcert=ca2.ca_file)
         self.assertEqual(text, 'TLS handshake failed: server certificate for "otherhost" does not match host name '
                                '"localhost" (sslmode=verify-full)')
 
     @defer.inlineCallbacks
     def test_plain_connection_is_refused_by_a_hostssl_server(self):
-        pg, _ca = tls_cluster()
+        pg, _ca, _ = tls_cluster()
         text = yield self.refused(pg, sslmode="disable")
         self.assertEqual(text, 'FATAL 28000: no pg_hba.conf entry for host "127.0.0.1", user "electric", '
                                'database "electric", no encryption (sslmode=disable)')
@@ -339,7 +361,7 @@ class StreamTLSTests(unittest.TestCase):
     def test_prefer_falls_back_to_plain_after_a_failed_handshake(self):
         # A root certificate makes prefer check the chain; a wrong one fails
         # the handshake, and prefer then tries without TLS, which this server refuses.
-        pg, _ca = tls_cluster()
+        pg, _ca, _ = tls_cluster()
         other = TestCA()
         self.addCleanup(other.cleanup)
         text = yield self.refused(pg, sslmode="prefer", rootcert=other.ca_file)
@@ -349,7 +371,7 @@ class StreamTLSTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_client_certificate(self):
-        pg, ca = tls_cluster()
+        pg, ca, _ = tls_cluster()
         files = ca.client_files("certuser")
         client = yield self.connect(pg, user="certuser", password="certpw", sslmode="verify-full",
                                     rootcert=ca.ca_file, cert=files.cert, key=files.key)
@@ -360,8 +382,18 @@ class StreamTLSTests(unittest.TestCase):
         self.assertEqual(text, "FATAL 28000: connection requires a valid client certificate (sslmode=verify-full)")
 
     @defer.inlineCallbacks
+    def test_revocation_list(self):
+        pg, ca, files = tls_cluster()
+        client = yield self.connect(pg, sslmode="verify-full", rootcert=ca.ca_file, crl=write_crl(ca))
+        self.assertTrue(client.encrypted)
+        yield self.release(pg, client)
+        text = yield self.refused(pg, sslmode="verify-full", rootcert=ca.ca_file, crl=write_crl(ca, files.cert))
+        self.assertTrue(text.startswith("TLS handshake failed: certificate verify failed: certificate revoked "
+                                        "(depth 0"), text)
+
+    @defer.inlineCallbacks
     def test_missing_root_certificate_fails_before_the_handshake(self):
-        pg, _ca = tls_cluster()
+        pg, _ca, _ = tls_cluster()
         text = yield self.refused(pg, sslmode="verify-ca", rootcert="/nonexistent/ca.pem")
         self.assertTrue(text.startswith('cannot set up TLS: root certificate file "/nonexistent/ca.pem" does not '
                                         "exist"), text)

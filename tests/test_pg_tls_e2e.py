@@ -17,6 +17,8 @@ import urllib.request
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from electric.config import Config
+from electric.migrations.migration import DatabaseUnavailable, MigrationDatabase
 from tests.electric_process import ElectricProcess
 from tests.mesh import InProcessMesh
 from tests.pgcluster import PASSWORD, PgCluster, shared_cluster
@@ -82,9 +84,27 @@ class ReplicationOverTLSTests(unittest.TestCase):
             "WHERE a.application_name LIKE 'electric_tls_%' ORDER BY 1", dbname="postgres").split()
         self.assertEqual(streams, ["electric_tls_a|t", "electric_tls_b|t"])
         for svc in mesh.connectors.values():
-            self.assertTrue(svc._stream.client.encrypted)
-            self.assertIsNone(svc.status()["last_error"])
+            status = svc.status()
+            self.assertEqual((status["sslmode"], status["stream_encrypted"], status["last_error"]),
+                             ("verify-full", True, None))
         self.assertEqual(log_errors(self.pg, since), [])
+
+    @defer.inlineCallbacks
+    def test_migration_sessions_use_the_connector_tls(self):
+        """The migrations' libpq sessions get the connector's ssl* parameters too."""
+        other = TestCA()
+        self.addCleanup(other.cleanup)
+
+        def database(rootcert):
+            config = Config.from_environ({"CONNECTORS": f"m=postgresql://electric:password@127.0.0.1:{self.pg.port}"
+                                                        f"/electric?sslmode=verify-full&sslrootcert={rootcert}"})
+            return MigrationDatabase("m", config.connector("m").dsn())
+
+        applied = yield database(self.ca.ca_file).applied()
+        self.assertEqual(applied, [])
+        with self.assertRaises(DatabaseUnavailable) as cm:
+            yield database(other.ca_file).applied()
+        self.assertIn("certificate verify failed", str(cm.exception))
 
 
 class RefusedTests(unittest.TestCase):
@@ -162,4 +182,5 @@ class PreferWithoutTLSTests(unittest.TestCase):
         pg.psql("INSERT INTO items VALUES ('p', 'plain')", dbname=f"{names[0]}_db")
         yield wait_until(lambda: dbs.rows(names[1]) == ["p|plain"], timeout=60, what="row crossed")
         for svc in mesh.connectors.values():
-            self.assertFalse(svc._stream.client.encrypted)
+            status = svc.status()
+            self.assertEqual((status["sslmode"], status["stream_encrypted"]), ("prefer", False))

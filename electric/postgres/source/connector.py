@@ -301,6 +301,8 @@ class ConnectorService(Service):
                 {"schema": k[0], "table": k[1], "reason": r} for k, r in sorted(self.skipped.items())
             ],
             "subscription_enabled": self.subscription_enabled,
+            "sslmode": self.connector.tls.mode,
+            "stream_encrypted": s.client.encrypted if s is not None and s.client is not None and self.ready else None,
             "flushed_lsn": format_lsn(s.acks.flushed if s is not None else 0),
             "received_lsn": format_lsn(s.client.last_received) if s is not None and s.client is not None else None,
             "transactions_appended": s.appended if s is not None else 0,
