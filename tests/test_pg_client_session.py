@@ -2,11 +2,15 @@
 The replication client session without sockets: every state and every
 sslmode, fed the bytes a Postgres server sends (built with the same wire
 codec, and a real `ServerAuth` on the other side of each password exchange),
-checked byte for byte on what it answers.
+checked byte for byte on what it answers.  Then the Twisted protocol over a
+StringTransport: it only runs the session's actions.
 """
 
 from __future__ import annotations
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from electric.postgres.protocol.auth import ServerAuth
@@ -58,6 +62,7 @@ from electric.postgres.source.session import (
     StartTLS,
     Streaming,
 )
+from electric.postgres.source.replication import ReplicationClient, ReplicationError
 from electric.postgres.tls import MODES, TLSSettings
 
 NOW = 777_000_000
@@ -483,3 +488,106 @@ class StreamingTests(unittest.TestCase):
         s = to_streaming(session("verify-full"))
         self.assertTrue(s.encrypted)
         self.assertEqual(s.feed(xlog(5, 6)), [Deliver(5, 6, b"B-payload")])
+
+
+class Consumer:
+    def __init__(self, flushed=0, fail_on_data=False):
+        self.events = []
+        self.flushed = flushed
+        self.fail_on_data = fail_on_data
+
+    def stream_started(self, client):
+        self.events.append("started")
+
+    def xlog_data(self, wal_start, wal_end, data):
+        if self.fail_on_data:
+            raise RuntimeError("consumer bug")
+        self.events.append(("xlog", wal_start, wal_end, data))
+
+    def keepalive(self, wal_end):
+        self.events.append(("keepalive", wal_end))
+        return self.flushed
+
+
+class ProtocolTests(unittest.TestCase):
+    """The Twisted protocol only runs the session's actions: bytes, the consumer, pausing, aborting."""
+
+    def connected(self, consumer, mode="disable"):
+        client = ReplicationClient("electric", "pw", "db", "slot_x", "pub", consumer, label="pg1",
+                                   clock=lambda: NOW, tls=TLSSettings(sslmode=mode))
+        transport = StringTransport()
+        client.makeConnection(transport)
+        return client, transport
+
+    def stream(self, consumer):
+        client, transport = self.connected(consumer)
+        self.assertEqual(transport.value(), STARTUP)
+        client.dataReceived(login_messages() + identify_answer() + CopyBothResponse(0, ()).encode())
+        self.assertEqual(client.state, STREAMING)
+        self.assertEqual(self.successResultOf(client.started), client)
+        transport.clear()
+        return client, transport
+
+    def test_asks_for_tls_first_under_prefer(self):
+        client, transport = self.connected(Consumer(), mode="prefer")
+        self.assertEqual(transport.value(), SSLRequest().encode())
+        client.dataReceived(b"N")
+        self.assertEqual(transport.value(), SSLRequest().encode() + STARTUP)
+
+    def test_stream_reaches_the_consumer_and_acks_go_out(self):
+        consumer = Consumer(flushed=0x150)
+        client, transport = self.stream(consumer)
+        client.dataReceived(xlog(0x100, 0x180, b"m1") + keepalive(0x200, False))
+        self.assertEqual(consumer.events, ["started", ("xlog", 0x100, 0x180, b"m1"), ("keepalive", 0x200)])
+        # The flush position moved with the keepalive: reported unasked.
+        self.assertEqual(transport.value(), StandbyStatusUpdate(0x200, 0x150, 0x150, NOW, False).frame())
+        transport.clear()
+        client.dataReceived(keepalive(0x200, False))
+        self.assertEqual(transport.value(), b"")
+        client.dataReceived(keepalive(0x200, True))
+        self.assertEqual(transport.value(), StandbyStatusUpdate(0x200, 0x150, 0x150, NOW, False).frame())
+        transport.clear()
+        client.send_status(0x1F0)
+        self.assertEqual(transport.value(), StandbyStatusUpdate(0x200, 0x1F0, 0x1F0, NOW, False).frame())
+
+    def test_pause_and_resume_the_socket(self):
+        client, transport = self.stream(Consumer())
+        client.pause()
+        self.assertEqual(transport.producerState, "paused")
+        client.resume()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_a_consumer_bug_drops_the_connection_with_the_reason(self):
+        client, transport = self.stream(Consumer(fail_on_data=True))
+        client.dataReceived(xlog(1, 2))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(client.error, "internal error: consumer bug")
+        self.flushLoggedErrors(RuntimeError)
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(client.done), "internal error: consumer bug")
+
+    def test_close_aborts_and_done_says_why(self):
+        client, transport = self.stream(Consumer())
+        client.close("connector stopped")
+        self.assertTrue(transport.disconnecting)
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(client.done), "connector stopped")
+
+    def test_refusal_before_streaming_fails_started(self):
+        client, transport = self.connected(Consumer())
+        client.dataReceived(ErrorResponse.build("FATAL", "28P01", "password authentication failed").encode())
+        self.assertTrue(transport.disconnecting)
+        client.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(client.started, ReplicationError)
+        self.assertEqual(str(failure.value), "FATAL 28P01: password authentication failed")
+
+    def test_tls_that_cannot_be_set_up_fails_before_the_handshake(self):
+        client = ReplicationClient("electric", "pw", "db", "slot_x", "pub", Consumer(),
+                                   tls=TLSSettings(sslmode="verify-ca", rootcert="/nonexistent/ca.pem"))
+        transport = StringTransport()
+        client.makeConnection(transport)
+        client.dataReceived(b"S")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(client.error, 'cannot set up TLS: root certificate file "/nonexistent/ca.pem" does not '
+                         "exist: provide the file (sslrootcert=...), use the system's trusted roots with "
+                         "sslrootcert=system, or change sslmode to disable server certificate verification")

@@ -39,13 +39,12 @@ from electric.postgres.source.session import (
     Send,
     StartTLS,
     Streaming,
-    start_replication_command,
 )
 from electric.postgres.tls import ClientTLS, TLSError, TLSSettings
 
 log = Logger(namespace="electric.postgres.source.replication")
 
-__all__ = ["IStreamConsumer", "ReplicationClient", "ReplicationError", "connect", "start_replication_command"]
+__all__ = ["IStreamConsumer", "ReplicationClient", "ReplicationError", "connect"]
 
 
 class ReplicationError(Exception):
