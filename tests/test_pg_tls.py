@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 
+import atexit
 import datetime
 
 from cryptography import x509
@@ -54,6 +55,7 @@ def tls_cluster(kind: str = "good"):
     found = _clusters.get(kind)
     if found is None:
         ca = TestCA()
+        atexit.register(ca.cleanup)  # trial does not run tearDownModule
         files = ca.server_files(("otherhost",)) if kind == "otherhost" else ca.server_files()
         pg = _prepare(PgCluster(tls=files, hostssl_only=True).start())
         if kind == "good":
