@@ -1,8 +1,9 @@
 """
-Timers driven by `task.Clock`, not by waiting: the connector's retry backoff,
-the hub's periodic compaction and port 5433's authentication deadline.  (The
-publisher's keepalives and sender timeout and the Satellite heartbeat and
-deadlines are tested the same way beside the rest of their service:
+Timers driven by `task.Clock`, not by waiting: a connector stopped during its
+retry backoff, the hub's periodic compaction and port 5433's authentication
+deadline.  (The connector's retry delays, the publisher's keepalives and
+sender timeout and the Satellite heartbeat and deadlines are tested the same
+way beside the rest of their service: test_pg_connector_retry,
 test_pg_publisher_server, test_satellite_transport.)
 
 Everything else is real: the connector really fails to reach a port nobody
@@ -11,7 +12,6 @@ listens on, the hub really compacts its SQLite log.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
@@ -22,8 +22,7 @@ from twisted.trial import unittest
 from electric.config import Config
 from electric.hub.embedded import EmbeddedHub
 from electric.postgres.protocol.messages import Authentication, ErrorResponse, StartupMessage
-from electric.postgres.publisher.credentials import SubscriberCredentials
-from electric.postgres.source.connector import FIRST_BACKOFF, MAX_BACKOFF, ConnectorService
+from electric.postgres.source.connector import ConnectorService, retry_policy
 from electric.schema import SchemaRegistry
 from tests.hub_helpers import txn, up
 from tests.pgcluster import free_port
@@ -39,55 +38,25 @@ class TempDir:
 
 
 class ConnectorBackoff(TempDir, unittest.TestCase):
+    """(The retry delays themselves: test_pg_connector_retry.)"""
+
     timeout = 60
 
-    def start(self, clock):
-        tmp = self.tempdir()
-        config = Config.from_environ({
-            # Nothing listens on this port: every attempt fails at once.
-            "CONNECTORS": f"pg=postgresql://electric:password@127.0.0.1:{free_port()}/electric",
-            "ELECTRIC_DATA_DIR": tmp,
-            "POSTGRES_REPLICATION_PORT": "1",
-        })
-        hub = EmbeddedHub(os.path.join(tmp, "hub"), reactor, compact_interval=0)
-        hub.startService()
-        self.addCleanup(hub.stopService)
-        creds = SubscriberCredentials(tmp, ["pg"])
-        creds.startService()
-        service = ConnectorService(config, config.connectors[0], hub, SchemaRegistry(), creds,
-                                   publisher_ready=defer.Deferred(), clock=clock)
+    @defer.inlineCallbacks
+    def test_stop_during_backoff_cancels_the_retry(self):
+        port = free_port()  # nothing listens there: every attempt fails at once
+        config = Config.from_environ({"CONNECTORS": f"pg=postgresql://u:pw@127.0.0.1:{port}/db?sslmode=disable"})
+        clock = task.Clock()
+        service = ConnectorService(config, config.connectors[0], hub=None, registry=SchemaRegistry(),
+                                   credentials=None, clock=clock, retry_delay=retry_policy(jitter=lambda: 0.0))
         service.startService()
         self.addCleanup(service.stopService)
-        return service
-
-    @defer.inlineCallbacks
-    def test_failed_attempts_retry_after_doubling_delays_up_to_the_cap(self):
-        clock = task.Clock()
-        service = self.start(clock)
-        expected = [FIRST_BACKOFF]
-        while len(expected) < 7:
-            expected.append(min(MAX_BACKOFF, expected[-1] * 2))
-        self.assertEqual(expected[-3:], [MAX_BACKOFF] * 3)
-        for delay in expected:
-            yield wait_until(lambda: service.phase == "backoff" and clock.getDelayedCalls(),
-                             what="the next attempt to fail")
-            self.assertIn("setup failed", service.status()["last_error"])
-            self.assertEqual(service.status()["state"], "backoff")
-            retry, = clock.getDelayedCalls()
-            self.assertEqual(retry.getTime() - clock.seconds(), delay)
-            clock.advance(delay * 0.99)  # not yet ...
-            self.assertEqual(service.phase, "backoff")
-            clock.advance(delay * 0.01)  # ... now: the next attempt starts at once
-            self.assertEqual(service.phase, "setup")
-
-    @defer.inlineCallbacks
-    def test_stop_during_backoff_ends_the_loop(self):
-        clock = task.Clock()
-        service = self.start(clock)
         yield wait_until(lambda: service.phase == "backoff" and clock.getDelayedCalls(), what="a backoff")
         yield service.stopService()
         self.assertEqual(service.phase, "stopped")
         self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(60)
+        self.assertEqual(service.phase, "stopped")
 
 
 class HubCompactionInterval(TempDir, unittest.TestCase):
