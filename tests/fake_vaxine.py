@@ -34,6 +34,11 @@ them and as the real node (commit bba3ec39) was checked to behave:
   transport), so a client that stops reading stalls it as it stalls the real
   node.
 
+The real node sometimes streams an object's state from *before* the
+transaction instead of at its commit (see electric.vaxine.crdt); the fake
+always streams the committed state, unless built with ``stale_states=True``,
+which makes it always stream the state from before (to test readers).
+
 Offsets have the real node's *rules* but not its numbers: the fake keeps a
 log of update/commit/abort records whose sizes are their ETF sizes plus 8
 bytes, ``R`` is the position of a transaction's commit record, ``L`` the
@@ -164,22 +169,7 @@ class Engine:
         return ([], removes)
 
     def update(self, ctype: int, effect, state):
-        if ctype == antidote.LWWREG:
-            return effect if (effect[0], effect[1]) > (state[0], state[1]) else state
-        if ctype == antidote.FLAG_DW:
-            seen, new_enable, new_disable = effect
-            enable = [t for t in list(state[0]) + list(new_enable) if t not in seen]
-            disable = [t for t in list(state[1]) + list(new_disable) if t not in seen]
-            return (enable, disable)
-        updates, removes = effect
-        result = dict(state)
-        for key, (_, nested) in updates:
-            ntype = pb_type(key[1])
-            result[key] = self.update(ntype, nested, result.get(key, bottom(ntype)))
-        for key, reset in removes:
-            if reset != NONE and key in result:
-                result[key] = self.update(pb_type(key[1]), reset[1], result[key])
-        return {k: v for k, v in result.items() if not is_bottom(pb_type(k[1]), v)}
+        return crdt.apply_effect(type_atom(ctype), effect, state)
 
 
 def _op_kind(op: pb.ApbUpdateOperation) -> Optional[str]:
@@ -234,7 +224,8 @@ LOG_RECORD = Atom("log_record")
 class FakeVaxine:
     """The fake node's state and its two servers (see the module docstring)."""
 
-    def __init__(self, node: str = "fake_vaxine@127.0.0.1", clock=None):
+    def __init__(self, node: str = "fake_vaxine@127.0.0.1", clock=None, stale_states: bool = False):
+        self.stale_states = stale_states
         if clock is None:
             from twisted.internet import reactor as clock
         self.clock = clock
@@ -349,11 +340,16 @@ class FakeVaxine:
         commit_us = self.now_us()
         if txn.effects:
             touched: Dict[Tuple[bytes, bytes], Tuple[int, List[Any]]] = {}
+            before: Dict[Tuple[bytes, bytes], Any] = {}
             for obj, ctype, effect in txn.effects:
                 current_type, state = self.objects.get(obj, (ctype, bottom(ctype)))
+                before.setdefault(obj, state)
                 self.objects[obj] = (ctype, self.engine.update(ctype, effect, state))
                 touched.setdefault(obj, (ctype, []))[1].append(effect)
-            ops = [(obj, type_atom(ctype), state_term(ctype, self.objects[obj][1]), effects)
+            # stale_states: stream the state from before the transaction, as the real node
+            # sometimes does (see electric.vaxine.crdt).
+            ops = [(obj, type_atom(ctype),
+                    state_term(ctype, before[obj] if self.stale_states else self.objects[obj][1]), effects)
                    for obj, (ctype, effects) in touched.items()]
             raw = [(obj, type_atom(ctype), effect) for obj, ctype, effect in txn.effects]
             self._log(txn.txid, "commit", (Atom("commit"), commit_us), data=(ops, raw))

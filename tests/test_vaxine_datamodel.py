@@ -226,9 +226,10 @@ def transactions(draw):
 
 class RoundTripThroughTheFakeEngine(unittest.TestCase):
     @settings(max_examples=150, deadline=None)
-    @given(transactions())
-    def test_what_goes_in_comes_back(self, txns):
-        fake = FakeVaxine()
+    @given(transactions(), st.booleans())
+    def test_what_goes_in_comes_back(self, txns, stale):
+        # stale: the fake streams states from before each transaction, as the real node sometimes does.
+        fake = FakeVaxine(stale_states=stale)
         model = {}  # (schema, table, key) -> (columns, deleted)
         for t in txns:
             w = D.from_wal(commit_to_wal(fake, t, "pub"))
@@ -246,6 +247,16 @@ class RoundTripThroughTheFakeEngine(unittest.TestCase):
                     touched.append(rid)
             got = {(r.schema, r.table, r.key): (r.row, r.deleted) for r in w.changes}
             self.assertEqual(got, {rid: model[rid] for rid in touched})
+
+    def test_a_stale_state_alone_would_lose_the_row(self):
+        fake = FakeVaxine(stale_states=True)
+        t = Transaction("o", b"1", 0, (RowChange("s", "t", UPSERT, KEY, {"id": "1", "c": "x"}),))
+        wal = commit_to_wal(fake, t)
+        row = [op for op in wal.ops if op.key == ROW_KEY][0]
+        self.assertEqual(crdt.dict_items(row.state), [])
+        with self.assertRaisesRegex(D.InvalidWalTransaction, "empty state"):
+            D.row_from_state(row.state)
+        self.assertEqual(D.from_wal(wal).changes, (ResolvedChange("s", "t", KEY, {"id": "1", "c": "x"}, False),))
 
     def test_resend_of_an_unknown_row_yields_nothing(self):
         fake = FakeVaxine()
@@ -328,6 +339,34 @@ class CrdtTerms(unittest.TestCase):
                                 ((b"row", crdt.MAP_RR), crdt.make_dict([((b"c", crdt.REGISTER_LWW), (7, b"x"))]))])
         self.assertEqual(crdt.value(crdt.MAP_RR, state), {(b"deleted?", A.FLAG_DW): False,
                                                           (b"row", A.RRMAP): {(b"c", A.LWWREG): b"x"}})
+
+    def test_apply_effect_rules(self):
+        lww = crdt.REGISTER_LWW
+        self.assertEqual(crdt.apply_effect(lww, (5, b"b"), (6, b"a")), (6, b"a"))
+        self.assertEqual(crdt.apply_effect(lww, (7, b"b"), (6, b"a")), (7, b"b"))
+        self.assertEqual(crdt.apply_effect(lww, (6, b"b"), (6, b"a")), (6, b"b"))   # tie: larger value
+        flag = crdt.FLAG_DW
+        live = crdt.apply_effect(flag, ([], [], [b"d"]), ([], []))
+        self.assertEqual(live, ([], [b"d"]))
+        deleted = crdt.apply_effect(flag, ([b"d"], [b"e"], []), live)
+        self.assertEqual(deleted, ([b"e"], []))
+        # A delete and an update that did not see each other: the update wins.
+        concurrent = crdt.apply_effect(flag, ([b"e"], [], [b"d2"]), crdt.apply_effect(flag, ([], [b"e"], []), ([], [])))
+        self.assertFalse(crdt.flag_dw_enabled(concurrent))
+        m = crdt.MAP_RR
+        row_key, col = (b"row", m), (b"c", lww)
+        state = crdt.apply_effect(m, ([(row_key, (crdt.OK, ([(col, (crdt.OK, (1, b"x")))], [])))], []), {})
+        self.assertEqual(state, {row_key: {col: (1, b"x")}})
+        again = crdt.apply_effect(m, ([(row_key, (crdt.OK, ([(col, (crdt.OK, (1, b"x")))], [])))], []), state)
+        self.assertEqual(again, state)
+        flagged = crdt.apply_effect(m, ([((b"f", flag), (crdt.OK, ([], [b"e"], [])))], []), state)
+        reset = crdt.apply_effect(m, ([], [((b"f", flag), (crdt.OK, ([b"e"], [], []))), (row_key, crdt.NONE)]), flagged)
+        self.assertEqual(reset, state)   # the reset flag is at bottom and leaves the map
+        self.assertEqual(crdt.state_from_term(m, crdt.make_dict([(row_key, crdt.make_dict([(col, (1, b"x"))]))])), state)
+        with self.assertRaisesRegex(crdt.CrdtError, "flag effect is not"):
+            crdt.apply_effect(flag, (1, 2), ([], []))
+        with self.assertRaisesRegex(crdt.CrdtError, "unsupported CRDT type"):
+            crdt.apply_effect(Atom("antidote_crdt_counter_pn"), 1, 0)
 
     def test_shape_errors(self):
         for call, pattern in [

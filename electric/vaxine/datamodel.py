@@ -20,8 +20,9 @@ Reading (`from_wal`): a decoded ``vx_wal_txn`` becomes a `WalChanges`:
 origin, origin_id, publication and commit time from the *effects* on
 ``metadata:0`` (never its state: concurrent transactions overwrite it), and
 per ``rows:`` object one `electric.hub.interface.ResolvedChange` from its
-*materialized state* -- the converged row as of the commit snapshot, every
-column ever written, ``deleted`` from the flag.  Row effects are ignored.
+*materialized state* with the object's own effects applied (see below) --
+the converged row as of the commit, every column ever written, ``deleted``
+from the flag.
 
 Choices where the spec cannot carry what the hub needs, or where following it
 would lose data (each one is a deliberate, documented deviation):
@@ -58,6 +59,13 @@ would lose data (each one is a deliberate, documented deviation):
   caller that knows the table's live keys turns it into deletes with
   `truncate_as_deletes` first.
 * A row object without a ``deleted?`` flag reads as live.
+
+Where the real node disagrees with spec 4.1: the streamed materialized state
+is sometimes the state *before* the transaction (so the spec's reader would
+reject a new row as "invalid materialized row" and silently lose it, or ship
+a row without the columns just written).  `from_wal` therefore applies the
+row object's own effects to the streamed state first (`row_from_state`),
+which gave the complete row in every case observed.
 """
 
 from __future__ import annotations
@@ -349,41 +357,41 @@ def metadata_from_effects(effects: Iterable[Any]) -> Dict[bytes, bytes]:
     return fields
 
 
-def row_from_state(state: Any) -> Optional[ResolvedChange]:
-    """A row object's materialized RRMAP state as a `ResolvedChange`.
+def row_from_state(state: Any, effects: Sequence[Any] = ()) -> Optional[ResolvedChange]:
+    """A row object's streamed RRMAP state, with its own `effects` applied, as a `ResolvedChange`.
 
-    None for an object that only carries ``id``/``schema``/``table`` (a RESEND
-    of a row Vaxine never saw).  `InvalidWalTransaction` for an empty state or
-    one without ``id``.
+    The effects are applied because the real node sometimes streams the
+    state from *before* the transaction (see `electric.vaxine.crdt`).  None
+    for an object that only carries ``id``/``schema``/``table`` (a RESEND of a
+    row Vaxine never saw).  `InvalidWalTransaction` for an empty state or one
+    without ``id``.
     """
-    entries = crdt.map_rr_entries(state)
+    entries = crdt.state_from_term(crdt.MAP_RR, state)
+    for effect in effects:
+        entries = crdt.apply_effect(crdt.MAP_RR, effect, entries)
     if not entries:
         raise InvalidWalTransaction("invalid materialized row: empty state")
     id_state = entries.get((F_ID, crdt.REGISTER_LWW))
     if id_state is None:
         raise InvalidWalTransaction("invalid materialized row: no id")
-    rid = _text("row id", crdt.register_lww(id_state)[1])
+    rid = _text("row id", id_state[1])
     try:
         schema, table, key = parse_row_id(rid)
     except ValueError as e:
         raise InvalidWalTransaction(f"invalid materialized row: {e}") from None
     for name, expected in ((F_SCHEMA, schema), (F_TABLE, table)):
         found = entries.get((name, crdt.REGISTER_LWW))
-        if found is not None and _text(name.decode(), crdt.register_lww(found)[1]) != expected:
+        if found is not None and _text(name.decode(), found[1]) != expected:
             raise InvalidWalTransaction(f"invalid materialized row {rid!r}: {name.decode()} register disagrees")
     flag = entries.get((F_DELETED, crdt.FLAG_DW))
-    row_state = entries.get((F_ROW, crdt.MAP_RR))
-    if flag is None and row_state is None:
+    columns = entries.get((F_ROW, crdt.MAP_RR))
+    if flag is None and columns is None:
         return None
     row: Dict[str, Optional[str]] = {}
-    if row_state is not None:
-        for (name, ctype), nested in crdt.map_rr_entries(row_state).items():
-            if ctype != crdt.REGISTER_LWW:
-                raise InvalidWalTransaction(f"row {rid!r}: column {name!r} is a {ctype.name}, not a register")
-            ts, data = crdt.register_lww(nested)
-            if ts == 0 and data == b"":
-                continue
-            row[_text("column name", name)] = decode_value(data)
+    for (name, ctype), nested in (columns or {}).items():
+        if ctype != crdt.REGISTER_LWW:
+            raise InvalidWalTransaction(f"row {rid!r}: column {name!r} is a {ctype.name}, not a register")
+        row[_text("column name", name)] = decode_value(nested[1])
     deleted = crdt.flag_dw_enabled(flag) if flag is not None else False
     return ResolvedChange(schema, table, key, row, deleted)
 
@@ -416,7 +424,7 @@ def from_wal(txn: WalTransaction) -> WalChanges:
             if op.key.startswith(ROWS_PREFIX):
                 if op.type != crdt.MAP_RR or op.state is None:
                     raise InvalidWalTransaction(f"row object {op.key!r} is not a map state")
-                change = row_from_state(op.state)
+                change = row_from_state(op.state, op.effects)
                 if change is not None:
                     changes.append(change)
     except crdt.CrdtError as e:
