@@ -15,8 +15,11 @@ them and as the real node (commit bba3ec39) was checked to behave:
   ``term_to_binary(#{{Node, {Mega, Sec, Micro}} => Micros})``.
 * **CRDTs** Electric uses, with Antidote's semantics: ``antidote_crdt_map_rr``
   (RRMAP; removal resets, entries at bottom vanish), ``..._register_lww``
-  (LWWREG; the node stamps each assign when it processes the update, at least
-  the previous stamp + 1) and ``..._flag_dw`` (FLAG_DW; enable/disable with
+  (LWWREG; stamped with the clock in microseconds when the update is
+  processed -- the fake makes every stamp larger than the last, the real
+  node was seen to give the nested assigns of one update equal stamps, which
+  spec 2.5's "at least the previous + 1" does not allow; equal stamps are
+  broken by the value) and ``..._flag_dw`` (FLAG_DW; enable/disable with
   20-byte random tokens, disable wins).  Each transaction reads the committed
   state as of its start plus its own writes; commits are never refused
   (``txn_cert = false``), so concurrent writers merge like on the real node.
