@@ -14,8 +14,7 @@ from electric.vaxine import antidote as A, datamodel as D, stream as S
 from electric.vaxine.pb_client import AntidoteClient
 from electric.vaxine.replication import ReplicationClient
 from tests.polling import wait_until
-from tests.test_vaxine_replication import Collector, fast_retry
-from tests.vaxine_helpers import shared_vaxine
+from tests.vaxine_helpers import Collector, fast_retry, shared_vaxine
 
 
 class OnVaxine(unittest.TestCase):

@@ -18,11 +18,7 @@ from electric.vaxine.errors import ProtocolError, RequestFailed, RequestTimeout,
 from electric.vaxine.pb import antidote_pb2 as pb
 from electric.vaxine.pb_client import AntidoteClient, AntidoteProtocol
 from tests.polling import wait_until
-from tests.vaxine_helpers import shared_vaxine, start_vaxine
-
-
-def fast_retry(n):
-    return 0.05
+from tests.vaxine_helpers import fast_retry, shared_vaxine, start_vaxine
 
 
 def unique(prefix="k"):

@@ -4,65 +4,19 @@ else the fake): offsets, exclusive resume, flow control, reconnect after a kill,
 timeouts on task.Clock.
 """
 
-import array
-import fcntl
-import termios
 import uuid
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from electric.config import Config
 from electric.hub.interface import UPSERT, RowChange, Transaction
 from electric.vaxine import datamodel as D, stream as S
 from electric.vaxine.errors import Unavailable
 from electric.vaxine.pb_client import AntidoteClient
-from electric.vaxine.replication import IWalConsumer, ReplicationClient, WalQueue
+from electric.vaxine.replication import ReplicationClient, WalQueue
 from tests.polling import wait_until
-from tests.vaxine_helpers import shared_vaxine, start_vaxine
-
-
-def fast_retry(n):
-    return 0.05
-
-
-@implementer(IWalConsumer)
-class Collector:
-    """Records every transaction; pauses its producer after `pause_after` of them."""
-
-    def __init__(self, pause_after=None):
-        self.txns = []
-        self.producer = None
-        self.pause_after = pause_after
-
-    def registerProducer(self, producer, streaming):
-        self.producer = producer
-
-    def transactionReceived(self, txn):
-        self.txns.append(txn)
-        if self.pause_after is not None and len(self.txns) >= self.pause_after:
-            self.producer.pauseProducing()
-
-    def electric(self, table):
-        """This test's transactions, converted (others on a shared node are skipped)."""
-        result = []
-        for txn in self.txns:
-            try:
-                w = D.from_wal(txn)
-            except D.InvalidWalTransaction:
-                continue
-            if any(c.table == table for c in w.changes):
-                result.append(w)
-        return result
-
-
-def unread_bytes(client):
-    """Bytes the kernel holds for the client's stream socket that it has not read."""
-    sock = client._protocol.transport.getHandle()
-    buf = array.array("i", [0])
-    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf, True)
-    return buf[0]
+from tests.vaxine_helpers import Collector, fast_retry, shared_vaxine, start_vaxine, unread_bytes
 
 
 class Base(unittest.TestCase):

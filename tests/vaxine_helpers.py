@@ -28,7 +28,9 @@ loses a race for one is retried on other ports.
 
 from __future__ import annotations
 
+import array
 import atexit
+import fcntl
 import os
 import random
 import shutil
@@ -36,10 +38,15 @@ import signal
 import socket
 import subprocess
 import tempfile
+import termios
 import time
 from typing import List, Optional
 
 from twisted.internet import defer, threads
+from zope.interface import implementer
+
+from electric.vaxine import datamodel as D
+from electric.vaxine.replication import IWalConsumer
 
 from tests.fake_vaxine import FakeVaxine
 
@@ -275,3 +282,48 @@ def destroy_all() -> None:
 
 
 atexit.register(destroy_all)
+
+
+# --------------------------------------------------------------------------- link test helpers
+
+
+def fast_retry(n):
+    return 0.05
+
+
+@implementer(IWalConsumer)
+class Collector:
+    """Records every transaction; pauses its producer after `pause_after` of them."""
+
+    def __init__(self, pause_after=None):
+        self.txns = []
+        self.producer = None
+        self.pause_after = pause_after
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def transactionReceived(self, txn):
+        self.txns.append(txn)
+        if self.pause_after is not None and len(self.txns) >= self.pause_after:
+            self.producer.pauseProducing()
+
+    def electric(self, table):
+        """This test's transactions, converted (others on a shared node are skipped)."""
+        result = []
+        for txn in self.txns:
+            try:
+                w = D.from_wal(txn)
+            except D.InvalidWalTransaction:
+                continue
+            if any(c.table == table for c in w.changes):
+                result.append(w)
+        return result
+
+
+def unread_bytes(client):
+    """Bytes the kernel holds for the client's stream socket that it has not read."""
+    sock = client._protocol.transport.getHandle()
+    buf = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf, True)
+    return buf[0]
