@@ -54,14 +54,19 @@ class Writing(unittest.TestCase):
         return Transaction(origin, origin_id, 1660749606202865, tuple(changes))
 
     def test_metadata_ops(self):
-        ops = D.metadata_updates(self.txn(RowChange("s", "t", UPSERT, KEY, {"id": "1"})), "all_tables")
-        self.assertEqual(describe_all(ops), [
-            (b"metadata:0", A.RRMAP, b"vax", [(b"commit_timestamp", A.LWWREG, ("reg", b"2022-08-17 15:20:06.202865Z"))]),
-            (b"metadata:0", A.RRMAP, b"vax", [(b"id", A.LWWREG, ("reg", b"0"))]),
-            (b"metadata:0", A.RRMAP, b"vax", [(b"origin", A.LWWREG, ("reg", b"postgres_1"))]),
-            (b"metadata:0", A.RRMAP, b"vax", [(b"origin_id", A.LWWREG, ("reg", b"\x00" * 7 + b"\x2a"))]),
-            (b"metadata:0", A.RRMAP, b"vax", [(b"publication", A.LWWREG, ("reg", b"all_tables"))]),
+        t = self.txn(RowChange("s", "t", UPSERT, KEY, {"id": "1"}))
+        key = b"metadata:postgres_1:000000000000002a"
+        self.assertEqual(D.metadata_key("postgres_1", b"\x00" * 7 + b"\x2a"), key)
+        self.assertEqual(describe_all(D.metadata_updates(t, "all_tables")), [
+            (key, A.RRMAP, b"vax", [(b"commit_timestamp", A.LWWREG, ("reg", b"2022-08-17 15:20:06.202865Z"))]),
+            (key, A.RRMAP, b"vax", [(b"id", A.LWWREG, ("reg", b"0"))]),
+            (key, A.RRMAP, b"vax", [(b"origin", A.LWWREG, ("reg", b"postgres_1"))]),
+            (key, A.RRMAP, b"vax", [(b"origin_id", A.LWWREG, ("reg", b"\x00" * 7 + b"\x2a"))]),
+            (key, A.RRMAP, b"vax", [(b"publication", A.LWWREG, ("reg", b"all_tables"))]),
         ])
+        shared = D.transaction_updates(t, "all_tables", metadata=D.METADATA_KEY)
+        self.assertEqual([o.boundobject.key for o in shared[:5]], [b"metadata:0"] * 5)
+        self.assertEqual(D.metadata_key("satellite:c:1", b""), b"metadata:satellite%3Ac%3A1:")
 
     def test_upsert_ops_follow_the_insert_layout(self):
         ops = D.row_updates(RowChange("s", "t", UPSERT, KEY, {"id": "1", "c": "v", "d": None}))
@@ -117,7 +122,9 @@ class Writing(unittest.TestCase):
     def test_touched_objects(self):
         t = self.txn(RowChange("s", "t", UPSERT, KEY, {"id": "1"}), RowChange("s", "t", DELETE, KEY),
                      RowChange("s", "u", UPSERT, ("a:b",), {"k": "a:b"}), RowChange("s", "t", TRUNCATE))
-        self.assertEqual([o.key for o in D.touched_objects(t)], [b"metadata:0", ROW_KEY, b"rows:s:u:a%3Ab"])
+        self.assertEqual([o.key for o in D.touched_objects(t)],
+                         [D.metadata_key("postgres_1", t.origin_id), ROW_KEY, b"rows:s:u:a%3Ab"])
+        self.assertEqual(D.touched_objects(t, metadata=D.METADATA_KEY)[0].key, b"metadata:0")
 
 
 class Ids(unittest.TestCase):
@@ -162,7 +169,11 @@ class Ids(unittest.TestCase):
 
 
 class RealNodeFrames(unittest.TestCase):
-    """Frames captured from the real node (Vaxine bba3ec39) after writing through this module."""
+    """Frames captured from the real node (Vaxine bba3ec39) after writing through this module.
+
+    They were written with the spec's shared ``metadata:0`` (this module's
+    first form), so they also show that `from_wal` reads that form.
+    """
 
     def frame(self, n):
         with open(os.path.join(DATA, f"real_wal_txn_{n}.etf"), "rb") as f:
@@ -281,8 +292,14 @@ class Rejected(unittest.TestCase):
     GOOD_META = dict(commit_timestamp=b"2022-08-17 15:20:06.202865Z", origin=b"o")
 
     def test_foreign(self):
-        with self.assertRaisesRegex(D.ForeignTransaction, "no metadata:0 object: not Electric's"):
+        with self.assertRaisesRegex(D.ForeignTransaction, "no metadata object: not Electric's"):
             D.from_wal(self.wal([self.row([])]))
+
+    def test_several_metadata_objects(self):
+        other = S.WalOp(b"metadata:o:31", b"vax", crdt.MAP_RR, crdt.make_dict([]), self.meta(**self.GOOD_META).effects)
+        with self.assertRaisesRegex(D.InvalidWalTransaction, "has 2 metadata objects"):
+            D.from_wal(self.wal([self.meta(**self.GOOD_META), other]))
+        self.assertEqual(D.from_wal(self.wal([other])).origin, "o")
 
     def test_invalid(self):
         reg = lambda v: (5, v)  # noqa: E731

@@ -83,7 +83,7 @@ class OnSharedNode(Base):
                                      for t in collector.txns for op in t.ops), what="the raw transaction")
         txn = collector.txns[-1]
         self.assertTrue(all(op.state is None and len(op.effects) == 1 for op in txn.ops))
-        self.assertEqual(sum(1 for op in txn.ops if op.key == b"metadata:0"), 5)
+        self.assertEqual(sum(1 for op in txn.ops if op.key.startswith(D.METADATA_PREFIX)), 5)
 
     @defer.inlineCallbacks
     def test_offset_the_node_cannot_serve_is_a_failed_start(self):

@@ -176,6 +176,15 @@ class RealVaxine:
             pass
         self.pid = None
 
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
     def destroy_blocking(self) -> None:
         try:
             self.stop_blocking()
@@ -264,8 +273,10 @@ def shared_vaxine(testcase) -> defer.Deferred:
     global _shared
     if not use_real():
         return start_vaxine(testcase, real=False)
-    if _shared is not None and _shared in _live and _shared.pid is not None:
+    if _shared is not None and _shared in _live and _shared.alive():
         return defer.succeed(_shared)
+    if _shared is not None:
+        _shared.destroy_blocking()
     _shared = RealVaxine()
     return _shared.start()
 
