@@ -471,6 +471,10 @@ class EmbeddedHub(service.Service):
         if self._consumers.pop(consumer, None) is not None:
             self._queue.put(("forget", consumer))
 
+    def has_consumer(self, consumer):
+        self._check_open()
+        return consumer in self._consumers
+
     def _set_consumer(self, consumer, position):
         if not isinstance(consumer, str) or not consumer:
             raise HubError(f"consumer name {consumer!r} must be a non-empty str")

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -179,8 +180,17 @@ class ISubscription(Interface):
         """Stop; an outstanding `next` fails with `SubscriptionClosed`."""
 
 
-class IHub(Interface):
-    """The ordered, durable transaction log with conflict resolution."""
+class IHub(IService):
+    """
+    The ordered, durable transaction log with conflict resolution.
+
+    This is the whole contract between a hub and the rest of Electric
+    (connectors, the port-5433 publisher, Satellite, migrations, the status
+    API): a second implementation (Vaxine) is a drop-in replacement when it
+    provides exactly these.  A hub is a service: it opens its store in
+    `startService`, and calls before that (or after `stopService`) fail with
+    `HubError`.
+    """
 
     def append(transaction):
         """
@@ -205,6 +215,14 @@ class IHub(Interface):
     def forget(consumer):
         """Drop a durable consumer so it no longer holds back compaction."""
 
+    def has_consumer(consumer):
+        """
+        True if durable consumer `consumer` is known to this hub's data (it
+        subscribed or acked and was not forgotten).  The publisher uses it
+        to tell a returning subscriber from one whose LSNs came from other
+        hub data (the data directory was replaced).
+        """
+
     def snapshot(tables=None):
         """
         Deferred firing with a `Snapshot` of the live rows of `tables`
@@ -219,7 +237,8 @@ class IHub(Interface):
     def status():
         """A JSON-able dict: log length, row count, consumers and their lag."""
 
-    hub_id = Attribute("8 random bytes naming this hub's data (made when its store is created).")
+    hub_id = Attribute(
+        "8 random bytes naming this hub's data (made when its store is created); None until started.")
 
     def client_lsn(position):
         """Opaque bytes naming `position` for a Satellite client (see `electric.hub.positions`)."""

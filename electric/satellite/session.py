@@ -399,16 +399,32 @@ class SatelliteSession:
         relation = self._client_relations.get(relation_id)
         if relation is None:
             raise FrameError(INVALID_REQUEST, f"unknown relation id {relation_id}")
-        table = self.registry.find(relation.schema_name or "public", relation.table_name)
-        if table is None:
-            raise FrameError(
-                INVALID_REQUEST, f'unknown table "{relation.schema_name}"."{relation.table_name}"'
-            )
+        table = self._client_table(relation.schema_name or "public", relation.table_name)
         names = [c.name for c in relation.columns]
         for name in names:
             if table.column(name) is None:
                 raise FrameError(INVALID_REQUEST, f'table "{table.schema}"."{table.name}" has no column "{name}"')
         return table, names
+
+    def _client_table(self, schema: str, name: str) -> Table:
+        """
+        The table a client's relation names.  Clients address tables by name
+        (SQLite has no schemas; clients of the period always send "public"),
+        so "public".name that does not exist means the one table called
+        `name` in another schema, e.g. a table in schema "electric".
+        """
+        table = self.registry.find(schema, name)
+        if table is None and schema == "public":
+            same = self.registry.named(name)
+            if len(same) > 1:
+                schemas = ", ".join(f'"{t.schema}"' for t in same)
+                raise FrameError(
+                    INVALID_REQUEST, f'table "{name}" is ambiguous: it exists in schemas {schemas}, none of them "public"'
+                )
+            table = same[0] if same else None
+        if table is None:
+            raise FrameError(INVALID_REQUEST, f'unknown table "{schema}"."{name}"')
+        return table
 
     def _row_op(self, kind: str, op) -> List:
         table, names = self._table_for(op.relation_id)
