@@ -14,6 +14,9 @@ works for plain and Deferred-returning (inlineCallbacks) tests alike::
     @seeded(7, 8)            # seeds 7 and 8, then a fresh one (or only $ELECTRIC_TEST_SEED)
     def test_something(self, rng): ...
 
+Tests that share one module-level seed take it from `choose()` and put
+`@reports_seed(SEED)` on their class.
+
 Hypothesis properties do not use this: the suite's Hypothesis profile is
 derandomized (`tests.hypothesis_profiles`) and Hypothesis prints its own
 reproduction blob.
@@ -77,6 +80,45 @@ def _annotate(exc: BaseException, hint: str) -> None:
         exc.add_note(hint)
     # Also on stderr: pytest shows it with the failure, trial keeps it in test.log.
     print(hint, file=sys.stderr)
+
+
+def _reporting(test, hint_for):
+    """`test` with `hint_for(self)` added to whatever it fails with (plain or Deferred-returning)."""
+
+    @functools.wraps(test)
+    def run(self, *args, **kwargs):
+        from twisted.internet import defer
+
+        hint = hint_for(self)
+        try:
+            result = test(self, *args, **kwargs)
+        except BaseException as e:
+            _annotate(e, hint)
+            raise
+        if isinstance(result, defer.Deferred):
+            def failed(failure):
+                _annotate(failure.value, hint)
+                return failure
+
+            result.addErrback(failed)
+        return result
+
+    return run
+
+
+def reports_seed(seed: int) -> Callable:
+    """
+    Class decorator for tests sharing one module-level seed (``SEED = choose()``):
+    every test method of the class names the seed when it fails.
+    """
+
+    def decorate(cls):
+        for name in list(vars(cls)):
+            if name.startswith("test") and callable(getattr(cls, name)):
+                setattr(cls, name, _reporting(getattr(cls, name), lambda self: rerun_hint(seed, self.id())))
+        return cls
+
+    return decorate
 
 
 def seeded(*fixed: int) -> Callable:
