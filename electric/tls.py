@@ -97,13 +97,12 @@ def server_context(files: TLSFiles):
     `CertificateOptions` (TLS 1.2 or later, its secure cipher defaults) with
     the intermediates of the chain file sent after the certificate.
     """
-    from OpenSSL import crypto
     from twisted.internet import ssl
 
     chain, key = load(files)
     return ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),
-        certificate=crypto.X509.from_cryptography(chain[0]),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]] or None,
+        privateKey=key,
+        certificate=chain[0],
+        extraCertChain=chain[1:] or None,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )

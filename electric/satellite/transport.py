@@ -127,6 +127,9 @@ class SatelliteServerFactory(WebSocketServerFactory):
         self.setProtocolOptions(
             maxFramePayloadSize=PRE_AUTH_MAX_BYTES,
             maxMessagePayloadSize=PRE_AUTH_MAX_BYTES,
+            # A refused client is told why (a close frame: 1009 for an
+            # oversized message), then dropped after closeHandshakeTimeout.
+            failByDrop=False,
             openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             autoPingInterval=0,
