@@ -276,6 +276,7 @@ class ReplicationStream:
     def status(self) -> dict:
         return {
             "peer": self.conn.peer,
+            "tls": self.conn.session.tls_active,
             "application_name": self.conn.session.application_name,
             "sync_worker": not self.durable,
             "start_position": self.start_position,
