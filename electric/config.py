@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from electric import tls
+from electric import tls as listener_tls
+from electric.postgres.tls import TLSSettings
 
 MIN_SIGNING_KEY_BYTES = 32
-_LIBPQ_TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 class ConfigError(Exception):
@@ -47,6 +47,16 @@ class Connector:
     # POSTGRES_SLOT.  Slots are per server, so two databases of one server
     # need different ones (`?slot=` in the URL).
     slot: Optional[str] = None
+    # sslmode & co. from the URL: the replication stream and every libpq
+    # session follow the same settings (electric.postgres.tls).
+    tls: TLSSettings = TLSSettings()
+
+    def __repr__(self) -> str:
+        # The URL's parameters may hold sslpassword.
+        params = tuple((k, "***" if k == "sslpassword" else v) for k, v in self.params)
+        return (f"Connector(name={self.name!r}, host={self.host!r}, port={self.port!r}, "
+                f"database={self.database!r}, user={self.user!r}, params={params!r}, "
+                f"connect_timeout_ms={self.connect_timeout_ms!r}, slot={self.slot!r}, tls={self.tls!r})")
 
     def dsn(self) -> str:
         """libpq keyword DSN for psycopg2/txpostgres (a normal SQL session)."""
@@ -61,9 +71,9 @@ class Connector:
         ]
         if self.password:
             parts.append(f"password={q(self.password)}")
-        # TLS settings from the URL reach libpq; other parameters are kept
-        # on the Connector for whoever needs them but are not libpq's.
-        parts += [f"{k}={q(v)}" for k, v in self.params if k in _LIBPQ_TLS_PARAMS]
+        # The TLS settings the replication stream uses too (URL or PGSSL*
+        # variables); the URL's other parameters are Electric's, not libpq's.
+        parts += [f"{k}={q(v)}" for k, v in self.tls.libpq_params()]
         return " ".join(parts)
 
 
@@ -107,7 +117,7 @@ def mask(value: str) -> str:
     return f"<{len(value.encode())} bytes hidden>"
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
 def _mask_url_password(url: str) -> str:
@@ -139,7 +149,8 @@ def _valid_port(text: Optional[str]) -> Optional[int]:
     return n if 1 <= n <= 65535 else None
 
 
-def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
+def parse_connectors(text: str, problems: List[str],
+                     environ: Optional[Mapping[str, str]] = None) -> Tuple[Connector, ...]:
     """
     Parse CONNECTORS, appending one message per bad entry to `problems`.
 
@@ -148,7 +159,9 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
     as well as `postgresql://`.  Query parameters are kept on the
     Connector; `host`, `port`, `user`, `dbname` override the URL parts as
     in libpq, `timeout` (ms) is the connect timeout and `slot` names this
-    database's replication slot (default POSTGRES_SLOT).
+    database's replication slot (default POSTGRES_SLOT).  The ``ssl*``
+    parameters become the connector's `TLSSettings` (libpq's PGSSLMODE & co.
+    in `environ` fill in those the URL leaves out, as libpq does).
     """
     expected = "name=postgresql://user:password@host:port/database"
     result: List[Connector] = []
@@ -204,6 +217,11 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
         if slot is not None and not _identifier(slot):
             problems.append(f"CONNECTORS: {name}: slot={slot!r} must be a name of lowercase letters, digits and _")
             continue
+        try:
+            tls = TLSSettings.from_params(pdict, environ)
+        except ValueError as e:
+            problems.append(f"CONNECTORS: {name}: {e}")
+            continue
         if name in seen:
             problems.append(f"CONNECTORS: connector name {name!r} appears more than once")
             continue
@@ -219,6 +237,7 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
                 params=params,
                 connect_timeout_ms=timeout_ms,
                 slot=slot,
+                tls=tls,
             )
         )
     return tuple(sorted(result, key=lambda c: c.name))
@@ -244,12 +263,12 @@ class Config:
     websocket_port: int = 5133
     status_port: int = 5050
     listen_host: str = "0.0.0.0"
-    # TLS per listener (None = plain); see electric.tls.
-    postgres_replication_tls: Optional[tls.TLSFiles] = None
+    # TLS of Electric's own listeners (None = plain); see electric.tls.
+    postgres_replication_tls: Optional[listener_tls.TLSFiles] = None
     # sslrootcert written into the subscriptions: a path on the Postgres servers' machines.
     postgres_replication_sslrootcert: Optional[str] = None
-    websocket_tls: Optional[tls.TLSFiles] = None
-    status_tls: Optional[tls.TLSFiles] = None
+    websocket_tls: Optional[listener_tls.TLSFiles] = None
+    status_tls: Optional[listener_tls.TLSFiles] = None
     data_dir: str = "./electric_data"
     offset_storage_file: str = "./offset_storage_data.dat"
     migrations_dir: str = "./migrations"
@@ -318,7 +337,7 @@ class Config:
                 problems.append(f"{name}={value!r}: expected a name of letters, digits and _")
             return value
 
-        connectors = parse_connectors(get("CONNECTORS") or "", problems)
+        connectors = parse_connectors(get("CONNECTORS") or "", problems, env)
         key = get("SATELLITE_AUTH_SIGNING_KEY")
         iss = get("SATELLITE_AUTH_SIGNING_ISS")
         if key is not None and len(key.encode()) < MIN_SIGNING_KEY_BYTES:
@@ -333,7 +352,7 @@ class Config:
         if not listen_host or any(ch.isspace() for ch in listen_host):
             problems.append(f"LISTEN_HOST={listen_host!r}: expected an IPv4 or IPv6 address")
 
-        def tls_pair(prefix: str) -> Optional[tls.TLSFiles]:
+        def tls_pair(prefix: str) -> Optional[listener_tls.TLSFiles]:
             cert_var, key_var = f"{prefix}_TLS_CERT_FILE", f"{prefix}_TLS_KEY_FILE"
             cert, key = get(cert_var), get(key_var)
             if cert is None and key is None:
@@ -342,8 +361,8 @@ class Config:
                 have, missing = (cert_var, key_var) if key is None else (key_var, cert_var)
                 problems.append(f"{have} is set but {missing} is not: TLS needs both the certificate and its key")
                 return None
-            files = tls.TLSFiles(cert, key)
-            found = tls.problems(cert_var, key_var, files)
+            files = listener_tls.TLSFiles(cert, key)
+            found = listener_tls.problems(cert_var, key_var, files)
             problems.extend(found)
             return None if found else files
 
@@ -396,7 +415,7 @@ class Config:
             if len(names) > 1:
                 problems.append(f"{' and '.join(names)} share port {number}: each listener needs its own port")
         if (sslrootcert is not None and replication_tls is not None and electric_host
-                and not tls.names_host(replication_tls.cert_file, electric_host)):
+                and not listener_tls.names_host(replication_tls.cert_file, electric_host)):
             problems.append(
                 f"POSTGRES_REPLICATION_TLS_CERT_FILE={replication_tls.cert_file!r}: the certificate is not valid for "
                 f"ELECTRIC_HOST={electric_host!r}, and with POSTGRES_REPLICATION_SSLROOTCERT set the subscriptions "
