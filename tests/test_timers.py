@@ -1,10 +1,10 @@
 """
 Timers driven by `task.Clock`, not by waiting: a connector stopped during its
-retry backoff, the hub's periodic compaction and port 5433's authentication
-deadline.  (The connector's retry delays, the publisher's keepalives and
-sender timeout and the Satellite heartbeat and deadlines are tested the same
-way beside the rest of their service: test_pg_connector_retry,
-test_pg_publisher_server, test_satellite_transport.)
+retry backoff and the hub's periodic compaction.  (The connector's retry
+delays, the publisher's keepalives, sender timeout and authentication
+deadline and the Satellite heartbeat and deadlines are tested the same way
+beside the rest of their service: test_pg_connector_retry,
+test_pg_publisher_server, test_pg_publisher_limits, test_satellite_transport.)
 
 Everything else is real: the connector really fails to reach a port nobody
 listens on, the hub really compacts its SQLite log.
@@ -16,18 +16,15 @@ import shutil
 import tempfile
 
 from twisted.internet import defer, reactor, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
 from electric.config import Config
 from electric.hub.embedded import EmbeddedHub
-from electric.postgres.protocol.messages import Authentication, ErrorResponse, StartupMessage
 from electric.postgres.source.connector import ConnectorService, retry_policy
 from electric.schema import SchemaRegistry
 from tests.hub_helpers import txn, up
 from tests.pgcluster import free_port
 from tests.polling import wait_until
-from tests.publisher_helpers import Electric, PgClient
 
 
 class TempDir:
@@ -84,26 +81,3 @@ class HubCompactionInterval(TempDir, unittest.TestCase):
         yield hub.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])  # stopping the hub stops its timer
 
-
-class PublisherAuthDeadline(unittest.TestCase):
-    timeout = 60
-
-    @defer.inlineCallbacks
-    def test_a_login_left_unanswered_is_closed_at_the_deadline(self):
-        clock = task.Clock()
-        e = Electric(auth_timeout=60.0, clock=clock)
-        yield e.start()
-        self.addCleanup(e.destroy)
-        self.addCleanup(e.stop)
-        c = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", e.port), PgClient())
-        self.addCleanup(lambda: c.transport.abortConnection() if not c.is_closed else None)
-        c.send(StartupMessage({"user": "postgres_1", "database": "postgres_1", "replication": "database"}))
-        yield c.until(lambda m: isinstance(m, Authentication))  # asked for a password; never answered
-        clock.advance(59.5)
-        self.assertEqual(len(e.publisher.connections), 1)
-        self.assertFalse(c.is_closed)
-        clock.advance(0.5)
-        m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse))
-        self.assertEqual((m.severity, m.sqlstate, m.message),
-                         ("FATAL", "08006", "canceling authentication due to timeout"))
-        yield c.lost
