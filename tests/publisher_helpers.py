@@ -219,15 +219,17 @@ def connect(port, user="postgres_1", password=None, app=None, ssl=True, replicat
             client.send(*replies)
 
 
-def subscriber_errors(pg, expected=()):
+def subscriber_errors(pg, expected=(), since: int = 0):
     """
     Every ERROR/FATAL line of a subscriber's log except the ones a scenario
     causes on purpose (`expected` substrings) and the ones Electric's normal
     start-up produces: a subscription that reconnects before its connector
     has read the catalog or refreshed the subscription is told "Electric
     replication is not ready" and retries; DISABLE stops its worker.
+    `since`: only lines after this offset of the log text (``len(pg.log())``
+    taken before the scenario).
     """
     allowed = ("terminating logical replication worker due to administrator command",
                "Electric replication is not ready") + tuple(expected)
-    return [line for line in pg.log().splitlines()
+    return [line for line in pg.log()[since:].splitlines()
             if ("ERROR:" in line or "FATAL:" in line) and not any(ok in line for ok in allowed)]
