@@ -61,6 +61,7 @@ from electric.hub.interface import (
 )
 from electric.hub.positions import HUB_ID_SIZE, ClientLsnCodec
 from electric.hub.resolution import InvalidTransaction, RowState, StateView, check_transaction, resolve
+from electric.metrics import LatencyHistogram
 
 log = Logger()
 
@@ -197,13 +198,14 @@ class _SqliteState(StateView):
 
 
 class _Append:
-    __slots__ = ("transaction", "deferred", "outcome", "fresh")
+    __slots__ = ("transaction", "deferred", "outcome", "fresh", "queued_at")
 
     def __init__(self, transaction, deferred):
         self.transaction = transaction
         self.deferred = deferred
         self.outcome = None  # ResolvedTransaction or Exception
         self.fresh = False
+        self.queued_at = time.monotonic()  # for the append latency histogram
 
 
 class _Stop:
@@ -338,7 +340,9 @@ class EmbeddedHub(service.Service):
         self._tail = collections.deque()
         self._tail_size = 0
         self._compactor: Optional[task.LoopingCall] = None
-        self._stats = {"appends": 0, "duplicates": 0, "rejected": 0, "commit_groups": 0, "compactions": 0}
+        self._stats = {"appends": 0, "duplicates": 0, "rejected": 0, "failed": 0, "conflicts": 0, "commit_groups": 0,
+                       "compactions": 0}
+        self._append_latency = LatencyHistogram()
         self._codec: Optional[ClientLsnCodec] = None
 
     # --- life cycle ----------------------------------------------------
@@ -526,6 +530,30 @@ class EmbeddedHub(service.Service):
             **self._stats,
         }
 
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`): head, log length,
+        live rows, counters since start (appends, duplicates, conflicts
+        resolved, commit groups), the append latency histogram (one
+        observation per transaction appended: from `append` to its Deferred
+        firing) and errors by kind: ``hub_rejected`` (malformed transactions
+        refused by `append`), ``hub_append_failed`` (transactions that could
+        not be resolved or stored).
+        """
+        head = self._durable
+        stats = self._stats
+        return {
+            "head": head,
+            "log_length": max(0, head - self._horizon),
+            "rows": self._row_count,
+            "appends": stats["appends"],
+            "duplicates": stats["duplicates"],
+            "conflicts": stats["conflicts"],
+            "commit_groups": stats["commit_groups"],
+            "append_latency": self._append_latency.snapshot(),
+            "errors": {"hub_rejected": stats["rejected"], "hub_append_failed": stats["failed"]},
+        }
+
     # --- positions for the outside world --------------------------------
 
     def client_lsn(self, position: int) -> bytes:
@@ -588,6 +616,7 @@ class EmbeddedHub(service.Service):
     def _commit_group(self, conn, state, head, appends, others):
         start_head = head
         live_delta = 0
+        conflicts = 0
         seen = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -626,6 +655,7 @@ class EmbeddedHub(service.Service):
                     continue
                 head = pos
                 live_delta += res.live_delta
+                conflicts += res.conflicts
                 a.outcome = ResolvedTransaction(pos, txn.origin, ident[1], txn.commit_timestamp, res.changes)
                 a.fresh = True
                 seen[ident] = a.outcome
@@ -649,9 +679,10 @@ class EmbeddedHub(service.Service):
                 a.fresh = False
             head = start_head
             live_delta = 0
+            conflicts = 0
         state.end_group()
         if appends:
-            self._reactor.callFromThread(self._publish, appends, live_delta)
+            self._reactor.callFromThread(self._publish, appends, live_delta, conflicts)
         return head
 
     def _earlier(self, conn, ident):
@@ -705,19 +736,23 @@ class EmbeddedHub(service.Service):
 
     # --- reactor side: publication -------------------------------------
 
-    def _publish(self, appends, live_delta):
+    def _publish(self, appends, live_delta, conflicts=0):
         self._row_count += live_delta
         self._stats["commit_groups"] += 1
+        self._stats["conflicts"] += conflicts
+        now = time.monotonic()
         for a in appends:
             if a.fresh:
                 self._durable = max(self._durable, a.outcome.position)
         for a in appends:
             if isinstance(a.outcome, Exception):
+                self._stats["failed"] += 1
                 a.deferred.errback(Failure(a.outcome))
                 continue
             rt = a.outcome
             if a.fresh:
                 self._stats["appends"] += 1
+                self._append_latency.observe(now - a.queued_at)
             else:
                 self._stats["duplicates"] += 1
             a.deferred.callback(rt)

@@ -52,6 +52,17 @@ real client, see tests/test_satellite_e2e.py).  The real peer wins.
 """
 
 
+_ERROR_KINDS = {
+    codec.INTERNAL: "internal",
+    codec.AUTH_REQUIRED: "auth_required",
+    codec.AUTH_FAILED: "auth_failed",
+    codec.REPLICATION_FAILED: "replication_failed",
+    codec.INVALID_REQUEST: "invalid_request",
+    codec.PROTO_VSN_MISSMATCH: "protocol_version",
+}
+"""Error kind (in /metrics) of each SatErrorResp code a session closes with."""
+
+
 class ClientConnection:
     """
     Drives one session.  `transport` is the websocket protocol; it must offer
@@ -72,6 +83,7 @@ class ClientConnection:
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
             logger=self._log,
+            totals=owner.totals,
         )
         self._subscription = None
         self._pulling = False
@@ -345,6 +357,7 @@ class SatelliteService(service.Service):
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
         self._pending_writes = set()
+        self.totals = sm.SessionTotals()  # every session adds to it (for /metrics)
 
     @property
     def port(self) -> int:
@@ -454,10 +467,41 @@ class SatelliteService(service.Service):
                     "incoming": c.session.incoming_state,
                     "appended": c.session.appended,
                     "delivered": c.session.delivered,
+                    "refused": c.session.refused,
                 }
                 for c in self.connections
                 if c.session.client_id is not None
             ],
+        }
+
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`), totals over every
+        client (never per client id): open websocket `connections`,
+        authenticated `clients` (each holding its client id),
+        `transactions_in` (client transactions the hub made durable),
+        `transactions_out` (transactions sent, initial sync included),
+        `refused_writes` (client transactions refused, nothing of them
+        stored), `auth_failures` (connections closed for failed or missing
+        authentication, the deadline included), and `errors` by kind:
+        ``satellite_<reason>`` for each SatErrorResp reason a connection was
+        closed with (``auth_required``, ``auth_failed``, ``invalid_request``
+        (refused writes among them), ``protocol_version``,
+        ``replication_failed``, ``internal``) and
+        ``satellite_heartbeat_timeout``.
+        """
+        t = self.totals
+        closed = t.closed_by_error
+        errors = {f"satellite_{kind}": closed.get(code, 0) for code, kind in _ERROR_KINDS.items()}
+        errors["satellite_heartbeat_timeout"] = t.heartbeat_timeouts
+        return {
+            "connections": len(self.connections),
+            "clients": sum(1 for conn in self._clients.values() if conn is not None),
+            "transactions_in": t.transactions_in,
+            "transactions_out": t.transactions_out,
+            "refused_writes": t.refused_writes,
+            "auth_failures": closed.get(codec.AUTH_REQUIRED, 0) + closed.get(codec.AUTH_FAILED, 0),
+            "errors": errors,
         }
 
     def connected_clients(self) -> List[str]:

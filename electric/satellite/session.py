@@ -134,6 +134,23 @@ class PersistClientLsn:
     lsn: bytes
 
 
+class SessionTotals:
+    """
+    Counters every session of one service adds to (the service hands the
+    same object to each): totals since start over connections that come and
+    go, for /metrics.  Plain integers, no client ids.
+    """
+
+    __slots__ = ("transactions_in", "transactions_out", "refused_writes", "heartbeat_timeouts", "closed_by_error")
+
+    def __init__(self):
+        self.transactions_in = 0  # client transactions the hub made durable
+        self.transactions_out = 0  # SatOpLog transactions sent (initial sync included)
+        self.refused_writes = 0  # client transactions the hub refused
+        self.heartbeat_timeouts = 0  # clients closed for not answering a ping
+        self.closed_by_error: Dict[int, int] = {}  # SatErrorResp code -> connections closed with it
+
+
 class _OpenTransaction:
     __slots__ = ("lsn", "timestamp_ms", "changes")
 
@@ -149,6 +166,7 @@ class SatelliteSession:
     `lsn_of(position) -> bytes` and `position_of(lsn) -> int` (ValueError when
     the bytes are not an LSN of this hub) translate hub positions.
     `logger(text)` receives one line per notable event (never a token).
+    `totals`: the service's `SessionTotals` this session adds to.
     """
 
     def __init__(
@@ -160,6 +178,7 @@ class SatelliteSession:
         position_of: Callable[[bytes], int],
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
+        totals: Optional[SessionTotals] = None,
     ):
         self.registry = registry
         self.authenticator = authenticator
@@ -168,6 +187,7 @@ class SatelliteSession:
         self.position_of = position_of
         self.log = logger or (lambda text: None)
         self.clock = clock
+        self.totals = totals if totals is not None else SessionTotals()
 
         self.state = AWAIT_AUTH
         self.gen = ORIGINAL
@@ -188,6 +208,7 @@ class SatelliteSession:
         self._ping_outstanding = False
         self.appended = 0
         self.delivered = 0
+        self.refused = 0
 
     # --- properties the driver polls ---------------------------------
 
@@ -218,6 +239,8 @@ class SatelliteSession:
         if self.state == CLOSED:
             return []
         self.state = CLOSED
+        closed = self.totals.closed_by_error
+        closed[code] = closed.get(code, 0) + 1
         self.log(f"closing: {reason}")
         return [self._frame("SatErrorResp", error_type=code), Close(reason)]
 
@@ -473,6 +496,7 @@ class SatelliteSession:
             return []
         self._append_in_flight = None
         self.appended += 1
+        self.totals.transactions_in += 1
         if self.state == CLOSED:
             return [PersistClientLsn(self.client_id, lsn)]
         actions: List = [self._frame("SatPingResp", lsn=lsn), PersistClientLsn(self.client_id, lsn)]
@@ -490,6 +514,8 @@ class SatelliteSession:
         self._append_in_flight = None
         self._append_queue.clear()
         if rejected:
+            self.refused += 1
+            self.totals.refused_writes += 1
             return self._fail(INVALID_REQUEST, f"the hub refused a client transaction: {reason}")
         return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
 
@@ -571,6 +597,7 @@ class SatelliteSession:
             return []  # nothing this user may see
         ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=timestamp_ms, lsn=lsn)))
         self.delivered += 1
+        self.totals.transactions_out += 1
         return relations + [Send(codec.encode(self.gen, pb.SatOpLog(ops=ops)))]
 
     def _transaction_frames(self, txn: ResolvedTransaction) -> List:
@@ -603,6 +630,7 @@ class SatelliteSession:
             return []
         if self._ping_outstanding:
             self.state = CLOSED
+            self.totals.heartbeat_timeouts += 1
             self.log(f"client {self.client_id!r} did not answer a ping: closing")
             return [Close("heartbeat timeout", abort=True)]
         self._ping_outstanding = True
