@@ -272,9 +272,11 @@ def _strtod_prefix(text: str, i: int, kind: str) -> Tuple[int, Optional[str]]:
         if top < -2000:
             return m.end(), "underflow"
         exact = Fraction(int(digits, 16)) * Fraction(2) ** value_exp
-        if exact < Fraction(2) ** (-126 if kind == "float4" else -1022):
-            # glibc rounds subnormal hexadecimal input twice (0x1.000001p-150
-            # becomes 0 as a float4), other C libraries do not
+        min_exp = _FLOAT_FORMATS[kind][1]
+        if exact < Fraction(2) ** (-126 if kind == "float4" else -1022) and \
+                (exact / Fraction(2) ** min_exp).denominator != 1:
+            # glibc rounds inexact subnormal hexadecimal input twice
+            # (0x1.000001p-150 becomes 0 as a float4), other C libraries do not
             raise NotPortable(
                 f'subnormal hexadecimal floating-point input "{_shown(text)}" is read differently by different C libraries')
         return m.end(), _float_fits(kind, exact)
@@ -1961,8 +1963,8 @@ _INTERVAL_TOKEN = re.compile(
     r"|(?P<num>(?P<nsign>[+-])?(?P<int>[0-9]+)(?P<nfrac>\.[0-9]*)?)(?:[ \t\n\r\v\f]*(?P<unit>[A-Za-z]+))?"
     r"|(?P<word>@|[Aa][Gg][Oo])")
 _ISO_INTERVAL = re.compile(
-    r"P(?:(?P<Y>[+-]?[0-9]+)Y)?(?:(?P<M>[+-]?[0-9]+)M)?(?:(?P<W>[+-]?[0-9]+)W)?(?:(?P<D>[+-]?[0-9]+)D)?"
-    r"(?:T(?:(?P<h>[+-]?[0-9]+)H)?(?:(?P<m>[+-]?[0-9]+)M)?(?:(?P<s>[+-]?[0-9]+(?:\.[0-9]*)?)S)?)?")
+    r"P(?:(?P<Y>-?[0-9]+)Y)?(?:(?P<M>-?[0-9]+)M)?(?:(?P<W>-?[0-9]+)W)?(?:(?P<D>-?[0-9]+)D)?"
+    r"(?:T(?:(?P<h>-?[0-9]+)H)?(?:(?P<m>-?[0-9]+)M)?(?:(?P<s>-?[0-9]+(?:\.[0-9]*)?)S)?)?")
 
 
 class _IntervalBuilder:
@@ -2204,12 +2206,17 @@ def _array_dimensions(text: str) -> Tuple[int, Optional[List[Tuple[int, int]]]]:
 
 
 def _array_count(text: str, start: int, delim: str) -> List[int]:
-    """ArrayCount (PostgreSQL 15): the dimensions the braces describe ([] for an empty array)."""
+    """
+    ArrayCount as PostgreSQL 13 to 16 have it: the dimensions the braces
+    describe ([] for an empty array), including its quirks (it takes
+    '{{{1}},{2}}' for an array with a zero-length dimension, i.e. empty).
+    """
     NO_LEVEL, LEVEL_STARTED, ELEM_STARTED, ELEM_COMPLETED, QUOTED_STARTED, QUOTED_COMPLETED, \
         ELEM_DELIMITED, LEVEL_COMPLETED, LEVEL_DELIMITED = range(9)
     n = len(text)
     nest = 0
     ndim = 1
+    temp = [0] * MAXDIM
     nelems = [1] * MAXDIM
     nelems_last = [0] * MAXDIM
     in_quotes = False
@@ -2245,6 +2252,7 @@ def _array_count(text: str, start: int, delim: str) -> List[int]:
                 state = LEVEL_STARTED
                 if nest >= MAXDIM:
                     raise InvalidValue(f"number of array dimensions ({nest + 1}) exceeds the maximum allowed ({MAXDIM})")
+                temp[nest] = 0
                 nest += 1
                 ndim = max(ndim, nest)
             elif ch == "}" and not in_quotes:
@@ -2261,6 +2269,8 @@ def _array_count(text: str, start: int, delim: str) -> List[int]:
                 nelems[nest] = 1
                 if nest == 0:
                     done = item_done = True
+                else:
+                    temp[nest - 1] += 1
             elif not in_quotes:
                 if ch == delim:
                     if state not in (ELEM_STARTED, ELEM_COMPLETED, QUOTED_COMPLETED, LEVEL_COMPLETED):
@@ -2274,17 +2284,26 @@ def _array_count(text: str, start: int, delim: str) -> List[int]:
                     state = ELEM_STARTED
             if not item_done:
                 i += 1
+        temp[ndim - 1] += 1
         i += 1
     if text[i:].strip(_ARRAY_SPACE):
         raise _malformed_array(text, "Junk after closing right brace.")
     if empty:
         return []
-    return nelems_last[:ndim]
+    return temp[:ndim]
 
 
-def _array_items(text: str, start: int, delim: str):
-    """ReadArrayStr: each element as (text, may_be_null)."""
+def _array_items(text: str, start: int, delim: str, dims: List[int]):
+    """ReadArrayStr: each element as (text, may_be_null), placed like Postgres places them."""
     n = len(text)
+    ndim = len(dims)
+    nitems = 1
+    for d in dims:
+        nitems *= d
+    prod = [1] * ndim
+    for k in range(ndim - 2, -1, -1):
+        prod[k] = prod[k + 1] * dims[k + 1]
+    index = [0] * ndim
     i = start
     in_quotes = False
     nest = 0
@@ -2293,6 +2312,7 @@ def _array_items(text: str, start: int, delim: str):
         item_done = False
         leading = True
         quoted = False
+        offset = -1
         out: List[str] = []
         end = 0
         while not item_done:
@@ -2313,18 +2333,29 @@ def _array_items(text: str, start: int, delim: str):
                 quoted = True
                 i += 1
             elif ch == "{" and not in_quotes:
+                if nest >= ndim:
+                    raise _malformed_array(text, "unexpected nesting")
                 nest += 1
+                index[nest - 1] = 0
                 i += 1
             elif ch == "}" and not in_quotes:
+                if offset == -1:
+                    offset = sum(a * b for a, b in zip(index, prod))
+                index[nest - 1] = 0
                 nest -= 1
                 if nest == 0:
                     done = item_done = True
+                else:
+                    index[nest - 1] += 1
                 i += 1
             elif in_quotes:
                 out.append(ch)
                 i += 1
             elif ch == delim:
+                if offset == -1:
+                    offset = sum(a * b for a, b in zip(index, prod))
                 item_done = True
+                index[ndim - 1] += 1
                 i += 1
             elif ch in _ARRAY_SPACE:
                 if not leading:
@@ -2335,6 +2366,8 @@ def _array_items(text: str, start: int, delim: str):
                 leading = False
                 end = len(out)
                 i += 1
+        if not 0 <= offset < nitems:
+            raise _malformed_array(text, "element out of place")
         yield "".join(out[:end]), not quoted
 
 
@@ -2348,9 +2381,12 @@ def _array(element: Check, delim: str) -> Check:
             for lower, length in dims:
                 if not _INT32[0] <= lower + length <= _INT32[1]:
                     raise InvalidValue(f"array lower bound is too large: {lower}")
-        if not shape:
-            return
-        for item, may_be_null in _array_items(text, start, delim):
+        nitems = 1
+        for length in shape:
+            nitems *= length
+        if not shape or nitems == 0:
+            return  # an empty array: no element is read
+        for item, may_be_null in _array_items(text, start, delim, shape):
             if may_be_null and item.lower() == "null":
                 continue
             element(item)
