@@ -57,6 +57,9 @@ class Column:
     # True/False for DEFAULT/INDEX identity, None for FULL identity (every
     # column identifies the row), as pgoutput's Relation flags need it.
     part_of_identity: Optional[bool] = None
+    # pg_attribute.attnotnull: a write that leaves the column NULL would stop
+    # the apply worker of every database that has the constraint.
+    not_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,20 @@ class SchemaRegistry:
     def database_table(self, origin: str, schema: str, name: str) -> Optional[Table]:
         """The table as `origin`'s database defines it (None if absent there)."""
         return self._shapes.get((origin, (schema, name)))
+
+    def definitions(self, schema: str, name: str) -> List[Table]:
+        """
+        Every database's own definition of a table (types, modifiers and NOT
+        NULL may differ while a migration is not applied everywhere), or the
+        registry's when no database registered one.  A value sent to that
+        table must suit all of them.
+        """
+        with self._lock:
+            found = [t for (origin, key), t in sorted(self._shapes.items()) if key == (schema, name)
+                     and key in self._present.get(origin, ())]
+            if not found and (schema, name) in self._tables:
+                found = [self._tables[(schema, name)]]
+        return found
 
     def __iter__(self) -> Iterable[Table]:
         return iter(self.tables())
