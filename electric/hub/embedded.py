@@ -614,6 +614,12 @@ class EmbeddedHub(service.Service):
                     )
                     conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?)", (txn.origin, ident[1], pos, txn.commit_timestamp))
                     conn.execute("RELEASE txn")
+                except InvalidTransaction as e:
+                    # A WriteGuard failed: the producer's fault, not the hub's.
+                    conn.execute("ROLLBACK TO txn")
+                    conn.execute("RELEASE txn")
+                    a.outcome = HubError(f"invalid transaction: {e}")
+                    continue
                 except Exception as e:
                     conn.execute("ROLLBACK TO txn")
                     conn.execute("RELEASE txn")
