@@ -192,16 +192,17 @@ class SchemaRegistry:
     def definitions(self, schema: str, name: str) -> List[Table]:
         """
         Every database's own definition of a table (types, modifiers and NOT
-        NULL may differ while a migration is not applied everywhere), or the
-        registry's when no database registered one.  A value sent to that
-        table must suit all of them.
+        NULL may differ while a migration is not applied everywhere); empty
+        when no database has it.  A value sent to that table must suit all
+        of them.  (A registry no database has registered with answers with
+        its own definition.)
         """
         with self._lock:
-            found = [t for (origin, key), t in sorted(self._shapes.items()) if key == (schema, name)
-                     and key in self._present.get(origin, ())]
-            if not found and (schema, name) in self._tables:
-                found = [self._tables[(schema, name)]]
-        return found
+            if not self._present:
+                table = self._tables.get((schema, name))
+                return [table] if table is not None else []
+            return [t for (origin, key), t in sorted(self._shapes.items())
+                    if key == (schema, name) and key in self._present.get(origin, ())]
 
     def __iter__(self) -> Iterable[Table]:
         return iter(self.tables())

@@ -13,7 +13,9 @@ is full), so a slow client never makes Electric buffer for it.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import collections
+import time
+from typing import Deque, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task, threads
@@ -40,6 +42,9 @@ PULL_BATCH = 100
 
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
+
+RECENT_REFUSALS = 20
+"""How many refused client transactions /api/status/details lists (the count covers all)."""
 
 SEND_MIGRATION_NOTIFICATIONS = False
 """
@@ -70,6 +75,7 @@ class ClientConnection:
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
             logger=self._log,
+            on_refused=self._refused,
         )
         self._subscription = None
         self._pulling = False
@@ -86,6 +92,9 @@ class ClientConnection:
     def _log(self, text: str) -> None:
         who = self.session.client_id if self.session.client_id is not None else self.peer
         log.info("satellite {who}: {text}", who=who, text=text)
+
+    def _refused(self, reason: str) -> None:
+        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason)
 
     # --- from the transport ----------------------------------------
 
@@ -132,7 +141,10 @@ class ClientConnection:
                 self.transport.send_frame(action.data)
             elif isinstance(action, sm.Close):
                 self._stop_stream()
-                self.transport.close_connection(action.abort)
+                if action.detail:
+                    self.transport.close_connection(action.abort, action.detail)
+                else:
+                    self.transport.close_connection(action.abort)
             elif isinstance(action, sm.ClaimClient):
                 self._claim(action)
             elif isinstance(action, sm.StartOutgoing):
@@ -153,6 +165,25 @@ class ClientConnection:
 
     @defer.inlineCallbacks
     def _claim(self, action: sm.ClaimClient):
+        # The client id must be this user's (bound durably on first use)
+        # before it may even wait for the id's live connection slot, so no
+        # other user can hold that slot or act under the id.
+        try:
+            ours = yield threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(),
+                self.owner.offsets.claim_client, action.client_id, action.user_id,
+            )
+        except Exception as e:  # a broken offset store must not leave the client hanging
+            log.failure("satellite: binding client id {client} to its user failed", client=action.client_id)
+            if not self._lost:
+                self._run(self.session.stream_failed(f"offset store: {e}"))
+            return
+        if self._lost:
+            return
+        if not ours:
+            self.owner.foreign_client_ids += 1
+            self._run(self.session.claim_refused_other_user())
+            return
         granted = yield self.owner._claim(action.client_id, self)
         if self._lost:
             if granted:
@@ -311,8 +342,8 @@ class SatelliteService(service.Service):
     """
     `config`: `electric.config.Config` (listen_host, websocket_port,
     regional_id, auth settings).  `hub`: an `electric.hub.interface.IHub`.
-    `offsets`: ``client_lsn(client_id)`` / ``set_client_lsn(client_id, lsn)``
-    (plain values or Deferreds; the `OffsetStore`).
+    `offsets`: the `OffsetStore` (``claim_client``, ``client_lsn``,
+    ``set_client_lsn``; claims and writes run in the thread pool).
     """
 
     name = "satellite"
@@ -336,6 +367,9 @@ class SatelliteService(service.Service):
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
         self._pending_writes = set()
         self._port = None
+        self.refused_transactions = 0
+        self.foreign_client_ids = 0
+        self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
 
     @property
     def port(self) -> int:
@@ -437,6 +471,13 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
+    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str) -> None:
+        self.refused_transactions += 1
+        self._recent_refusals.append(
+            {"client_id": client_id, "user_id": user_id, "reason": reason, "at": round(time.time(), 3)})
+        log.warn("satellite: refused a transaction of client {client} (user {user}): {reason}",
+                 client=client_id, user=user_id, reason=reason)
+
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""
         return {
@@ -444,6 +485,9 @@ class SatelliteService(service.Service):
             "port": self.port if self._port is not None else None,
             "auth": self.authenticator.mode,
             "connections": len(self.connections),
+            "refused_transactions": self.refused_transactions,
+            "refused_foreign_client_ids": self.foreign_client_ids,
+            "recent_refusals": list(self._recent_refusals),
             "clients": [
                 {
                     "client_id": c.session.client_id,
@@ -454,6 +498,7 @@ class SatelliteService(service.Service):
                     "incoming": c.session.incoming_state,
                     "appended": c.session.appended,
                     "delivered": c.session.delivered,
+                    "refused": c.session.refused,
                 }
                 for c in self.connections
                 if c.session.client_id is not None

@@ -33,7 +33,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from electric.hub import changes as hub_changes
 from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot, Transaction
 from electric.satellite import codec
@@ -49,9 +48,10 @@ from electric.satellite.codec import (
     AuthRequest,
     FrameError,
 )
+from electric.satellite import validation
 from electric.schema import SchemaRegistry, Table
 
-USER_COLUMN = "electric_user_id"
+USER_COLUMN = validation.USER_COLUMN
 SNAPSHOT_ROWS_PER_TRANSACTION = 500
 """Initial-sync rows per SatOpLog, so one frame stays far below the size limit."""
 
@@ -92,6 +92,7 @@ class Send:
 class Close:
     reason: str
     abort: bool = False  # drop the TCP connection without the closing handshake
+    detail: str = ""  # told to the client as the websocket close reason (why a write was refused)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,17 @@ class PersistClientLsn:
     lsn: bytes
 
 
+class WriteRefusal(FrameError):
+    """
+    A client write Electric does not accept (invalid value, unknown table or
+    column, another user's row...): the whole transaction is refused with
+    INVALID_REQUEST, the reason goes to the client as the close reason.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(INVALID_REQUEST, reason)
+
+
 class _OpenTransaction:
     __slots__ = ("lsn", "timestamp_ms", "changes")
 
@@ -146,6 +158,7 @@ class SatelliteSession:
     `lsn_of(position) -> bytes` and `position_of(lsn) -> int` (ValueError when
     the bytes are not an LSN of this hub) translate hub positions.
     `logger(text)` receives one line per notable event (never a token).
+    `on_refused(reason)` hears of every client transaction refused.
     """
 
     def __init__(
@@ -157,6 +170,7 @@ class SatelliteSession:
         position_of: Callable[[bytes], int],
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
+        on_refused: Optional[Callable[[str], None]] = None,
     ):
         self.registry = registry
         self.authenticator = authenticator
@@ -165,6 +179,8 @@ class SatelliteSession:
         self.position_of = position_of
         self.log = logger or (lambda text: None)
         self.clock = clock
+        self.on_refused = on_refused or (lambda reason: None)
+        self.checker = validation.WriteChecker(registry)
 
         self.state = AWAIT_AUTH
         self.gen = ORIGINAL
@@ -185,6 +201,7 @@ class SatelliteSession:
         self._ping_outstanding = False
         self.appended = 0
         self.delivered = 0
+        self.refused = 0
 
     # --- properties the driver polls ---------------------------------
 
@@ -211,12 +228,22 @@ class SatelliteSession:
     def _frame(self, name: str, **fields) -> Send:
         return Send(codec.encode(self.gen, getattr(self.gen.pb, name)(**fields)))
 
-    def _fail(self, code: int, reason: str) -> List:
+    def _fail(self, code: int, reason: str, detail: str = "") -> List:
         if self.state == CLOSED:
             return []
         self.state = CLOSED
         self.log(f"closing: {reason}")
-        return [self._frame("SatErrorResp", error_type=code), Close(reason)]
+        return [self._frame("SatErrorResp", error_type=code), Close(reason, detail=detail)]
+
+    def _refuse(self, reason: str) -> List:
+        """A client transaction is refused whole: nothing of it reaches the hub, the client hears why."""
+        if self.state == CLOSED:
+            return []
+        self.refused += 1
+        self._open = None
+        self._append_queue.clear()
+        self.on_refused(reason)
+        return self._fail(INVALID_REQUEST, reason, detail=reason)
 
     # --- input: frames -------------------------------------------------
 
@@ -246,6 +273,8 @@ class SatelliteSession:
             return self._fail(INVALID_REQUEST, f"unexpected {name}")
         try:
             return handler(message)
+        except WriteRefusal as e:
+            return self._refuse(str(e))
         except FrameError as e:
             return self._fail(e.code, str(e))
 
@@ -292,6 +321,14 @@ class SatelliteSession:
         if self.state != CLAIMING:
             return []
         return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected")
+
+    def claim_refused_other_user(self) -> List:
+        """The client id is bound to another user: refused (its positions and transactions are that user's)."""
+        if self.state != CLAIMING:
+            return []
+        return self._fail(
+            INVALID_REQUEST, f"client id {self.client_id!r} belongs to another user, not {self.user_id!r}",
+            detail="this client id belongs to another user; use a client id of your own")
 
     def _on_SatAuthReq(self, message) -> List:
         return self._fail(INVALID_REQUEST, "second SatAuthReq")
@@ -427,22 +464,27 @@ class SatelliteSession:
         return table
 
     def _row_op(self, kind: str, op) -> List:
-        table, names = self._table_for(op.relation_id)
+        """
+        The hub changes of one client row operation, each value validated
+        against the table in every database (`electric.satellite.validation`);
+        anything wrong with the write refuses the whole transaction.
+        """
         try:
-            if kind == "insert":
+            table, names = self._table_for(op.relation_id)
+            new = old = None
+            if kind in ("insert", "update"):
                 if not op.HasField("row_data"):
-                    raise FrameError(INVALID_REQUEST, "insert without row_data")
-                return hub_changes.insert(table, codec.decode_row(op.row_data, names))
-            if kind == "update":
-                if not op.HasField("row_data"):
-                    raise FrameError(INVALID_REQUEST, "update without row_data")
-                old = codec.decode_row(op.old_row_data, names) if op.HasField("old_row_data") else None
-                return hub_changes.update(table, old, codec.decode_row(op.row_data, names))
-            if not op.HasField("old_row_data"):
-                raise FrameError(INVALID_REQUEST, "delete without old_row_data")
-            return hub_changes.delete(table, codec.decode_row(op.old_row_data, names))
-        except hub_changes.MissingKey as e:
-            raise FrameError(INVALID_REQUEST, str(e)) from None
+                    raise FrameError(INVALID_REQUEST, f"{kind} without row_data")
+                new = codec.decode_row(op.row_data, names)
+                if kind == "update" and op.HasField("old_row_data"):
+                    old = codec.decode_row(op.old_row_data, names)
+            else:
+                if not op.HasField("old_row_data"):
+                    raise FrameError(INVALID_REQUEST, "delete without old_row_data")
+                old = codec.decode_row(op.old_row_data, names)
+            return self.checker.changes(table, kind, names, new, old, self.user_id)
+        except (FrameError, validation.Refused) as e:
+            raise WriteRefusal(str(e)) from None
 
     def _queue_append(self, txn: _OpenTransaction) -> List:
         transaction = Transaction(
@@ -484,7 +526,7 @@ class SatelliteSession:
         self._append_in_flight = None
         self._append_queue.clear()
         if rejected:
-            return self._fail(INVALID_REQUEST, f"the hub refused a client transaction: {reason}")
+            return self._refuse(reason.removeprefix("invalid transaction: "))
         return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
 
     def disconnected(self) -> None:
