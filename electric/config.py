@@ -74,6 +74,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "POSTGRES_SLOT": ("all_changes", "logical replication slot Electric creates in every Postgres"),
     "WEBSOCKET_PORT": ("5133", "Satellite websocket port (path /ws)"),
     "STATUS_PORT": ("5050", "HTTP status and migrations API port"),
+    "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations and /api/status/details (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
     "LISTEN_HOST": ("0.0.0.0", "interface Electric's listeners bind to"),
     "ELECTRIC_DATA_DIR": ("./electric_data", "directory of the embedded hub's log and row state (used when VAXINE_HOST is unset)"),
     "OFFSET_STORAGE_FILE": ("./offset_storage_data.dat", "file keeping each subscriber's LSN <-> hub position map and client positions"),
@@ -90,7 +91,9 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "VAXINE_CONNECTION_TIMEOUT": ("5000", "Vaxine connect timeout in ms"),
 }
 
-SECRET_VARIABLES = frozenset({"SATELLITE_AUTH_SIGNING_KEY"})
+SECRET_VARIABLES = frozenset({"SATELLITE_AUTH_SIGNING_KEY", "ELECTRIC_API_TOKEN"})
+MIN_API_TOKEN_CHARS = 16
+_API_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 def mask(value: str) -> str:
@@ -241,6 +244,7 @@ class Config:
     migrations_file_name_suffix: str = "/postgres.sql"
     auth_signing_key: Optional[str] = field(default=None, repr=False)
     auth_signing_iss: Optional[str] = None
+    api_token: Optional[str] = field(default=None, repr=False)
     global_cluster_id: str = "dev.electric-db"
     instance_id: str = "instance-1.region-1.dev.electric-db"
     regional_id: str = "region-1.dev.electric-db"
@@ -314,6 +318,12 @@ class Config:
             problems.append(
                 f"SATELLITE_AUTH_SIGNING_ISS={iss!r}: an issuer needs SATELLITE_AUTH_SIGNING_KEY too"
             )
+        api_token = get("ELECTRIC_API_TOKEN")
+        if api_token is not None and (len(api_token) < MIN_API_TOKEN_CHARS or not _API_TOKEN.fullmatch(api_token)):
+            problems.append(
+                f"ELECTRIC_API_TOKEN={mask(api_token)}: expected at least {MIN_API_TOKEN_CHARS} characters of "
+                "A-Z a-z 0-9 - . _ ~ + / (a bearer token)"
+            )
         suffix = get("MIGRATIONS_FILE_NAME_SUFFIX")
         electric_host = get("ELECTRIC_HOST")
         if not electric_host or any(ch.isspace() or ch in "'\\" for ch in electric_host):
@@ -334,6 +344,7 @@ class Config:
             migrations_file_name_suffix=suffix,
             auth_signing_key=key,
             auth_signing_iss=iss,
+            api_token=api_token,
             global_cluster_id=get("GLOBAL_CLUSTER_ID"),
             instance_id=get("ELECTRIC_INSTANCE_ID"),
             regional_id=get("ELECTRIC_REGIONAL_ID"),

@@ -27,6 +27,8 @@ from typing import Dict, Optional
 
 from twisted.application import service
 
+from electric import files
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slot_base (slot TEXT PRIMARY KEY, base INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS client_lsn (client_id TEXT PRIMARY KEY, lsn BLOB NOT NULL) WITHOUT ROWID;
@@ -49,15 +51,18 @@ class OffsetStore(service.Service):
 
     def startService(self):
         path = self.path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # Missing parent directories are made private; an existing one (the
+        # working directory, by default) is left alone, the file is 0600.
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=files.DIR_MODE, exist_ok=True)
         conn = None
         try:
+            files.private_sqlite(path)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, OSError) as e:
             if conn is not None:
                 conn.close()
             raise ValueError(f"OFFSET_STORAGE_FILE {path!r} is not a usable offset store: {e}") from None
