@@ -106,6 +106,7 @@ class SchemaRegistry:
     _by_id: Dict[int, Table] = field(default_factory=dict)
     _ids: Dict[Tuple[str, str], int] = field(default_factory=dict)
     _present: Dict[str, Tuple[Tuple[str, str], ...]] = field(default_factory=dict)
+    _present_sets: Dict[str, frozenset] = field(default_factory=dict)
     _shapes: Dict[Tuple[str, Tuple[str, str]], Table] = field(default_factory=dict)
     _streamable: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,6 +162,7 @@ class SchemaRegistry:
         tables = list(tables)
         with self._lock:
             self._present[origin] = tuple(t.qualified for t in tables)
+            self._present_sets[origin] = frozenset(self._present[origin])
             for t in tables:
                 self._shapes[(origin, t.qualified)] = t
 
@@ -201,8 +203,9 @@ class SchemaRegistry:
             if not self._present:
                 table = self._tables.get((schema, name))
                 return [table] if table is not None else []
-            return [t for (origin, key), t in sorted(self._shapes.items())
-                    if key == (schema, name) and key in self._present.get(origin, ())]
+            key = (schema, name)
+            return [self._shapes[(origin, key)] for origin in sorted(self._present_sets)
+                    if key in self._present_sets[origin]]
 
     def __iter__(self) -> Iterable[Table]:
         return iter(self.tables())
