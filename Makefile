@@ -41,13 +41,9 @@ $(STAMP): setup.cfg pyproject.toml $(NPM_LOCK)
 	fi
 	@touch $(STAMP)
 
-## compile: regenerate the protobuf modules from proto/ (pinned protoc from grpcio-tools)
+## compile: regenerate the protobuf modules from proto/ (Satellite and Antidote; pinned protoc from grpcio-tools)
 compile: deps
-	@if [ -f electric/satellite/pb/generate.py ]; then \
-	  $(PY) -m electric.satellite.pb.generate; \
-	else \
-	  echo "electric/satellite/pb/generate.py is missing: nothing to generate"; exit 1; \
-	fi
+	$(PY) -m electric.pb_generate
 
 ## tests: the whole suite (starts and stops its own Postgres clusters)
 tests: deps

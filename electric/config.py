@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from electric.postgres.tls import TLSSettings
+
 MIN_SIGNING_KEY_BYTES = 32
-_LIBPQ_TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 class ConfigError(Exception):
@@ -45,6 +46,16 @@ class Connector:
     # POSTGRES_SLOT.  Slots are per server, so two databases of one server
     # need different ones (`?slot=` in the URL).
     slot: Optional[str] = None
+    # sslmode & co. from the URL: the replication stream and every libpq
+    # session follow the same settings (electric.postgres.tls).
+    tls: TLSSettings = TLSSettings()
+
+    def __repr__(self) -> str:
+        # The URL's parameters may hold sslpassword.
+        params = tuple((k, "***" if k == "sslpassword" else v) for k, v in self.params)
+        return (f"Connector(name={self.name!r}, host={self.host!r}, port={self.port!r}, "
+                f"database={self.database!r}, user={self.user!r}, params={params!r}, "
+                f"connect_timeout_ms={self.connect_timeout_ms!r}, slot={self.slot!r}, tls={self.tls!r})")
 
     def dsn(self) -> str:
         """libpq keyword DSN for psycopg2/txpostgres (a normal SQL session)."""
@@ -59,9 +70,9 @@ class Connector:
         ]
         if self.password:
             parts.append(f"password={q(self.password)}")
-        # TLS settings from the URL reach libpq; other parameters are kept
-        # on the Connector for whoever needs them but are not libpq's.
-        parts += [f"{k}={q(v)}" for k, v in self.params if k in _LIBPQ_TLS_PARAMS]
+        # The TLS settings the replication stream uses too (URL or PGSSL*
+        # variables); the URL's other parameters are Electric's, not libpq's.
+        parts += [f"{k}={q(v)}" for k, v in self.tls.libpq_params()]
         return " ".join(parts)
 
 
@@ -101,7 +112,7 @@ def mask(value: str) -> str:
     return f"<{len(value.encode())} bytes hidden>"
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
 def _mask_url_password(url: str) -> str:
@@ -133,7 +144,8 @@ def _valid_port(text: Optional[str]) -> Optional[int]:
     return n if 1 <= n <= 65535 else None
 
 
-def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
+def parse_connectors(text: str, problems: List[str],
+                     environ: Optional[Mapping[str, str]] = None) -> Tuple[Connector, ...]:
     """
     Parse CONNECTORS, appending one message per bad entry to `problems`.
 
@@ -142,7 +154,9 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
     as well as `postgresql://`.  Query parameters are kept on the
     Connector; `host`, `port`, `user`, `dbname` override the URL parts as
     in libpq, `timeout` (ms) is the connect timeout and `slot` names this
-    database's replication slot (default POSTGRES_SLOT).
+    database's replication slot (default POSTGRES_SLOT).  The ``ssl*``
+    parameters become the connector's `TLSSettings` (libpq's PGSSLMODE & co.
+    in `environ` fill in those the URL leaves out, as libpq does).
     """
     expected = "name=postgresql://user:password@host:port/database"
     result: List[Connector] = []
@@ -198,6 +212,11 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
         if slot is not None and not _identifier(slot):
             problems.append(f"CONNECTORS: {name}: slot={slot!r} must be a name of lowercase letters, digits and _")
             continue
+        try:
+            tls = TLSSettings.from_params(pdict, environ)
+        except ValueError as e:
+            problems.append(f"CONNECTORS: {name}: {e}")
+            continue
         if name in seen:
             problems.append(f"CONNECTORS: connector name {name!r} appears more than once")
             continue
@@ -213,6 +232,7 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
                 params=params,
                 connect_timeout_ms=timeout_ms,
                 slot=slot,
+                tls=tls,
             )
         )
     return tuple(sorted(result, key=lambda c: c.name))
@@ -307,7 +327,7 @@ class Config:
                 problems.append(f"{name}={value!r}: expected a name of letters, digits and _")
             return value
 
-        connectors = parse_connectors(get("CONNECTORS") or "", problems)
+        connectors = parse_connectors(get("CONNECTORS") or "", problems, env)
         key = get("SATELLITE_AUTH_SIGNING_KEY")
         iss = get("SATELLITE_AUTH_SIGNING_ISS")
         if key is not None and len(key.encode()) < MIN_SIGNING_KEY_BYTES:

@@ -28,9 +28,11 @@ from tests.polling import wait_until
 class InProcessMesh:
     """`start()` builds and starts everything and waits until every connector is ready; `stop()` undoes it."""
 
-    def __init__(self, pg: PgCluster, names: Sequence[str], prefix: str = "electric-mesh"):
+    def __init__(self, pg: PgCluster, names: Sequence[str], prefix: str = "electric-mesh", params: str = ""):
+        """`params`: query string added to every connector URL (e.g. ``sslmode=verify-full&sslrootcert=...``)."""
         self.pg = pg
         self.names = tuple(names)
+        self.params = params
         self.tmp = tempfile.mkdtemp(prefix=prefix)
         self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), reactor, compact_interval=0)
         self.registry = SchemaRegistry()
@@ -53,7 +55,8 @@ class InProcessMesh:
         port = yield self.publisher.listening
         for name in self.names:
             config = Config.from_environ({
-                "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{self.database(name)}",
+                "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{self.database(name)}"
+                              + (f"?{self.params}" if self.params else ""),
                 "POSTGRES_SLOT": f"slot_{name}",
                 "POSTGRES_REPLICATION_PORT": str(port.getHost().port),
                 "ELECTRIC_DATA_DIR": self.tmp,

@@ -366,7 +366,8 @@ class SetupSession:
                 conn.close()
             except Exception:
                 pass
-            raise SetupError(f"cannot connect to {self.connector.host}:{self.connector.port}: {error_text(e)}") from e
+            raise SetupError(f"cannot connect to {self.connector.host}:{self.connector.port}: {error_text(e)} "
+                             f"(sslmode={self.connector.tls.mode})") from e
         self._conn = conn
         return self
 
