@@ -17,6 +17,12 @@ streams run:
 - incoming (client -> hub): REQUESTED (the server sent its
   SatInStartReplicationReq) -> ACTIVE (client answered) <-> PAUSED.
 
+Every client row operation is checked as it arrives
+(`electric.satellite.validation`: values, NOT NULL, write rules) and turned
+into guarded hub changes; anything wrong refuses the whole transaction
+(INVALID_REQUEST, the reason as the websocket close reason), so nothing a
+database could not store is ever acknowledged.
+
 Ordering rule (departure 5): a client merges what it receives with its own
 *unacknowledged* writes, so the ack of a client transaction must reach it
 before any hub transaction ordered after it.  The session therefore appends
@@ -35,7 +41,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot, Transaction
-from electric.satellite import codec
+from electric.satellite import codec, validation
 from electric.satellite.auth import AuthError
 from electric.satellite.codec import (
     AUTH_REQUIRED,
@@ -48,7 +54,6 @@ from electric.satellite.codec import (
     AuthRequest,
     FrameError,
 )
-from electric.satellite import validation
 from electric.schema import SchemaRegistry, Table
 
 USER_COLUMN = validation.USER_COLUMN
