@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from electric import tls as listener_tls
 from electric.postgres.tls import TLSSettings
 
 MIN_SIGNING_KEY_BYTES = 32
@@ -86,7 +87,14 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "WEBSOCKET_PORT": ("5133", "Satellite websocket port (path /ws)"),
     "STATUS_PORT": ("5050", "HTTP status and migrations API port"),
     "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations and /api/status/details (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
-    "LISTEN_HOST": ("0.0.0.0", "interface Electric's listeners bind to"),
+    "LISTEN_HOST": ("0.0.0.0", "address Electric's listeners bind to: an IPv4 or IPv6 address (:: = every interface, IPv4 too where the system allows)"),
+    "POSTGRES_REPLICATION_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for TLS on port 5433; set with the key, port 5433 then accepts TLS connections only and the subscriptions ask for TLS; unset = no TLS"),
+    "POSTGRES_REPLICATION_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of POSTGRES_REPLICATION_TLS_CERT_FILE"),
+    "POSTGRES_REPLICATION_SSLROOTCERT": (None, "path ON EACH POSTGRES SERVER'S MACHINE of the CA file that signed POSTGRES_REPLICATION_TLS_CERT_FILE; written into the subscriptions as sslrootcert with sslmode=verify-full (the certificate must name ELECTRIC_HOST); unset = sslmode=require (encrypted, not verified)"),
+    "WEBSOCKET_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for wss:// on WEBSOCKET_PORT (may be the same file as port 5433's); unset = ws://"),
+    "WEBSOCKET_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of WEBSOCKET_TLS_CERT_FILE"),
+    "STATUS_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for https:// on STATUS_PORT (may be the same file as the others); unset = http://"),
+    "STATUS_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of STATUS_TLS_CERT_FILE"),
     "ELECTRIC_DATA_DIR": ("./electric_data", "directory of the embedded hub's log and row state (used when VAXINE_HOST is unset)"),
     "OFFSET_STORAGE_FILE": ("./offset_storage_data.dat", "file keeping each subscriber's LSN <-> hub position map and client positions"),
     "MIGRATIONS_DIR": ("./migrations", "directory holding one folder per migration"),
@@ -258,6 +266,12 @@ class Config:
     websocket_port: int = 5133
     status_port: int = 5050
     listen_host: str = "0.0.0.0"
+    # TLS of Electric's own listeners (None = plain); see electric.tls.
+    postgres_replication_tls: Optional[listener_tls.TLSFiles] = None
+    # sslrootcert written into the subscriptions: a path on the Postgres servers' machines.
+    postgres_replication_sslrootcert: Optional[str] = None
+    websocket_tls: Optional[listener_tls.TLSFiles] = None
+    status_tls: Optional[listener_tls.TLSFiles] = None
     data_dir: str = "./electric_data"
     offset_storage_file: str = "./offset_storage_data.dat"
     migrations_dir: str = "./migrations"
@@ -344,6 +358,31 @@ class Config:
                 f"ELECTRIC_API_TOKEN={mask(api_token)}: expected at least {MIN_API_TOKEN_CHARS} characters of "
                 "A-Z a-z 0-9 - . _ ~ + / (a bearer token)"
             )
+        listen_host = get("LISTEN_HOST").strip()
+        if not listen_host or any(ch.isspace() for ch in listen_host):
+            problems.append(f"LISTEN_HOST={listen_host!r}: expected an IPv4 or IPv6 address")
+
+        def tls_pair(prefix: str) -> Optional[listener_tls.TLSFiles]:
+            cert_var, key_var = f"{prefix}_TLS_CERT_FILE", f"{prefix}_TLS_KEY_FILE"
+            cert, key = get(cert_var), get(key_var)
+            if cert is None and key is None:
+                return None
+            if cert is None or key is None:
+                have, missing = (cert_var, key_var) if key is None else (key_var, cert_var)
+                problems.append(f"{have} is set but {missing} is not: TLS needs both the certificate and its key")
+                return None
+            files = listener_tls.TLSFiles(cert, key)
+            found = listener_tls.problems(cert_var, key_var, files)
+            problems.extend(found)
+            return None if found else files
+
+        replication_tls = tls_pair("POSTGRES_REPLICATION")
+        sslrootcert = get("POSTGRES_REPLICATION_SSLROOTCERT")
+        if sslrootcert is not None:
+            if env.get("POSTGRES_REPLICATION_TLS_CERT_FILE") in (None, ""):
+                problems.append(
+                    f"POSTGRES_REPLICATION_SSLROOTCERT={sslrootcert!r}: needs POSTGRES_REPLICATION_TLS_CERT_FILE and "
+                    "POSTGRES_REPLICATION_TLS_KEY_FILE (port 5433 has no TLS without them)")
         suffix = get("MIGRATIONS_FILE_NAME_SUFFIX")
         electric_host = get("ELECTRIC_HOST")
         if not electric_host or any(ch.isspace() or ch in "'\\" for ch in electric_host):
@@ -357,7 +396,11 @@ class Config:
             slot=identifier("POSTGRES_SLOT"),
             websocket_port=port("WEBSOCKET_PORT"),
             status_port=port("STATUS_PORT"),
-            listen_host=get("LISTEN_HOST"),
+            listen_host=listen_host,
+            postgres_replication_tls=replication_tls,
+            postgres_replication_sslrootcert=sslrootcert,
+            websocket_tls=tls_pair("WEBSOCKET"),
+            status_tls=tls_pair("STATUS"),
             data_dir=get("ELECTRIC_DATA_DIR"),
             offset_storage_file=get("OFFSET_STORAGE_FILE"),
             migrations_dir=get("MIGRATIONS_DIR"),
@@ -382,6 +425,12 @@ class Config:
         for number, names in sorted(listeners.items()):
             if len(names) > 1:
                 problems.append(f"{' and '.join(names)} share port {number}: each listener needs its own port")
+        if (sslrootcert is not None and replication_tls is not None and electric_host
+                and not listener_tls.names_host(replication_tls.cert_file, electric_host)):
+            problems.append(
+                f"POSTGRES_REPLICATION_TLS_CERT_FILE={replication_tls.cert_file!r}: the certificate is not valid for "
+                f"ELECTRIC_HOST={electric_host!r}, and with POSTGRES_REPLICATION_SSLROOTCERT set the subscriptions "
+                "verify it (sslmode=verify-full)")
         slots = {}
         for c in config.connectors:
             slots.setdefault((c.host, c.port, config.slot_for(c)), []).append(c.name)

@@ -97,8 +97,11 @@ class _Proto(protocol.ProcessProtocol):
 class NodeClient:
     """One electric-sql client process on its own SQLite file."""
 
-    def __init__(self, db_path: str, port: int, token: str, tables=(ITEMS_SQLITE,), debug=False):
-        self.config = {"db": db_path, "port": port, "token": token, "tables": list(tables), "debug": debug}
+    def __init__(self, db_path: str, port: int, token: str, tables=(ITEMS_SQLITE,), debug=False, ca_file=None):
+        # ca_file: connect with wss://, trusting that CA (Node reads it from NODE_EXTRA_CA_CERTS)
+        self.config = {"db": db_path, "port": port, "token": token, "tables": list(tables), "debug": debug,
+                       "ssl": ca_file is not None}
+        self.ca_file = ca_file
         self.events = []
         self.log_lines = []
         self._pending = {}
@@ -111,6 +114,8 @@ class NodeClient:
         ensure_installed()
         self.proto = _Proto(self)
         env = dict(os.environ)
+        if self.ca_file is not None:
+            env["NODE_EXTRA_CA_CERTS"] = self.ca_file
         self.transport = reactor.spawnProcess(
             self.proto, shutil.which("node"), ["node", DRIVER, json.dumps(self.config)], env=env, path=CLIENT_DIR
         )

@@ -23,15 +23,11 @@ from tests.electric_process import ElectricProcess
 from tests.mesh import InProcessMesh
 from tests.pgcluster import PASSWORD, PgCluster, shared_cluster
 from tests.polling import wait_until
+from tests.publisher_helpers import subscriber_errors
 from tests.test_pg_setup import CLUSTER_KEY
 from tests.tls_helpers import TestCA
 
 NAMES = ("tls_a", "tls_b")
-
-
-def log_errors(pg: PgCluster, since: int):
-    """ERROR/FATAL lines the server logged after offset `since` (an apply worker's error is one)."""
-    return [line for line in pg.log()[since:].splitlines() if "ERROR:" in line or "FATAL:" in line]
 
 
 class Databases:
@@ -87,7 +83,7 @@ class ReplicationOverTLSTests(unittest.TestCase):
             status = svc.status()
             self.assertEqual((status["sslmode"], status["stream_encrypted"], status["last_error"]),
                              ("verify-full", True, None))
-        self.assertEqual(log_errors(self.pg, since), [])
+        self.assertEqual(subscriber_errors(self.pg, since=since), [])
 
     @defer.inlineCallbacks
     def test_migration_sessions_use_the_connector_tls(self):

@@ -18,10 +18,11 @@ import time
 from typing import Deque, Dict, List, Optional
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from electric.hub.interface import HubError, SubscriptionClosed
+from electric.listener import Listener
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -202,6 +203,9 @@ class ClientConnection:
             self._run(self.session.stream_failed(f"offset store: {e}"))
             return
         if not self._lost:
+            raise_limits = getattr(self.transport, "authenticated", None)
+            if raise_limits is not None:
+                raise_limits()  # before the session's answers: they may already be large
             self._run(self.session.claim_granted(stored))
 
     def _append(self, action: sm.Append) -> None:
@@ -361,12 +365,12 @@ class SatelliteService(service.Service):
         self.migration_notifications = (
             SEND_MIGRATION_NOTIFICATIONS if migration_notifications is None else migration_notifications
         )
-        self.listening = defer.Deferred()
+        self.listener = Listener(reactor, "Satellite websocket", "wss" if config.websocket_tls else "ws",
+                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls)
         self.connections: List[ClientConnection] = []
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
         self._pending_writes = set()
-        self._port = None
         self.refused_transactions = 0
         self.foreign_client_ids = 0
         self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
@@ -374,39 +378,29 @@ class SatelliteService(service.Service):
     @property
     def port(self) -> int:
         """The TCP port actually listened on (useful with WEBSOCKET_PORT=0 in tests)."""
-        return self._port.getHost().port
+        return self.listener.bound_port
+
+    @property
+    def listening(self) -> defer.Deferred:
+        """Fires with the IListeningPort once bound; errbacks (CannotListenError) when the port is taken."""
+        return self.listener.listening
 
     def startService(self):
         from electric.satellite.transport import SatelliteServerFactory
 
         service.Service.startService(self)
-        factory = SatelliteServerFactory(self)
-        endpoint = endpoints.TCP4ServerEndpoint(
-            self.reactor, self.config.websocket_port, interface=self.config.listen_host
-        )
-        d = endpoint.listen(factory)
-
-        def listening(port):
-            self._port = port
-            log.info(
-                "satellite websocket listening on {host}:{port}/ws ({mode} auth)",
-                host=self.config.listen_host, port=port.getHost().port, mode=self.authenticator.mode,
-            )
-            self.listening.callback(port)
-            return port
-
-        def failed(failure):
-            log.failure("satellite websocket could not listen", failure)
-            self.listening.errback(failure)
-
-        d.addCallbacks(listening, failed)
+        tls = self.config.websocket_tls
+        self.listener.factory = SatelliteServerFactory(self, secure=tls is not None)
+        self.listener.startService()
+        if self.listener.port is None:
+            self.running = False
+            return
+        log.info("satellite websocket on path /ws ({mode} auth)", mode=self.authenticator.mode)
 
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
-        if self._port is not None:
-            port, self._port = self._port, None
-            yield port.stopListening()
+        yield self.listener.stopService()
         waiting = [c.closed for c in self.connections]
         for c in list(self.connections):
             c.shutdown()
@@ -481,8 +475,9 @@ class SatelliteService(service.Service):
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""
         return {
-            "listening": self._port is not None,
-            "port": self.port if self._port is not None else None,
+            "listening": self.listener.port is not None,
+            "port": self.port,
+            "tls": self.config.websocket_tls is not None,
             "auth": self.authenticator.mode,
             "connections": len(self.connections),
             "refused_transactions": self.refused_transactions,

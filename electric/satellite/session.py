@@ -69,6 +69,9 @@ restarts the sync instead of resuming after rows it never got.
 
 # session states
 AWAIT_AUTH = "await_auth"
+
+MAX_FRAMES_WHILE_CLAIMING = 64
+"""Messages a client may send between its SatAuthReq and our SatAuthResp (kept, in order)."""
 CLAIMING = "claiming"
 READY = "ready"
 CLOSED = "closed"
@@ -257,7 +260,10 @@ class SatelliteSession:
         if self.state == CLOSED:
             return []
         if self.state == CLAIMING:
-            # The client should be waiting for SatAuthResp; keep order anyway.
+            # The client should be waiting for SatAuthResp; keep order anyway,
+            # but a client that floods instead of waiting is not buffered for.
+            if len(self._deferred_frames) >= MAX_FRAMES_WHILE_CLAIMING:
+                return self._fail(INVALID_REQUEST, f"more than {MAX_FRAMES_WHILE_CLAIMING} messages before SatAuthResp")
             self._deferred_frames.append((bytes(data), binary))
             return []
         if not binary:

@@ -6,6 +6,14 @@ compression; each binary message goes to the `ClientConnection`, each frame
 the connection wants sent goes out as one binary message.  The protocol is
 the transport's streaming producer, so a full socket buffer pauses the hub
 stream of that connection and a drained one resumes it.
+
+Before a client has authenticated it is a stranger: its opening handshake
+may be at most `MAX_HANDSHAKE_BYTES` (autobahn itself buffers a request
+without limit) and its frames and messages at most `PRE_AUTH_MAX_BYTES`
+(a SatAuthReq with a token fits easily); a larger one is refused with close
+code 1009 as soon as its header arrives, before its payload is buffered.
+Only once the session authenticated are messages up to `MAX_FRAME_BYTES`
+accepted.
 """
 
 from __future__ import annotations
@@ -20,7 +28,13 @@ log = Logger()
 
 WS_PATH = "/ws"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
-"""Largest websocket message accepted (autobahn closes with 1009 beyond it)."""
+"""Largest websocket message accepted from an authenticated client (autobahn closes with 1009 beyond it)."""
+
+PRE_AUTH_MAX_BYTES = 64 * 1024
+"""Largest frame or message accepted before the client authenticated."""
+
+MAX_HANDSHAKE_BYTES = 32 * 1024
+"""Largest HTTP opening handshake request (request line and headers)."""
 
 CLOSE_REFUSED = 4008
 """
@@ -48,6 +62,28 @@ CLOSE_HANDSHAKE_TIMEOUT = 2.0
 @implementer(IPushProducer)
 class SatelliteServerProtocol(WebSocketServerProtocol):
     connection = None
+    refused = False
+
+    def dataReceived(self, data):
+        if self.refused:
+            return
+        # autobahn buffers the opening handshake until the blank line, however
+        # long: bound it (431, as an HTTP server answers oversized headers).
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+            log.info("websocket {peer}: opening handshake larger than {n} bytes; refused",
+                     peer=self.peer, n=MAX_HANDSHAKE_BYTES)
+            self.refused = True
+            self.data = b""
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.loseConnection()
+            return
+        super().dataReceived(data)
+
+    def authenticated(self) -> None:
+        """The session authenticated: from now on full-size messages are accepted."""
+        self.maxFramePayloadSize = MAX_FRAME_BYTES
+        self.maxMessagePayloadSize = MAX_FRAME_BYTES
 
     def onConnect(self, request):
         if request.path != WS_PATH:
@@ -111,12 +147,16 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
 class SatelliteServerFactory(WebSocketServerFactory):
     protocol = SatelliteServerProtocol
 
-    def __init__(self, service):
-        super().__init__()
+    def __init__(self, service, secure: bool = False):
+        super().__init__("wss://localhost/ws" if secure else "ws://localhost/ws")
         self.service = service
+        # Each connection starts with these; `authenticated()` raises them.
         self.setProtocolOptions(
-            maxFramePayloadSize=MAX_FRAME_BYTES,
-            maxMessagePayloadSize=MAX_FRAME_BYTES,
+            maxFramePayloadSize=PRE_AUTH_MAX_BYTES,
+            maxMessagePayloadSize=PRE_AUTH_MAX_BYTES,
+            # A refused client is told why (a close frame: 1009 for an
+            # oversized message), then dropped after closeHandshakeTimeout.
+            failByDrop=False,
             openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             autoPingInterval=0,

@@ -63,6 +63,11 @@ class SubscriberCredentials(service.Service):
         os.replace(tmp, path)
         return secret
 
+    @property
+    def names(self) -> frozenset:
+        """Every connector name (each one is a user on port 5433)."""
+        return self._names
+
     def for_connector(self, name: str) -> Tuple[str, str]:
         """(user, password) that connector `name`'s subscription uses."""
         if self._secret is None:

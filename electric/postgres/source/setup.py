@@ -73,15 +73,28 @@ def conninfo_value(value) -> str:
 
 
 def subscription_conninfo(config: Config, connector: Connector, user: str, password: str) -> str:
-    """The conninfo a connector's subscription uses to reach Electric's port 5433."""
+    """
+    The conninfo a connector's subscription uses to reach Electric's port 5433.
+
+    With TLS on port 5433 the subscription asks for it: ``sslmode=verify-full``
+    against POSTGRES_REPLICATION_SSLROOTCERT (a path on the Postgres server's
+    machine: libpq runs there, in the apply worker) when one is configured,
+    else ``sslmode=require``.  Without TLS, ``sslmode=disable`` as before.
+    """
     timeout_s = max(1, connector.connect_timeout_ms // 1000)
+    if config.postgres_replication_tls is None:
+        tls = [("sslmode", "disable")]
+    elif config.postgres_replication_sslrootcert:
+        tls = [("sslmode", "verify-full"), ("sslrootcert", config.postgres_replication_sslrootcert)]
+    else:
+        tls = [("sslmode", "require")]
     pairs = [
         ("host", config.electric_host),
         ("port", config.postgres_replication_port),
         ("dbname", connector.name),
         ("user", user),
         ("password", password),
-        ("sslmode", "disable"),
+        *tls,
         ("connect_timeout", timeout_s),
     ]
     return " ".join(f"{k}={conninfo_value(v)}" for k, v in pairs)
