@@ -89,7 +89,7 @@ bench: deps
 
 ## clean: build and run leftovers (keeps .venv; `make distclean` removes it too)
 clean:
-	rm -rf build dist *.egg-info _trial_temp* .pytest_cache twisted/plugins/dropin.cache \
+	rm -rf build dist *.egg-info _trial_temp* .pytest_cache .hypothesis twisted/plugins/dropin.cache \
 	  electric_data offset_storage_data*.dat
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

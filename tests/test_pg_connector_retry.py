@@ -15,6 +15,7 @@ from electric.config import Config
 from electric.postgres.source.connector import ConnectorService, retry_policy
 from electric.schema import SchemaRegistry
 from tests.pgcluster import free_port
+from tests import seeds
 from tests.polling import wait_until
 
 
@@ -25,8 +26,8 @@ class PolicyTests(unittest.TestCase):
         self.assertEqual(policy(10_000), 10.25)
 
     def test_default_jitter_is_under_a_second(self):
-        seed = random.randrange(1 << 30)
-        print(f"seed {seed}")
+        seed = seeds.choose()
+        print(seeds.rerun_hint(seed, self.id()))
         random.seed(seed)
         policy = retry_policy()
         for attempt in range(8):

@@ -13,8 +13,7 @@ import resource
 import shutil
 import tempfile
 
-from twisted.internet import defer, reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet import defer, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -466,8 +465,13 @@ class PublisherTests(ConnectorTestBase):
         # Electric's own origin and was dropped.
         self.assertEqual(rows, {("4",): {"id": "4", "v": "local"}})
         yield wait_until(lambda: self.hub.status()["appends"] == 2, what="two local appends")
-        yield deferLater(reactor, 1.0, lambda: None)
         self.assertEqual(self.hub.status()["appends"], 2)
+        # Nothing the subscription applied comes back later either: one more local
+        # write (in WAL after all of it) arrives as the next and only other append.
+        self.sql("INSERT INTO t VALUES (5, 'local, last')")
+        rows = yield self.wait_rows("t", 2)
+        self.assertEqual(rows[("5",)], {"id": "5", "v": "local, last"})
+        self.assertEqual(self.hub.status()["appends"], 3)
 
     def _wait_db(self, sql, expected, timeout=30.0):
         import time

@@ -11,8 +11,9 @@ from electric.vaxine import antidote as A
 from electric.vaxine import etf
 from electric.vaxine.errors import FrameError, ProtocolError, RequestFailed
 from electric.vaxine.pb import antidote_pb2 as pb
+from tests import seeds
 
-SEED = random.randrange(2 ** 32)
+SEED = seeds.choose()  # ELECTRIC_TEST_SEED reruns a failure
 print(f"test_vaxine_antidote seed {SEED}")
 
 
@@ -77,6 +78,7 @@ class SpecReferenceBytes(unittest.TestCase):
         self.assertEqual(A.IGNORE, etf.term_to_binary(etf.Atom("ignore")))
 
 
+@seeds.reports_seed(SEED)
 class Framing(unittest.TestCase):
     MESSAGES = [
         A.start_transaction(), A.commit_transaction(b"TX"), A.read_objects(b"TX", [OBJ]),

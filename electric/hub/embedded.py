@@ -298,10 +298,14 @@ class EmbeddedHub(service.Service):
         tail_entries: int = 10_000,
         compact_interval: float = 30.0,
         max_group: int = 2000,
+        clock=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        # Periodic compaction runs on `clock` (an IReactorTime: the reactor
+        # unless a test passes a task.Clock); everything else needs the reactor.
+        self._clock = clock if clock is not None else reactor
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, DB_NAME)
         self.retain = retain
@@ -395,7 +399,7 @@ class EmbeddedHub(service.Service):
         self._writer.start()
         if self.compact_interval:
             self._compactor = task.LoopingCall(self._periodic_compact)
-            self._compactor.clock = self._reactor
+            self._compactor.clock = self._clock
             self._compactor.start(self.compact_interval, now=False)
         service.Service.startService(self)
         log.info("embedded hub {path} open: head {head}, horizon {horizon}, {rows} live rows",

@@ -68,6 +68,7 @@ class ClientConnection:
         self.transport = transport
         self.peer = peer
         self.reactor = owner.reactor
+        self.clock = owner.clock
         self.hub = owner.hub
         self.session = sm.SatelliteSession(
             owner.registry,
@@ -100,9 +101,9 @@ class ClientConnection:
     # --- from the transport ----------------------------------------
 
     def opened(self) -> None:
-        self._auth_timer = self.reactor.callLater(AUTH_DEADLINE, self._auth_deadline)
+        self._auth_timer = self.clock.callLater(AUTH_DEADLINE, self._auth_deadline)
         self._heartbeat = task.LoopingCall(lambda: self._run(self.session.tick()))
-        self._heartbeat.clock = self.reactor
+        self._heartbeat.clock = self.clock
         self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
 
     def frame(self, data: bytes, binary: bool) -> None:
@@ -353,10 +354,14 @@ class SatelliteService(service.Service):
     name = "satellite"
 
     def __init__(self, config, hub, registry, offsets, reactor=None, authenticator=None,
-                 migration_notifications=None):
+                 migration_notifications=None, clock=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        # The authentication deadline, heartbeats, the claim wait and the stop
+        # timeout run on `clock` (an IReactorTime: the reactor unless a test
+        # passes a task.Clock).
+        self.clock = clock if clock is not None else reactor
         self.config = config
         self.hub = hub
         self.registry = registry
@@ -406,7 +411,7 @@ class SatelliteService(service.Service):
             c.shutdown()
         if waiting:
             done = defer.DeferredList(waiting, consumeErrors=True)
-            timer = self.reactor.callLater(STOP_TIMEOUT, lambda: [c.transport.close_connection(True) for c in list(self.connections)])
+            timer = self.clock.callLater(STOP_TIMEOUT, lambda: [c.transport.close_connection(True) for c in list(self.connections)])
             yield done
             if timer.active():
                 timer.cancel()
@@ -441,7 +446,7 @@ class SatelliteService(service.Service):
                     del self._claim_waiters[client_id]
                 d.callback(False)
 
-        timer = self.reactor.callLater(CLAIM_WAIT, give_up)
+        timer = self.clock.callLater(CLAIM_WAIT, give_up)
 
         def settled(result):
             if timer.active():
