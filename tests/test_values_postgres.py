@@ -19,8 +19,9 @@ element oid, typmod)``).  ``SELECT $1::varchar(64)`` is not the same thing:
 an explicit cast silently truncates (varchar, bit) where the input function
 refuses.
 
-The seed is printed and can be replaced with ELECTRIC_VALUES_SEED; the count
-per type is ELECTRIC_VALUES_PER_TYPE (default 1500).
+Seeds follow tests/seeds.py: a fixed seed and a fresh one each run (or
+only ELECTRIC_TEST_SEED), named on failure with the command that reruns it.
+The count per type is ELECTRIC_VALUES_PER_TYPE (default 1500).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from twisted.trial import unittest
 
 from electric.postgres.protocol import values as V
 from tests.pgcluster import shared_cluster
+from tests.seeds import seeded
 
-SEED = int(os.environ.get("ELECTRIC_VALUES_SEED", "20261126"))
 PER_TYPE = int(os.environ.get("ELECTRIC_VALUES_PER_TYPE", "1500"))
 
 # Types whose validator may refuse a spelling as not portable.
@@ -210,11 +211,9 @@ class ValidatorMatchesPostgres(unittest.TestCase):
         cluster = shared_cluster("values")
         self.oracle = Oracle(cluster.dsn)
         self.addCleanup(self.oracle.close)
-        print(f"\n[values] seed {SEED}, {PER_TYPE} generated values per type "
-              f"(ELECTRIC_VALUES_SEED / ELECTRIC_VALUES_PER_TYPE)", file=sys.stderr)
 
-    def test_every_generated_value(self):
-        rng = random.Random(SEED)
+    @seeded(20261126)
+    def test_every_generated_value(self, rng: random.Random):
         mismatches = []
         compared = not_portable = 0
         for type_name, typmod, seeds in SPECS:
@@ -243,4 +242,4 @@ class ValidatorMatchesPostgres(unittest.TestCase):
         print(f"[values] compared {compared} values with PostgreSQL, {not_portable} refused as not portable",
               file=sys.stderr)
         self.assertGreater(compared, len(SPECS) * PER_TYPE // 2)
-        self.assertEqual(mismatches[:30], [], f"seed {SEED}: {len(mismatches)} mismatches")
+        self.assertEqual(mismatches[:30], [], f"{len(mismatches)} mismatches")
