@@ -173,7 +173,7 @@ class UntrustedClients(unittest.TestCase):
         self.assertEqual(mallory.events[0]["clientId"], client_id)
         yield eventually(lambda: self.satellite.status()["refused_foreign_client_ids"] >= 1, timeout=60,
                          message="mallory refused")
-        yield mallory.execute("INSERT INTO items (id, content, n) VALUES (?, ?, ?)", "m1", "mallory's", 9)
+        yield mallory.execute_local("INSERT INTO items (id, content, n) VALUES (?, ?, ?)", "m1", "mallory's", 9)
         self.assertEqual(self.mesh.offsets.client_owner(client_id), "alice")
         # alice comes back and writes with her next lsn: acknowledged, in both databases
         alice = yield self.node("alice", "alice")
