@@ -86,6 +86,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "POSTGRES_SLOT": ("all_changes", "logical replication slot Electric creates in every Postgres"),
     "WEBSOCKET_PORT": ("5133", "Satellite websocket port (path /ws)"),
     "STATUS_PORT": ("5050", "HTTP status and migrations API port"),
+    "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations and /api/status/details (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
     "LISTEN_HOST": ("0.0.0.0", "address Electric's listeners bind to: an IPv4 or IPv6 address (:: = every interface, IPv4 too where the system allows)"),
     "POSTGRES_REPLICATION_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for TLS on port 5433; set with the key, port 5433 then accepts TLS connections only and the subscriptions ask for TLS; unset = no TLS"),
     "POSTGRES_REPLICATION_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of POSTGRES_REPLICATION_TLS_CERT_FILE"),
@@ -109,7 +110,9 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "VAXINE_CONNECTION_TIMEOUT": ("5000", "Vaxine connect timeout in ms"),
 }
 
-SECRET_VARIABLES = frozenset({"SATELLITE_AUTH_SIGNING_KEY"})
+SECRET_VARIABLES = frozenset({"SATELLITE_AUTH_SIGNING_KEY", "ELECTRIC_API_TOKEN"})
+MIN_API_TOKEN_CHARS = 16
+_API_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 def mask(value: str) -> str:
@@ -275,6 +278,7 @@ class Config:
     migrations_file_name_suffix: str = "/postgres.sql"
     auth_signing_key: Optional[str] = field(default=None, repr=False)
     auth_signing_iss: Optional[str] = None
+    api_token: Optional[str] = field(default=None, repr=False)
     global_cluster_id: str = "dev.electric-db"
     instance_id: str = "instance-1.region-1.dev.electric-db"
     regional_id: str = "region-1.dev.electric-db"
@@ -348,6 +352,12 @@ class Config:
             problems.append(
                 f"SATELLITE_AUTH_SIGNING_ISS={iss!r}: an issuer needs SATELLITE_AUTH_SIGNING_KEY too"
             )
+        api_token = get("ELECTRIC_API_TOKEN")
+        if api_token is not None and (len(api_token) < MIN_API_TOKEN_CHARS or not _API_TOKEN.fullmatch(api_token)):
+            problems.append(
+                f"ELECTRIC_API_TOKEN={mask(api_token)}: expected at least {MIN_API_TOKEN_CHARS} characters of "
+                "A-Z a-z 0-9 - . _ ~ + / (a bearer token)"
+            )
         listen_host = get("LISTEN_HOST").strip()
         if not listen_host or any(ch.isspace() for ch in listen_host):
             problems.append(f"LISTEN_HOST={listen_host!r}: expected an IPv4 or IPv6 address")
@@ -397,6 +407,7 @@ class Config:
             migrations_file_name_suffix=suffix,
             auth_signing_key=key,
             auth_signing_iss=iss,
+            api_token=api_token,
             global_cluster_id=get("GLOBAL_CLUSTER_ID"),
             instance_id=get("ELECTRIC_INSTANCE_ID"),
             regional_id=get("ELECTRIC_REGIONAL_ID"),

@@ -171,6 +171,10 @@ class NodeClient:
         yield self.wait_sent()
         return result
 
+    def execute_local(self, sql, *args):
+        """A local write without waiting for it to be sent: for a client Electric refused to replicate with."""
+        return self._call(op="exec", sql=sql, args=list(args))
+
     @defer.inlineCallbacks
     def wait_sent(self, timeout=60.0):
         """

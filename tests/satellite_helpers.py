@@ -132,6 +132,7 @@ class WsClient:
         self.frames = []
         self._waiting = []
         self.close_code = None
+        self.close_reason = None
         self.closed = defer.Deferred()
         self.proto = None
         self._open = defer.Deferred()
@@ -160,6 +161,7 @@ class WsClient:
 
     def _closed(self, code, reason):
         self.close_code = code
+        self.close_reason = reason
         if not self._open.called:
             self._open.errback(ClientClosed(f"handshake failed: {code} {reason}"))
         if not self.closed.called:

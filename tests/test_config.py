@@ -82,6 +82,7 @@ class DefaultsTests(unittest.TestCase):
             "POSTGRES_SLOT": "slot",
             "WEBSOCKET_PORT": "6133",
             "STATUS_PORT": "6050",
+            "ELECTRIC_API_TOKEN": "api-token-of-the-test-env",
             "LISTEN_HOST": "127.0.0.1",
             "ELECTRIC_DATA_DIR": "/var/lib/electric",
             "OFFSET_STORAGE_FILE": "/var/lib/offsets.dat",
@@ -119,6 +120,7 @@ class DefaultsTests(unittest.TestCase):
         self.assertEqual(c.connector("pg").port, 6000)
         self.assertFalse(c.embedded_hub)
         self.assertTrue(c.jwt_auth)
+        self.assertEqual(c.api_token, "api-token-of-the-test-env")
         self.assertEqual(c.postgres_replication_tls, TLSFiles(pg_files.cert, pg_files.key))
         self.assertEqual(c.postgres_replication_sslrootcert, "/etc/postgresql/electric-ca.pem")
         self.assertEqual(c.websocket_tls, TLSFiles(ws_files.cert, ws_files.key))
@@ -221,6 +223,25 @@ class AuthTests(unittest.TestCase):
 
     def test_mask_shows_only_the_length(self):
         self.assertEqual(mask("abc"), "<3 bytes hidden>")
+
+
+class ApiTokenTests(unittest.TestCase):
+    def test_unset_means_no_token(self):
+        self.assertIsNone(Config.from_environ({}).api_token)
+        self.assertIsNone(Config.from_environ({"ELECTRIC_API_TOKEN": ""}).api_token)
+
+    def test_token_is_kept_out_of_repr(self):
+        token = "x7Kq-2mN_pR8.vT4~wZ9+aB/c="
+        c = Config.from_environ({"ELECTRIC_API_TOKEN": token})
+        self.assertEqual(c.api_token, token)
+        self.assertNotIn(token, repr(c))
+
+    def test_short_or_odd_tokens_are_rejected_and_masked(self):
+        for token in ("short-token", "has spaces in it, sixteen+", "quote\"in-a-token-x"):
+            problems, text = problems_of({"ELECTRIC_API_TOKEN": token})
+            self.assertEqual(len(problems), 1, problems)
+            self.assertTrue(problems[0].startswith(f"ELECTRIC_API_TOKEN=<{len(token.encode())} bytes hidden>: "))
+            self.assertNotIn(token, text)
 
 
 class AggregationTests(unittest.TestCase):

@@ -225,15 +225,21 @@ class SatelliteMetricsTests(unittest.TestCase):
         bad = yield fx.client()
         bad.send(msg(ORIGINAL, "SatPingReq"))
         yield bad.wait_closed()
+        # A third writes a value column n (int4) cannot take: refused whole.
+        wrong = yield fx.authed(ORIGINAL, "client-3", "bob")
+        wrong.send(relation(ORIGINAL, 0, "items", ["id", "content", "n", "electric_user_id"]))
+        wrong.send(client_txn(ORIGINAL, b"\x00\x00\x00\x01", 0, ["b", "from bob", "five", None]))
+        yield wrong.wait_closed()
         yield c.close()
-        yield eventually(lambda: fx.service.metrics()["connections"] == 0, message="both connections gone")
+        yield eventually(lambda: fx.service.metrics()["connections"] == 0, message="every connection gone")
         s = scrape(self.collector)
         self.assertEqual(value(s, "electric_satellite_clients"), 0)
         self.assertEqual(value(s, "electric_satellite_transactions_in_total"), 1)
         self.assertEqual(value(s, "electric_satellite_transactions_out_total"), 1)
         self.assertEqual(value(s, "electric_satellite_auth_failures_total"), 1)
-        self.assertEqual(value(s, "electric_satellite_refused_writes_total"), 0)
+        self.assertEqual(value(s, "electric_satellite_refused_writes_total"), 1)
         self.assertEqual(value(s, "electric_errors_total", kind="satellite_auth_required"), 1)
+        self.assertEqual(value(s, "electric_errors_total", kind="satellite_invalid_request"), 1)
         self.assertEqual(value(s, "electric_hub_append_latency_seconds_count"), 1)
 
 
@@ -328,3 +334,28 @@ class RouteTests(unittest.TestCase):
         details = json.loads((yield readBody(response)))
         self.assertEqual(details["instance"], {"cluster_id": "route-test", "instance_id": "route-1",
                                                "regional_id": "region-1.dev.electric-db"})
+
+    @defer.inlineCallbacks
+    def test_with_an_api_token_metrics_need_it_like_every_route_but_the_open_reads(self):
+        tmp = tempfile.mkdtemp(prefix="metrics-token-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        hub = EmbeddedHub(os.path.join(tmp, "hub"), reactor, compact_interval=0)
+        hub.startService()
+        self.addCleanup(hub.stopService)
+        token = "metrics-scrape-token-0123456789"
+        config = Config(status_port=0, listen_host="127.0.0.1", api_token=token)
+        api = HttpApi(config, hub, {})
+        install_routes(api.app, registry_for(ElectricCollector(config, hub=hub, api=api)))
+        http = HttpService(config, api, reactor)
+        http.startService()
+        port = yield http.listening
+        self.addCleanup(http.stopService)
+        url = f"http://127.0.0.1:{port.getHost().port}/metrics".encode()
+        response = yield Agent(reactor).request(b"GET", url)
+        yield readBody(response)
+        self.assertEqual(response.code, 401)
+        from twisted.web.http_headers import Headers
+        response = yield Agent(reactor).request(b"GET", url, Headers({b"authorization": [f"Bearer {token}".encode()]}))
+        body = (yield readBody(response)).decode()
+        self.assertEqual(response.code, 200)
+        self.assertIn("electric_hub_head_position", [f.name for f in text_string_to_metric_families(body)])

@@ -176,6 +176,21 @@ class SetupTests(unittest.TestCase):
         self.assertEqual(sorted(t.name for t in registry.database_tables(connector.name)), ["composite", "items"])
 
     @defer.inlineCallbacks
+    def test_introspection_records_not_null(self):
+        """Validation of client writes needs each column's NOT NULL flag (primary keys are NOT NULL too)."""
+        self.pg.psql("CREATE TABLE strict (id int PRIMARY KEY, must text NOT NULL, may text,"
+                     " dflt timestamptz NOT NULL DEFAULT now())")
+        config = make_config(self.pg)
+        result = yield setup.run_setup(config, config.connectors[0], self.creds(config))
+        strict = {t.name: t for t in result.introspection.tables}["strict"]
+        self.assertEqual([(c.name, c.not_null) for c in strict.columns],
+                         [("id", True), ("must", True), ("may", False), ("dflt", True)])
+        registry = SchemaRegistry()
+        setup.apply_to_registry(registry, "postgres_1", [strict])
+        self.assertEqual([t.column("must").not_null for t in registry.definitions("public", "strict")], [True])
+        self.assertEqual(registry.definitions("public", "absent"), [])
+
+    @defer.inlineCallbacks
     def test_stale_subscription_is_corrected(self):
         pg = self.pg
         config = make_config(pg, electric_host="10.0.0.1")

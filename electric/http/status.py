@@ -23,6 +23,7 @@ from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from electric.listener import Listener
+from electric.http.auth import TokenGuard
 
 log = Logger(namespace="electric.http")
 
@@ -133,7 +134,8 @@ class HttpApi:
         """
         The twisted.web resource to serve.  The catch-all 500 handler is added
         here, after every component added its routes and error handlers,
-        because Klein tries handlers in registration order.
+        because Klein tries handlers in registration order.  With
+        ELECTRIC_API_TOKEN set the resource is wrapped in a `TokenGuard`.
         """
         if not self._catch_all_installed:
             self._catch_all_installed = True
@@ -152,7 +154,9 @@ class HttpApi:
                             method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
                 return _json(request, 500, {"error": "internal error", "detail": failure.getErrorMessage()})
 
-        return self.app.resource()
+        api = self.app.resource()
+        token = getattr(self.config, "api_token", None)
+        return TokenGuard(api, token) if token else api
 
 
 class _QuietSite(server.Site):

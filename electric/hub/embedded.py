@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from electric import files
 from electric.hub.interface import (
     HubError,
     IHub,
@@ -350,9 +351,10 @@ class EmbeddedHub(service.Service):
     def startService(self):
         if self._open:
             return
-        os.makedirs(self.data_dir, exist_ok=True)
+        files.private_dir(self.data_dir)
         # One process per data directory: two writers would hand out the
         # same positions.
+        files.private_file(os.path.join(self.data_dir, "hub.lock"))
         lock = open(os.path.join(self.data_dir, "hub.lock"), "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -360,8 +362,9 @@ class EmbeddedHub(service.Service):
             lock.close()
             raise HubError(f"{self.data_dir} is in use by another Electric process (hub.lock is held)") from None
         try:
+            files.private_sqlite(self.path)
             conn = _connect(self.path)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             lock.close()
             raise HubError(f"{self.path}: cannot open the hub store: {e}") from None
         try:
@@ -647,6 +650,12 @@ class EmbeddedHub(service.Service):
                     )
                     conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?)", (txn.origin, ident[1], pos, txn.commit_timestamp))
                     conn.execute("RELEASE txn")
+                except InvalidTransaction as e:
+                    # A WriteGuard failed: the producer's fault, not the hub's.
+                    conn.execute("ROLLBACK TO txn")
+                    conn.execute("RELEASE txn")
+                    a.outcome = HubError(f"invalid transaction: {e}")
+                    continue
                 except Exception as e:
                     conn.execute("ROLLBACK TO txn")
                     conn.execute("RELEASE txn")

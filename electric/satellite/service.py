@@ -13,7 +13,9 @@ is full), so a slow client never makes Electric buffer for it.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import collections
+import time
+from typing import Deque, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
@@ -41,6 +43,9 @@ PULL_BATCH = 100
 
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
+
+RECENT_REFUSALS = 20
+"""How many refused client transactions /api/status/details lists (the count covers all)."""
 
 SEND_MIGRATION_NOTIFICATIONS = False
 """
@@ -83,6 +88,7 @@ class ClientConnection:
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
             logger=self._log,
+            on_refused=self._refused,
             totals=owner.totals,
         )
         self._subscription = None
@@ -100,6 +106,9 @@ class ClientConnection:
     def _log(self, text: str) -> None:
         who = self.session.client_id if self.session.client_id is not None else self.peer
         log.info("satellite {who}: {text}", who=who, text=text)
+
+    def _refused(self, reason: str) -> None:
+        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason)
 
     # --- from the transport ----------------------------------------
 
@@ -146,7 +155,10 @@ class ClientConnection:
                 self.transport.send_frame(action.data)
             elif isinstance(action, sm.Close):
                 self._stop_stream()
-                self.transport.close_connection(action.abort)
+                if action.detail:
+                    self.transport.close_connection(action.abort, action.detail)
+                else:
+                    self.transport.close_connection(action.abort)
             elif isinstance(action, sm.ClaimClient):
                 self._claim(action)
             elif isinstance(action, sm.StartOutgoing):
@@ -167,6 +179,25 @@ class ClientConnection:
 
     @defer.inlineCallbacks
     def _claim(self, action: sm.ClaimClient):
+        # The client id must be this user's (bound durably on first use)
+        # before it may even wait for the id's live connection slot, so no
+        # other user can hold that slot or act under the id.
+        try:
+            ours = yield threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(),
+                self.owner.offsets.claim_client, action.client_id, action.user_id,
+            )
+        except Exception as e:  # a broken offset store must not leave the client hanging
+            log.failure("satellite: binding client id {client} to its user failed", client=action.client_id)
+            if not self._lost:
+                self._run(self.session.stream_failed(f"offset store: {e}"))
+            return
+        if self._lost:
+            return
+        if not ours:
+            self.owner.foreign_client_ids += 1
+            self._run(self.session.claim_refused_other_user())
+            return
         granted = yield self.owner._claim(action.client_id, self)
         if self._lost:
             if granted:
@@ -328,8 +359,8 @@ class SatelliteService(service.Service):
     """
     `config`: `electric.config.Config` (listen_host, websocket_port,
     regional_id, auth settings).  `hub`: an `electric.hub.interface.IHub`.
-    `offsets`: ``client_lsn(client_id)`` / ``set_client_lsn(client_id, lsn)``
-    (plain values or Deferreds; the `OffsetStore`).
+    `offsets`: the `OffsetStore` (``claim_client``, ``client_lsn``,
+    ``set_client_lsn``; claims and writes run in the thread pool).
     """
 
     name = "satellite"
@@ -357,6 +388,9 @@ class SatelliteService(service.Service):
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
         self._pending_writes = set()
+        self.refused_transactions = 0
+        self.foreign_client_ids = 0
+        self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
         self.totals = sm.SessionTotals()  # every session adds to it (for /metrics)
 
     @property
@@ -449,6 +483,13 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
+    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str) -> None:
+        self.refused_transactions += 1
+        self._recent_refusals.append(
+            {"client_id": client_id, "user_id": user_id, "reason": reason, "at": round(time.time(), 3)})
+        log.warn("satellite: refused a transaction of client {client} (user {user}): {reason}",
+                 client=client_id, user=user_id, reason=reason)
+
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""
         return {
@@ -457,6 +498,9 @@ class SatelliteService(service.Service):
             "tls": self.config.websocket_tls is not None,
             "auth": self.authenticator.mode,
             "connections": len(self.connections),
+            "refused_transactions": self.refused_transactions,
+            "refused_foreign_client_ids": self.foreign_client_ids,
+            "recent_refusals": list(self._recent_refusals),
             "clients": [
                 {
                     "client_id": c.session.client_id,
@@ -481,25 +525,28 @@ class SatelliteService(service.Service):
         authenticated `clients` (each holding its client id),
         `transactions_in` (client transactions the hub made durable),
         `transactions_out` (transactions sent, initial sync included),
-        `refused_writes` (client transactions refused, nothing of them
-        stored), `auth_failures` (connections closed for failed or missing
+        `refused_writes` (client transactions refused by validation or the
+        hub's write guards, nothing of them stored: `refused_transactions`),
+        `auth_failures` (connections closed for failed or missing
         authentication, the deadline included), and `errors` by kind:
         ``satellite_<reason>`` for each SatErrorResp reason a connection was
         closed with (``auth_required``, ``auth_failed``, ``invalid_request``
-        (refused writes among them), ``protocol_version``,
-        ``replication_failed``, ``internal``) and
-        ``satellite_heartbeat_timeout``.
+        (refused writes and foreign client ids among them),
+        ``protocol_version``, ``replication_failed``, ``internal``),
+        ``satellite_foreign_client_id`` (a client id bound to another user)
+        and ``satellite_heartbeat_timeout``.
         """
         t = self.totals
         closed = t.closed_by_error
         errors = {f"satellite_{kind}": closed.get(code, 0) for code, kind in _ERROR_KINDS.items()}
         errors["satellite_heartbeat_timeout"] = t.heartbeat_timeouts
+        errors["satellite_foreign_client_id"] = self.foreign_client_ids
         return {
             "connections": len(self.connections),
             "clients": sum(1 for conn in self._clients.values() if conn is not None),
             "transactions_in": t.transactions_in,
             "transactions_out": t.transactions_out,
-            "refused_writes": t.refused_writes,
+            "refused_writes": self.refused_transactions,
             "auth_failures": closed.get(codec.AUTH_REQUIRED, 0) + closed.get(codec.AUTH_FAILED, 0),
             "errors": errors,
         }

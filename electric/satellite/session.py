@@ -17,6 +17,12 @@ streams run:
 - incoming (client -> hub): REQUESTED (the server sent its
   SatInStartReplicationReq) -> ACTIVE (client answered) <-> PAUSED.
 
+Every client row operation is checked as it arrives
+(`electric.satellite.validation`: values, NOT NULL, write rules) and turned
+into guarded hub changes; anything wrong refuses the whole transaction
+(INVALID_REQUEST, the reason as the websocket close reason), so nothing a
+database could not store is ever acknowledged.
+
 Ordering rule (departure 5): a client merges what it receives with its own
 *unacknowledged* writes, so the ack of a client transaction must reach it
 before any hub transaction ordered after it.  The session therefore appends
@@ -33,10 +39,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from electric.hub import changes as hub_changes
 from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot, Transaction
-from electric.satellite import codec
+from electric.satellite import codec, validation
 from electric.satellite.auth import AuthError
 from electric.satellite.codec import (
     AUTH_REQUIRED,
@@ -51,7 +56,7 @@ from electric.satellite.codec import (
 )
 from electric.schema import SchemaRegistry, Table
 
-USER_COLUMN = "electric_user_id"
+USER_COLUMN = validation.USER_COLUMN
 SNAPSHOT_ROWS_PER_TRANSACTION = 500
 """Initial-sync rows per SatOpLog, so one frame stays far below the size limit."""
 
@@ -95,6 +100,7 @@ class Send:
 class Close:
     reason: str
     abort: bool = False  # drop the TCP connection without the closing handshake
+    detail: str = ""  # told to the client as the websocket close reason (why a write was refused)
 
 
 @dataclass(frozen=True)
@@ -141,14 +147,24 @@ class SessionTotals:
     go, for /metrics.  Plain integers, no client ids.
     """
 
-    __slots__ = ("transactions_in", "transactions_out", "refused_writes", "heartbeat_timeouts", "closed_by_error")
+    __slots__ = ("transactions_in", "transactions_out", "heartbeat_timeouts", "closed_by_error")
 
     def __init__(self):
         self.transactions_in = 0  # client transactions the hub made durable
         self.transactions_out = 0  # SatOpLog transactions sent (initial sync included)
-        self.refused_writes = 0  # client transactions the hub refused
         self.heartbeat_timeouts = 0  # clients closed for not answering a ping
         self.closed_by_error: Dict[int, int] = {}  # SatErrorResp code -> connections closed with it
+
+
+class WriteRefusal(FrameError):
+    """
+    A client write Electric does not accept (invalid value, unknown table or
+    column, another user's row...): the whole transaction is refused with
+    INVALID_REQUEST, the reason goes to the client as the close reason.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(INVALID_REQUEST, reason)
 
 
 class _OpenTransaction:
@@ -166,6 +182,7 @@ class SatelliteSession:
     `lsn_of(position) -> bytes` and `position_of(lsn) -> int` (ValueError when
     the bytes are not an LSN of this hub) translate hub positions.
     `logger(text)` receives one line per notable event (never a token).
+    `on_refused(reason)` hears of every client transaction refused.
     `totals`: the service's `SessionTotals` this session adds to.
     """
 
@@ -178,6 +195,7 @@ class SatelliteSession:
         position_of: Callable[[bytes], int],
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
+        on_refused: Optional[Callable[[str], None]] = None,
         totals: Optional[SessionTotals] = None,
     ):
         self.registry = registry
@@ -187,6 +205,8 @@ class SatelliteSession:
         self.position_of = position_of
         self.log = logger or (lambda text: None)
         self.clock = clock
+        self.on_refused = on_refused or (lambda reason: None)
+        self.checker = validation.WriteChecker(registry)
         self.totals = totals if totals is not None else SessionTotals()
 
         self.state = AWAIT_AUTH
@@ -235,14 +255,24 @@ class SatelliteSession:
     def _frame(self, name: str, **fields) -> Send:
         return Send(codec.encode(self.gen, getattr(self.gen.pb, name)(**fields)))
 
-    def _fail(self, code: int, reason: str) -> List:
+    def _fail(self, code: int, reason: str, detail: str = "") -> List:
         if self.state == CLOSED:
             return []
         self.state = CLOSED
         closed = self.totals.closed_by_error
         closed[code] = closed.get(code, 0) + 1
         self.log(f"closing: {reason}")
-        return [self._frame("SatErrorResp", error_type=code), Close(reason)]
+        return [self._frame("SatErrorResp", error_type=code), Close(reason, detail=detail)]
+
+    def _refuse(self, reason: str) -> List:
+        """A client transaction is refused whole: nothing of it reaches the hub, the client hears why."""
+        if self.state == CLOSED:
+            return []
+        self.refused += 1
+        self._open = None
+        self._append_queue.clear()
+        self.on_refused(reason)
+        return self._fail(INVALID_REQUEST, reason, detail=reason)
 
     # --- input: frames -------------------------------------------------
 
@@ -275,6 +305,8 @@ class SatelliteSession:
             return self._fail(INVALID_REQUEST, f"unexpected {name}")
         try:
             return handler(message)
+        except WriteRefusal as e:
+            return self._refuse(str(e))
         except FrameError as e:
             return self._fail(e.code, str(e))
 
@@ -321,6 +353,14 @@ class SatelliteSession:
         if self.state != CLAIMING:
             return []
         return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected")
+
+    def claim_refused_other_user(self) -> List:
+        """The client id is bound to another user: refused (its positions and transactions are that user's)."""
+        if self.state != CLAIMING:
+            return []
+        return self._fail(
+            INVALID_REQUEST, f"client id {self.client_id!r} belongs to another user, not {self.user_id!r}",
+            detail="this client id belongs to another user; use a client id of your own")
 
     def _on_SatAuthReq(self, message) -> List:
         return self._fail(INVALID_REQUEST, "second SatAuthReq")
@@ -456,22 +496,27 @@ class SatelliteSession:
         return table
 
     def _row_op(self, kind: str, op) -> List:
-        table, names = self._table_for(op.relation_id)
+        """
+        The hub changes of one client row operation, each value validated
+        against the table in every database (`electric.satellite.validation`);
+        anything wrong with the write refuses the whole transaction.
+        """
         try:
-            if kind == "insert":
+            table, names = self._table_for(op.relation_id)
+            new = old = None
+            if kind in ("insert", "update"):
                 if not op.HasField("row_data"):
-                    raise FrameError(INVALID_REQUEST, "insert without row_data")
-                return hub_changes.insert(table, codec.decode_row(op.row_data, names))
-            if kind == "update":
-                if not op.HasField("row_data"):
-                    raise FrameError(INVALID_REQUEST, "update without row_data")
-                old = codec.decode_row(op.old_row_data, names) if op.HasField("old_row_data") else None
-                return hub_changes.update(table, old, codec.decode_row(op.row_data, names))
-            if not op.HasField("old_row_data"):
-                raise FrameError(INVALID_REQUEST, "delete without old_row_data")
-            return hub_changes.delete(table, codec.decode_row(op.old_row_data, names))
-        except hub_changes.MissingKey as e:
-            raise FrameError(INVALID_REQUEST, str(e)) from None
+                    raise FrameError(INVALID_REQUEST, f"{kind} without row_data")
+                new = codec.decode_row(op.row_data, names)
+                if kind == "update" and op.HasField("old_row_data"):
+                    old = codec.decode_row(op.old_row_data, names)
+            else:
+                if not op.HasField("old_row_data"):
+                    raise FrameError(INVALID_REQUEST, "delete without old_row_data")
+                old = codec.decode_row(op.old_row_data, names)
+            return self.checker.changes(table, kind, names, new, old, self.user_id)
+        except (FrameError, validation.Refused) as e:
+            raise WriteRefusal(str(e)) from None
 
     def _queue_append(self, txn: _OpenTransaction) -> List:
         transaction = Transaction(
@@ -514,9 +559,7 @@ class SatelliteSession:
         self._append_in_flight = None
         self._append_queue.clear()
         if rejected:
-            self.refused += 1
-            self.totals.refused_writes += 1
-            return self._fail(INVALID_REQUEST, f"the hub refused a client transaction: {reason}")
+            return self._refuse(reason.removeprefix("invalid transaction: "))
         return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
 
     def disconnected(self) -> None:

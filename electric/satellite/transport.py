@@ -36,6 +36,25 @@ PRE_AUTH_MAX_BYTES = 64 * 1024
 MAX_HANDSHAKE_BYTES = 32 * 1024
 """Largest HTTP opening handshake request (request line and headers)."""
 
+CLOSE_REFUSED = 4008
+"""
+Close code after a refused client write: 1008 (policy violation) moved into
+the range RFC 6455 leaves to applications, which is all autobahn lets a
+server send besides 1000.
+"""
+
+CLOSE_REASON_BYTES = 123
+
+
+def close_reason(text: str) -> str:
+    """`text` cut (with an ellipsis) to fit a websocket close frame, on a UTF-8 character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= CLOSE_REASON_BYTES:
+        return text
+    cut = data[:CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore")
+    return cut + "\u2026"
+
+
 OPEN_HANDSHAKE_TIMEOUT = 10.0
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
@@ -95,11 +114,19 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             self.sendMessage(data, isBinary=True)
 
-    def close_connection(self, abort: bool) -> None:
+    def close_connection(self, abort: bool, reason: str = "") -> None:
+        """
+        Close; `reason` (why a client's write was refused) goes to the client
+        in the close frame with code CLOSE_REFUSED (4008), cut to the 123
+        bytes a close reason may hold.
+        """
         if abort:
             self.dropConnection(abort=True)
         elif self.state == self.STATE_OPEN:
-            self.sendClose(code=1000)
+            if reason:
+                self.sendClose(code=CLOSE_REFUSED, reason=close_reason(reason))
+            else:
+                self.sendClose(code=1000)
         elif self.state not in (self.STATE_CLOSED, self.STATE_CLOSING):
             self.dropConnection(abort=True)
 

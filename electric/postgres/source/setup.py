@@ -139,7 +139,7 @@ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
 # Generated columns are not published by pgoutput, so they are not ours either.
 _COLUMNS_SQL = """
 SELECT a.attrelid, a.attname, a.atttypid, a.atttypmod, t.typname,
-       a.attnum = ANY (i.indkey) AS in_identity
+       a.attnum = ANY (i.indkey) AS in_identity, a.attnotnull
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = pg_catalog.pg_get_replica_identity_index(a.attrelid)
@@ -162,7 +162,8 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
     """
     Pure: turn the three catalog results into carried and skipped tables.
     `table_rows`: (oid, schema, name, relreplident); `column_rows`: (relid,
-    name, type oid, typmod, typname, in_identity); `pk_rows`: (relid, name).
+    name, type oid, typmod, typname, in_identity[, attnotnull]); `pk_rows`:
+    (relid, name).
     """
     columns: Dict[int, List[tuple]] = {}
     for row in column_rows:
@@ -184,7 +185,7 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
             continue
         bad = []
         out: List[Column] = []
-        for _relid, colname, typoid, typmod, typname, in_identity in cols:
+        for _relid, colname, typoid, typmod, typname, in_identity, *rest in cols:
             pgtype = types.find_by_oid(int(typoid))
             if pgtype is None:
                 bad.append(f'column "{colname}" has type {typname} (oid {typoid}), which is not a built-in type')
@@ -195,7 +196,7 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
                 part = False
             else:
                 part = bool(in_identity)
-            out.append(Column(colname, pgtype.name, pgtype.oid, int(typmod), part))
+            out.append(Column(colname, pgtype.name, pgtype.oid, int(typmod), part, bool(rest and rest[0])))
         if bad:
             result.skipped.append(SkippedTable(schema, name, "; ".join(bad)))
             continue
