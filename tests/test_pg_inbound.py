@@ -26,6 +26,7 @@ from electric.schema import SchemaRegistry
 from tests.pgcluster import PASSWORD, USER, shared_cluster
 from tests.test_pg_setup import CLUSTER_KEY
 from tests.polling import wait_until
+from tests.hub_helpers import read_snapshot
 
 _counter = itertools.count(1)
 
@@ -105,7 +106,7 @@ class ConnectorTestBase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def rows(self, table, schema="public"):
-        snap = yield self.hub.snapshot([(schema, table)])
+        snap = yield read_snapshot(self.hub, [(schema, table)])
         return {tuple(r.key): dict(r.row) for r in snap.rows if not r.deleted}
 
     def wait_rows(self, table, count, timeout=30.0):
@@ -374,7 +375,7 @@ class BigTransactionTests(ConnectorTestBase):
         yield threads.deferToThread(
             self.sql, "INSERT INTO big SELECT g, 'row number ' || g FROM generate_series(1, 100000) g")
         yield wait_until(lambda: self.hub.head() >= 1, timeout=120, what="100k-row transaction in hub")
-        snap = yield self.hub.snapshot([("public", "big")])
+        snap = yield read_snapshot(self.hub, [("public", "big")])
         self.assertEqual(len(snap.rows), 100000)
         grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         # The hub takes whole transactions, so all 100k rows are Python objects

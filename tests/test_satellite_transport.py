@@ -11,6 +11,7 @@ from electric.satellite import codec
 from electric.satellite import service as service_mod
 from electric.satellite.codec import ORIGINAL, V0_2
 
+from tests.hub_helpers import read_snapshot
 from tests.satellite_helpers import (
     ClientClosed, SatelliteFixture, begin, client_txn, eventually, insert, msg, oplog, relation, satellite_config,
     start_req,
@@ -40,7 +41,7 @@ class Base(unittest.TestCase):
 
     @defer.inlineCallbacks
     def rows(self):
-        snap = yield self.fx.hub.snapshot([("public", "items")])
+        snap = yield read_snapshot(self.fx.hub, [("public", "items")])
         return {r.key[0]: dict(r.row) for r in snap.rows}
 
 

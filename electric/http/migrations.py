@@ -24,6 +24,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from electric.hub import whole
 from electric.hub.interface import RESEND, RowChange, Transaction
 from electric.migrations import (
     AppliedMigration,
@@ -292,7 +293,7 @@ class Migrator(Service):
         widened = sorted(t for t, cols in after.items() if t in before and not cols <= before[t])
         if self.hub is None or not widened:
             return
-        snap = yield self.hub.snapshot(widened)
+        snap = yield whole.read_snapshot(self.hub, widened)
         keys = [(r.schema, r.table, tuple(r.key)) for r in snap.rows if not r.deleted]
         for i in range(0, len(keys), RESEND_BATCH):
             chunk = keys[i:i + RESEND_BATCH]

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from electric.hub import positions
+from electric.hub import positions, whole
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.postgres import walsender
 from electric.postgres.auth import scram_secret
@@ -112,7 +112,7 @@ class ReplicationStream:
         """Subscribe to the hub (HubError when it is not running): before any CopyBoth is sent."""
         hub = self.follower.hub
         consumer = hub_consumer(self.origin) if self.durable else None
-        self._sub = hub.subscribe(self.start_position, consumer)
+        self._sub = whole.WholeTransactions(hub.subscribe(self.start_position, consumer))
         if self.durable:
             hub.ack(consumer, self.start_position)
 
@@ -593,7 +593,7 @@ class FollowerService(service.Service):
         stream then begins right after the copied state, so nothing between
         the consistent point and the snapshot arrives twice.
         """
-        d = self.hub.snapshot([(schema, table)])
+        d = whole.read_snapshot(self.hub, [(schema, table)])
 
         def taken(snap):
             slot = self.slots.get(slot_name)

@@ -19,6 +19,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, task, threads
 from twisted.logger import Logger
 
+from electric.hub import whole
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
@@ -233,7 +234,7 @@ class ClientConnection:
                 self._log(f"start position {position} is beyond this hub's head {self.hub.head()}: initial sync instead")
                 kind = sm.FROM_START
             if kind == sm.FROM_START:
-                snapshot = yield self.hub.snapshot()
+                snapshot = yield whole.read_snapshot(self.hub)
                 if generation != self._stream_generation or self._lost:
                     return
                 self._run(self.session.snapshot(snapshot))
@@ -242,7 +243,7 @@ class ClientConnection:
                 position = self.hub.head()
             if generation != self._stream_generation or self._lost:
                 return
-            self._subscription = self.hub.subscribe(position)
+            self._subscription = whole.WholeTransactions(self.hub.subscribe(position))
         except HubError as e:
             if generation == self._stream_generation:
                 self._run(self.session.stream_failed(str(e)))
