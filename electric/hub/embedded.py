@@ -889,7 +889,8 @@ class EmbeddedHub(service.Service):
                 a = job.applied
                 o = job.outcome
                 if a.chunks == 1:
-                    self._tail_push(ResolvedTransaction(a.position, o.origin, o.origin_id, o.commit_timestamp, a.changes))
+                    self._tail_push(o if isinstance(o, ResolvedTransaction) else
+                                    ResolvedTransaction(a.position, o.origin, o.origin_id, o.commit_timestamp, a.changes))
                 else:
                     self._tail_push(_Big(a.position, o.origin, o.origin_id, o.commit_timestamp, a.chunks))
                 self._published = a.position

@@ -348,7 +348,6 @@ class StoreWriter:
         self.chunk = chunk
         self.state = SqliteState(conn)
         self._start = head
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS electric_truncate (o BLOB NOT NULL, key TEXT NOT NULL, vals TEXT NOT NULL)")
 
     # --- transaction bracket ---------------------------------------------
 
@@ -395,13 +394,25 @@ class StoreWriter:
     def append(self, txn: Transaction) -> Applied:
         """Resolve and store a whole transaction at the next position; keep all its resolved changes."""
 
-        def produce(pos, out):
+        origin, origin_id, ts = txn.origin, bytes(txn.origin_id), txn.commit_timestamp
+        pos = self.head + 1
+        self.conn.execute("SAVEPOINT entry")
+        try:
             res = resolve(self.state, txn)
             self._store_states(res.states, pos)
-            out.extend(res.changes)
-            return res.live_delta
-
-        return self._entry(txn.origin, bytes(txn.origin_id), txn.commit_timestamp, produce, keep_all=True)
+            changes = res.changes
+            if len(changes) <= self.chunk:  # the common case, without the chunk writer
+                payload, chunks = encode_changes(changes), 1
+            else:
+                out = _LogWriter(self.conn, pos, self.chunk, keep_all=False)
+                out.extend(changes)
+                payload, chunks = out.finish()
+            self._finish_entry(pos, origin, origin_id, ts, payload, chunks, len(changes))
+        except BaseException:
+            self._undo_entry()
+            raise
+        self.head = pos
+        return Applied(pos, changes, len(changes), chunks, res.live_delta)
 
     def apply_chunks(self, origin: str, origin_id: bytes, commit_timestamp: int,
                      chunks: Iterable[Sequence[RowChange]]) -> Applied:
@@ -443,6 +454,8 @@ class StoreWriter:
         instead of a Python list: a table of any size costs one chunk.
         """
         conn = self.conn
+        # Created on first use: a temp schema makes every later statement a little dearer.
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS electric_truncate (o BLOB NOT NULL, key TEXT NOT NULL, vals TEXT NOT NULL)")
         conn.execute("DELETE FROM temp.electric_truncate")
         conn.execute(
             "INSERT INTO temp.electric_truncate SELECT electric_key_order(key), key, vals FROM main.rows "
@@ -480,19 +493,25 @@ class StoreWriter:
             out = _LogWriter(self.conn, pos, self.chunk, keep_all)
             live = produce(pos, out)
             payload, chunks = out.finish()
-            self.conn.execute(
-                "INSERT INTO log (position, origin, origin_id, commit_ts, payload, chunks, n) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (pos, origin, origin_id, ts, payload, chunks, out.n),
-            )
-            self.conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?)", (origin, origin_id, pos, ts))
-            self.conn.execute("RELEASE entry")
+            self._finish_entry(pos, origin, origin_id, ts, payload, chunks, out.n)
         except BaseException:
-            self.conn.execute("ROLLBACK TO entry")
-            self.conn.execute("RELEASE entry")
-            self.state.forget_keys()
+            self._undo_entry()
             raise
         self.head = pos
         return Applied(pos, out.changes(), out.n, chunks, live)
+
+    def _finish_entry(self, pos, origin, origin_id, ts, payload, chunks, n) -> None:
+        self.conn.execute(
+            "INSERT INTO log (position, origin, origin_id, commit_ts, payload, chunks, n) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (pos, origin, origin_id, ts, payload, chunks, n),
+        )
+        self.conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?)", (origin, origin_id, pos, ts))
+        self.conn.execute("RELEASE entry")
+
+    def _undo_entry(self) -> None:
+        self.conn.execute("ROLLBACK TO entry")
+        self.conn.execute("RELEASE entry")
+        self.state.forget_keys()
 
     # --- consumers and meta ----------------------------------------------
 
