@@ -10,7 +10,7 @@ Both paths run in the same process run, one after the other, on their own
 throwaway PG 15 clusters (tests/pgcluster.py) with identical settings, so
 the native figure is the reference for this machine.  Electric is wired from
 its components: EmbeddedHub, a ConnectorService per database and the
-port-5433 FollowerService.
+port-5433 PublisherService.
 
     .venv/bin/python bench/bench_pg.py [--single N] [--big N]
 """
@@ -75,8 +75,8 @@ def run_pgbench(pg: PgCluster, transactions: int, clients: int = 4) -> None:
 class Stages:
     """Electric runs only: when the hub had the load durable, and when port 5433 had sent it to B."""
 
-    def __init__(self, reactor, hub, follower, slot):
-        self.hub, self.follower, self.slot = hub, follower, slot
+    def __init__(self, reactor, hub, publisher, slot):
+        self.hub, self.publisher, self.slot = hub, publisher, slot
         self.target = None
         self.t0 = 0.0
         self.seen = {}
@@ -93,7 +93,7 @@ class Stages:
         now = time.monotonic() - self.t0
         if "hub" not in self.seen and self.hub.head() >= self.target:
             self.seen["hub"] = now
-        slot = self.follower.status()["slots"].get(self.slot, {})
+        slot = self.publisher.status()["slots"].get(self.slot, {})
         if "sent" not in self.seen and slot.get("sent_position", 0) >= self.target:
             self.seen["sent"] = now
 
@@ -155,9 +155,9 @@ def through_electric(reactor, single: int, big: int, timeout: float):
     from electric.config import Config, parse_connectors
     from electric.hub.embedded import EmbeddedHub
     from electric.hub.offsets import OffsetStore
-    from electric.postgres.connector import ConnectorService
-    from electric.postgres.credentials import SubscriberCredentials
-    from electric.postgres.server import FollowerService
+    from electric.postgres.source.connector import ConnectorService
+    from electric.postgres.publisher.credentials import SubscriberCredentials
+    from electric.postgres.publisher.service import PublisherService
     from electric.schema import SchemaRegistry
 
     a, b = yield threads.deferToThread(two_clusters)
@@ -172,35 +172,36 @@ def through_electric(reactor, single: int, big: int, timeout: float):
     registry = SchemaRegistry()
     credentials = SubscriberCredentials(data_dir, [c.name for c in connectors])
     offsets = OffsetStore(config.offset_storage_file)
-    follower = FollowerService(config, hub, registry, credentials, offsets, reactor)
-    services = [hub, follower] + [
-        ConnectorService(config, c, hub, registry, credentials, follower_ready=follower.listening, reactor=reactor)
+    publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
+    connector_services = [
+        ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.when_listening,
+                         reactor=reactor)
         for c in connectors]
+    services = [hub, offsets, credentials, publisher] + connector_services
     try:
         for s in services:
             s.startService()
         deadline = time.monotonic() + 120
-        while not all(s.state == "ready" for s in services[2:]):
+        while not all(s.state == "ready" for s in connector_services):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"connectors not ready: {[s.status() for s in services[2:]]}")
+                raise RuntimeError(f"connectors not ready: {[s.status() for s in connector_services]}")
             yield task.deferLater(reactor, 0.2, lambda: None)
         for pg in (a, b):
             yield threads.deferToThread(
                 pg.wait_for, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", "0", 60)
             yield threads.deferToThread(
                 pg.wait_for, "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL", "1", 60)
-        stages = Stages(reactor, hub, follower, "pg_b")
+        stages = Stages(reactor, hub, publisher, "pg_b")
         try:
             result = yield measure(a, b, single, big, timeout, stages)
         finally:
             stages.stop()
         result["hub"] = hub.status()
-        result["follower"] = follower.status()
+        result["publisher"] = publisher.status()
         return result
     finally:
         for s in reversed(services):
             yield defer.maybeDeferred(s.stopService)
-        offsets.close()
         yield threads.deferToThread(a.destroy)
         yield threads.deferToThread(b.destroy)
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ measured in the same run on the same machine:
    per-origin sequencing, no websocket in between.
 
 3. with Postgres (one PG 15 cluster, a connector reading it, the 5433
-   follower feeding it back): time from a Postgres COMMIT (psycopg2 returns)
+   publisher feeding it back): time from a Postgres COMMIT (psycopg2 returns)
    until each of N clients has the row -- reference: the same clients fed
    by a direct hub append (section 1), so the ratio is what the Postgres
    leg adds; and client -> Postgres transactions per second (clients write,
@@ -353,7 +353,7 @@ def hub_only_writes(hub, n_origins, per_origin):
 
 
 class PostgresSide:
-    """One cluster, one database, a ConnectorService and the 5433 follower, sharing the bench's hub."""
+    """One cluster, one database, a ConnectorService and the 5433 publisher, sharing the bench's hub."""
 
     def __init__(self, tmp, hub, registry, offsets):
         from tests.pgcluster import PgCluster
@@ -366,22 +366,23 @@ class PostgresSide:
 
     @defer.inlineCallbacks
     def start(self):
-        from electric.postgres.connector import ConnectorService
-        from electric.postgres.credentials import SubscriberCredentials
-        from electric.postgres.server import FollowerService
+        from electric.postgres.source.connector import ConnectorService
+        from electric.postgres.publisher.credentials import SubscriberCredentials
+        from electric.postgres.publisher.service import PublisherService
 
         self.credentials = SubscriberCredentials(self.tmp, ("postgres_1",))
+        self.credentials.startService()
         base = Config(postgres_replication_port=0, listen_host="127.0.0.1")
-        self.follower = FollowerService(base, self.hub, self.registry, self.credentials, self.offsets, reactor)
-        self.follower.startService()
-        port = yield self.follower.listening
+        self.publisher = PublisherService(base, self.hub, self.registry, self.credentials, self.offsets, reactor)
+        self.publisher.startService()
+        port = yield self.publisher.listening
         config = Config.from_environ({
             "CONNECTORS": f"postgres_1={self.pg.url}",
             "POSTGRES_REPLICATION_PORT": str(port.getHost().port),
             "ELECTRIC_DATA_DIR": self.tmp,
         })
         self.connector = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
-                                          follower_ready=self.follower.listening)
+                                          publisher_ready=self.publisher.when_listening)
         self.connector.startService()
         deadline = time.monotonic() + 120
         while self.connector.state != "ready":
@@ -406,7 +407,7 @@ class PostgresSide:
     def stop(self):
         yield self.connector.stopService()
         self.pg.psql('ALTER SUBSCRIPTION "postgres_1" DISABLE', check=False)
-        yield self.follower.stopService()
+        yield self.publisher.stopService()
         self.conn.close()
         self.pg.destroy()
 
@@ -470,6 +471,7 @@ def main(args):
         hub = EmbeddedHub(os.path.join(tmp, "hub"), reactor, compact_interval=0)
         hub.startService()
         offsets = OffsetStore(os.path.join(tmp, "offsets.db"))
+        offsets.startService()
         config = dataclasses.replace(Config.from_environ({}), websocket_port=0, listen_host="127.0.0.1")
         service = SatelliteService(config, hub, registry, offsets, reactor=reactor)
         service.startService()
@@ -526,7 +528,7 @@ def main(args):
                 yield pgside.stop()
         yield service.stopService()
         yield hub.stopService()
-        offsets.close()
+        offsets.stopService()
     finally:
         shutil.rmtree(tmp, True)
 

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 # name -> (module providing add_arguments(parser) and run(args) -> int, summary)
 COMMANDS = {
     "gen-token": ("electric.satellite.tokens", "generate Satellite client JWTs"),
-    "apply-migration": ("electric.migrations_cli", "apply a migration through a running Electric"),
+    "apply-migration": ("electric.migrations.cli", "apply a migration through a running Electric"),
 }
 
 

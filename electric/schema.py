@@ -8,16 +8,17 @@ life of the process and ordered by first registration) and those are what
 Electric sends to subscribers and clients.
 
 The registry is filled by the Postgres connectors from catalog introspection
-(`electric.postgres.introspection`), refreshed when a Relation message or a
-migration shows the schema changed.  Listeners registered with `on_change`
-hear about every change (e.g. the 5433 server re-sends Relation messages).
+(`electric.postgres.source.setup`), refreshed when a Relation message or a
+migration shows the schema changed.  Readers look tables up on every use
+(the publisher compares each database's definition per transaction), so a
+change needs no notification.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 FIRST_RELATION_ID = 20000
 
@@ -56,17 +57,6 @@ class Table:
                 return c
         return None
 
-    def key_of(self, record: Mapping[str, object]) -> Tuple:
-        """The primary-key values of `record` (KeyError if one is missing)."""
-        return tuple(record[k] for k in self.primary_key)
-
-    def same_shape(self, other: "Table") -> bool:
-        return (
-            self.columns == other.columns
-            and self.primary_key == other.primary_key
-            and self.replica_identity == other.replica_identity
-        )
-
 
 class UnknownTable(KeyError):
     """A change or a request named a table the registry does not know."""
@@ -82,12 +72,11 @@ class UnknownTable(KeyError):
 
 @dataclass
 class SchemaRegistry:
-    """Tables by qualified name and by relation id, plus change listeners."""
+    """Tables by qualified name and by relation id."""
 
     _tables: Dict[Tuple[str, str], Table] = field(default_factory=dict)
     _by_id: Dict[int, Table] = field(default_factory=dict)
     _ids: Dict[Tuple[str, str], int] = field(default_factory=dict)
-    _listeners: List[Callable[[Table], None]] = field(default_factory=list)
     _present: Dict[str, Tuple[Tuple[str, str], ...]] = field(default_factory=dict)
     _shapes: Dict[Tuple[str, Tuple[str, str]], Table] = field(default_factory=dict)
     _streamable: set = field(default_factory=set)
@@ -109,12 +98,8 @@ class SchemaRegistry:
                 replica_identity=table.replica_identity,
                 relation_id=rel_id,
             )
-            old = self._tables.get(key)
             self._tables[key] = stored
             self._by_id[rel_id] = stored
-        if old is None or not old.same_shape(stored):
-            for listener in list(self._listeners):
-                listener(stored)
         return stored
 
     def get(self, schema: str, name: str) -> Table:
@@ -171,13 +156,6 @@ class SchemaRegistry:
     def database_table(self, origin: str, schema: str, name: str) -> Optional[Table]:
         """The table as `origin`'s database defines it (None if absent there)."""
         return self._shapes.get((origin, (schema, name)))
-
-    def on_change(self, listener: Callable[[Table], None]) -> None:
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Callable[[Table], None]) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     def __iter__(self) -> Iterable[Table]:
         return iter(self.tables())

@@ -1,14 +1,17 @@
 """
-The service tree: one root MultiService, one named child per external link.
+The service tree: one root MultiService, one named child per part.
 
-`build_service(config)` only constructs objects; nothing listens, connects or
-touches the disk until the root's startService (twistd calls it).  Children
-start in the order they were added, which is dependency order: the hub first
-(everything writes into it), the HTTP API next so /api/status answers while
-the links come up, then the Postgres follower, the connectors and Satellite.
-They stop in reverse order, one after the other, so a connector still
-flushing into the hub finds it open; each gets a bounded time so SIGTERM ends
-the process promptly even when a peer hangs.
+`build_service(config)` only constructs objects, handing each part what it
+needs as constructor arguments (no part looks anything up on the root);
+nothing listens, connects or touches the disk until the root's startService
+(twistd calls it, after daemonising).  Children start in the order they were
+added, which is dependency order: the hub first (everything writes into it),
+the offset store and the subscriber credentials (files the publisher, the
+connectors and Satellite read), the HTTP API so /api/status answers while the
+links come up, then the Postgres publisher, the connectors, Satellite and the
+migrations.  They stop in reverse order, one after the other, so a connector
+still flushing into the hub finds it open; each gets a bounded time so
+SIGTERM ends the process promptly even when a peer hangs.
 
 A component that cannot start (port taken, hub file unreadable) stops the
 process with a non-zero exit status and one clear log line rather than
@@ -21,7 +24,7 @@ import atexit
 import os
 import signal
 import sys
-from typing import Dict, Optional
+from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer
@@ -30,12 +33,13 @@ from twisted.python.failure import Failure
 
 from electric.config import Config, ConfigError
 from electric.http.status import HttpApi, HttpService
-from electric.http.migrations import Migrator, install_routes
+from electric.http.migrations import install_routes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import add_to_service as add_connectors
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.migrations.migrator import Migrator
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import PublisherService
 from electric.satellite.service import SatelliteService
 from electric.schema import SchemaRegistry
 
@@ -81,29 +85,20 @@ def exit_zero_on_sigterm(reactor) -> None:
 
 class ElectricService(service.MultiService):
     """
-    The root.  `hub`, `api` and `connectors` are kept as attributes so the
-    `_add_*` helpers (and tests) can reach the shared objects.
+    The root: starts its children in order and stops them in reverse.  It
+    holds no shared objects; reach a part by its service name
+    (``root.getServiceNamed("hub")``).
 
     A child that fails to start is logged and kept in `failure`; with
     `exit_on_failure` (set by the twistd plugin, never in tests sharing a
     reactor) it also stops the reactor and makes the process exit 1.
     """
 
-    def __init__(self, config: Config, reactor=None):
+    def __init__(self, reactor=None):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
-        self.config = config
         self.reactor = reactor
-        self.hub = None
-        self.api: Optional[HttpApi] = None
-        self.connectors: Dict[str, object] = {}
-        self.registry = None
-        self.credentials = None
-        self.offsets = None
-        self.follower = None
-        self.satellite = None
-        self.migrator = None
         self.failure: Optional[Failure] = None
         self.exit_on_failure = False
         self._stopping: Optional[defer.Deferred] = None
@@ -162,102 +157,39 @@ class ElectricService(service.MultiService):
                 log.failure("{name} failed to stop cleanly", name=child.name)
 
 
-# -- one helper per component; build_service calls them in dependency order --
-
-
-def _add_hub(root: ElectricService) -> EmbeddedHub:
-    config = root.config
-    if not config.embedded_hub:
-        raise ConfigError([VAXINE_UNAVAILABLE])
-    hub = EmbeddedHub(config.data_dir, root.reactor)
-    hub.setServiceParent(root)
-    root.hub = hub
-    return hub
-
-
-def _add_http(root: ElectricService) -> HttpApi:
-    """Status API; other components add routes to `root.api.app` before startService."""
-    api = HttpApi(root.config, root.hub, root.connectors)
-    HttpService(root.config, api, root.reactor).setServiceParent(root)
-    root.api = api
-    return api
-
-
-class _OffsetStoreService(service.Service):
-    """
-    Owns the offset store file (OFFSET_STORAGE_FILE).  Added right after the
-    hub so it stops after everything that writes client and slot positions.
-    """
-
-    name = "offsets"
-
-    def __init__(self, path: str):
-        self.path = path
-        self.store = OffsetStore(path)
-
-    def stopService(self):
-        super().stopService()
-        self.store.close()
-
-
-def _add_offsets(root: ElectricService) -> OffsetStore:
-    holder = _OffsetStoreService(root.config.offset_storage_file)
-    holder.setServiceParent(root)
-    root.offsets = holder.store
-    return holder.store
-
-
-def _add_follower(root: ElectricService) -> FollowerService:
-    """Port 5433: added before the connectors, which enable their subscriptions once it listens."""
-    config = root.config
-    root.registry = SchemaRegistry()
-    root.credentials = SubscriberCredentials(config.data_dir, [c.name for c in config.connectors])
-    follower = FollowerService(config, root.hub, root.registry, root.credentials, root.offsets, root.reactor)
-    follower.setServiceParent(root)
-    root.follower = follower
-    root.api.add_component("postgres_follower", follower)
-    return follower
-
-
-def _add_connectors(root: ElectricService) -> None:
-    add_connectors(root, registry=root.registry, credentials=root.credentials,
-                   follower_ready=root.follower.listening)
-
-
-def _add_satellite(root: ElectricService) -> SatelliteService:
-    satellite = SatelliteService(root.config, root.hub, root.registry, root.offsets, root.reactor)
-    satellite.setServiceParent(root)
-    root.satellite = satellite
-    root.api.add_component("satellite", satellite)
-    return satellite
-
-
-def _add_migrations(root: ElectricService) -> Migrator:
-    migrator = Migrator(root.config, root.connectors, notify_migration=root.satellite.notify_migration,
-                        reactor=root.reactor, hub=root.hub)
-    migrator.setServiceParent(root)
-    install_routes(root.api.app, migrator)
-    root.api.add_component("migrations", migrator)
-    root.migrator = migrator
-    return migrator
-
-
 def build_service(config: Config, reactor=None) -> ElectricService:
     """
     The whole service for `config`.  Raises ConfigError for configurations
     this build cannot run (VAXINE_HOST set).
 
-    Components not yet wired here are added the same way: construct with the
-    shared objects (root.hub, root.connectors, a SchemaRegistry, credentials,
-    offsets), `setServiceParent(root)`, and register connectors in
-    `root.connectors` so /api/status lists them.
+    Each part is built with the parts it uses and added to the root in
+    start order; the root keeps nothing else.
     """
-    root = ElectricService(config, reactor)
-    _add_hub(root)
-    _add_offsets(root)
-    _add_http(root)
-    _add_follower(root)
-    _add_connectors(root)
-    _add_satellite(root)
-    _add_migrations(root)
+    if not config.embedded_hub:
+        raise ConfigError([VAXINE_UNAVAILABLE])
+    root = ElectricService(reactor)
+    reactor = root.reactor
+
+    hub = EmbeddedHub(config.data_dir, reactor)
+    offsets = OffsetStore(config.offset_storage_file)
+    credentials = SubscriberCredentials(config.data_dir, [c.name for c in config.connectors])
+    registry = SchemaRegistry()
+    publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
+    connectors = {
+        c.name: ConnectorService(config, c, hub, registry, credentials,
+                                 publisher_ready=publisher.when_listening, reactor=reactor)
+        for c in config.connectors
+    }
+    satellite = SatelliteService(config, hub, registry, offsets, reactor)
+    migrator = Migrator(config, connectors, notify_migration=satellite.notify_migration,
+                        reactor=reactor, hub=hub, registry=registry)
+    api = HttpApi(config, hub, connectors)
+    api.add_component("postgres_publisher", publisher)
+    api.add_component("satellite", satellite)
+    api.add_component("migrations", migrator)
+    install_routes(api.app, migrator)
+
+    for child in (hub, offsets, credentials, HttpService(config, api, reactor), publisher,
+                  *connectors.values(), satellite, migrator):
+        child.setServiceParent(root)
     return root

@@ -1,6 +1,6 @@
 """
 Electric's Postgres side in process, over one test cluster: the embedded hub,
-the port-5433 follower on a free port and one ConnectorService per database
+the port-5433 publisher on a free port and one ConnectorService per database
 of that cluster.  Each connector gets its own slot name because the databases
 share one server (slots are per server).
 """
@@ -17,9 +17,9 @@ from twisted.internet import defer, reactor
 from electric.config import Config
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import PublisherService
 from electric.schema import SchemaRegistry
 from tests.pgcluster import PgCluster
 from tests.polling import wait_until
@@ -36,7 +36,7 @@ class InProcessMesh:
         self.registry = SchemaRegistry()
         self.credentials = SubscriberCredentials(self.tmp, self.names)
         self.offsets = OffsetStore(os.path.join(self.tmp, "offsets.sqlite3"))
-        self.follower = FollowerService(Config(postgres_replication_port=0, listen_host="127.0.0.1"),
+        self.publisher = PublisherService(Config(postgres_replication_port=0, listen_host="127.0.0.1"),
                                         self.hub, self.registry, self.credentials, self.offsets, reactor)
         self.connectors: Dict[str, ConnectorService] = {}
 
@@ -47,8 +47,10 @@ class InProcessMesh:
     @defer.inlineCallbacks
     def start(self):
         self.hub.startService()
-        self.follower.startService()
-        port = yield self.follower.listening
+        self.offsets.startService()
+        self.credentials.startService()
+        self.publisher.startService()
+        port = yield self.publisher.listening
         for name in self.names:
             config = Config.from_environ({
                 "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{self.database(name)}",
@@ -57,7 +59,7 @@ class InProcessMesh:
                 "ELECTRIC_DATA_DIR": self.tmp,
             })
             svc = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
-                                   follower_ready=self.follower.listening)
+                                   publisher_ready=self.publisher.when_listening)
             svc.startService()
             self.connectors[name] = svc
         for svc in self.connectors.values():
@@ -68,7 +70,7 @@ class InProcessMesh:
         for name, svc in self.connectors.items():
             yield svc.stopService()
             self.pg.psql(f'ALTER SUBSCRIPTION "{name}" DISABLE', dbname=self.database(name), check=False)
-        yield self.follower.stopService()
+        yield self.publisher.stopService()
+        yield self.offsets.stopService()
         yield self.hub.stopService()
-        self.offsets.close()
         shutil.rmtree(self.tmp, True)

@@ -257,6 +257,7 @@ class SatelliteFixture:
     @defer.inlineCallbacks
     def start(self):
         self.hub.startService()
+        self.offsets.startService()
         self.service.startService()
         yield self.service.listening
         self.tc.addCleanup(self.stop)
@@ -271,7 +272,7 @@ class SatelliteFixture:
             yield self.service.stopService()
         if self.hub.running:
             yield self.hub.stopService()
-        self.offsets.close()
+        self.offsets.stopService()
         for c in self.clients:
             if c.proto is not None:
                 yield c.wait_closed()

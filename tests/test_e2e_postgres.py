@@ -190,7 +190,7 @@ class ActiveActive(unittest.TestCase):
             details = json.loads(r.read())
         self.assertEqual(details["connectors"]["postgres_1"]["state"], "ready")
         self.assertGreater(details["hub"]["head"], 0)
-        slots = details["postgres_follower"]["slots"]
+        slots = details["postgres_publisher"]["slots"]
         self.assertTrue(slots["postgres_1"]["streaming"] and slots["postgres_2"]["streaming"])
         self.assertIn("pg:postgres_2", details["hub"]["consumers"])
         self.assertIn("satellite", details)

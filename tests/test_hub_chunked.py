@@ -549,22 +549,6 @@ class SnapshotReaderTests(ChunkedTestCase):
         yield self.assertFailure(hub.applied("o", b"x"), HubError)
 
 
-class ConsumerTests(ChunkedTestCase):
-    @defer.inlineCallbacks
-    def test_consumer_position(self):
-        hub = self.make_hub()
-        self.assertIsNone(hub.consumer_position("pg:a"))
-        hub.subscribe(0, consumer="pg:a")
-        self.assertEqual(hub.consumer_position("pg:a"), 0)
-        yield hub.append(txn(up("items", 1)))
-        hub.ack("pg:a", 1)
-        self.assertEqual(hub.consumer_position("pg:a"), 1)
-        hub = yield self.reopen(hub)
-        self.assertEqual(hub.consumer_position("pg:a"), 1)
-        hub.forget("pg:a")
-        self.assertIsNone(hub.consumer_position("pg:a"))
-
-
 class UpgradeTests(HubTestCase):
     @defer.inlineCallbacks
     def test_schema_version_1_store_is_upgraded(self):

@@ -442,6 +442,23 @@ class InterfaceTests(HubTestCase):
         self.assertTrue(verifyObject(ISubscription, sub))
         sub.close()
 
+    @defer.inlineCallbacks
+    def test_has_consumer_survives_restarts_until_forgotten(self):
+        hub = self.make_hub()
+        self.assertFalse(hub.has_consumer("pg:postgres_1"))
+        hub.subscribe(0, "pg:postgres_1").close()
+        hub.ack("pg:postgres_2", 0)
+        self.assertTrue(hub.has_consumer("pg:postgres_1"))
+        hub = yield self.reopen(hub)
+        self.assertTrue(hub.has_consumer("pg:postgres_1"))
+        self.assertTrue(hub.has_consumer("pg:postgres_2"))
+        hub.forget("pg:postgres_1")
+        self.assertFalse(hub.has_consumer("pg:postgres_1"))
+        hub = yield self.reopen(hub)
+        self.assertFalse(hub.has_consumer("pg:postgres_1"))
+        yield hub.stopService()
+        self.assertRaises(HubError, hub.has_consumer, "pg:postgres_2")
+
 
 class EquivalenceTests(HubTestCase):
     @defer.inlineCallbacks

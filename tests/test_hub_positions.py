@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from electric.hub import positions as P
 from electric.hub.offsets import OffsetStore
+from electric.postgres.protocol.lsn import format_lsn
 
 
 class LsnTests(unittest.TestCase):
@@ -22,7 +23,7 @@ class LsnTests(unittest.TestCase):
         self.assertEqual(t, P.TransactionLsns(0x10, [0x10, 0x11, 0x12], 0xF0, 0x100))
         t2 = P.transaction_lsns(2, 1, base=0x1000)
         self.assertEqual((t2.begin, t2.commit, t2.end), (0x1110, 0x11F0, 0x1200))
-        self.assertEqual(P.format_lsn(0x1_0000_01F0), "1/1F0")
+        self.assertEqual(format_lsn(0x1_0000_01F0), "1/1F0")
 
     def test_many_changes_stay_inside_the_window(self):
         t = P.transaction_lsns(5, 1000)
@@ -95,16 +96,20 @@ class OffsetStoreTests(unittest.TestCase):
 
     def test_round_trip_and_persistence(self):
         s = OffsetStore(self.path)
+        self.assertFalse(os.path.exists(self.path))  # nothing on disk before startService
+        self.assertRaises(RuntimeError, s.slot_base, "postgres_1")
+        s.startService()
         self.assertEqual(s.slot_base("postgres_1"), 0)
         self.assertIsNone(s.client_lsn("c1"))
         s.set_slot_base("postgres_1", 0x2000)
         s.set_slot_base("postgres_1", 0x3000)
         s.set_client_lsn("c1", b"\x00\x01")
-        s.close()
+        s.stopService()
+        self.assertRaises(RuntimeError, s.client_lsn, "c1")
         # Another process sees the committed values.
         out = subprocess.check_output(
             [sys.executable, "-c",
-             "import sys; from electric.hub.offsets import OffsetStore; s = OffsetStore(sys.argv[1]);"
+             "import sys; from electric.hub.offsets import OffsetStore; s = OffsetStore(sys.argv[1]); s.startService();"
              "print(s.slot_base('postgres_1'), s.client_lsn('c1').hex(), s.slot_bases())", self.path],
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )
@@ -112,7 +117,8 @@ class OffsetStoreTests(unittest.TestCase):
 
     def test_bad_input(self):
         s = OffsetStore(self.path)
-        self.addCleanup(s.close)
+        s.startService()
+        self.addCleanup(s.stopService)
         self.assertRaises(ValueError, s.set_slot_base, "x", -1)
         self.assertRaises(ValueError, s.set_slot_base, "x", "10")
         self.assertRaises(ValueError, s.set_client_lsn, "c", "text")
@@ -122,5 +128,5 @@ class OffsetStoreTests(unittest.TestCase):
         with open(self.path.replace("sub/", ""), "wb") as f:
             f.write(b"this is not sqlite" * 100)
         with self.assertRaises(ValueError) as e:
-            OffsetStore(self.path.replace("sub/", ""))
+            OffsetStore(self.path.replace("sub/", "")).startService()
         self.assertIn("not a usable offset store", str(e.exception))

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from electric.migrations import (
+from electric.migrations.migration import (
     AlreadyMigrated,
     AlreadyMigratedBadHash,
     AppliedMigration,

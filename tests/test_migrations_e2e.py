@@ -25,13 +25,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from electric.config import Config
-from electric.http.migrations import Migrator, install_routes
+from electric.http.migrations import install_routes
 from electric.http.status import HttpApi
+from electric.migrations.migrator import Migrator
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import PublisherService
 from electric.schema import SchemaRegistry
 from tests import pgcluster
 from tests.pgcluster import PASSWORD, USER, free_port
@@ -84,21 +85,24 @@ class MigrationsAcrossReplication(unittest.TestCase):
         registry = SchemaRegistry()
         names = [c.name for c in self.config.connectors]
         creds = SubscriberCredentials(self.tmp, names)
+        creds.startService()
         offsets = OffsetStore(os.path.join(self.tmp, "offsets.dat"))
-        self.follower = FollowerService(self.config, self.hub, registry, creds, offsets)
-        self.follower.startService()
-        self.addCleanup(self.follower.stopService)
+        offsets.startService()
+        self.addCleanup(offsets.stopService)
+        self.publisher = PublisherService(self.config, self.hub, registry, creds, offsets)
+        self.publisher.startService()
+        self.addCleanup(self.publisher.stopService)
         self.connectors = {}
         for c in self.config.connectors:
             svc = ConnectorService(self.config, c, self.hub, registry, creds,
-                                   follower_ready=self.follower.listening)
+                                   publisher_ready=self.publisher.when_listening)
             svc.startService()
             self.addCleanup(svc.stopService)
             self.connectors[c.name] = svc
         self.notified = []
         self.migrator = Migrator(self.config, self.connectors,
                                  notify_migration=lambda *a: self.notified.append(a), poll_interval=0,
-                                 hub=self.hub)
+                                 hub=self.hub, registry=registry)
         api = HttpApi(self.config, self.hub, self.connectors)
         install_routes(api.app, self.migrator)
         self.port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")

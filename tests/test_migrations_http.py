@@ -22,11 +22,12 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from electric import migrations_cli
+from electric.migrations import cli as migrations_cli
 from electric.config import Config
-from electric.http.migrations import Migrator, install_routes
+from electric.http.migrations import install_routes
 from electric.http.status import HttpApi
-from electric.migrations import migration_hash
+from electric.migrations.migrator import Migrator
+from electric.migrations.migration import migration_hash
 from tests import pgcluster
 from tests.pgcluster import free_port
 from tests.test_migrations import write_migration

@@ -17,12 +17,40 @@ import time
 from twisted.internet import threads
 from twisted.trial import unittest
 
-from electric.postgres import wire as w
-from electric.postgres.auth import (
+from electric.postgres.protocol.messages import (
+    Authentication,
+    AuthenticationMD5Password,
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLContinue,
+    AuthenticationSASLFinal,
+    AuthenticationUnsupported,
+    BackendKeyData,
+    CommandComplete,
+    DataRow,
+    EmptyQueryResponse,
+    ErrorResponse,
+    FieldDescription,
+    GSSENCRequest,
+    NoticeResponse,
+    ParameterStatus,
+    PasswordMessage,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    SASLInitialResponse,
+    SSLRequest,
+    SSLResponse,
+    StartupMessage,
+    Terminate,
+    encode_all,
+)
+from electric.postgres.protocol.parsers import BackendParser, FrontendParser
+from electric.postgres.protocol.auth import (
     AuthenticationError, ClientAuth, ServerAuth, md5_password_hash, md5_response, saslprep,
     scram_secret,
 )
-from electric.postgres.wire import ProtocolError
+from electric.postgres.protocol.cursor import ProtocolError
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster
 
 
@@ -45,7 +73,7 @@ class BlockingPgConnection:
         self.ssl_request = ssl_request
         self.timeout = timeout
         self.options = options
-        self.parser = w.BackendParser()
+        self.parser = BackendParser()
         self.pending = []
         self.parameters = {}
         self.backend_key = None
@@ -69,57 +97,57 @@ class BlockingPgConnection:
     def connect(self):
         self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
         if self.ssl_request:
-            self.sock.sendall(w.SSLRequest().encode())
+            self.sock.sendall(SSLRequest().encode())
             self.parser.expect_ssl_response()
             answer = self.next()
-            assert answer == w.SSLResponse(False), answer
+            assert answer == SSLResponse(False), answer
         params = {"user": self.user, "database": self.database, "client_encoding": "UTF8",
                   "application_name": "electric_test"}
         if self.replication:
             params["replication"] = self.replication
         if self.options:
             params["options"] = self.options
-        self.sock.sendall(w.StartupMessage(params).encode())
+        self.sock.sendall(StartupMessage(params).encode())
         self.auth = ClientAuth(self.user, self.password)
         while True:
             msg = self.next()
-            if isinstance(msg, (w.Authentication, w.ErrorResponse)) and not self.auth.done:
+            if isinstance(msg, (Authentication, ErrorResponse)) and not self.auth.done:
                 self.auth_trace.append(type(msg).__name__)
                 replies = self.auth.receive(msg)
                 if replies:
                     self.send(*replies)
-            elif isinstance(msg, w.ErrorResponse):
+            elif isinstance(msg, ErrorResponse):
                 raise QueryError(msg)
-            elif isinstance(msg, w.ParameterStatus):
+            elif isinstance(msg, ParameterStatus):
                 self.parameters[msg.name] = msg.value
-            elif isinstance(msg, w.BackendKeyData):
+            elif isinstance(msg, BackendKeyData):
                 self.backend_key = msg
-            elif isinstance(msg, w.ReadyForQuery):
+            elif isinstance(msg, ReadyForQuery):
                 return self
-            elif isinstance(msg, w.NoticeResponse):
+            elif isinstance(msg, NoticeResponse):
                 continue
             else:
                 raise AssertionError(f"unexpected message during startup: {msg!r}")
 
     def query(self, sql):
         """Returns (RowDescription or None, [DataRow...], tag); raises QueryError."""
-        self.send(w.Query(sql))
+        self.send(Query(sql))
         desc, rows, tag, error = None, [], None, None
         while True:
             msg = self.next()
-            if isinstance(msg, w.RowDescription):
+            if isinstance(msg, RowDescription):
                 desc = msg
-            elif isinstance(msg, w.DataRow):
+            elif isinstance(msg, DataRow):
                 rows.append(msg)
-            elif isinstance(msg, w.CommandComplete):
+            elif isinstance(msg, CommandComplete):
                 tag = msg.tag
-            elif isinstance(msg, w.ErrorResponse):
+            elif isinstance(msg, ErrorResponse):
                 error = msg
-            elif isinstance(msg, w.ReadyForQuery):
+            elif isinstance(msg, ReadyForQuery):
                 if error is not None:
                     raise QueryError(error)
                 return desc, rows, tag
-            elif isinstance(msg, (w.NoticeResponse, w.ParameterStatus, w.EmptyQueryResponse)):
+            elif isinstance(msg, (NoticeResponse, ParameterStatus, EmptyQueryResponse)):
                 continue
             else:
                 return desc, rows, tag, msg  # e.g. CopyBothResponse: caller takes over
@@ -127,7 +155,7 @@ class BlockingPgConnection:
     def close(self):
         if self.sock is not None:
             try:
-                self.send(w.Terminate())
+                self.send(Terminate())
             except OSError:
                 pass
             self.sock.close()
@@ -139,11 +167,11 @@ class BlockingPgConnection:
 
 def run_exchange(client, server):
     """Drive the two state machines against each other through bytes."""
-    bparser, fparser = w.BackendParser(), w.FrontendParser()
+    bparser, fparser = BackendParser(), FrontendParser()
     fparser.in_startup = False
     to_client = b"".join(m.encode() for m in server.start())
     if server.done:
-        to_client += w.AuthenticationOk().encode()
+        to_client += AuthenticationOk().encode()
     while True:
         replies = []
         for msg in bparser.feed(to_client):
@@ -156,7 +184,7 @@ def run_exchange(client, server):
             out = server.receive(msg)
             to_client += b"".join(m.encode() for m in out)
             if server.done:
-                to_client += w.AuthenticationOk().encode()
+                to_client += AuthenticationOk().encode()
             if server.failed:
                 to_client += server.error_response().encode()
         if not to_client:
@@ -196,13 +224,13 @@ class ClientServerTests(unittest.TestCase):
         for _ in range(2):
             s = ServerAuth("ghost", None)
             s.start()
-            out = s.receive(w.PasswordMessage(w.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=abc").encode()[5:]))
+            out = s.receive(PasswordMessage(SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=abc").encode()[5:]))
             first.append(out[0].data.split(b",s=")[1])
         self.assertEqual(first[0], first[1])
         for method in ("password", "md5"):
             s = ServerAuth("ghost", None, method)
             s.start()
-            s.receive(w.PasswordMessage.password("x"))
+            s.receive(PasswordMessage.password("x"))
             self.assertTrue(s.failed)
 
     def test_stored_secrets(self):
@@ -230,80 +258,80 @@ class ClientServerTests(unittest.TestCase):
         inner = hashlib.md5(b"passwordelectric").hexdigest()
         self.assertEqual(md5_response("electric", "password", salt),
                          "md5" + hashlib.md5(inner.encode() + salt).hexdigest())
-        reply, = ClientAuth("electric", "password").receive(w.AuthenticationMD5Password(salt))
+        reply, = ClientAuth("electric", "password").receive(AuthenticationMD5Password(salt))
         self.assertEqual(len(reply.encode()), 41)  # 'p' + len=40, as in the trace
 
     def test_scram_initial_response_shape(self):
         client = ClientAuth("electric", "pw", client_nonce="NONCE")
-        reply, = client.receive(w.AuthenticationSASL(("SCRAM-SHA-256",)))
-        self.assertEqual(reply, w.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=NONCE"))
+        reply, = client.receive(AuthenticationSASL(("SCRAM-SHA-256",)))
+        self.assertEqual(reply, SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=NONCE"))
 
     def test_rfc7677_vector_server_side(self):
         salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
         server = ServerAuth("user", "pencil", salt=salt, server_nonce="%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
-        self.assertEqual(server.start(), [w.AuthenticationSASL(("SCRAM-SHA-256",))])
-        out = server.receive(w.PasswordMessage(
-            w.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").encode()[5:]))
-        self.assertEqual(out, [w.AuthenticationSASLContinue(
+        self.assertEqual(server.start(), [AuthenticationSASL(("SCRAM-SHA-256",))])
+        out = server.receive(PasswordMessage(
+            SASLInitialResponse("SCRAM-SHA-256", b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").encode()[5:]))
+        self.assertEqual(out, [AuthenticationSASLContinue(
             b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")])
-        out = server.receive(w.PasswordMessage(
+        out = server.receive(PasswordMessage(
             b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
             b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="))
-        self.assertEqual(out, [w.AuthenticationSASLFinal(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")])
+        self.assertEqual(out, [AuthenticationSASLFinal(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")])
         self.assertTrue(server.done)
 
     def test_rfc7677_vector_client_side(self):
         client = ClientAuth("user", "pencil", client_nonce="rOprNGfwEbeRWgbNEkqO", scram_user="user")
-        first, = client.receive(w.AuthenticationSASL(("SCRAM-SHA-256",)))
+        first, = client.receive(AuthenticationSASL(("SCRAM-SHA-256",)))
         self.assertEqual(first.data, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
-        final, = client.receive(w.AuthenticationSASLContinue(
+        final, = client.receive(AuthenticationSASLContinue(
             b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"))
         self.assertEqual(final.data, b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
                                      b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
-        self.assertEqual(client.receive(w.AuthenticationSASLFinal(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")), [])
-        self.assertEqual(client.receive(w.AuthenticationOk()), [])
+        self.assertEqual(client.receive(AuthenticationSASLFinal(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")), [])
+        self.assertEqual(client.receive(AuthenticationOk()), [])
         self.assertTrue(client.done)
 
     def test_client_rejects_an_impostor_server(self):
         server_first = b"r=NONCEsrv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
         client = ClientAuth("electric", "pw", client_nonce="NONCE")
-        client.receive(w.AuthenticationSASL(("SCRAM-SHA-256",)))
-        client.receive(w.AuthenticationSASLContinue(server_first))
+        client.receive(AuthenticationSASL(("SCRAM-SHA-256",)))
+        client.receive(AuthenticationSASLContinue(server_first))
         with self.assertRaises(AuthenticationError) as cm:
-            client.receive(w.AuthenticationSASLFinal(b"v=" + base64.b64encode(b"x" * 32)))
+            client.receive(AuthenticationSASLFinal(b"v=" + base64.b64encode(b"x" * 32)))
         self.assertIn("server signature is wrong", str(cm.exception))
         # A server that skips the proof and says Ok is refused as well.
         client = ClientAuth("electric", "pw", client_nonce="NONCE")
-        client.receive(w.AuthenticationSASL(("SCRAM-SHA-256",)))
-        client.receive(w.AuthenticationSASLContinue(server_first))
+        client.receive(AuthenticationSASL(("SCRAM-SHA-256",)))
+        client.receive(AuthenticationSASLContinue(server_first))
         with self.assertRaises(AuthenticationError) as cm:
-            client.receive(w.AuthenticationOk())
+            client.receive(AuthenticationOk())
         self.assertIn("before completing the SCRAM exchange", str(cm.exception))
 
     def test_client_errors(self):
         with self.assertRaises(AuthenticationError) as cm:
-            ClientAuth("electric", None).receive(w.AuthenticationMD5Password(b"abcd"))
+            ClientAuth("electric", None).receive(AuthenticationMD5Password(b"abcd"))
         self.assertIn("no password was supplied", str(cm.exception))
         with self.assertRaises(AuthenticationError) as cm:
-            ClientAuth("electric", "pw").receive(w.AuthenticationUnsupported(7))
+            ClientAuth("electric", "pw").receive(AuthenticationUnsupported(7))
         self.assertIn("unsupported authentication method GSSAPI", str(cm.exception))
         with self.assertRaises(AuthenticationError) as cm:
-            ClientAuth("electric", "pw").receive(w.AuthenticationSASL(("SCRAM-SHA-256-PLUS",)))
+            ClientAuth("electric", "pw").receive(AuthenticationSASL(("SCRAM-SHA-256-PLUS",)))
         self.assertIn("no supported SASL mechanism", str(cm.exception))
         for bad in (b"garbage", b"r=OTHER,s=AAAA,i=4096", b"r=NONCEx,s=!!,i=4096",
                     b"r=NONCEx,s=AAAA,i=zero", b"r=NONCE,s=AAAA,i=4096", b"r=NONCEx,s=AAAA,i=0"):
             client = ClientAuth("electric", "pw", client_nonce="NONCE")
-            client.receive(w.AuthenticationSASL(("SCRAM-SHA-256",)))
+            client.receive(AuthenticationSASL(("SCRAM-SHA-256",)))
             with self.assertRaises(AuthenticationError, msg=bad):
-                client.receive(w.AuthenticationSASLContinue(bad))
+                client.receive(AuthenticationSASLContinue(bad))
         client = ClientAuth("electric", "pw", client_nonce="NONCE")
-        client.receive(w.AuthenticationSASL(("SCRAM-SHA-256",)))
-        client.receive(w.AuthenticationSASLContinue(b"r=NONCEx,s=AAAA,i=16"))
+        client.receive(AuthenticationSASL(("SCRAM-SHA-256",)))
+        client.receive(AuthenticationSASLContinue(b"r=NONCEx,s=AAAA,i=16"))
         with self.assertRaises(AuthenticationError) as cm:
-            client.receive(w.AuthenticationSASLFinal(b"e=invalid-proof"))
+            client.receive(AuthenticationSASLFinal(b"e=invalid-proof"))
         self.assertIn("invalid-proof", str(cm.exception))
         with self.assertRaises(AuthenticationError):
-            ClientAuth("electric", "pw").receive(w.AuthenticationSASLFinal(b"v=AAAA"))
+            ClientAuth("electric", "pw").receive(AuthenticationSASLFinal(b"v=AAAA"))
 
     def test_server_rejects_malformed_scram(self):
         def started():
@@ -312,7 +340,7 @@ class ClientServerTests(unittest.TestCase):
             return s
 
         def initial(data, mech="SCRAM-SHA-256"):
-            return w.PasswordMessage(w.SASLInitialResponse(mech, data).encode()[5:])
+            return PasswordMessage(SASLInitialResponse(mech, data).encode()[5:])
 
         cases = [
             (initial(b"n,,n=,r=abc", "PLAIN"), "invalid SASL authentication mechanism"),
@@ -324,7 +352,7 @@ class ClientServerTests(unittest.TestCase):
             (initial(b"n,,m=ext,n=,r=abc"), "unsupported SCRAM extension"),
             (initial(b"n,,n=,r=a b"), "not printable"),
             (initial(b"n,,\xff"), "not UTF-8"),
-            (w.PasswordMessage(b"SCRAM-SHA-256\0\x00\x00\x00\x09ab"), "SASLInitialResponse"),
+            (PasswordMessage(b"SCRAM-SHA-256\0\x00\x00\x00\x09ab"), "SASLInitialResponse"),
         ]
         for msg, text in cases:
             with self.assertRaises(ProtocolError, msg=text) as cm:
@@ -351,30 +379,30 @@ class ClientServerTests(unittest.TestCase):
                 data = data.replace(b"r=X", b"r=" + s._nonce.encode()).replace(
                     b"r=" + nonce.encode(), b"r=" + s._nonce.encode())
             with self.assertRaises(ProtocolError, msg=text) as cm:
-                s.receive(w.PasswordMessage(data))
+                s.receive(PasswordMessage(data))
             self.assertIn(text, str(cm.exception))
         s = at_final()
         data = b"c=biws,r=" + s._nonce.encode() + b",p=" + base64.b64encode(b"x" * 16)
         with self.assertRaises(ProtocolError) as cm:
-            s.receive(w.PasswordMessage(data))
+            s.receive(PasswordMessage(data))
         self.assertIn("wrong length", str(cm.exception))
         s = at_final()
         data = b"c=biws,r=" + s._nonce.encode() + b",p=" + base64.b64encode(b"x" * 32)
-        self.assertEqual(s.receive(w.PasswordMessage(data)), [])
+        self.assertEqual(s.receive(PasswordMessage(data)), [])
         self.assertTrue(s.failed)
         with self.assertRaises(ProtocolError) as cm:
-            s.receive(w.PasswordMessage(data))
+            s.receive(PasswordMessage(data))
         self.assertIn("authentication is finished", str(cm.exception))
 
     def test_server_state_errors(self):
         s = ServerAuth("electric", "pw", "password")
         with self.assertRaises(ProtocolError):
-            s.receive(w.PasswordMessage.password("pw"))  # before start()
+            s.receive(PasswordMessage.password("pw"))  # before start()
         s.start()
         self.assertRaises(ProtocolError, s.start)
-        self.assertRaises(ProtocolError, s.receive, w.Query("SELECT 1"))
+        self.assertRaises(ProtocolError, s.receive, Query("SELECT 1"))
         with self.assertRaises(ProtocolError):
-            s.receive(w.PasswordMessage(b"no terminator"))
+            s.receive(PasswordMessage(b"no terminator"))
         self.assertRaises(ValueError, ServerAuth, "u", "p", "kerberos")
 
     def test_saslprep(self):
@@ -533,7 +561,7 @@ class _TinyServer(protocol.Protocol):
     """Just enough of a backend for psql: auth, then `SELECT 1`-style answers."""
 
     def connectionMade(self):
-        self.parser = w.FrontendParser()
+        self.parser = FrontendParser()
         self.auth = None
 
     def dataReceived(self, data):
@@ -544,39 +572,39 @@ class _TinyServer(protocol.Protocol):
             self.fatal(e.sqlstate, e.message)
 
     def fatal(self, sqlstate, message):
-        self.transport.write(w.ErrorResponse.build("FATAL", sqlstate, message).encode())
+        self.transport.write(ErrorResponse.build("FATAL", sqlstate, message).encode())
         self.transport.loseConnection()
 
     def handle(self, msg):
         f = self.factory
-        if isinstance(msg, (w.SSLRequest, w.GSSENCRequest)):
-            self.transport.write(w.SSLResponse(False).encode())
-        elif isinstance(msg, w.StartupMessage):
+        if isinstance(msg, (SSLRequest, GSSENCRequest)):
+            self.transport.write(SSLResponse(False).encode())
+        elif isinstance(msg, StartupMessage):
             self.auth = ServerAuth(msg.user, f.passwords.get(msg.user), f.method)
-            self.transport.write(w.encode_all(self.auth.start()))
+            self.transport.write(encode_all(self.auth.start()))
             self.after_auth_step([])
-        elif isinstance(msg, w.PasswordMessage):
+        elif isinstance(msg, PasswordMessage):
             self.after_auth_step(self.auth.receive(msg))
-        elif isinstance(msg, w.Query):
+        elif isinstance(msg, Query):
             f.queries.append(msg.sql)
-            self.transport.write(w.encode_all([
-                w.RowDescription((w.FieldDescription.text("?column?", 23),)), w.DataRow((1,)),
-                w.CommandComplete("SELECT 1"), w.ReadyForQuery("I")]))
-        elif isinstance(msg, w.Terminate):
+            self.transport.write(encode_all([
+                RowDescription((FieldDescription.text("?column?", 23),)), DataRow((1,)),
+                CommandComplete("SELECT 1"), ReadyForQuery("I")]))
+        elif isinstance(msg, Terminate):
             self.transport.loseConnection()
 
     def after_auth_step(self, replies):
-        self.transport.write(w.encode_all(replies))
+        self.transport.write(encode_all(replies))
         if self.auth.failed:
             self.factory.failures.append(self.auth.failure_reason)
             self.transport.write(self.auth.error_response().encode())
             self.transport.loseConnection()
         elif self.auth.done:
-            self.transport.write(w.encode_all([
-                w.AuthenticationOk(), w.ParameterStatus("server_version", "15.0"),
-                w.ParameterStatus("server_encoding", "UTF8"), w.ParameterStatus("client_encoding", "UTF8"),
-                w.ParameterStatus("standard_conforming_strings", "on"), w.BackendKeyData(1, 2),
-                w.ReadyForQuery("I")]))
+            self.transport.write(encode_all([
+                AuthenticationOk(), ParameterStatus("server_version", "15.0"),
+                ParameterStatus("server_encoding", "UTF8"), ParameterStatus("client_encoding", "UTF8"),
+                ParameterStatus("standard_conforming_strings", "on"), BackendKeyData(1, 2),
+                ReadyForQuery("I")]))
 
 
 class ServerAgainstLibpqTests(unittest.TestCase):

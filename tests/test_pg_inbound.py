@@ -20,8 +20,8 @@ from twisted.trial import unittest
 
 from electric.config import Config
 from electric.hub.embedded import EmbeddedHub
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
 from tests.pgcluster import PASSWORD, USER, shared_cluster
 from tests.test_pg_setup import CLUSTER_KEY
@@ -79,7 +79,7 @@ class ConnectorTestBase(unittest.TestCase):
         self.pg.psql(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)", dbname="postgres", check=False)
 
     @defer.inlineCallbacks
-    def start(self, follower_ready=None, password=None, port=1):
+    def start(self, publisher_ready=None, password=None, port=1):
         password = self.password if password is None else password
         url = f"postgresql://{USER}:{password}@127.0.0.1:{self.pg.port}/{self.db}"
         self.config = Config.from_environ({
@@ -87,7 +87,7 @@ class ConnectorTestBase(unittest.TestCase):
             "POSTGRES_SLOT": self.slot,
             "ELECTRIC_DATA_DIR": self.tmp,
             # By default nobody listens there and the subscription stays
-            # disabled (follower_ready never fires).
+            # disabled (publisher_ready never fires).
             "POSTGRES_REPLICATION_PORT": str(port),
         })
         self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), compact_interval=0)
@@ -95,9 +95,10 @@ class ConnectorTestBase(unittest.TestCase):
         self.addCleanup(self.hub.stopService)
         self.registry = SchemaRegistry()
         creds = SubscriberCredentials(self.tmp, [self.name])
+        creds.startService()
         self.service = ConnectorService(
             self.config, self.config.connectors[0], self.hub, self.registry, creds,
-            follower_ready=defer.Deferred() if follower_ready is None else follower_ready,
+            publisher_ready=defer.Deferred() if publisher_ready is None else publisher_ready,
         )
         self.service.startService()
         self.addCleanup(self.service.stopService)
@@ -406,7 +407,7 @@ class WrongPasswordTests(ConnectorTestBase):
         self.assertIn(f"connector {self.name}", lines[0])
 
 
-class FollowerTests(ConnectorTestBase):
+class PublisherTests(ConnectorTestBase):
     """
     The subscription back to Electric, enabled against a stand-in publisher:
     another database of the same cluster plays Electric's port 5433 (same
@@ -418,6 +419,7 @@ class FollowerTests(ConnectorTestBase):
     def test_enable_sync_upsert_and_no_echo(self):
         pub_db = self.name  # conninfo dbname is the connector name
         creds = SubscriberCredentials(self.tmp, [self.name])
+        creds.startService()
         user, password = creds.for_connector(self.name)
         self.pg.psql(f"CREATE DATABASE {pub_db}", dbname="postgres")
         # (Cleanups run last-added first: the role goes after its database.)
@@ -431,11 +433,11 @@ class FollowerTests(ConnectorTestBase):
                      "CREATE PUBLICATION all_tables FOR ALL TABLES", dbname=pub_db)
         self.pg.psql(f"SELECT pg_create_logical_replication_slot('{self.name}', 'pgoutput')", dbname=pub_db)
         self.sql(f"{schema}; INSERT INTO t VALUES (1, 'local')")
-        follower = defer.Deferred()
-        yield self.start(follower_ready=follower, port=self.pg.port)
+        publisher = defer.Deferred()
+        yield self.start(publisher_ready=publisher, port=self.pg.port)
         self.assertEqual(self.service.status()["state"], "streaming")
         self.assertEqual(self.sql(f"SELECT subenabled FROM pg_subscription WHERE subname = '{self.name}'").strip(), "f")
-        follower.callback(None)
+        publisher.callback(None)
         yield wait_until(lambda: self.service.state == "ready", what="subscription enabled")
         # A fresh subscription copies nothing (its apply worker streams the
         # hub from position 0 instead): the publisher's rows 1 and 2 stay there.

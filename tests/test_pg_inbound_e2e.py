@@ -1,6 +1,6 @@
 """
 Two databases kept in sync through Electric, in process: two ConnectorServices
-read them, the EmbeddedHub orders and resolves, the FollowerService on a
+read them, the EmbeddedHub orders and resolves, the PublisherService on a
 free port feeds both subscriptions back.  Checks that writes cross both
 ways, that rows Electric delivers (to the other database and back to the
 origin) are never read back in as new writes, and that WAL is not held.

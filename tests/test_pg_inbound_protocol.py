@@ -12,8 +12,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from electric.postgres import pgoutput, replication
-from electric.postgres.lsn import parse_lsn
+from electric.postgres.protocol import pgoutput
+from electric.postgres.source import replication
+from electric.postgres.protocol.lsn import parse_lsn
 from tests.pgcluster import DATABASE, PgCluster
 from tests.test_pg_inbound import wait_until
 

@@ -6,9 +6,9 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT
-from electric.postgres import inbound
-from electric.postgres import pgoutput as po
-from electric.postgres.lsn import PG_EPOCH_UNIX_US
+from electric.postgres.source import assembly
+from electric.postgres.protocol import pgoutput as po
+from electric.postgres.protocol.lsn import PG_EPOCH_UNIX_US
 from electric.schema import Column, Table
 
 ITEMS = Table("public", "items", (Column("id", "text", 25, -1, True), Column("v", "text", 25, -1, False)), ("id",))
@@ -47,7 +47,7 @@ def tx(lsn, *body, origin=None):
 
 class AssemblerTests(unittest.TestCase):
     def setUp(self):
-        self.a = inbound.TransactionAssembler("pg1", lookup_with({("public", "items"): ITEMS}), subscription_oid=16397)
+        self.a = assembly.TransactionAssembler("pg1", lookup_with({("public", "items"): ITEMS}), subscription_oid=16397)
         self.assertIsNone(self.a.feed(REL))
 
     def test_insert_update_delete(self):
@@ -83,25 +83,25 @@ class AssemblerTests(unittest.TestCase):
                   + tx(0x200, po.Insert(16400, ("b", "x")), origin="pg_16397_16420")
                   + tx(0x300, po.Insert(16400, ("c", "x")), origin="pg_163970")
                   + tx(0x400, po.Insert(16400, ("d", "x")), origin="some_other_sub"))
-        self.assertEqual([e.dropped for e in evs], [inbound.OWN_ORIGIN, inbound.OWN_ORIGIN, None, None])
+        self.assertEqual([e.dropped for e in evs], [assembly.OWN_ORIGIN, assembly.OWN_ORIGIN, None, None])
         self.assertEqual([e.transaction.changes[0].key for e in evs[2:]], [("c",), ("d",)])
 
     def test_migrations_table_drops_whole_transaction(self):
         self.a.feed(MIG)
         [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x")), po.Insert(16500, ("1",))))
         self.assertIsNone(ev.transaction)
-        self.assertEqual(ev.dropped, inbound.ELECTRIC_TABLES)
+        self.assertEqual(ev.dropped, assembly.ELECTRIC_TABLES)
 
     def test_empty_transaction(self):
         [ev] = run(self.a, tx(0x100))
-        self.assertEqual((ev.transaction, ev.dropped, ev.end_lsn), (None, inbound.EMPTY, 0x130))
+        self.assertEqual((ev.transaction, ev.dropped, ev.end_lsn), (None, assembly.EMPTY, 0x130))
 
     def test_unknown_table_needs_lookup_then_skip(self):
         rel = po.Relation(16600, "public", "nokey", "d", (po.RelationColumn(0, "v", 25, -1),))
         need = self.a.feed(rel)
-        self.assertIsInstance(need, inbound.NeedTable)
+        self.assertIsInstance(need, assembly.NeedTable)
         self.assertEqual((need.schema, need.name), ("public", "nokey"))
-        with self.assertRaises(inbound.InboundError):
+        with self.assertRaises(assembly.InboundError):
             self.a.feed(po.Begin(1, 1, 1))
         self.a.table_resolved(None, "table has no primary key")
         [ev] = run(self.a, tx(0x100, po.Insert(16600, ("v",)), po.Insert(16400, ("a", "x"))))
@@ -110,22 +110,22 @@ class AssemblerTests(unittest.TestCase):
 
     def test_skipped_table_log_is_rate_limited(self):
         now = [0.0]
-        a = inbound.TransactionAssembler("pg1", lookup_with({}, {("public", "nokey"): "table has no primary key"}),
+        a = assembly.TransactionAssembler("pg1", lookup_with({}, {("public", "nokey"): "table has no primary key"}),
                                          clock=lambda: now[0], skipped_log_interval=60)
         lines = []
 
         def observe(event):
-            if event.get("log_namespace") == "electric.postgres.inbound":
+            if event.get("log_namespace") == "electric.postgres.source.assembly":
                 lines.append(formatEvent(event))
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         rel = po.Relation(16600, "public", "nokey", "d", (po.RelationColumn(0, "v", 25, -1),))
-        self.assertIsInstance(a.feed(rel), inbound.NeedTable)
+        self.assertIsInstance(a.feed(rel), assembly.NeedTable)
         a.table_resolved(None, "table has no primary key")
         for i in range(5):
             evs = run(a, tx(0x100 * (i + 1), po.Insert(16600, ("v",))))
-            self.assertEqual(evs[0].dropped, inbound.EMPTY)
+            self.assertEqual(evs[0].dropped, assembly.EMPTY)
             now[0] += 20
         self.assertEqual(a.dropped_changes[("public", "nokey")], 5)
         self.assertEqual(lines, [
@@ -135,7 +135,7 @@ class AssemblerTests(unittest.TestCase):
 
     def test_ddl_relation_needs_lookup(self):
         wider = po.Relation(16400, "public", "items", "d", RC + (po.RelationColumn(0, "w", 23, -1),))
-        self.assertIsInstance(self.a.feed(wider), inbound.NeedTable)
+        self.assertIsInstance(self.a.feed(wider), assembly.NeedTable)
         new_table = Table("public", "items", ITEMS.columns + (Column("w", "int4", 23, -1, False),), ("id",))
         self.a.table_resolved(new_table, None)
         [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x", "5"))))
@@ -145,7 +145,7 @@ class AssemblerTests(unittest.TestCase):
         # WAL written before a later DDL: the stream still has column x, the
         # catalog already dropped it and added w.
         rel = po.Relation(16400, "public", "items", "d", RC + (po.RelationColumn(0, "x", 23, -1),))
-        self.assertIsInstance(self.a.feed(rel), inbound.NeedTable)
+        self.assertIsInstance(self.a.feed(rel), assembly.NeedTable)
         catalog = Table("public", "items", ITEMS.columns + (Column("w", "text", 25, -1, False),), ("id",))
         self.a.table_resolved(catalog, None)
         [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x", "5"))))
@@ -153,27 +153,27 @@ class AssemblerTests(unittest.TestCase):
 
     def test_catalog_moved_on_without_the_key_skips(self):
         rel = po.Relation(16400, "public", "items", "d", (po.RelationColumn(1, "other", 25, -1),))
-        self.assertIsInstance(self.a.feed(rel), inbound.NeedTable)
+        self.assertIsInstance(self.a.feed(rel), assembly.NeedTable)
         self.a.table_resolved(ITEMS, None)
         [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a",))))
-        self.assertEqual(ev.dropped, inbound.EMPTY)
+        self.assertEqual(ev.dropped, assembly.EMPTY)
         self.assertEqual(self.a.dropped_changes[("public", "items")], 1)
 
     def test_contradictions_raise(self):
-        with self.assertRaises(inbound.InboundError):
+        with self.assertRaises(assembly.InboundError):
             self.a.feed(po.Insert(16400, ("a", "x")))
         self.a.feed(po.Begin(0x100, 1, 1))
-        with self.assertRaises(inbound.InboundError):
+        with self.assertRaises(assembly.InboundError):
             self.a.feed(po.Insert(99999, ("a", "x")))
-        with self.assertRaises(inbound.InboundError):
+        with self.assertRaises(assembly.InboundError):
             self.a.feed(po.Insert(16400, ("a",)))
-        with self.assertRaises(inbound.InboundError):
+        with self.assertRaises(assembly.InboundError):
             self.a.feed(po.Commit(0x999, 0x1000, 1))
 
 
 class AckTrackerTests(unittest.TestCase):
     def test_flush_covers_only_completed_prefix(self):
-        acks = inbound.AckTracker(flushed=10)
+        acks = assembly.AckTracker(flushed=10)
         a = acks.add(100)
         b = acks.add(200)
         acks.add(250, done=True)  # dropped: covered by the next ack
@@ -187,12 +187,12 @@ class AckTrackerTests(unittest.TestCase):
         self.assertEqual(acks.pending, 0)
 
     def test_dropped_with_nothing_pending_acks_at_once(self):
-        acks = inbound.AckTracker()
+        acks = assembly.AckTracker()
         acks.add(100, done=True)
         self.assertEqual(acks.flushed, 100)
 
     def test_idle_advance_only_when_nothing_pending(self):
-        acks = inbound.AckTracker()
+        acks = assembly.AckTracker()
         e = acks.add(100)
         self.assertFalse(acks.idle_advance(500))
         acks.done(e)
@@ -200,7 +200,7 @@ class AckTrackerTests(unittest.TestCase):
         self.assertEqual(acks.flushed, 500)
 
     def test_long_runs_compact(self):
-        acks = inbound.AckTracker()
+        acks = assembly.AckTracker()
         for i in range(5000):
             acks.done(acks.add(i + 1))
         self.assertEqual(acks.flushed, 5000)
@@ -208,12 +208,12 @@ class AckTrackerTests(unittest.TestCase):
 
 
 class WiringTests(unittest.TestCase):
-    def test_add_to_service_registers_every_connector(self):
+    def test_build_service_wires_every_connector(self):
         import shutil
         import tempfile
 
         from electric.config import Config
-        from electric.postgres.connector import ConnectorService
+        from electric.postgres.source.connector import ConnectorService
         from electric.service import build_service
 
         tmp = tempfile.mkdtemp(prefix="ewiring")
@@ -224,12 +224,17 @@ class WiringTests(unittest.TestCase):
         })
         self.addCleanup(shutil.rmtree, config.data_dir, True)
         root = build_service(config)
-        services = [root.connectors[name] for name in sorted(root.connectors)]
-        self.assertEqual(sorted(root.connectors), ["postgres_1", "postgres_2"])
+        connectors = {s.connector.name: s for s in root if isinstance(s, ConnectorService)}
+        services = [connectors[name] for name in sorted(connectors)]
+        self.assertEqual(sorted(connectors), ["postgres_1", "postgres_2"])
+        api = root.getServiceNamed("http").api
+        publisher = root.getServiceNamed("postgres-publisher")
+        self.assertEqual(dict(api.connectors), connectors)
         for svc in services:
             self.assertIsInstance(svc, ConnectorService)
             self.assertIs(root.getServiceNamed(svc.name), svc)
-            self.assertIs(svc.registry, root.registry)
-            self.assertIs(svc.hub, root.hub)
+            self.assertIs(svc.registry, publisher.registry)
+            self.assertIs(svc.credentials, publisher.credentials)
+            self.assertIs(svc.hub, root.getServiceNamed("hub"))
             self.assertFalse(svc.ready)
             self.assertEqual(svc.status()["state"], "init")

@@ -14,8 +14,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from electric.config import Config
-from electric.postgres import setup
-from electric.postgres.credentials import SubscriberCredentials
+from electric.postgres.source import setup
+from electric.postgres.publisher.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
 from tests.pgcluster import PASSWORD, USER, shared_cluster
 
@@ -120,7 +120,9 @@ class SetupTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.datadir, True)
 
     def creds(self, config):
-        return SubscriberCredentials(self.datadir, [c.name for c in config.connectors])
+        creds = SubscriberCredentials(self.datadir, [c.name for c in config.connectors])
+        creds.startService()
+        return creds
 
     @defer.inlineCallbacks
     def test_setup_is_idempotent_and_introspects(self):

@@ -5,9 +5,9 @@ import struct
 from twisted.trial import unittest
 
 from electric.hub.interface import UNCHANGED
-from electric.postgres import pgoutput as po
-from electric.postgres.lsn import format_lsn, pg_to_datetime
-from electric.postgres.pgoutput import PgoutputError, decode
+from electric.postgres.protocol import pgoutput as po
+from electric.postgres.protocol.lsn import format_lsn, parse_lsn, pg_to_datetime
+from electric.postgres.protocol.pgoutput import PgoutputError, decode
 
 BEGIN_HEX = "42 00000002A7F4A880 000230F65858D5F2 0000026B"
 RELATION_HEX = ("52 0000400C 7075626C696300 656E747269657300 66 0002 "
@@ -212,8 +212,8 @@ class MalformedTests(unittest.TestCase):
 
 from twisted.internet import threads  # noqa: E402
 
-from electric.postgres import wire as w  # noqa: E402
-from electric.postgres.lsn import LSN  # noqa: E402
+from electric.postgres.protocol.messages import CopyBothResponse, CopyData, ErrorResponse  # noqa: E402
+from electric.postgres.protocol.replication_messages import PrimaryKeepalive, StandbyStatusUpdate, XLogData  # noqa: E402
 from tests.pgcluster import PgCluster  # noqa: E402
 from tests.test_pg_auth import BlockingPgConnection  # noqa: E402
 
@@ -278,14 +278,14 @@ def stream_until(conn, done, decoder, limit=200000):
     out, keepalives = [], []
     for _ in range(limit):
         msg = conn.next()
-        if isinstance(msg, w.ErrorResponse):
+        if isinstance(msg, ErrorResponse):
             raise AssertionError(str(msg))
-        assert isinstance(msg, w.CopyData), msg
+        assert isinstance(msg, CopyData), msg
         rep = msg.replication_message()
-        if isinstance(rep, w.PrimaryKeepalive):
+        if isinstance(rep, PrimaryKeepalive):
             keepalives.append(rep)
             continue
-        assert isinstance(rep, w.XLogData), rep
+        assert isinstance(rep, XLogData), rep
         m = decoder.decode(rep.data)
         if m.encode() != rep.data:
             raise AssertionError(f"re-encoding {m!r} differs from what Postgres sent: "
@@ -329,11 +329,11 @@ class RealWalsenderTests(unittest.TestCase):
         self.assertEqual(desc.names, ["slot_name", "consistent_point", "snapshot_name", "output_plugin"])
         slot, point, snapshot, plugin = rows[0].texts()
         self.assertEqual((slot, snapshot, plugin), ("s_v1", None, "pgoutput"))
-        LSN(point)  # parses
+        parse_lsn(point)  # parses
         self.run_statements(DML)
         result = conn.query("START_REPLICATION SLOT s_v1 LOGICAL 0/0 "
                             "(proto_version '1', publication_names 'pub', messages 'true')")
-        self.assertIsInstance(result[3], w.CopyBothResponse)
+        self.assertIsInstance(result[3], CopyBothResponse)
         frames, _ = stream_until(conn, is_done_message, po.PgoutputDecoder(1))
         msgs = [m for _, m in frames]
         kinds = [type(m).__name__ for m in msgs]
@@ -428,7 +428,7 @@ class RealWalsenderTests(unittest.TestCase):
 
         # Our standby status update moves the slot on the real server.
         last_end = commits[-1].end_lsn
-        conn.send(w.CopyData(w.StandbyStatusUpdate(last_end, last_end, last_end, 0, True).encode()))
+        conn.send(CopyData(StandbyStatusUpdate(last_end, last_end, last_end, 0, True).encode()))
         _, keepalives = self._until_keepalive(conn)
         self.cluster.wait_for("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 's_v1'",
                               format_lsn(last_end))
@@ -436,7 +436,7 @@ class RealWalsenderTests(unittest.TestCase):
     def _until_keepalive(self, conn):
         while True:
             rep = conn.next().replication_message()
-            if isinstance(rep, w.PrimaryKeepalive):
+            if isinstance(rep, PrimaryKeepalive):
                 return None, [rep]
 
     def test_proto_v2_streamed_transaction(self):

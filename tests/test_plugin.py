@@ -246,8 +246,13 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertIn("http", names)
         self.assertFalse(any(s.running for s in root))
         self.assertFalse(os.path.exists(os.path.join(self.config.data_dir, "hub.sqlite3")))
-        self.assertIs(root.api.hub, root.hub)
-        self.assertIs(root.api.connectors, root.connectors)
+        # nothing touches the disk before startService (twistd daemonises in between)
+        self.assertEqual(os.listdir(self.workdir), [])
+        api = root.getServiceNamed("http").api
+        self.assertIs(api.hub, root.getServiceNamed("hub"))
+        self.assertEqual(dict(api.connectors), {})
+        self.assertEqual(names, ["hub", "offsets", "subscriber-credentials", "http", "postgres-publisher",
+                                 "satellite", "migrations"])
 
     def test_vaxine_host_is_refused(self):
         config = Config(vaxine_host="vaxine")
@@ -262,14 +267,14 @@ class ServiceTreeTests(unittest.TestCase):
         stopped = False
         try:
             yield root.getServiceNamed("http").listening
-            self.assertTrue(root.hub.running)
+            self.assertTrue(root.getServiceNamed("hub").running)
             agent = Agent(reactor)
             response = yield agent.request(b"GET", f"http://127.0.0.1:{self.config.status_port}/api/status".encode())
             body = yield readBody(response)
             self.assertEqual(json.loads(body), {"connectors": {}, "hub": True, "vaxine": False})
             yield root.stopService()
             stopped = True
-            self.assertFalse(root.hub.running)
+            self.assertFalse(root.getServiceNamed("hub").running)
             self.assertFalse(root.getServiceNamed("http").running)
             with self.assertRaises(Exception):
                 yield agent.request(b"GET", f"http://127.0.0.1:{self.config.status_port}/api/status".encode())
@@ -291,7 +296,7 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertTrue(root.getServiceNamed("http").listening.called)
         self.assertTrue(root.failure.check(error.CannotListenError))
         yield root.stopService()
-        self.assertFalse(root.hub.running)
+        self.assertFalse(root.getServiceNamed("hub").running)
 
 
 class PackagingTests(unittest.TestCase):

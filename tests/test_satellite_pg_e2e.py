@@ -1,7 +1,7 @@
 """
 The real electric-sql@0.4.3 client and two Postgres 15 databases, in process:
 two ConnectorServices read the databases, the EmbeddedHub orders and
-resolves, the FollowerService (5433) feeds the databases, SatelliteService
+resolves, the PublisherService (5433) feeds the databases, SatelliteService
 serves the Node client.  A client's local writes must land in both
 databases; a write in Postgres must land in the client's SQLite.
 """

@@ -51,9 +51,9 @@ def _safe_status(component) -> object:
 
 class HttpApi:
     """
-    `connectors` is a live mapping name -> object with `.ready` (bool) and
-    `.status()` (dict); it may gain entries after construction (the service
-    builder adds connectors later), so it is read on every request.
+    `connectors` maps name -> object with `.ready` (bool) and `.status()`
+    (dict), read on every request.  `hub` is the IHub (its `running` and
+    `status()` are reported).
     `vaxine` is whatever answers the Vaxine health check (`.ready`); None in
     this build, which reports `"vaxine": false`.
     """

@@ -660,8 +660,9 @@ class EmbeddedHub(service.Service):
         if self._consumers.pop(consumer, None) is not None:
             self._queue.put(("forget", consumer))
 
-    def consumer_position(self, consumer):
-        return self._consumers.get(consumer)
+    def has_consumer(self, consumer):
+        self._check_open()
+        return consumer in self._consumers
 
     def _set_consumer(self, consumer, position):
         if not isinstance(consumer, str) or not consumer:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple, Union
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -295,10 +296,20 @@ class IAppendBuffer(Interface):
         """Discard the staged changes.  Deferred firing with None."""
 
 
-class IHub(Interface):
-    """The ordered, durable transaction log with conflict resolution."""
+class IHub(IService):
+    """
+    The ordered, durable transaction log with conflict resolution.
 
-    hub_id = Attribute("8 random bytes naming this hub's data (made when its store is created).")
+    This is the whole contract between a hub and the rest of Electric
+    (connectors, the port-5433 publisher, Satellite, migrations, the status
+    API): a second implementation (Vaxine) is a drop-in replacement when it
+    provides exactly these.  A hub is a service: it opens its store in
+    `startService`, and calls before that (or after `stopService`) fail with
+    `HubError`.
+    """
+
+    hub_id = Attribute(
+        "8 random bytes naming this hub's data (made when its store is created); None until started.")
 
     def append(transaction):
         """
@@ -337,8 +348,13 @@ class IHub(Interface):
     def forget(consumer):
         """Drop a durable consumer so it no longer holds back compaction."""
 
-    def consumer_position(consumer):
-        """The acknowledged position of durable consumer `consumer`, or None if the hub does not know it."""
+    def has_consumer(consumer):
+        """
+        True if durable consumer `consumer` is known to this hub's data (it
+        subscribed or acked and was not forgotten).  The publisher uses it
+        to tell a returning subscriber from one whose LSNs came from other
+        hub data (the data directory was replaced).
+        """
 
     def snapshot(tables=None):
         """

@@ -4,12 +4,14 @@ OFFSET_STORAGE_FILE: what must survive restarts about the outside world's positi
 * Per Postgres slot (subscription), the LSN *base* its hub positions are
   mapped with (`electric.hub.positions.end_lsn`).  It normally stays 0; when
   the hub's data was replaced while a subscriber holds a higher LSN, the
-  follower raises it so that LSNs keep growing for that subscriber.
+  publisher raises it so that LSNs keep growing for that subscriber.
 * Per Satellite client id, the last client LSN it acknowledged.
 
-Each write is its own fsync'd SQLite transaction (the calls are few and small,
-so they run synchronously).  Losing the file is safe: bases fall back to 0,
-which the follower detects by the subscriber's LSN being ahead of the hub.
+The store is a service: the file is opened (and created) in `startService`,
+never at construction, so building the service tree touches no disk.  Each
+write is its own fsync'd SQLite transaction (the calls are few and small, so
+they run synchronously).  Losing the file is safe: bases fall back to 0,
+which the publisher detects by the subscriber's LSN being ahead of the hub.
 """
 
 from __future__ import annotations
@@ -19,42 +21,71 @@ import sqlite3
 import threading
 from typing import Dict, Optional
 
+from twisted.application import service
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slot_base (slot TEXT PRIMARY KEY, base INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS client_lsn (client_id TEXT PRIMARY KEY, lsn BLOB NOT NULL) WITHOUT ROWID;
 """
 
 
-class OffsetStore:
-    """Small durable map; safe to call from any thread."""
+class OffsetStore(service.Service):
+    """
+    Small durable map; safe to call from any thread while started.  Calls
+    before `startService` or after `stopService` raise RuntimeError.
+    """
+
+    name = "offsets"
 
     def __init__(self, path: str):
         self.path = path
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
         self._lock = threading.Lock()
+        self._conn: Optional[sqlite3.Connection] = None
+
+    def startService(self):
+        path = self.path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        conn = None
         try:
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA busy_timeout=10000")
-            self._conn.executescript(_SCHEMA)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
+            if conn is not None:
+                conn.close()
             raise ValueError(f"OFFSET_STORAGE_FILE {path!r} is not a usable offset store: {e}") from None
+        with self._lock:
+            self._conn = conn
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"offset store {self.path} is not open (service not started)")
+        return self._conn
 
     def _write(self, sql, args):
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            conn = self._open_conn()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute(sql, args)
+                conn.execute(sql, args)
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
     def _read(self, sql, args):
         with self._lock:
-            return self._conn.execute(sql, args).fetchone()
+            return self._open_conn().execute(sql, args).fetchone()
 
     def slot_base(self, slot: str) -> int:
         row = self._read("SELECT base FROM slot_base WHERE slot = ?", (slot,))
@@ -69,7 +100,7 @@ class OffsetStore:
 
     def slot_bases(self) -> Dict[str, int]:
         with self._lock:
-            return dict(self._conn.execute("SELECT slot, base FROM slot_base"))
+            return dict(self._open_conn().execute("SELECT slot, base FROM slot_base"))
 
     def client_lsn(self, client_id: str) -> Optional[bytes]:
         row = self._read("SELECT lsn FROM client_lsn WHERE client_id = ?", (client_id,))
@@ -82,7 +113,3 @@ class OffsetStore:
             "INSERT INTO client_lsn VALUES (?, ?) ON CONFLICT(client_id) DO UPDATE SET lsn = excluded.lsn",
             (client_id, bytes(lsn)),
         )
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()

@@ -18,7 +18,7 @@ position p lies strictly between end_lsn(p - 1) and end_lsn(p), so "the
 largest position whose end LSN ≤ L" is the last transaction a subscriber at
 L has applied.  `base` is per slot (`electric.hub.offsets.OffsetStore`): if
 the hub's data is replaced while a subscriber holds an LSN from the old data,
-the follower raises the slot's base with `rebased` so LSNs keep growing for
+the publisher raises the slot's base with `rebased` so LSNs keep growing for
 that subscriber.
 
 Satellite clients
@@ -109,11 +109,6 @@ def rebased(lsn: int, position: int) -> int:
     if need <= 0:
         return 0
     return -(-need // LSN_STRIDE) * LSN_STRIDE
-
-
-def format_lsn(lsn: int) -> str:
-    """Postgres text form, e.g. ``0/1A2B3C``."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 # --- Satellite client LSNs -------------------------------------------------

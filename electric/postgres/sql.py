@@ -2,7 +2,7 @@
 Ordinary (non-replication) SQL sessions to a connector's Postgres, over txpostgres.
 
 Setup, introspection and migrations all use these; the replication stream
-uses Electric's own wire codec instead (`electric.postgres.replication`).
+uses Electric's own wire codec instead (`electric.postgres.source.replication`).
 """
 
 from __future__ import annotations

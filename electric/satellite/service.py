@@ -311,10 +311,9 @@ class ClientConnection:
 class SatelliteService(service.Service):
     """
     `config`: `electric.config.Config` (listen_host, websocket_port,
-    regional_id, auth settings).  `hub`: an IHub that also offers
-    ``client_lsn(position)`` / ``position_from_client_lsn(bytes)`` (the
-    embedded hub does).  `offsets`: ``client_lsn(client_id)`` /
-    ``set_client_lsn(client_id, lsn)`` (plain values or Deferreds).
+    regional_id, auth settings).  `hub`: an `electric.hub.interface.IHub`.
+    `offsets`: ``client_lsn(client_id)`` / ``set_client_lsn(client_id, lsn)``
+    (plain values or Deferreds; the `OffsetStore`).
     """
 
     name = "satellite"

@@ -1,161 +1,37 @@
 """
-The Postgres frontend/backend protocol v3, sans-IO, for both ends.
+The Postgres frontend/backend protocol v3: every message, both directions.
 
 Electric is a Postgres *client* (it reads every database over logical
 replication) and a Postgres *server* (the port-5433 publisher that each
-database subscribes to).  Both sides share the message classes here; each
-direction has its own incremental parser because the tag bytes overlap
-(``D`` is DataRow from a backend but Describe from a frontend).
+database subscribes to).  Both sides share the message classes here; the
+parsers (`electric.postgres.protocol.parsers`) frame a byte stream into them.
 
-Parsers take arbitrary chunks and return complete messages.  Every message
-length is checked against a bound as soon as its header arrives, so a peer
-announcing a huge message gets a `ProtocolError` instead of making us buffer
-it.  Malformed bodies also raise `ProtocolError` (never ``struct.error`` or
-``IndexError``), and a parser that raised stays failed: after a framing error
-nothing further on that byte stream can be trusted.
-
-Every message class has ``encode() -> bytes`` (the complete framed message).
-Replication sub-messages travel inside CopyData: their ``encode()`` returns
-the CopyData *payload* and ``frame()`` the whole ``d`` message.
+Every message class has ``encode() -> bytes`` (the complete framed message)
+and decodes its body with a `Cursor`, so a malformed body is always a
+`ProtocolError`.  The untagged startup packets (SSLRequest, StartupMessage,
+...) live here too; the streaming-replication sub-messages carried inside
+CopyData are in `electric.postgres.protocol.replication_messages`.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from electric.postgres.types import typlen_of
-
-__all__ = [
-    "ProtocolError", "BackendParser", "FrontendParser",
-    "DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_MAX_STARTUP_SIZE",
-]
+from electric.postgres.protocol.cursor import I16, I32, U32, Cursor, ProtocolError
+from electric.postgres.protocol.replication_messages import ReplicationMessage, decode_replication
+from electric.postgres.protocol.types import typlen_of
 
 PROTOCOL_3_0 = 196608
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
 
-DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
-"""1 GiB, Postgres' own limit for a single field/message."""
-DEFAULT_MAX_STARTUP_SIZE = 10000
-"""Postgres' MAX_STARTUP_PACKET_LENGTH."""
-
-_I16 = struct.Struct("!h")
-_U16 = struct.Struct("!H")
-_I32 = struct.Struct("!i")
-_U32 = struct.Struct("!I")
-_I64 = struct.Struct("!q")
-_U64 = struct.Struct("!Q")
-_HEADER = struct.Struct("!ci")
-
-
-class ProtocolError(Exception):
-    """
-    The byte stream broke the protocol.
-
-    `sqlstate` is what a server should report in its FATAL ErrorResponse
-    (08P01 protocol_violation, 54000 for an oversize message).
-    """
-
-    def __init__(self, message: str, sqlstate: str = "08P01"):
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-    @property
-    def message(self) -> str:
-        return self.args[0]
-
-
 # --------------------------------------------------------------------------
-# Reading and writing primitives
+# Writing primitives
 
-class Reader:
-    """Cursor over one message body; every read failure is a ProtocolError."""
-
-    __slots__ = ("buf", "pos", "what")
-
-    def __init__(self, buf, what: str, pos: int = 0):
-        self.buf = buf
-        self.pos = pos
-        self.what = what
-
-    def _need(self, n: int) -> int:
-        p = self.pos
-        if n < 0 or p + n > len(self.buf):
-            raise ProtocolError(
-                f"malformed {self.what}: needs {n} more byte(s) at offset {p}, "
-                f"only {len(self.buf) - p} left")
-        self.pos = p + n
-        return p
-
-    def int8(self) -> int:
-        p = self._need(1)
-        v = self.buf[p]
-        return v - 256 if v > 127 else v
-
-    def uint8(self) -> int:
-        return self.buf[self._need(1)]
-
-    def byte(self) -> bytes:
-        p = self._need(1)
-        return bytes(self.buf[p:p + 1])
-
-    def int16(self) -> int:
-        return _I16.unpack_from(self.buf, self._need(2))[0]
-
-    def uint16(self) -> int:
-        return _U16.unpack_from(self.buf, self._need(2))[0]
-
-    def int32(self) -> int:
-        return _I32.unpack_from(self.buf, self._need(4))[0]
-
-    def uint32(self) -> int:
-        return _U32.unpack_from(self.buf, self._need(4))[0]
-
-    def int64(self) -> int:
-        return _I64.unpack_from(self.buf, self._need(8))[0]
-
-    def uint64(self) -> int:
-        return _U64.unpack_from(self.buf, self._need(8))[0]
-
-    def bytes(self, n: int) -> bytes:
-        if n < 0:
-            raise ProtocolError(f"malformed {self.what}: negative length {n}")
-        p = self._need(n)
-        return bytes(self.buf[p:p + n])
-
-    def cstring_bytes(self) -> bytes:
-        end = self.buf.find(b"\0", self.pos)
-        if end < 0:
-            raise ProtocolError(f"malformed {self.what}: string at offset {self.pos} is not NUL-terminated")
-        v = bytes(self.buf[self.pos:end])
-        self.pos = end + 1
-        return v
-
-    def cstring(self) -> str:
-        raw = self.cstring_bytes()
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ProtocolError(f"malformed {self.what}: string is not valid UTF-8 ({e})") from None
-
-    def rest(self) -> bytes:
-        v = bytes(self.buf[self.pos:])
-        self.pos = len(self.buf)
-        return v
-
-    def remaining(self) -> int:
-        return len(self.buf) - self.pos
-
-    def end(self) -> None:
-        if self.pos != len(self.buf):
-            raise ProtocolError(
-                f"malformed {self.what}: {len(self.buf) - self.pos} unexpected trailing byte(s)")
-
-
-def _cstr(s: Union[str, bytes]) -> bytes:
+def cstr(s: Union[str, bytes]) -> bytes:
     b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
     if b"\0" in b:
         raise ValueError(f"string {s!r} contains a NUL byte and cannot be sent")
@@ -164,7 +40,7 @@ def _cstr(s: Union[str, bytes]) -> bytes:
 
 def frame(tag: bytes, body: bytes = b"") -> bytes:
     """Tag + Int32 length (counting itself) + body."""
-    return tag + _I32.pack(len(body) + 4) + body
+    return tag + I32.pack(len(body) + 4) + body
 
 
 def encode_all(messages: Iterable["Message"]) -> bytes:
@@ -184,12 +60,12 @@ class Message:
         return frame(self.TAG, self._body())
 
     @classmethod
-    def _decode(cls, r: Reader) -> "Message":
+    def _decode(cls, r: Cursor) -> "Message":
         return cls()
 
     @classmethod
     def decode_body(cls, body: bytes) -> "Message":
-        r = Reader(body, cls.__name__)
+        r = Cursor(body, cls.__name__)
         m = cls._decode(r)
         r.end()
         return m
@@ -205,19 +81,19 @@ class StartupPacket:
 
     def encode(self) -> bytes:
         body = self._body()  # type: ignore[attr-defined]
-        return _I32.pack(len(body) + 4) + body
+        return I32.pack(len(body) + 4) + body
 
 
 @dataclass(frozen=True, slots=True)
 class SSLRequest(StartupPacket):
     def _body(self) -> bytes:
-        return _I32.pack(SSL_REQUEST_CODE)
+        return I32.pack(SSL_REQUEST_CODE)
 
 
 @dataclass(frozen=True, slots=True)
 class GSSENCRequest(StartupPacket):
     def _body(self) -> bytes:
-        return _I32.pack(GSSENC_REQUEST_CODE)
+        return I32.pack(GSSENC_REQUEST_CODE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +102,7 @@ class CancelRequest(StartupPacket):
     key: int
 
     def _body(self) -> bytes:
-        return _I32.pack(CANCEL_REQUEST_CODE) + _I32.pack(self.pid) + _I32.pack(self.key)
+        return I32.pack(CANCEL_REQUEST_CODE) + I32.pack(self.pid) + I32.pack(self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,10 +111,10 @@ class StartupMessage(StartupPacket):
     version: int = PROTOCOL_3_0
 
     def _body(self) -> bytes:
-        parts = [_I32.pack(self.version)]
+        parts = [I32.pack(self.version)]
         for k, v in self.parameters.items():
-            parts.append(_cstr(k))
-            parts.append(_cstr(v))
+            parts.append(cstr(k))
+            parts.append(cstr(v))
         parts.append(b"\0")
         return b"".join(parts)
 
@@ -259,34 +135,6 @@ class SSLResponse:
     def encode(self) -> bytes:
         return b"S" if self.accepted else b"N"
 
-
-def _decode_startup_packet(body: bytes):
-    r = Reader(body, "startup packet")
-    code = r.int32()
-    if code == SSL_REQUEST_CODE:
-        r.end()
-        return SSLRequest()
-    if code == GSSENC_REQUEST_CODE:
-        r.end()
-        return GSSENCRequest()
-    if code == CANCEL_REQUEST_CODE:
-        r.what = "CancelRequest"
-        pid, key = r.int32(), r.int32()
-        r.end()
-        return CancelRequest(pid, key)
-    major, minor = code >> 16, code & 0xFFFF
-    if major != 3:
-        raise ProtocolError(
-            f"unsupported frontend protocol {major}.{minor}: server supports 3.0", "0A000")
-    r.what = "StartupMessage"
-    params: Dict[str, str] = {}
-    while True:
-        key = r.cstring()
-        if key == "":
-            break
-        params[key] = r.cstring()
-    r.end()
-    return StartupMessage(params, code)
 
 
 # --------------------------------------------------------------------------
@@ -314,7 +162,7 @@ class Authentication(Message):
 
     @classmethod
     def decode_body(cls, body: bytes) -> "Authentication":
-        r = Reader(body, "Authentication")
+        r = Cursor(body, "Authentication")
         code = r.int32()
         sub = _AUTH_BY_CODE.get(code)
         if sub is None:
@@ -331,7 +179,7 @@ class AuthenticationOk(Authentication):
     CODE = AUTH_OK
 
     def _body(self) -> bytes:
-        return _I32.pack(AUTH_OK)
+        return I32.pack(AUTH_OK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +187,7 @@ class AuthenticationCleartextPassword(Authentication):
     CODE = AUTH_CLEARTEXT
 
     def _body(self) -> bytes:
-        return _I32.pack(AUTH_CLEARTEXT)
+        return I32.pack(AUTH_CLEARTEXT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,10 +200,10 @@ class AuthenticationMD5Password(Authentication):
             raise ValueError("md5 salt must be 4 bytes")
 
     def _body(self) -> bytes:
-        return _I32.pack(AUTH_MD5) + self.salt
+        return I32.pack(AUTH_MD5) + self.salt
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.bytes(4))
 
 
@@ -365,10 +213,10 @@ class AuthenticationSASL(Authentication):
     CODE = AUTH_SASL
 
     def _body(self) -> bytes:
-        return _I32.pack(AUTH_SASL) + b"".join(_cstr(m) for m in self.mechanisms) + b"\0"
+        return I32.pack(AUTH_SASL) + b"".join(cstr(m) for m in self.mechanisms) + b"\0"
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         mechs = []
         while True:
             m = r.cstring()
@@ -383,10 +231,10 @@ class AuthenticationSASLContinue(Authentication):
     CODE = AUTH_SASL_CONTINUE
 
     def _body(self) -> bytes:
-        return _I32.pack(AUTH_SASL_CONTINUE) + self.data
+        return I32.pack(AUTH_SASL_CONTINUE) + self.data
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.rest())
 
 
@@ -396,10 +244,10 @@ class AuthenticationSASLFinal(Authentication):
     CODE = AUTH_SASL_FINAL
 
     def _body(self) -> bytes:
-        return _I32.pack(AUTH_SASL_FINAL) + self.data
+        return I32.pack(AUTH_SASL_FINAL) + self.data
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.rest())
 
 
@@ -410,7 +258,7 @@ class AuthenticationUnsupported(Authentication):
     data: bytes = b""
 
     def _body(self) -> bytes:
-        return _I32.pack(self.code) + self.data
+        return I32.pack(self.code) + self.data
 
     @property
     def method_name(self) -> str:
@@ -438,17 +286,17 @@ class PasswordMessage(Message):
 
     @classmethod
     def password(cls, password: Union[str, bytes]) -> "PasswordMessage":
-        return cls(_cstr(password))
+        return cls(cstr(password))
 
     def _body(self) -> bytes:
         return self.data
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.rest())
 
     def as_password(self) -> str:
-        r = Reader(self.data, "PasswordMessage")
+        r = Cursor(self.data, "PasswordMessage")
         pw = r.cstring()
         r.end()
         return pw
@@ -469,11 +317,11 @@ class SASLInitialResponse(Message):
 
     def _body(self) -> bytes:
         if self.data is None:
-            return _cstr(self.mechanism) + _I32.pack(-1)
-        return _cstr(self.mechanism) + _I32.pack(len(self.data)) + self.data
+            return cstr(self.mechanism) + I32.pack(-1)
+        return cstr(self.mechanism) + I32.pack(len(self.data)) + self.data
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         mech = r.cstring()
         n = r.int32()
         return cls(mech, None if n == -1 else r.bytes(n))
@@ -488,7 +336,7 @@ class SASLResponse(Message):
         return self.data
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.rest())
 
 
@@ -502,10 +350,10 @@ class ParameterStatus(Message):
     TAG = b"S"
 
     def _body(self) -> bytes:
-        return _cstr(self.name) + _cstr(self.value)
+        return cstr(self.name) + cstr(self.value)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.cstring(), r.cstring())
 
 
@@ -516,10 +364,10 @@ class BackendKeyData(Message):
     TAG = b"K"
 
     def _body(self) -> bytes:
-        return _I32.pack(self.pid) + _I32.pack(self.key)
+        return I32.pack(self.pid) + I32.pack(self.key)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.int32(), r.int32())
 
 
@@ -537,7 +385,7 @@ class ReadyForQuery(Message):
         return self.status.encode("ascii")
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         s = r.byte()
         if s not in (b"I", b"T", b"E"):
             raise ProtocolError(f"malformed ReadyForQuery: unknown transaction status {s!r}")
@@ -566,15 +414,15 @@ class RowDescription(Message):
     TAG = b"T"
 
     def _body(self) -> bytes:
-        parts = [_I16.pack(len(self.fields))]
+        parts = [I16.pack(len(self.fields))]
         for f in self.fields:
-            parts.append(_cstr(f.name))
+            parts.append(cstr(f.name))
             parts.append(struct.pack("!IhIhih", f.table_oid, f.attnum, f.type_oid,
                                      f.typlen, f.typmod, f.format))
         return b"".join(parts)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         n = r.int16()
         if n < 0:
             raise ProtocolError(f"malformed RowDescription: negative field count {n}")
@@ -604,7 +452,7 @@ def _cell(v: CellValue) -> bytes:
         b = v.encode("utf-8")
     else:
         b = bytes(v)
-    return _I32.pack(len(b)) + b
+    return I32.pack(len(b)) + b
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,10 +466,10 @@ class DataRow(Message):
     TAG = b"D"
 
     def _body(self) -> bytes:
-        return _I16.pack(len(self.values)) + b"".join(_cell(v) for v in self.values)
+        return I16.pack(len(self.values)) + b"".join(_cell(v) for v in self.values)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         n = r.int16()
         if n < 0:
             raise ProtocolError(f"malformed DataRow: negative column count {n}")
@@ -657,10 +505,10 @@ class CommandComplete(Message):
     TAG = b"C"
 
     def _body(self) -> bytes:
-        return _cstr(self.tag)
+        return cstr(self.tag)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.cstring())
 
 
@@ -690,12 +538,12 @@ class _Notice(Message):
         for code, value in self.fields.items():  # type: ignore[attr-defined]
             if len(code) != 1 or code == "\0":
                 raise ValueError(f"invalid error field code {code!r}")
-            parts.append(code.encode("ascii") + _cstr(value))
+            parts.append(code.encode("ascii") + cstr(value))
         parts.append(b"\0")
         return b"".join(parts)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         fields: Dict[str, str] = {}
         while True:
             code = r.byte()
@@ -774,10 +622,10 @@ class NotificationResponse(Message):
     TAG = b"A"
 
     def _body(self) -> bytes:
-        return _I32.pack(self.pid) + _cstr(self.channel) + _cstr(self.payload)
+        return I32.pack(self.pid) + cstr(self.channel) + cstr(self.payload)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.int32(), r.cstring(), r.cstring())
 
 
@@ -788,11 +636,11 @@ class NegotiateProtocolVersion(Message):
     TAG = b"v"
 
     def _body(self) -> bytes:
-        return (_I32.pack(self.newest_minor) + _I32.pack(len(self.unrecognized))
-                + b"".join(_cstr(o) for o in self.unrecognized))
+        return (I32.pack(self.newest_minor) + I32.pack(len(self.unrecognized))
+                + b"".join(cstr(o) for o in self.unrecognized))
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         minor = r.int32()
         n = r.int32()
         if n < 0:
@@ -809,10 +657,10 @@ class _CopyResponse(Message):
     def _body(self) -> bytes:
         cf = self.column_formats  # type: ignore[attr-defined]
         return (struct.pack("!bh", self.format, len(cf))  # type: ignore[attr-defined]
-                + b"".join(_I16.pack(c) for c in cf))
+                + b"".join(I16.pack(c) for c in cf))
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         fmt = r.int8()
         n = r.int16()
         if n < 0:
@@ -850,10 +698,10 @@ class CopyData(Message):
         return bytes(self.data)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.rest())
 
-    def replication_message(self) -> "ReplicationMessage":
+    def replication_message(self) -> ReplicationMessage:
         """Decode the payload as a streaming-replication sub-message."""
         return decode_replication(self.data)
 
@@ -869,10 +717,10 @@ class CopyFail(Message):
     TAG = b"f"
 
     def _body(self) -> bytes:
-        return _cstr(self.message)
+        return cstr(self.message)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.cstring())
 
 
@@ -885,10 +733,10 @@ class Query(Message):
     TAG = b"Q"
 
     def _body(self) -> bytes:
-        return _cstr(self.sql)
+        return cstr(self.sql)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.cstring())
 
 
@@ -915,11 +763,11 @@ class Parse(Message):
     TAG = b"P"
 
     def _body(self) -> bytes:
-        return (_cstr(self.statement) + _cstr(self.sql) + _I16.pack(len(self.param_types))
-                + b"".join(_U32.pack(t) for t in self.param_types))
+        return (cstr(self.statement) + cstr(self.sql) + I16.pack(len(self.param_types))
+                + b"".join(U32.pack(t) for t in self.param_types))
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         stmt, sql = r.cstring(), r.cstring()
         n = r.int16()
         if n < 0:
@@ -937,16 +785,16 @@ class Bind(Message):
     TAG = b"B"
 
     def _body(self) -> bytes:
-        parts = [_cstr(self.portal), _cstr(self.statement), _I16.pack(len(self.param_formats))]
-        parts += [_I16.pack(f) for f in self.param_formats]
-        parts.append(_I16.pack(len(self.params)))
+        parts = [cstr(self.portal), cstr(self.statement), I16.pack(len(self.param_formats))]
+        parts += [I16.pack(f) for f in self.param_formats]
+        parts.append(I16.pack(len(self.params)))
         parts += [_cell(p) for p in self.params]
-        parts.append(_I16.pack(len(self.result_formats)))
-        parts += [_I16.pack(f) for f in self.result_formats]
+        parts.append(I16.pack(len(self.result_formats)))
+        parts += [I16.pack(f) for f in self.result_formats]
         return b"".join(parts)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         portal, stmt = r.cstring(), r.cstring()
 
         def count() -> int:
@@ -971,10 +819,10 @@ class Execute(Message):
     TAG = b"E"
 
     def _body(self) -> bytes:
-        return _cstr(self.portal) + _I32.pack(self.max_rows)
+        return cstr(self.portal) + I32.pack(self.max_rows)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         return cls(r.cstring(), r.int32())
 
 
@@ -982,10 +830,10 @@ class _DescribeOrClose(Message):
     __slots__ = ()
 
     def _body(self) -> bytes:
-        return self.kind.encode("ascii") + _cstr(self.name)  # type: ignore[attr-defined]
+        return self.kind.encode("ascii") + cstr(self.name)  # type: ignore[attr-defined]
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         kind = r.byte()
         if kind not in (b"S", b"P"):
             raise ProtocolError(f"malformed {cls.__name__}: kind must be S or P, not {kind!r}")
@@ -1039,10 +887,10 @@ class ParameterDescription(Message):
     TAG = b"t"
 
     def _body(self) -> bytes:
-        return _I16.pack(len(self.type_oids)) + b"".join(_U32.pack(t) for t in self.type_oids)
+        return I16.pack(len(self.type_oids)) + b"".join(U32.pack(t) for t in self.type_oids)
 
     @classmethod
-    def _decode(cls, r: Reader):
+    def _decode(cls, r: Cursor):
         n = r.int16()
         if n < 0:
             raise ProtocolError(f"malformed ParameterDescription: negative count {n}")
@@ -1059,333 +907,3 @@ BACKEND_MESSAGES: Dict[bytes, type] = {c.TAG: c for c in (
 FRONTEND_MESSAGES: Dict[bytes, type] = {c.TAG: c for c in (
     Query, PasswordMessage, CopyData, CopyDone, CopyFail, Terminate, Sync, Flush, Parse, Bind,
     Execute, Describe, Close)}
-
-
-# --------------------------------------------------------------------------
-# Incremental parsers
-
-class _Parser:
-    """Shared framing: buffer, bounds, sticky failure."""
-
-    _table: Dict[bytes, type] = {}
-    _direction = ""
-
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE):
-        self.max_message_size = max_message_size
-        self._buf = bytearray()
-        self._pos = 0  # start of the first unparsed byte; compacted once per feed()
-        self._error: Optional[ProtocolError] = None
-        self.closed = False
-
-    def _discard(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-
-    def _fail(self, err: ProtocolError) -> ProtocolError:
-        self._error = err
-        self._discard()
-        return err
-
-    def _check_length(self, tag: bytes, length: int) -> None:
-        if length < 4:
-            raise self._fail(ProtocolError(
-                f"invalid {self._direction} message length {length} for type {tag!r}"))
-        if length - 4 > self.max_message_size:
-            raise self._fail(ProtocolError(
-                f"{self._direction} message type {tag!r} of {length - 4} bytes exceeds the "
-                f"limit of {self.max_message_size} bytes", "54000"))
-
-    def _tagged(self, out: list) -> bool:
-        """Parse one tagged message from the buffer into `out`; False if incomplete."""
-        buf, p = self._buf, self._pos
-        if len(buf) - p < 5:
-            return False
-        tag, length = _HEADER.unpack_from(buf, p)
-        self._check_length(tag, length)
-        if len(buf) - p < length + 1:
-            return False
-        cls = self._table.get(tag)
-        if cls is None:
-            raise self._fail(ProtocolError(
-                f"unexpected {self._direction} message type {tag!r} (length {length})"))
-        body = bytes(buf[p + 5:p + length + 1])
-        self._pos = p + length + 1
-        try:
-            out.append(cls.decode_body(body))
-        except ProtocolError as e:
-            raise self._fail(e) from None
-        return True
-
-    def feed(self, data: bytes) -> list:
-        """Append `data`; return every message it completed, in order."""
-        if self._error is not None:
-            raise self._error
-        if self.closed:
-            return []
-        self._buf += data
-        out: list = []
-        try:
-            while not self.closed and len(self._buf) > self._pos and self._step(out):
-                pass
-        finally:
-            if self._pos:
-                del self._buf[:self._pos]
-                self._pos = 0
-        return out
-
-    def _step(self, out: list) -> bool:
-        return self._tagged(out)
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet forming a complete message."""
-        return len(self._buf) - self._pos
-
-
-class BackendParser(_Parser):
-    """
-    Client side: parses what a backend sends.
-
-    Call `expect_ssl_response()` after sending an SSLRequest/GSSENCRequest;
-    the next byte is then the unframed ``S``/``N`` answer (an ``E`` there is
-    a real ErrorResponse from a server that does not know the request).
-    """
-
-    _table = BACKEND_MESSAGES
-    _direction = "backend"
-
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE):
-        super().__init__(max_message_size)
-        self._await_ssl = False
-
-    def expect_ssl_response(self) -> None:
-        self._await_ssl = True
-
-    def _step(self, out: list) -> bool:
-        if self._await_ssl:
-            b = bytes(self._buf[self._pos:self._pos + 1])
-            if b in (b"S", b"N"):
-                self._pos += 1
-                self._await_ssl = False
-                out.append(SSLResponse(b == b"S"))
-                return True
-            if b != b"E":
-                raise self._fail(ProtocolError(
-                    f"invalid answer to SSL/GSS request: {b!r} (expected S or N)"))
-            self._await_ssl = False
-        return self._tagged(out)
-
-
-class FrontendParser(_Parser):
-    """
-    Server side: parses what a frontend sends.
-
-    Starts in the startup phase (untagged packets: SSLRequest, GSSENCRequest,
-    CancelRequest, StartupMessage); after a StartupMessage, tagged messages
-    follow.  After a CancelRequest or Terminate the connection has nothing
-    more to say, so later bytes are ignored (`closed` is set).
-    """
-
-    _table = FRONTEND_MESSAGES
-    _direction = "frontend"
-
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 max_startup_size: int = DEFAULT_MAX_STARTUP_SIZE):
-        super().__init__(max_message_size)
-        self.max_startup_size = max_startup_size
-        self.in_startup = True
-
-    def _step(self, out: list) -> bool:
-        if not self.in_startup:
-            ok = self._tagged(out)
-            if ok and isinstance(out[-1], Terminate):
-                self.closed = True
-                self._discard()
-            return ok
-        buf, p = self._buf, self._pos
-        if len(buf) - p < 4:
-            return False
-        length = _I32.unpack_from(buf, p)[0]
-        if length < 8 or length > self.max_startup_size:
-            raise self._fail(ProtocolError(
-                f"invalid startup packet length {length} (allowed 8..{self.max_startup_size})"))
-        if len(buf) - p < length:
-            return False
-        body = bytes(buf[p + 4:p + length])
-        self._pos = p + length
-        try:
-            pkt = _decode_startup_packet(body)
-        except ProtocolError as e:
-            raise self._fail(e) from None
-        out.append(pkt)
-        if isinstance(pkt, StartupMessage):
-            self.in_startup = False
-        elif isinstance(pkt, CancelRequest):
-            self.closed = True
-            self._discard()
-        return True
-
-
-# --------------------------------------------------------------------------
-# Streaming-replication sub-messages (inside CopyData)
-
-class ReplicationMessage:
-    __slots__ = ()
-
-    def frame(self) -> bytes:
-        """The complete CopyData message carrying this payload."""
-        return frame(b"d", self.encode())  # type: ignore[attr-defined]
-
-
-_XLOG = struct.Struct("!QQq")
-_KEEPALIVE = struct.Struct("!QqB")
-_STATUS = struct.Struct("!QQQqB")
-_FEEDBACK = struct.Struct("!qIIII")
-
-
-@dataclass(frozen=True, slots=True)
-class XLogData(ReplicationMessage):
-    wal_start: int
-    wal_end: int
-    send_time: int
-    """µs since 2000-01-01Z."""
-    data: bytes
-
-    def encode(self) -> bytes:
-        return b"w" + _XLOG.pack(self.wal_start, self.wal_end, self.send_time) + self.data
-
-
-@dataclass(frozen=True, slots=True)
-class PrimaryKeepalive(ReplicationMessage):
-    wal_end: int
-    send_time: int
-    reply_requested: bool = False
-
-    def encode(self) -> bytes:
-        return b"k" + _KEEPALIVE.pack(self.wal_end, self.send_time, 1 if self.reply_requested else 0)
-
-
-@dataclass(frozen=True, slots=True)
-class StandbyStatusUpdate(ReplicationMessage):
-    written: int
-    flushed: int
-    applied: int
-    send_time: int
-    reply_requested: bool = False
-
-    def encode(self) -> bytes:
-        return b"r" + _STATUS.pack(self.written, self.flushed, self.applied, self.send_time,
-                                   1 if self.reply_requested else 0)
-
-
-@dataclass(frozen=True, slots=True)
-class HotStandbyFeedback(ReplicationMessage):
-    send_time: int
-    xmin: int
-    xmin_epoch: int
-    catalog_xmin: int
-    catalog_xmin_epoch: int
-
-    def encode(self) -> bytes:
-        return b"h" + _FEEDBACK.pack(self.send_time, self.xmin, self.xmin_epoch,
-                                     self.catalog_xmin, self.catalog_xmin_epoch)
-
-
-def decode_replication(payload: bytes) -> ReplicationMessage:
-    """Decode a CopyData payload of a replication stream (w, k, r, h)."""
-    if not payload:
-        raise ProtocolError("empty CopyData payload in replication stream")
-    kind = payload[:1]
-    n = len(payload) - 1
-    if kind == b"w":
-        if n < _XLOG.size:
-            raise ProtocolError(f"malformed XLogData: {n} bytes, header needs {_XLOG.size}")
-        start, end, t = _XLOG.unpack_from(payload, 1)
-        return XLogData(start, end, t, bytes(payload[1 + _XLOG.size:]))
-    if kind == b"k":
-        if n != _KEEPALIVE.size:
-            raise ProtocolError(f"malformed PrimaryKeepalive: {n} bytes, expected {_KEEPALIVE.size}")
-        end, t, reply = _KEEPALIVE.unpack_from(payload, 1)
-        return PrimaryKeepalive(end, t, bool(reply))
-    if kind == b"r":
-        if n != _STATUS.size:
-            raise ProtocolError(f"malformed StandbyStatusUpdate: {n} bytes, expected {_STATUS.size}")
-        w, f, a, t, reply = _STATUS.unpack_from(payload, 1)
-        return StandbyStatusUpdate(w, f, a, t, bool(reply))
-    if kind == b"h":
-        if n != _FEEDBACK.size:
-            raise ProtocolError(f"malformed HotStandbyFeedback: {n} bytes, expected {_FEEDBACK.size}")
-        return HotStandbyFeedback(*_FEEDBACK.unpack_from(payload, 1))
-    raise ProtocolError(f"unknown replication message type {bytes(kind)!r} in CopyData")
-
-
-# --------------------------------------------------------------------------
-# COPY text format
-
-_COPY_ESCAPES = {
-    "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
-}
-_COPY_ESCAPE_TABLE = str.maketrans(_COPY_ESCAPES)
-_COPY_UNESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
-
-
-def copy_text_escape(value: Optional[str]) -> str:
-    """One field in COPY text format; None → ``\\N``."""
-    if value is None:
-        return "\\N"
-    return value.translate(_COPY_ESCAPE_TABLE)
-
-
-def copy_text_row(values: Sequence[Optional[str]]) -> bytes:
-    """A whole COPY text line: tab-separated, ``\\n``-terminated, UTF-8."""
-    return ("\t".join(copy_text_escape(v) for v in values) + "\n").encode("utf-8")
-
-
-def parse_copy_text_row(line: Union[bytes, str]) -> List[Optional[str]]:
-    """Inverse of `copy_text_row` (also understands octal/hex escapes Postgres accepts)."""
-    if isinstance(line, (bytes, bytearray)):
-        try:
-            line = bytes(line).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ProtocolError(f"COPY line is not valid UTF-8 ({e})") from None
-    if line.endswith("\n"):
-        line = line[:-1]
-    fields: List[Optional[str]] = []
-    for raw in line.split("\t"):
-        if raw == "\\N":
-            fields.append(None)
-            continue
-        if "\\" not in raw:
-            fields.append(raw)
-            continue
-        out = []
-        i = 0
-        while i < len(raw):
-            c = raw[i]
-            if c != "\\":
-                out.append(c)
-                i += 1
-                continue
-            if i + 1 >= len(raw):
-                raise ProtocolError(f"COPY field ends in a lone backslash: {raw!r}")
-            e = raw[i + 1]
-            if e in _COPY_UNESCAPES:
-                out.append(_COPY_UNESCAPES[e])
-                i += 2
-            elif e in "01234567":
-                j = i + 1
-                while j < len(raw) and j < i + 4 and raw[j] in "01234567":
-                    j += 1
-                out.append(chr(int(raw[i + 1:j], 8)))
-                i = j
-            elif e == "x" and i + 2 < len(raw) and raw[i + 2] in "0123456789abcdefABCDEF":
-                j = i + 2
-                while j < len(raw) and j < i + 4 and raw[j] in "0123456789abcdefABCDEF":
-                    j += 1
-                out.append(chr(int(raw[i + 2:j], 16)))
-                i = j
-            else:
-                out.append(e)
-                i += 2
-        fields.append("".join(out))
-    return fields

@@ -1,7 +1,7 @@
 """
 A REAL stock PostgreSQL 15 subscribes to Electric's port 5433.
 
-Electric here is a real EmbeddedHub + FollowerService on a free port; the
+Electric here is a real EmbeddedHub + PublisherService on a free port; the
 subscriber is a throwaway PG 15 cluster whose own apply and table-sync
 workers do everything (CREATE SUBSCRIPTION, COPY, streaming, resume).
 Transactions are appended to the hub directly; the tests assert what lands
@@ -19,9 +19,9 @@ import os
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from electric.postgres.setup import upsert_trigger_sql
+from electric.postgres.source.setup import upsert_trigger_sql
 from electric.schema import Column, Table
-from tests.follower_helpers import ITEMS, Electric, eventually, subscriber_errors
+from tests.publisher_helpers import ITEMS, Electric, eventually, subscriber_errors
 from tests.pgcluster import PgCluster
 
 TYPES = Table(
@@ -180,7 +180,7 @@ class StockSubscriber(unittest.TestCase):
 
         # DISABLE / ENABLE: what was appended meanwhile arrives once.
         yield sql(pg, "ALTER SUBSCRIPTION postgres_1 DISABLE")
-        yield eventually(lambda: not any(s["streaming"] for s in e.follower.status()["slots"].values()))
+        yield eventually(lambda: not any(s["streaming"] for s in e.publisher.status()["slots"].values()))
         yield e.append(e.upsert(log_t, {"id": "3", "note": "while disabled"}))
         yield sql(pg, "ALTER SUBSCRIPTION postgres_1 ENABLE")
         yield wait_for(pg, "SELECT string_agg(id::text, ',' ORDER BY id) FROM log_t", "1,2,3")
@@ -224,7 +224,7 @@ class StockSubscriber(unittest.TestCase):
         yield sql(pg, subscribe_sql(e, "postgres_2", copy_data=False,
                                     options=", streaming = on, binary = true, two_phase = true"), "db2")
         # A slot created without a snapshot starts at the hub's head, as in Postgres.
-        yield eventually(lambda: e.follower.status()["slots"].get("postgres_2", {}).get("streaming"))
+        yield eventually(lambda: e.publisher.status()["slots"].get("postgres_2", {}).get("streaming"))
         yield e.append(e.upsert(other, {"k": "1"}))  # a table db2 does not have: skipped
         yield e.append(e.upsert(items, {"id": "new", "content": "after", "n": "1"}), e.upsert(other, {"k": "2"}),
                        e.upsert(full, {"id": "1", "v": "one"}), e.upsert(full, {"id": "2", "v": "two"}))
@@ -233,7 +233,7 @@ class StockSubscriber(unittest.TestCase):
         # REPLICA IDENTITY FULL on the subscriber: upserts and deletes by key still apply.
         yield e.append(e.upsert(full, {"id": "1", "v": "uno"}), e.delete(full, {"id": "2", "v": "two"}))
         yield wait_for(pg, "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM full_t", "1:uno", "db2")
-        status = e.follower.status()["slots"]["postgres_2"]
+        status = e.publisher.status()["slots"]["postgres_2"]
         self.assertEqual(status["changes_skipped"], 2)
         self.assertEqual(errors_in_log(pg), [])
         yield sql(pg, "ALTER SUBSCRIPTION postgres_2 DISABLE", "db2")

@@ -26,11 +26,20 @@ import stringprep
 import unicodedata
 from typing import List, Optional, Tuple
 
-from electric.postgres.wire import (
-    AuthenticationCleartextPassword, AuthenticationMD5Password, AuthenticationOk,
-    AuthenticationSASL, AuthenticationSASLContinue, AuthenticationSASLFinal,
-    AuthenticationUnsupported, ErrorResponse, Message, PasswordMessage, ProtocolError,
-    SASLInitialResponse, SASLResponse,
+from electric.postgres.protocol.cursor import ProtocolError
+from electric.postgres.protocol.messages import (
+    AuthenticationCleartextPassword,
+    AuthenticationMD5Password,
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLContinue,
+    AuthenticationSASLFinal,
+    AuthenticationUnsupported,
+    ErrorResponse,
+    Message,
+    PasswordMessage,
+    SASLInitialResponse,
+    SASLResponse,
 )
 
 __all__ = [

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
 from electric.hub.interface import UNCHANGED
-from electric.postgres.types import find_by_oid
-from electric.postgres.wire import ProtocolError
+from electric.postgres.protocol.types import find_by_oid
+from electric.postgres.protocol.cursor import I16, I32, U32, U64, Cursor, ProtocolError
 
 __all__ = [
     "PgoutputError", "decode", "PgoutputDecoder", "encode_tuple", "Begin", "Commit", "Origin",
@@ -51,10 +51,6 @@ class PgoutputError(ProtocolError):
 TupleValue = Union[None, str, bytes, type(UNCHANGED)]
 TupleData = Tuple[TupleValue, ...]
 
-_I16 = struct.Struct("!h")
-_U32 = struct.Struct("!I")
-_I32 = struct.Struct("!i")
-_U64 = struct.Struct("!Q")
 _BEGIN = struct.Struct("!QqI")
 _COMMIT = struct.Struct("!BQQq")
 _REL_COL_TAIL = struct.Struct("!Ii")
@@ -70,100 +66,49 @@ TRUNCATE_RESTART_IDENTITY = 2
 REPLICA_IDENTITIES = ("d", "n", "f", "i")
 
 
-class _Cursor:
-    """Position in a payload; failures become PgoutputError in `decode`."""
-
-    __slots__ = ("buf", "pos")
-
-    def __init__(self, buf: bytes, pos: int):
-        self.buf = buf
-        self.pos = pos
-
-    def unpack(self, st: struct.Struct) -> tuple:
-        v = st.unpack_from(self.buf, self.pos)
-        self.pos += st.size
-        return v
-
-    def u8(self) -> int:
-        v = self.buf[self.pos]
-        self.pos += 1
-        return v
-
-    def i16(self) -> int:
-        v = _I16.unpack_from(self.buf, self.pos)[0]
-        self.pos += 2
-        return v
-
-    def u32(self) -> int:
-        v = _U32.unpack_from(self.buf, self.pos)[0]
-        self.pos += 4
-        return v
-
-    def i32(self) -> int:
-        v = _I32.unpack_from(self.buf, self.pos)[0]
-        self.pos += 4
-        return v
-
-    def u64(self) -> int:
-        v = _U64.unpack_from(self.buf, self.pos)[0]
-        self.pos += 8
-        return v
-
-    def take(self, n: int) -> bytes:
-        p = self.pos
-        if n < 0:
-            raise PgoutputError(f"negative length {n} at offset {p}")
-        if p + n > len(self.buf):
-            raise PgoutputError(f"needs {n} byte(s) at offset {p}, only {len(self.buf) - p} left")
-        self.pos = p + n
-        return self.buf[p:p + n]
-
-    def cstring(self) -> str:
-        end = self.buf.find(b"\0", self.pos)
-        if end < 0:
-            raise PgoutputError(f"string at offset {self.pos} is not NUL-terminated")
-        v = self.buf[self.pos:end].decode("utf-8")
-        self.pos = end + 1
-        return v
-
-    def tuple_data(self) -> TupleData:
-        buf = self.buf
-        n = self.i16()
-        if n < 0:
-            raise PgoutputError(f"negative column count {n} in tuple data")
-        vals = []
-        append = vals.append
-        pos = self.pos
-        unpack = _I32.unpack_from
-        for _ in range(n):
-            kind = buf[pos]
-            pos += 1
-            if kind == 0x74:  # 't'
-                ln = unpack(buf, pos)[0]
-                pos += 4
-                end = pos + ln
-                if ln < 0 or end > len(buf):
-                    raise PgoutputError(f"text value of length {ln} at offset {pos} overruns the message")
-                append(buf[pos:end].decode("utf-8"))
-                pos = end
-            elif kind == 0x6E:  # 'n'
-                append(None)
-            elif kind == 0x75:  # 'u'
-                append(UNCHANGED)
-            elif kind == 0x62:  # 'b'
-                ln = unpack(buf, pos)[0]
-                pos += 4
-                end = pos + ln
-                if ln < 0 or end > len(buf):
-                    raise PgoutputError(f"binary value of length {ln} at offset {pos} overruns the message")
-                append(bytes(buf[pos:end]))
-                pos = end
+def _tuple_data(c: Cursor) -> TupleData:
+    """TupleData at the cursor (inlined reads: this is the hot path of every change)."""
+    buf = c.buf
+    size = len(buf)
+    n = c.int16()
+    if n < 0:
+        raise c.error(f"negative column count {n} in tuple data")
+    vals = []
+    append = vals.append
+    pos = c.pos
+    unpack = I32.unpack_from
+    for _ in range(n):
+        if pos >= size:
+            raise c.error(f"tuple data ends after {len(vals)} of {n} columns")
+        kind = buf[pos]
+        pos += 1
+        if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary
+            if pos + 4 > size:
+                raise c.error(f"value length at offset {pos} overruns the message")
+            ln = unpack(buf, pos)[0]
+            pos += 4
+            end = pos + ln
+            what = "text" if kind == 0x74 else "binary"
+            if ln < 0 or end > size:
+                raise c.error(f"{what} value of length {ln} at offset {pos} overruns the message")
+            if kind == 0x74:
+                try:
+                    append(buf[pos:end].decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise c.error(f"text is not valid UTF-8 ({e})") from None
             else:
-                raise PgoutputError(
-                    f"unknown tuple data kind {bytes([kind])!r} at offset {pos - 1} "
-                    "(expected t, n, u or b)")
-        self.pos = pos
-        return tuple(vals)
+                append(bytes(buf[pos:end]))
+            pos = end
+        elif kind == 0x6E:  # 'n'
+            append(None)
+        elif kind == 0x75:  # 'u'
+            append(UNCHANGED)
+        else:
+            raise c.error(
+                f"unknown tuple data kind {bytes([kind])!r} at offset {pos - 1} "
+                "(expected t, n, u or b)")
+    c.pos = pos
+    return tuple(vals)
 
 
 def _cstr(s: str) -> bytes:
@@ -175,9 +120,9 @@ def _cstr(s: str) -> bytes:
 
 def encode_tuple(values: TupleData) -> bytes:
     """TupleData: Int16 count, then per column n / u / t+len+text / b+len+bytes."""
-    parts = [_I16.pack(len(values))]
+    parts = [I16.pack(len(values))]
     append = parts.append
-    pack = _I32.pack
+    pack = I32.pack
     for v in values:
         if v is None:
             append(b"n")
@@ -196,7 +141,7 @@ def encode_tuple(values: TupleData) -> bytes:
 
 
 def _xid_prefix(xid: Optional[int]) -> bytes:
-    return b"" if xid is None else _U32.pack(xid)
+    return b"" if xid is None else U32.pack(xid)
 
 
 # --------------------------------------------------------------------------
@@ -237,7 +182,7 @@ class Origin:
     TAG = b"O"
 
     def encode(self) -> bytes:
-        return b"O" + _U64.pack(self.origin_lsn) + _cstr(self.name)
+        return b"O" + U64.pack(self.origin_lsn) + _cstr(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +218,8 @@ class Relation:
     def encode(self) -> bytes:
         if len(self.replica_identity) != 1:
             raise PgoutputError(f"replica identity must be one character, not {self.replica_identity!r}")
-        parts = [b"R", _xid_prefix(self.xid), _U32.pack(self.relation_id), _cstr(self.namespace),
-                 _cstr(self.name), self.replica_identity.encode("ascii"), _I16.pack(len(self.columns))]
+        parts = [b"R", _xid_prefix(self.xid), U32.pack(self.relation_id), _cstr(self.namespace),
+                 _cstr(self.name), self.replica_identity.encode("ascii"), I16.pack(len(self.columns))]
         for c in self.columns:
             parts.append(bytes([c.flags & 0xFF]))
             parts.append(_cstr(c.name))
@@ -299,7 +244,7 @@ class Type:
     TAG = b"Y"
 
     def encode(self) -> bytes:
-        return b"Y" + _xid_prefix(self.xid) + _U32.pack(self.type_oid) + _cstr(self.namespace) + _cstr(self.name)
+        return b"Y" + _xid_prefix(self.xid) + U32.pack(self.type_oid) + _cstr(self.namespace) + _cstr(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +255,7 @@ class Insert:
     TAG = b"I"
 
     def encode(self) -> bytes:
-        return b"I" + _xid_prefix(self.xid) + _U32.pack(self.relation_id) + b"N" + encode_tuple(self.new)
+        return b"I" + _xid_prefix(self.xid) + U32.pack(self.relation_id) + b"N" + encode_tuple(self.new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +275,7 @@ class Update:
     def encode(self) -> bytes:
         if self.old is not None and self.key is not None:
             raise PgoutputError("an Update carries an old tuple (O) or a key tuple (K), not both")
-        parts = [b"U", _xid_prefix(self.xid), _U32.pack(self.relation_id)]
+        parts = [b"U", _xid_prefix(self.xid), U32.pack(self.relation_id)]
         if self.key is not None:
             parts += [b"K", encode_tuple(self.key)]
         elif self.old is not None:
@@ -354,7 +299,7 @@ class Delete:
             body = b"K" + encode_tuple(self.key)
         else:
             body = b"O" + encode_tuple(self.old)  # type: ignore[arg-type]
-        return b"D" + _xid_prefix(self.xid) + _U32.pack(self.relation_id) + body
+        return b"D" + _xid_prefix(self.xid) + U32.pack(self.relation_id) + body
 
     @property
     def values(self) -> TupleData:
@@ -378,8 +323,8 @@ class Truncate:
         return bool(self.options & TRUNCATE_RESTART_IDENTITY)
 
     def encode(self) -> bytes:
-        return (b"T" + _xid_prefix(self.xid) + _U32.pack(len(self.relation_ids))
-                + bytes([self.options & 0xFF]) + b"".join(_U32.pack(r) for r in self.relation_ids))
+        return (b"T" + _xid_prefix(self.xid) + U32.pack(len(self.relation_ids))
+                + bytes([self.options & 0xFF]) + b"".join(U32.pack(r) for r in self.relation_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,7 +343,7 @@ class LogicalMessage:
 
     def encode(self) -> bytes:
         return (b"M" + _xid_prefix(self.xid) + _MESSAGE_HEAD.pack(self.flags, self.lsn)
-                + _cstr(self.prefix) + _I32.pack(len(self.content)) + bytes(self.content))
+                + _cstr(self.prefix) + I32.pack(len(self.content)) + bytes(self.content))
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +353,7 @@ class StreamStart:
     TAG = b"S"
 
     def encode(self) -> bytes:
-        return b"S" + _U32.pack(self.xid) + (b"\x01" if self.first_segment else b"\x00")
+        return b"S" + U32.pack(self.xid) + (b"\x01" if self.first_segment else b"\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +385,7 @@ class StreamAbort:
     TAG = b"A"
 
     def encode(self) -> bytes:
-        return b"A" + _U32.pack(self.xid) + _U32.pack(self.subxid)
+        return b"A" + U32.pack(self.xid) + U32.pack(self.subxid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,8 +459,8 @@ PgoutputMessage = Union[Begin, Commit, Origin, Relation, Type, Insert, Update, D
 # --------------------------------------------------------------------------
 # Decoding
 
-def _xid(c: _Cursor, in_stream: bool) -> Optional[int]:
-    return c.u32() if in_stream else None
+def _xid(c: Cursor, in_stream: bool) -> Optional[int]:
+    return c.uint32() if in_stream else None
 
 
 def _d_begin(c, s):
@@ -528,23 +473,23 @@ def _d_commit(c, s):
 
 
 def _d_origin(c, s):
-    return Origin(c.u64(), c.cstring())
+    return Origin(c.uint64(), c.cstring())
 
 
 def _d_relation(c, s):
     xid = _xid(c, s)
-    rel_id = c.u32()
+    rel_id = c.uint32()
     ns = c.cstring()
     name = c.cstring()
-    ident = chr(c.u8())
+    ident = chr(c.uint8())
     if ident not in REPLICA_IDENTITIES:
-        raise PgoutputError(f"unknown replica identity {ident!r} (expected d, n, f or i)")
-    n = c.i16()
+        raise c.error(f"unknown replica identity {ident!r} (expected d, n, f or i)")
+    n = c.int16()
     if n < 0:
-        raise PgoutputError(f"negative column count {n}")
+        raise c.error(f"negative column count {n}")
     cols = []
     for _ in range(n):
-        flags = c.u8()
+        flags = c.uint8()
         cname = c.cstring()
         oid, typmod = c.unpack(_REL_COL_TAIL)
         cols.append(RelationColumn(flags, cname, oid, typmod))
@@ -553,65 +498,65 @@ def _d_relation(c, s):
 
 def _d_type(c, s):
     xid = _xid(c, s)
-    return Type(c.u32(), c.cstring(), c.cstring(), xid)
+    return Type(c.uint32(), c.cstring(), c.cstring(), xid)
 
 
-def _expect(c: _Cursor, allowed: bytes, what: str) -> bytes:
-    b = bytes(c.take(1))
+def _expect(c: Cursor, allowed: bytes, what: str) -> bytes:
+    b = c.byte()
     if b not in allowed:
-        raise PgoutputError(f"{what}: expected one of {', '.join(chr(x) for x in allowed)}, got {b!r}")
+        raise c.error(f"{what}: expected one of {', '.join(chr(x) for x in allowed)}, got {b!r}")
     return b
 
 
 def _d_insert(c, s):
     xid = _xid(c, s)
-    rel = c.u32()
+    rel = c.uint32()
     _expect(c, b"N", "Insert tuple marker")
-    return Insert(rel, c.tuple_data(), xid)
+    return Insert(rel, _tuple_data(c), xid)
 
 
 def _d_update(c, s):
     xid = _xid(c, s)
-    rel = c.u32()
+    rel = c.uint32()
     old = key = None
     marker = _expect(c, b"KON", "Update tuple marker")
     if marker == b"K":
-        key = c.tuple_data()
+        key = _tuple_data(c)
         _expect(c, b"N", "Update new tuple marker")
     elif marker == b"O":
-        old = c.tuple_data()
+        old = _tuple_data(c)
         _expect(c, b"N", "Update new tuple marker")
-    return Update(rel, c.tuple_data(), old, key, xid)
+    return Update(rel, _tuple_data(c), old, key, xid)
 
 
 def _d_delete(c, s):
     xid = _xid(c, s)
-    rel = c.u32()
+    rel = c.uint32()
     marker = _expect(c, b"KO", "Delete tuple marker")
-    t = c.tuple_data()
+    t = _tuple_data(c)
     return Delete(rel, old=t if marker == b"O" else None, key=t if marker == b"K" else None, xid=xid)
 
 
 def _d_truncate(c, s):
     xid = _xid(c, s)
-    n = c.u32()
-    options = c.u8()
+    n = c.uint32()
+    options = c.uint8()
     if n * 4 > len(c.buf) - c.pos:
-        raise PgoutputError(f"{n} relation ids announced, only {len(c.buf) - c.pos} bytes left")
-    return Truncate(tuple(c.u32() for _ in range(n)), options, xid)
+        raise c.error(f"{n} relation ids announced, only {len(c.buf) - c.pos} bytes left")
+    return Truncate(tuple(c.uint32() for _ in range(n)), options, xid)
 
 
 def _d_message(c, s):
     xid = _xid(c, s)
     flags, lsn = c.unpack(_MESSAGE_HEAD)
     prefix = c.cstring()
-    n = c.i32()
-    return LogicalMessage(flags, lsn, prefix, bytes(c.take(n)), xid)
+    n = c.int32()
+    return LogicalMessage(flags, lsn, prefix, c.bytes(n), xid)
 
 
 def _d_stream_start(c, s):
-    xid = c.u32()
-    first = c.u8()
+    xid = c.uint32()
+    first = c.uint8()
     return StreamStart(xid, bool(first))
 
 
@@ -625,7 +570,7 @@ def _d_stream_commit(c, s):
 
 
 def _d_stream_abort(c, s):
-    return StreamAbort(c.u32(), c.u32())
+    return StreamAbort(c.uint32(), c.uint32())
 
 
 def _d_begin_prepare(c, s):
@@ -667,6 +612,8 @@ _DECODERS: Dict[int, tuple] = {
     ord("r"): (_d_rollback_prepared, "Rollback Prepared", 3),
     ord("p"): (_prepare_like(StreamPrepare), "Stream Prepare", 3),
 }
+# ... plus the name errors give the message, made once.
+_DECODERS = {tag: (fn, name, v, f"pgoutput {name} message") for tag, (fn, name, v) in _DECODERS.items()}
 
 # Messages that carry an xid after the type byte inside a stream block.
 _STREAMABLE = frozenset(b"RYIUDTM")
@@ -691,24 +638,14 @@ def decode(payload: bytes, in_stream: bool = False,
         raise PgoutputError(
             f"unsupported pgoutput message type {bytes([tag])!r} "
             f"(payload of {len(payload)} bytes starting {bytes(payload[:16]).hex()})")
-    fn, name, min_version = entry
+    fn, name, min_version, what = entry
     if proto_version is not None and proto_version < min_version:
         raise PgoutputError(
             f"pgoutput {name} message is not valid in proto_version {proto_version} "
             f"(needs {min_version} or later)")
-    c = _Cursor(payload, 1)
-    try:
-        msg = fn(c, in_stream and tag in _STREAMABLE)
-    except PgoutputError as e:
-        raise PgoutputError(f"malformed pgoutput {name} message: {e.message}") from None
-    except (struct.error, IndexError):
-        raise PgoutputError(
-            f"malformed pgoutput {name} message: truncated ({len(payload)} bytes)") from None
-    except UnicodeDecodeError as e:
-        raise PgoutputError(f"malformed pgoutput {name} message: text is not valid UTF-8 ({e})") from None
-    if c.pos != len(payload):
-        raise PgoutputError(
-            f"malformed pgoutput {name} message: {len(payload) - c.pos} unexpected trailing byte(s)")
+    c = Cursor(payload, what, 1, PgoutputError)
+    msg = fn(c, in_stream and tag in _STREAMABLE)
+    c.end()
     return msg
 
 

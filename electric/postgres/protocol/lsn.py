@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 MAX_LSN = 0xFFFF_FFFF_FFFF_FFFF
-INVALID_LSN = 0
 
 PG_EPOCH_UNIX_US = 946_684_800 * 1_000_000
 """2000-01-01T00:00:00Z in Unix microseconds."""
@@ -49,49 +48,6 @@ def check_lsn(lsn: int) -> int:
     if not isinstance(lsn, int) or isinstance(lsn, bool) or not 0 <= lsn <= MAX_LSN:
         raise LSNError(f"invalid LSN {lsn!r}: must be an int in 0..2**64-1")
     return lsn
-
-
-class LSN(int):
-    """
-    An int that prints as ``X/Y``.
-
-    Arithmetic gives back LSNs, so ``lsn + 10`` stays printable; results
-    outside 0..2**64-1 raise rather than silently wrap, because a wrapped LSN
-    would make a subscriber skip or replay data.
-    """
-
-    def __new__(cls, value=0):
-        if isinstance(value, (str, bytes)):
-            value = parse_lsn(value)
-        return super().__new__(cls, check_lsn(int(value)))
-
-    def __str__(self):
-        return format_lsn(int(self))
-
-    def __repr__(self):
-        return f"LSN('{format_lsn(int(self))}')"
-
-    def __add__(self, other):
-        if not isinstance(other, int):
-            return NotImplemented
-        return LSN(int(self) + int(other))
-
-    __radd__ = __add__
-
-    def __sub__(self, other):
-        if not isinstance(other, int):
-            return NotImplemented
-        result = int(self) - int(other)
-        # LSN - LSN is a distance in bytes, LSN - n is a position.
-        return result if isinstance(other, LSN) else LSN(result)
-
-    @property
-    def segment(self) -> int:
-        return int(self) >> 32
-
-    @property
-    def offset(self) -> int:
-        return int(self) & 0xFFFFFFFF
 
 
 def pg_to_unix_us(pg_us: int) -> int:

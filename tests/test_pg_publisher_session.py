@@ -14,11 +14,59 @@ from twisted.trial import unittest
 
 from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction
-from electric.postgres import catalog_answers as ca
-from electric.postgres import pgoutput, walsender, wire
-from electric.postgres.auth import ClientAuth
-from electric.postgres.lsn import format_lsn
-from electric.postgres.outbound import OutboundEncoder
+from electric.postgres.publisher import catalog_answers as ca
+from electric.postgres.protocol import pgoutput
+from electric.postgres.publisher.session import (
+    CLOSED,
+    Authenticated,
+    CancelRequested,
+    CopyRequest,
+    CreateSlotRequest,
+    Disconnect,
+    Send,
+    SendStream,
+    Session,
+    StartRequest,
+    StatusUpdate,
+    StreamStopped,
+)
+from electric.postgres.protocol.messages import (
+    Authentication,
+    AuthenticationMD5Password,
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLFinal,
+    BackendKeyData,
+    Bind,
+    CancelRequest,
+    CommandComplete,
+    CopyBothResponse,
+    CopyData,
+    CopyDone,
+    CopyOutResponse,
+    DataRow,
+    EmptyQueryResponse,
+    ErrorResponse,
+    Execute,
+    GSSENCRequest,
+    ParameterStatus,
+    Parse,
+    PasswordMessage,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    SSLRequest,
+    SSLResponse,
+    StartupMessage,
+    Sync,
+    Terminate,
+    encode_all,
+)
+from electric.postgres.protocol.parsers import BackendParser
+from electric.postgres.protocol.replication_messages import StandbyStatusUpdate, XLogData
+from electric.postgres.protocol.auth import ClientAuth
+from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.publisher.outbound import OutboundEncoder
 from electric.schema import Column, SchemaRegistry, Table
 
 PASSWORD = "s3cret-pw"
@@ -43,7 +91,7 @@ def make_registry():
 
 
 class FakeBackend:
-    """Plain values standing in for the follower service."""
+    """Plain values standing in for the publisher service."""
 
     publication = "all_tables"
     system_id = "7712374346367675096"
@@ -65,9 +113,9 @@ class FakeBackend:
 class Client:
     """A frontend talking to a Session: sends bytes, collects backend messages and actions."""
 
-    def __init__(self, session: walsender.Session):
+    def __init__(self, session: Session):
         self.session = session
-        self.parser = wire.BackendParser()
+        self.parser = BackendParser()
         self.actions = []
         self.disconnected = None
         self.raw = b""
@@ -75,10 +123,10 @@ class Client:
     def _take(self, actions):
         msgs = []
         for a in actions:
-            if isinstance(a, walsender.Send):
+            if isinstance(a, Send):
                 self.raw += a.data
                 msgs.extend(self.parser.feed(a.data))
-            elif isinstance(a, walsender.Disconnect):
+            elif isinstance(a, Disconnect):
                 self.disconnected = a.reason
             else:
                 self.actions.append(a)
@@ -96,28 +144,28 @@ class Client:
         return self._take(actions)
 
     def query(self, sql):
-        return self.send(wire.Query(sql).encode())
+        return self.send(Query(sql).encode())
 
     def login(self, user="postgres_1", password=PASSWORD, app="postgres_1", ssl=True, extra=None):
         out = []
         if ssl:
             self.parser.expect_ssl_response()
-            out += self.send(wire.SSLRequest().encode())
+            out += self.send(SSLRequest().encode())
         params = {"user": user, "database": "postgres_1", "replication": "database",
                   "options": " -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3",
                   "application_name": app, "client_encoding": "UTF8"}
         params.update(extra or {})
-        msgs = self.send(wire.StartupMessage(params).encode())
+        msgs = self.send(StartupMessage(params).encode())
         auth = ClientAuth(user, password)
         while True:
             out += msgs
             replies = []
             for m in msgs:
-                if isinstance(m, wire.Authentication):
+                if isinstance(m, Authentication):
                     replies += auth.receive(m)
             if not replies or self.disconnected:
                 break
-            msgs = self.send(wire.encode_all(replies))
+            msgs = self.send(encode_all(replies))
         return out
 
 
@@ -126,11 +174,11 @@ def of(msgs, cls):
 
 
 def rows(msgs):
-    return [m.texts() for m in of(msgs, wire.DataRow)]
+    return [m.texts() for m in of(msgs, DataRow)]
 
 
 def new_session(method="scram-sha-256", backend=None):
-    return walsender.Session(backend or FakeBackend(), pid=4242, secret=99, auth_method=method)
+    return Session(backend or FakeBackend(), pid=4242, secret=99, auth_method=method)
 
 
 # Exact subscriber texts (pg15-subscriber-trace.md §3, §5), with our relation id pasted in.
@@ -159,12 +207,12 @@ class Startup(unittest.TestCase):
         c = Client(new_session())
         msgs = c.login()
         self.assertEqual(c.raw[:1], b"N")  # SSL refused with one unframed byte
-        self.assertIsInstance(msgs[0], wire.SSLResponse)
+        self.assertIsInstance(msgs[0], SSLResponse)
         self.assertFalse(msgs[0].accepted)
-        self.assertTrue(of(msgs, wire.AuthenticationSASL))
-        self.assertTrue(of(msgs, wire.AuthenticationSASLFinal))
-        self.assertTrue(of(msgs, wire.AuthenticationOk))
-        params = {m.name: m.value for m in of(msgs, wire.ParameterStatus)}
+        self.assertTrue(of(msgs, AuthenticationSASL))
+        self.assertTrue(of(msgs, AuthenticationSASLFinal))
+        self.assertTrue(of(msgs, AuthenticationOk))
+        params = {m.name: m.value for m in of(msgs, ParameterStatus)}
         self.assertEqual(params["server_version"], "15.0 (Electric)")
         self.assertEqual(params["application_name"], "postgres_1")
         self.assertEqual(params["server_encoding"], "UTF8")
@@ -172,52 +220,52 @@ class Startup(unittest.TestCase):
         self.assertEqual(params["DateStyle"], "ISO, MDY")
         self.assertEqual(params["integer_datetimes"], "on")
         self.assertEqual(params["standard_conforming_strings"], "on")
-        self.assertEqual(of(msgs, wire.BackendKeyData), [wire.BackendKeyData(4242, 99)])
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(of(msgs, BackendKeyData), [BackendKeyData(4242, 99)])
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
         self.assertEqual(c.session.origin, "postgres_1")
-        self.assertEqual([type(a) for a in c.actions], [walsender.Authenticated])
+        self.assertEqual([type(a) for a in c.actions], [Authenticated])
         self.assertIsNone(c.disconnected)
 
     def test_md5_login(self):
         c = Client(new_session("md5"))
         msgs = c.login(ssl=False)
-        self.assertTrue(of(msgs, wire.AuthenticationMD5Password))
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertTrue(of(msgs, AuthenticationMD5Password))
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_gssenc_request_refused_then_login(self):
         c = Client(new_session())
         c.parser.expect_ssl_response()
-        msgs = c.send(wire.GSSENCRequest().encode())
-        self.assertEqual(msgs, [wire.SSLResponse(False)])
+        msgs = c.send(GSSENCRequest().encode())
+        self.assertEqual(msgs, [SSLResponse(False)])
         msgs = c.login(ssl=False)
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_login_one_byte_at_a_time(self):
         s = new_session("md5")
         c = Client(s)
         params = {"user": "postgres_1", "database": "x", "replication": "database", "application_name": "a"}
-        data = wire.SSLRequest().encode() + wire.StartupMessage(params).encode()
+        data = SSLRequest().encode() + StartupMessage(params).encode()
         c.parser.expect_ssl_response()
         msgs = c.send(data, one_byte_at_a_time=True)
-        salt = of(msgs, wire.AuthenticationMD5Password)[0].salt
-        from electric.postgres.auth import md5_response
-        msgs = c.send(wire.PasswordMessage.password(md5_response("postgres_1", PASSWORD, salt)).encode(),
+        salt = of(msgs, AuthenticationMD5Password)[0].salt
+        from electric.postgres.protocol.auth import md5_response
+        msgs = c.send(PasswordMessage.password(md5_response("postgres_1", PASSWORD, salt)).encode(),
                       one_byte_at_a_time=True)
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
-        msgs = c.send(wire.Query(SET_CONFIG).encode(), one_byte_at_a_time=True)
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
+        msgs = c.send(Query(SET_CONFIG).encode(), one_byte_at_a_time=True)
         self.assertEqual(rows(msgs), [[""]])
 
     def test_wrong_password_is_fatal_28p01(self):
         for method in ("scram-sha-256", "md5"):
             c = Client(new_session(method))
             msgs = c.login(password="wrong")
-            err = of(msgs, wire.ErrorResponse)[0]
+            err = of(msgs, ErrorResponse)[0]
             self.assertEqual(err.severity, "FATAL")
             self.assertEqual(err.sqlstate, "28P01")
             self.assertEqual(err.message, 'password authentication failed for user "postgres_1"')
-            self.assertFalse(of(msgs, wire.AuthenticationOk))
+            self.assertFalse(of(msgs, AuthenticationOk))
             self.assertIsNotNone(c.disconnected)
-            self.assertEqual(c.session.state, walsender.CLOSED)
+            self.assertEqual(c.session.state, CLOSED)
 
     def test_connector_not_set_up_yet_is_refused_08004(self):
         """
@@ -227,14 +275,14 @@ class Startup(unittest.TestCase):
         """
         registry = make_registry()
         registry.register(items_table())
-        c = Client(walsender.Session(FakeBackend(registry), 1, 2))
+        c = Client(Session(FakeBackend(registry), 1, 2))
         msgs = c.login(user="postgres_1", password=PASSWORD)
-        self.assertFalse(of(msgs, wire.ErrorResponse))
+        self.assertFalse(of(msgs, ErrorResponse))
         fresh = SchemaRegistry()
         fresh.register(items_table())
-        c = Client(walsender.Session(FakeBackend(fresh), 1, 2))
+        c = Client(Session(FakeBackend(fresh), 1, 2))
         msgs = c.login(user="postgres_1", password=PASSWORD)
-        err = of(msgs, wire.ErrorResponse)[0]
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08004"))
         self.assertEqual(err.message, "Electric replication is not ready, missing schema for postgres_1")
         self.assertIsNotNone(c.disconnected)
@@ -242,15 +290,15 @@ class Startup(unittest.TestCase):
     def test_unknown_user_is_fatal_28p01(self):
         c = Client(new_session())
         msgs = c.login(user="mallory", password=PASSWORD)
-        err = of(msgs, wire.ErrorResponse)[0]
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "28P01"))
         self.assertEqual(err.message, 'password authentication failed for user "mallory"')
         self.assertIsNotNone(c.disconnected)
 
     def test_non_replication_startup_is_refused(self):
         c = Client(new_session())
-        msgs = c.send(wire.StartupMessage({"user": "postgres_1", "database": "x"}).encode())
-        err = of(msgs, wire.ErrorResponse)[0]
+        msgs = c.send(StartupMessage({"user": "postgres_1", "database": "x"}).encode())
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08004"))
         self.assertEqual(err.message, "Electric mesh allows connection only in `replication=database` mode")
         self.assertIsNotNone(c.disconnected)
@@ -258,14 +306,14 @@ class Startup(unittest.TestCase):
     def test_non_utf8_client_encoding_is_refused(self):
         c = Client(new_session())
         msgs = c.login(extra={"client_encoding": "LATIN1"}, ssl=False)
-        err = of(msgs, wire.ErrorResponse)[0]
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "22023"))
         self.assertIn("LATIN1", err.message)
 
     def test_garbage_before_startup_is_fatal_08p01(self):
         c = Client(new_session())
         msgs = c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        err = of(msgs, wire.ErrorResponse)[0]
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
         self.assertIsNotNone(c.disconnected)
         self.assertEqual(c.send(b"more"), [])
@@ -274,22 +322,22 @@ class Startup(unittest.TestCase):
         c = Client(new_session())
         c.login()
         msgs = c.send(b"\x01\x00\x00\x00\x05x")
-        err = of(msgs, wire.ErrorResponse)[0]
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
         self.assertIn("unexpected frontend message type", err.message)
         self.assertIsNotNone(c.disconnected)
 
     def test_query_before_authentication_is_fatal(self):
         c = Client(new_session())
-        c.send(wire.StartupMessage({"user": "postgres_1", "replication": "database"}).encode())
-        msgs = c.send(wire.Query("IDENTIFY_SYSTEM").encode())
-        err = of(msgs, wire.ErrorResponse)[0]
+        c.send(StartupMessage({"user": "postgres_1", "replication": "database"}).encode())
+        msgs = c.send(Query("IDENTIFY_SYSTEM").encode())
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
 
     def test_cancel_request(self):
         c = Client(new_session())
-        c.send(wire.CancelRequest(4242, 99).encode())
-        self.assertEqual(c.actions, [walsender.CancelRequested(4242, 99)])
+        c.send(CancelRequest(4242, 99).encode())
+        self.assertEqual(c.actions, [CancelRequested(4242, 99)])
         self.assertIsNotNone(c.disconnected)
 
 
@@ -302,32 +350,32 @@ class Queries(unittest.TestCase):
     def test_create_subscription_conversation(self):
         c = self.c
         msgs = c.query(SET_CONFIG)
-        desc = of(msgs, wire.RowDescription)[0]
+        desc = of(msgs, RowDescription)[0]
         self.assertEqual([(f.name, f.type_oid, f.typlen) for f in desc.fields], [("set_config", 25, -1)])
-        self.assertEqual(of(msgs, wire.DataRow)[0].values, (b"",))
-        self.assertEqual(of(msgs, wire.CommandComplete), [wire.CommandComplete("SELECT 1")])
+        self.assertEqual(of(msgs, DataRow)[0].values, (b"",))
+        self.assertEqual(of(msgs, CommandComplete), [CommandComplete("SELECT 1")])
         msgs = c.query(PUB_CHECK)
         self.assertEqual(rows(msgs), [["all_tables"]])
-        self.assertEqual(of(msgs, wire.RowDescription)[0].fields[0].type_oid, 19)
+        self.assertEqual(of(msgs, RowDescription)[0].fields[0].type_oid, 19)
         msgs = c.query(TABLE_LIST)
-        self.assertEqual(of(msgs, wire.RowDescription)[0].names, ["schemaname", "tablename", "attnames"])
+        self.assertEqual(of(msgs, RowDescription)[0].names, ["schemaname", "tablename", "attnames"])
         self.assertEqual(rows(msgs), [["public", "items", "{id,content,n}"]])
         msgs = c.query(TABLE_LIST_14)
         self.assertEqual(rows(msgs), [["public", "items"]])
         msgs = c.query("CREATE_REPLICATION_SLOT \"postgres_1\" LOGICAL pgoutput (SNAPSHOT 'nothing')")
         self.assertEqual(msgs, [])
         req = c.actions[-1]
-        self.assertIsInstance(req, walsender.CreateSlotRequest)
+        self.assertIsInstance(req, CreateSlotRequest)
         self.assertEqual(req.command, ca.CreateSlot("postgres_1", "nothing"))
         # Input while the driver works is answered afterwards, in order.
         self.assertEqual(c.query("IDENTIFY_SYSTEM"), [])
         msgs = c.take(c.session.slot_created("postgres_1", 0x1925A50))
-        self.assertEqual(of(msgs, wire.RowDescription)[0].names,
+        self.assertEqual(of(msgs, RowDescription)[0].names,
                          ["slot_name", "consistent_point", "snapshot_name", "output_plugin"])
         self.assertEqual(rows(msgs)[0], ["postgres_1", "0/1925A50", None, "pgoutput"])
         self.assertEqual(rows(msgs)[1], ["7712374346367675096", "1", "0/1925A50", "postgres_1"])
-        self.assertEqual([m.tag for m in of(msgs, wire.CommandComplete)], ["CREATE_REPLICATION_SLOT", "IDENTIFY_SYSTEM"])
-        self.assertEqual(of(msgs, wire.ReadyForQuery), [wire.ReadyForQuery("I")] * 2)
+        self.assertEqual([m.tag for m in of(msgs, CommandComplete)], ["CREATE_REPLICATION_SLOT", "IDENTIFY_SYSTEM"])
+        self.assertEqual(of(msgs, ReadyForQuery), [ReadyForQuery("I")] * 2)
 
     def test_pre15_slot_syntax(self):
         self.c.query('CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput NOEXPORT_SNAPSHOT')
@@ -335,63 +383,63 @@ class Queries(unittest.TestCase):
 
     def test_export_snapshot_refused(self):
         msgs = self.c.query('CREATE_REPLICATION_SLOT "s" LOGICAL pgoutput EXPORT_SNAPSHOT')
-        err = of(msgs, wire.ErrorResponse)[0]
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("ERROR", "0A000"))
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_unknown_query_then_connection_still_answers(self):
         c = self.c
         for sql in ("SELECT 1", "SHOW data_directory_mode", "DROP TABLE items", "TIMELINE_HISTORY 1"):
             msgs = c.query(sql)
-            err = of(msgs, wire.ErrorResponse)[0]
+            err = of(msgs, ErrorResponse)[0]
             self.assertEqual(err.severity, "ERROR")
             self.assertIn(err.sqlstate, ("0A000", "42601"))
             self.assertTrue(err.message)
-            self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+            self.assertEqual(msgs[-1], ReadyForQuery("I"))
         self.assertEqual(rows(c.query(SET_CONFIG)), [[""]])
         self.assertIsNone(c.disconnected)
 
     def test_bad_start_replication_syntax(self):
         msgs = self.c.query("START_REPLICATION SLOT \"x\" LOGICAL nonsense")
-        err = of(msgs, wire.ErrorResponse)[0]
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual(err.sqlstate, "42601")
         self.assertIn("LSN", err.message)
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_unknown_publication(self):
         for sql in (PUB_CHECK.replace("all_tables", "nope"), TABLE_LIST.replace("all_tables", "nope"),
                     "START_REPLICATION SLOT \"x\" LOGICAL 0/0 (proto_version '3', publication_names '\"nope\"')"):
             msgs = self.c.query(sql)
-            err = of(msgs, wire.ErrorResponse)[0]
+            err = of(msgs, ErrorResponse)[0]
             self.assertEqual((err.sqlstate, err.message), ("42704", 'publication "nope" does not exist'))
-            self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+            self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_drop_slot_always_ok(self):
         msgs = self.c.query("DROP_REPLICATION_SLOT sub2 WAIT")
-        self.assertEqual(of(msgs, wire.CommandComplete), [wire.CommandComplete("DROP_REPLICATION_SLOT")])
+        self.assertEqual(of(msgs, CommandComplete), [CommandComplete("DROP_REPLICATION_SLOT")])
         self.assertEqual(self.backend.dropped, [("sub2", "postgres_1")])
 
     def test_transaction_status(self):
         c = self.c
         msgs = c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
-        self.assertEqual(msgs, [wire.CommandComplete("BEGIN"), wire.ReadyForQuery("T")])
+        self.assertEqual(msgs, [CommandComplete("BEGIN"), ReadyForQuery("T")])
         msgs = c.query("SELECT nonsense")
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("E"))
+        self.assertEqual(msgs[-1], ReadyForQuery("E"))
         msgs = c.query(SET_CONFIG)
-        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "25P02")
+        self.assertEqual(of(msgs, ErrorResponse)[0].sqlstate, "25P02")
         msgs = c.query("COMMIT")
-        self.assertEqual(msgs, [wire.CommandComplete("ROLLBACK"), wire.ReadyForQuery("I")])
+        self.assertEqual(msgs, [CommandComplete("ROLLBACK"), ReadyForQuery("I")])
 
     def test_empty_query(self):
-        self.assertEqual(self.c.query(" ; "), [wire.EmptyQueryResponse(), wire.ReadyForQuery("I")])
+        self.assertEqual(self.c.query(" ; "), [EmptyQueryResponse(), ReadyForQuery("I")])
 
     def test_extended_protocol_refused_until_sync(self):
         c = self.c
-        data = wire.Parse("", "SELECT 1").encode() + wire.Bind("", "").encode() + wire.Execute().encode()
+        data = Parse("", "SELECT 1").encode() + Bind("", "").encode() + Execute().encode()
         msgs = c.send(data)
         self.assertEqual(len(msgs), 1)
         self.assertEqual(msgs[0].sqlstate, "08P01")
-        self.assertEqual(c.send(wire.Sync().encode()), [wire.ReadyForQuery("I")])
+        self.assertEqual(c.send(Sync().encode()), [ReadyForQuery("I")])
         self.assertEqual(rows(c.query(SET_CONFIG)), [[""]])
 
     def test_table_sync_conversation(self):
@@ -401,26 +449,26 @@ class Queries(unittest.TestCase):
         app = "pg_16397_sync_16385_7712374349014268656"
         c.session.application_name = app
         self.assertTrue(c.session.is_sync_worker)
-        self.assertEqual(c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")[-1], wire.ReadyForQuery("T"))
+        self.assertEqual(c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")[-1], ReadyForQuery("T"))
         c.query(f"CREATE_REPLICATION_SLOT \"{app}\" LOGICAL pgoutput (SNAPSHOT 'use')")
         self.assertEqual(c.actions[-1].command.snapshot, "use")
         msgs = c.take(c.session.slot_created(app, positions.end_lsn(7), use_snapshot=True))
         self.assertEqual(rows(msgs), [[app, format_lsn(positions.end_lsn(7)), None, "pgoutput"]])
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        self.assertEqual(msgs[-1], ReadyForQuery("T"))
         msgs = c.query(RELATION_Q)
         self.assertEqual(rows(msgs), [[str(relid), "d", "r"]])
-        self.assertEqual([f.type_oid for f in of(msgs, wire.RowDescription)[0].fields], [26, 18, 18])
+        self.assertEqual([f.type_oid for f in of(msgs, RowDescription)[0].fields], [26, 18, 18])
         msgs = c.query(COLUMN_LIST_Q.format(relid=relid))
         self.assertEqual(rows(msgs), [[None]])
         msgs = c.query(ATTRS_Q.format(relid=relid))
         self.assertEqual(rows(msgs), [["1", "id", "25", "t"], ["2", "content", "25", "f"], ["3", "n", "23", "f"]])
-        self.assertEqual(of(msgs, wire.CommandComplete), [wire.CommandComplete("SELECT 3")])
+        self.assertEqual(of(msgs, CommandComplete), [CommandComplete("SELECT 3")])
         msgs = c.query(ROW_FILTER_Q.format(relid=relid))
         self.assertEqual(rows(msgs), [[None]])
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        self.assertEqual(msgs[-1], ReadyForQuery("T"))
         self.assertEqual(c.query("COPY public.items (id, content, n) TO STDOUT"), [])
         req = c.actions[-1]
-        self.assertIsInstance(req, walsender.CopyRequest)
+        self.assertIsInstance(req, CopyRequest)
         self.assertEqual((req.command.schema, req.command.table, req.columns, req.slot),
                          ("public", "items", ("id", "content", "n"), app))
         (stream,) = c.session.copy_rows([
@@ -428,25 +476,25 @@ class Queries(unittest.TestCase):
             ResolvedChange("public", "items", ("b",), {"id": "b", "content": None}),
             ResolvedChange("public", "items", ("c",), {"id": "c", "content": "gone", "n": "3"}, deleted=True),
         ])
-        self.assertIsInstance(stream, walsender.SendStream)
-        msgs = c.take([walsender.Send(chunk) for chunk in stream.chunks])
-        self.assertEqual(msgs[0], wire.CopyOutResponse(0, (0, 0, 0)))
-        data = b"".join(m.data for m in of(msgs, wire.CopyData))
+        self.assertIsInstance(stream, SendStream)
+        msgs = c.take([Send(chunk) for chunk in stream.chunks])
+        self.assertEqual(msgs[0], CopyOutResponse(0, (0, 0, 0)))
+        data = b"".join(m.data for m in of(msgs, CopyData))
         self.assertEqual(data, b"a\ttab\\there\\nnew \\\\ line\t1\nb\t\\N\t\\N\n")
-        self.assertEqual(msgs[-3:], [wire.CopyDone(), wire.CommandComplete("COPY 2"), wire.ReadyForQuery("T")])
+        self.assertEqual(msgs[-3:], [CopyDone(), CommandComplete("COPY 2"), ReadyForQuery("T")])
         # Input queued behind the COPY is answered after resume().
         self.assertEqual(c.query("COMMIT"), [])
-        self.assertEqual(c.take(c.session.resume()), [wire.CommandComplete("COMMIT"), wire.ReadyForQuery("I")])
+        self.assertEqual(c.take(c.session.resume()), [CommandComplete("COMMIT"), ReadyForQuery("I")])
         self.assertIsNone(c.session.sync_slot)
 
     def test_copy_unknown_column_and_outside_sync(self):
         msgs = self.c.query("COPY public.items (id, nope) TO STDOUT")
-        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "42703")
+        self.assertEqual(of(msgs, ErrorResponse)[0].sqlstate, "42703")
         msgs = self.c.query("COPY public.items (id) TO STDOUT")
-        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "0A000")
+        self.assertEqual(of(msgs, ErrorResponse)[0].sqlstate, "0A000")
         msgs = self.c.query("COPY public.other (k) TO STDOUT")  # not in postgres_1's database
-        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "42P01")
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(of(msgs, ErrorResponse)[0].sqlstate, "42P01")
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_streaming_and_copydone(self):
         c = self.c
@@ -454,34 +502,34 @@ class Queries(unittest.TestCase):
                        "(proto_version '3', publication_names '\"all_tables\"')")
         self.assertEqual(msgs, [])
         start = c.actions[-1]
-        self.assertIsInstance(start, walsender.StartRequest)
+        self.assertIsInstance(start, StartRequest)
         self.assertEqual((start.command.slot, start.command.lsn), ("postgres_1", 0x1A00))
         msgs = c.take(c.session.start_streaming(start.command))
-        self.assertEqual(msgs, [wire.CopyBothResponse(0, ())])
-        upd = wire.StandbyStatusUpdate(0x1A00, 0x1900, 0x1A00, 0, True)
+        self.assertEqual(msgs, [CopyBothResponse(0, ())])
+        upd = StandbyStatusUpdate(0x1A00, 0x1900, 0x1A00, 0, True)
         self.assertEqual(c.send(upd.frame()), [])
-        self.assertEqual(c.actions[-1], walsender.StatusUpdate(upd))
-        msgs = c.send(wire.CopyDone().encode())
-        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
-        self.assertEqual(msgs, [wire.CopyDone(), wire.CommandComplete("COPY 0"),
-                                wire.CommandComplete("START_REPLICATION"), wire.ReadyForQuery("I")])
+        self.assertEqual(c.actions[-1], StatusUpdate(upd))
+        msgs = c.send(CopyDone().encode())
+        self.assertIsInstance(c.actions[-1], StreamStopped)
+        self.assertEqual(msgs, [CopyDone(), CommandComplete("COPY 0"),
+                                CommandComplete("START_REPLICATION"), ReadyForQuery("I")])
         msgs = c.query("DROP_REPLICATION_SLOT x WAIT")
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_slot_busy_answer(self):
         c = self.c
         c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
         msgs = c.take(c.session.command_failed("55006", 'replication slot "postgres_1" is active for PID 1'))
-        self.assertFalse(of(msgs, wire.CopyBothResponse))
-        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "55006")
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("I"))
+        self.assertFalse(of(msgs, CopyBothResponse))
+        self.assertEqual(of(msgs, ErrorResponse)[0].sqlstate, "55006")
+        self.assertEqual(msgs[-1], ReadyForQuery("I"))
 
     def test_terminate_while_streaming(self):
         c = self.c
         c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
         c.take(c.session.start_streaming(c.actions[-1].command))
-        c.send(wire.Terminate().encode())
-        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        c.send(Terminate().encode())
+        self.assertIsInstance(c.actions[-1], StreamStopped)
         self.assertIsNotNone(c.disconnected)
 
     def test_query_while_streaming_is_fatal(self):
@@ -489,16 +537,16 @@ class Queries(unittest.TestCase):
         c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
         c.take(c.session.start_streaming(c.actions[-1].command))
         msgs = c.query("IDENTIFY_SYSTEM")
-        self.assertEqual(of(msgs, wire.ErrorResponse)[0].sqlstate, "08P01")
-        self.assertIsInstance(c.actions[-1], walsender.StreamStopped)
+        self.assertEqual(of(msgs, ErrorResponse)[0].sqlstate, "08P01")
+        self.assertIsInstance(c.actions[-1], StreamStopped)
         self.assertIsNotNone(c.disconnected)
 
     def test_garbage_copydata_while_streaming_is_fatal(self):
         c = self.c
         c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
         c.take(c.session.start_streaming(c.actions[-1].command))
-        msgs = c.send(wire.CopyData(b"r\x00").encode())
-        err = of(msgs, wire.ErrorResponse)[0]
+        msgs = c.send(CopyData(b"r\x00").encode())
+        err = of(msgs, ErrorResponse)[0]
         self.assertEqual((err.severity, err.sqlstate), ("FATAL", "08P01"))
         self.assertIn("StandbyStatusUpdate", err.message)
 
@@ -540,9 +588,9 @@ class Recognisers(unittest.TestCase):
 def decode_frames(frames):
     out = []
     for f in frames:
-        (msg,) = wire.BackendParser().feed(f)
+        (msg,) = BackendParser().feed(f)
         rep = msg.replication_message()
-        if isinstance(rep, wire.XLogData):
+        if isinstance(rep, XLogData):
             out.append((rep.wal_start, pgoutput.decode(rep.data)))
         else:
             out.append((rep.wal_end, rep))

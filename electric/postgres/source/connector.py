@@ -8,12 +8,12 @@ State machine::
               │  ▼        ▼
               backoff ◄───┘  (any failure; the reason is kept)
 
-* ``setup``: `electric.postgres.setup.run_setup` (publication, slot,
+* ``setup``: `electric.postgres.source.setup.run_setup` (publication, slot,
   introspection, triggers, subscription), then the replication connection.
 * ``streaming``: the stream is live; `ready` is True from here on, and only
   while the stream stays up.
 * ``ready``: additionally the subscription back to Electric is enabled and
-  refreshed (done once `follower_ready` fired, i.e. the port-5433 server
+  refreshed (done once `publisher_ready` fired, i.e. the port-5433 publisher
   can serve this Postgres; retried with backoff on its own).
 * ``backoff``: waiting 1 s, doubling to 10 s, then setup again.  A stream
   that came up resets the delay, so a restarted Postgres is back in ~1 s.
@@ -28,18 +28,21 @@ hub drops the duplicates by (origin, commit end LSN)).
 from __future__ import annotations
 
 from collections import deque
-from typing import Dict, Optional, Tuple
+from typing import Awaitable, Callable, Dict, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from electric.postgres import inbound, pgoutput, replication, setup
-from electric.postgres.lsn import format_lsn
+from electric.postgres.source import assembly
+from electric.postgres.protocol import pgoutput
+from electric.postgres.source import replication
+from electric.postgres.source import setup
+from electric.postgres.protocol.lsn import format_lsn
 from electric.schema import Table
 
-log = Logger(namespace="electric.postgres.connector")
+log = Logger(namespace="electric.postgres.source.connector")
 
 MAX_INFLIGHT_TRANSACTIONS = 500
 MAX_INFLIGHT_ROWS = 50_000
@@ -63,14 +66,28 @@ class Backoff:
 
 
 class _Stream:
-    """The consumer side of one replication connection."""
+    """
+    The consumer side of one replication connection.
 
-    def __init__(self, service: "ConnectorService", flushed: int):
-        self.service = service
-        self.assembler = service.assembler
+    Gets what it needs when built: the connector's `name` (logs), the `hub`
+    it appends to, the connector's `assembler` (reset here: a new connection
+    resends from the flushed position), `resolve_table(schema, name)`
+    (a coroutine asking the catalog about a table) and `on_error(text)`,
+    told once why the stream failed.  Its own `acks.flushed` is the flush
+    position the connector reports.
+    """
+
+    def __init__(self, name: str, hub, assembler: assembly.TransactionAssembler,
+                 resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
+                 flushed: int):
+        self.name = name
+        self.hub = hub
+        self.assembler = assembler
         self.assembler.reset()
+        self.resolve_table = resolve_table
+        self.on_error = on_error
         self.decoder = pgoutput.PgoutputDecoder(1)
-        self.acks = inbound.AckTracker(flushed)
+        self.acks = assembly.AckTracker(flushed)
         self.client: Optional[replication.ReplicationClient] = None
         self.queue = deque()
         self.waiting = False
@@ -113,15 +130,15 @@ class _Stream:
             msg = self.queue.popleft()
             try:
                 event = self.assembler.feed(msg)
-            except inbound.InboundError as e:
+            except assembly.InboundError as e:
                 self.fail(str(e))
                 return
             if event is None:
                 continue
-            if isinstance(event, inbound.NeedTable):
+            if isinstance(event, assembly.NeedTable):
                 self.waiting = True
                 self._pause("lookup")
-                d = defer.ensureDeferred(self.service._resolve_table(event.schema, event.name))
+                d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
                 d.addCallbacks(self._resolved, self._resolve_failed)
                 return
             self._committed(event)
@@ -138,7 +155,7 @@ class _Stream:
     def _resolve_failed(self, failure):
         self.fail(f"catalog lookup failed: {setup.error_text(failure)}")
 
-    def _committed(self, event: inbound.Assembled):
+    def _committed(self, event: assembly.Assembled):
         if event.transaction is None:
             self.dropped += 1
             self.acks.add(event.end_lsn, done=True)
@@ -153,7 +170,7 @@ class _Stream:
                 self.flow_pauses += 1
             self._pause("flow")
         try:
-            d = self.service.hub.append(event.transaction)
+            d = self.hub.append(event.transaction)
         except Exception:
             d = defer.fail()
         d.addCallbacks(self._appended, self._append_failed,
@@ -176,13 +193,12 @@ class _Stream:
         if self.closed:
             return
         log.error("connector {connector}: hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
-                  connector=self.service.connector.name, lsn=format_lsn(end_lsn), error=failure.getErrorMessage())
+                  connector=self.name, lsn=format_lsn(end_lsn), error=failure.getErrorMessage())
         self.fail(f"hub append failed: {failure.getErrorMessage()}")
 
     def _report(self):
         if self.client is not None and not self.closed:
             self.client.send_status(self.acks.flushed)
-        self.service._flushed = self.acks.flushed
 
     def _pause(self, why):
         self.paused_for.add(why)
@@ -198,9 +214,8 @@ class _Stream:
         if self.closed:
             return
         self.closed = True
-        self.service._last_error = text
-        log.error("connector {connector}: replication stream error: {error}", connector=self.service.connector.name,
-                  error=text)
+        self.on_error(text)
+        log.error("connector {connector}: replication stream error: {error}", connector=self.name, error=text)
         if self.client is not None:
             self.client.close(text)
 
@@ -212,12 +227,17 @@ class _Stream:
 
 class ConnectorService(Service):
     """
-    `follower_ready`: None (enable the subscription as soon as streaming), a
-    Deferred, or a callable returning a Deferred/None — fired when Electric's
-    port-5433 server can serve this connector's subscription.
+    One database in CONNECTORS.  Everything it uses is given here: the
+    `config` (publication, slot, ELECTRIC_HOST for the subscription), its
+    `connector`, the `hub` it appends to, the schema `registry` it fills,
+    the subscriber `credentials` it writes into the subscription, and
+    `publisher_ready`: None (enable the subscription as soon as streaming),
+    a Deferred, or a callable returning one (e.g.
+    `PublisherService.when_listening`) — fired when Electric's port-5433
+    publisher can serve this connector's subscription.
     """
 
-    def __init__(self, config, connector, hub, registry, credentials, follower_ready=None, reactor=None):
+    def __init__(self, config, connector, hub, registry, credentials, publisher_ready=None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -227,7 +247,7 @@ class ConnectorService(Service):
         self.hub = hub
         self.registry = registry
         self.credentials = credentials
-        self.follower_ready = follower_ready
+        self.publisher_ready = publisher_ready
         self.reactor = reactor
         self.name = f"connector:{connector.name}"
         self.phase = "init"
@@ -238,7 +258,6 @@ class ConnectorService(Service):
         self._logged_skips = set()
         self._oids: Dict[Tuple[str, str], int] = {}
         self._last_error: Optional[str] = None
-        self._flushed = 0
         self._stream: Optional[_Stream] = None
         self._stopping = False
         self._sleep: Optional[defer.Deferred] = None
@@ -246,7 +265,7 @@ class ConnectorService(Service):
         self._enabler: Optional[defer.Deferred] = None
         self._sleep_enable: Optional[defer.Deferred] = None
         self._backoff = Backoff()
-        self.assembler = inbound.TransactionAssembler(connector.name, self._lookup)
+        self.assembler = assembly.TransactionAssembler(connector.name, self._lookup)
 
     # -- status --
 
@@ -273,7 +292,7 @@ class ConnectorService(Service):
                 {"schema": k[0], "table": k[1], "reason": r} for k, r in sorted(self.skipped.items())
             ],
             "subscription_enabled": self.subscription_enabled,
-            "flushed_lsn": format_lsn(self._flushed),
+            "flushed_lsn": format_lsn(s.acks.flushed if s is not None else 0),
             "received_lsn": format_lsn(s.client.last_received) if s is not None and s.client is not None else None,
             "transactions_appended": s.appended if s is not None else 0,
             "transactions_dropped": s.dropped if s is not None else 0,
@@ -332,6 +351,9 @@ class ConnectorService(Service):
                 break
         self.phase = "stopped"
 
+    def _stream_failed(self, text: str) -> None:
+        self._last_error = text
+
     def _describe(self, e: Exception) -> str:
         if isinstance(e, (setup.SetupError, replication.ReplicationError)):
             return str(e)
@@ -348,8 +370,8 @@ class ConnectorService(Service):
         self._apply_introspection(result.introspection, replace=True)
         self.subscription_oid = result.subscription_oid
         self.assembler.set_subscription_oid(result.subscription_oid)
-        stream = _Stream(self, result.slot_confirmed_lsn)
-        self._flushed = result.slot_confirmed_lsn
+        stream = _Stream(self.connector.name, self.hub, self.assembler, self._resolve_table,
+                         self._stream_failed, result.slot_confirmed_lsn)
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
             self.config.slot_for(self.connector), self.config.publication, stream, label=self.connector.name,
@@ -417,8 +439,8 @@ class ConnectorService(Service):
 
     # -- the subscription back to Electric --
 
-    async def _wait_follower(self):
-        ready = self.follower_ready
+    async def _wait_publisher(self):
+        ready = self.publisher_ready
         if callable(ready) and not isinstance(ready, defer.Deferred):
             ready = ready()
         if isinstance(ready, defer.Deferred):
@@ -430,7 +452,7 @@ class ConnectorService(Service):
 
     async def _enable_when_ready(self):
         try:
-            await self._wait_follower()
+            await self._wait_publisher()
             backoff = Backoff()
             while not self._stopping and not self.subscription_enabled:
                 try:
@@ -497,51 +519,3 @@ class ConnectorService(Service):
 
     def enable(self):
         return defer.ensureDeferred(self._enable_and_refresh())
-
-
-FOLLOWER_SERVICE_NAME = "postgres-follower"
-
-
-def add_to_service(root, registry=None, credentials=None, follower_ready=None):
-    """
-    Wire one `ConnectorService` per configured connector into the service
-    tree built by `electric.service` (after the hub, before Satellite).
-
-    `registry` / `credentials` default to ``root.registry`` /
-    ``root.credentials`` (created and attached when missing, so the port-5433
-    server and the migrations share them).  `follower_ready` defaults to the
-    ``listening`` Deferred of the child named "postgres-follower", looked up
-    when a connector first streams, so the order in which the follower and
-    the connectors are added does not matter.  Connectors are registered in
-    ``root.connectors`` for /api/status and the migrations API.
-    """
-    from electric.postgres.credentials import SubscriberCredentials
-    from electric.schema import SchemaRegistry
-
-    config = root.config
-    if registry is None:
-        registry = getattr(root, "registry", None)
-        if registry is None:
-            registry = root.registry = SchemaRegistry()
-    if credentials is None:
-        credentials = getattr(root, "credentials", None)
-        if credentials is None:
-            credentials = root.credentials = SubscriberCredentials(
-                config.data_dir, [c.name for c in config.connectors])
-
-    def follower_listening():
-        try:
-            follower = root.getServiceNamed(FOLLOWER_SERVICE_NAME)
-        except KeyError:
-            return None
-        return getattr(follower, "listening", None)
-
-    services = []
-    for connector in config.connectors:
-        svc = ConnectorService(config, connector, root.hub, registry, credentials,
-                               follower_ready=follower_ready if follower_ready is not None else follower_listening,
-                               reactor=getattr(root, "reactor", None))
-        svc.setServiceParent(root)
-        root.connectors[connector.name] = svc
-        services.append(svc)
-    return services

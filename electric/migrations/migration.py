@@ -12,7 +12,7 @@ Everything that can be rejected is rejected before the file touches the
 database (bad name, missing file, not UTF-8, statements that would end our
 transaction early), and the version row is checked inside the transaction
 before the file runs.  Replication is never paused for a migration; the
-caller refreshes the connector afterwards (see ``electric.http.migrations``).
+caller refreshes the connector afterwards (see `electric.migrations.migrator`).
 
 This module talks to Postgres over an ordinary (non-replication) txpostgres
 session; the pure parts (names, hashing, the statement scanner, JSON

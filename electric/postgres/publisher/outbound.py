@@ -29,10 +29,10 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from electric.hub import positions
 from electric.hub.interface import UNCHANGED, ResolvedTransaction
-from electric.postgres import pgoutput
-from electric.postgres.lsn import pg_now, unix_to_pg_us
-from electric.postgres.pgoutput import encode_tuple
-from electric.postgres.wire import PrimaryKeepalive
+from electric.postgres.protocol import pgoutput
+from electric.postgres.protocol.lsn import pg_now, unix_to_pg_us
+from electric.postgres.protocol.pgoutput import encode_tuple
+from electric.postgres.protocol.replication_messages import PrimaryKeepalive
 from electric.schema import SchemaRegistry, Table
 
 
@@ -43,7 +43,7 @@ _REL = struct.Struct("!I")
 def _xlog(start: int, now: int, payload: bytes) -> bytes:
     """One complete CopyData(XLogData) frame with dataStart = walEnd = `start`.
 
-    Same bytes as ``wire.XLogData(start, start, now, payload).frame()``, built
+    Same bytes as ``XLogData(start, start, now, payload).frame()``, built
     in one step because a 200k-row transaction makes 200k of them."""
     return _XLOG_HEAD.pack(b"d", len(payload) + 29, 0x77, start, start, now) + payload
 

@@ -29,12 +29,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from electric.config import Config, Connector
-from electric.postgres import types
-from electric.postgres.lsn import parse_lsn
+from electric.postgres.protocol import types
+from electric.postgres.protocol.lsn import parse_lsn
 from electric.postgres.sql import Connection, error_text
 from electric.schema import Column, Table
 
-log = Logger(namespace="electric.postgres.setup")
+log = Logger(namespace="electric.postgres.source.setup")
 
 ELECTRIC_SCHEMA = "electric"
 TRIGGER_NAME = "electric_upsert"
@@ -89,9 +89,6 @@ class SkippedTable:
     schema: str
     name: str
     reason: str
-
-    def as_dict(self):
-        return {"schema": self.schema, "table": self.name, "reason": self.reason}
 
 
 @dataclass
@@ -254,11 +251,6 @@ WHERE t.tgname = %s AND t.tgrelid = ANY (%s::oid[])
 
 
 # -- the session ------------------------------------------------------------
-
-
-def _pgcode(failure_or_exc) -> Optional[str]:
-    exc = getattr(failure_or_exc, "value", failure_or_exc)
-    return getattr(exc, "pgcode", None)
 
 
 class SetupSession:

@@ -11,10 +11,24 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from electric.hub import positions
-from electric.postgres import pgoutput, wire
-from electric.postgres.lsn import format_lsn
-from electric.postgres.server import hub_consumer
-from tests.follower_helpers import ITEMS, Electric, connect, eventually, sleep
+from electric.postgres.protocol import pgoutput
+from electric.postgres.protocol.messages import (
+    BackendKeyData,
+    CancelRequest,
+    CommandComplete,
+    CopyBothResponse,
+    CopyData,
+    CopyDone,
+    DataRow,
+    ErrorResponse,
+    Query,
+    ReadyForQuery,
+    Terminate,
+)
+from electric.postgres.protocol.replication_messages import PrimaryKeepalive, StandbyStatusUpdate, XLogData
+from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.publisher.service import hub_consumer
+from tests.publisher_helpers import ITEMS, Electric, connect, eventually, sleep
 
 START = "START_REPLICATION SLOT \"{slot}\" LOGICAL {lsn} (proto_version '3', publication_names '\"all_tables\"')"
 
@@ -22,15 +36,15 @@ START = "START_REPLICATION SLOT \"{slot}\" LOGICAL {lsn} (proto_version '3', pub
 def xlog(m):
     """The replication payload of a CopyData, decoded (XLogData → (lsn, pgoutput message))."""
     rep = m.replication_message()
-    if isinstance(rep, wire.XLogData):
+    if isinstance(rep, XLogData):
         return ("w", rep.wal_start, pgoutput.decode(rep.data))
-    if isinstance(rep, wire.PrimaryKeepalive):
+    if isinstance(rep, PrimaryKeepalive):
         return ("k", rep.wal_end, rep)
     return ("?", 0, rep)
 
 
 def is_commit(m):
-    return isinstance(m, wire.CopyData) and m.data[:1] == b"w" and xlog(m)[2].__class__ is pgoutput.Commit
+    return isinstance(m, CopyData) and m.data[:1] == b"w" and xlog(m)[2].__class__ is pgoutput.Commit
 
 
 class Server(unittest.TestCase):
@@ -64,18 +78,18 @@ class Server(unittest.TestCase):
         c = yield self.login()
         self.assertIsNone(c.error)
         msgs = yield c.query("IDENTIFY_SYSTEM")
-        row = [m for m in msgs if isinstance(m, wire.DataRow)][0].texts()
+        row = [m for m in msgs if isinstance(m, DataRow)][0].texts()
         self.assertEqual(row[1:], ["1", "0/0", "postgres_1"])
         msgs = yield c.query("SELECT nonsense FROM nowhere")
-        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        err = [m for m in msgs if isinstance(m, ErrorResponse)][0]
         self.assertEqual((err.severity, err.sqlstate), ("ERROR", "0A000"))
         msgs = yield c.query("SELECT pg_catalog.set_config('search_path', '', false);")
-        self.assertEqual([m.texts() for m in msgs if isinstance(m, wire.DataRow)], [[""]])
+        self.assertEqual([m.texts() for m in msgs if isinstance(m, DataRow)], [[""]])
 
     @defer.inlineCallbacks
     def test_md5_server(self):
         yield self.e.stop()
-        self.e.follower_kw = {"auth_method": "md5"}
+        self.e.publisher_kw = {"auth_method": "md5"}
         yield self.e.start()
         c = yield self.login()
         self.assertIsNone(c.error)
@@ -98,13 +112,13 @@ class Server(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_garbage_is_fatal(self):
-        from tests.follower_helpers import PgClient
+        from tests.publisher_helpers import PgClient
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
         c = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.e.port), PgClient())
         self.clients.append(c)
         c.transport.write(b"\x00\x00\x00\x10garbage-garbage!")
-        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse))
         # Postgres's own answer to a startup packet naming no protocol it speaks.
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "0A000"))
         self.assertIn("unsupported frontend protocol", m.message)
@@ -112,7 +126,7 @@ class Server(unittest.TestCase):
         # After login, an unknown message type is a protocol violation.
         c = yield self.login()
         c.transport.write(b"\x01\x00\x00\x00\x08junk")
-        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse))
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "08P01"))
         yield c.lost
 
@@ -131,82 +145,82 @@ class Server(unittest.TestCase):
         c = yield connect(e.port, "postgres_3", e.password("postgres_3"))
         self.clients.append(c)
         msgs = yield c.query(START.format(slot="postgres_3", lsn="0/0"))
-        self.assertFalse([m for m in msgs if isinstance(m, wire.CopyBothResponse)])
-        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        self.assertFalse([m for m in msgs if isinstance(m, CopyBothResponse)])
+        err = [m for m in msgs if isinstance(m, ErrorResponse)][0]
         self.assertEqual((err.severity, err.sqlstate), ("ERROR", "55000"))
         self.assertIn("subscription is being refreshed", err.message)
         e.registry.allow_streaming("postgres_3")
-        c.send(wire.Query(START.format(slot="postgres_3", lsn="0/0")))
-        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        c.send(Query(START.format(slot="postgres_3", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, CopyBothResponse))
 
     @defer.inlineCallbacks
     def test_streaming_one_stream_per_slot_and_resume(self):
         e = self.e
         r1 = yield e.append(e.upsert(self.items, {"id": "a", "content": "first", "n": "1"}))
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
-        m, _ = yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
-        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData))
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        m, _ = yield c.until(lambda m: isinstance(m, CopyBothResponse))
+        ka, _ = yield c.until(lambda m: isinstance(m, CopyData))
         self.assertEqual(xlog(ka)[:2], ("k", 0))
         _, seen = yield c.until(is_commit)
-        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, CopyData) and m.data[:1] == b"w"]
         self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Relation", "Insert", "Commit"])
         self.assertEqual(decoded[2].new, ("a", "first", "1"))
         self.assertEqual(decoded[3].end_lsn, positions.end_lsn(r1.position))
         # A second START_REPLICATION for the streaming slot: 55006, no CopyBoth, connection lives.
         c2 = yield self.login()
         msgs = yield c2.query(START.format(slot="postgres_1", lsn="0/0"))
-        self.assertFalse([m for m in msgs if isinstance(m, wire.CopyBothResponse)])
-        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        self.assertFalse([m for m in msgs if isinstance(m, CopyBothResponse)])
+        err = [m for m in msgs if isinstance(m, ErrorResponse)][0]
         self.assertEqual((err.severity, err.sqlstate), ("ERROR", "55006"))
         self.assertIn('replication slot "postgres_1" is active', err.message)
         msgs = yield c2.query("IDENTIFY_SYSTEM")
-        self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
+        self.assertTrue([m for m in msgs if isinstance(m, DataRow)])
         # Live transactions, then a reply-requested status update gets a keepalive.
         r2 = yield e.append(e.upsert(self.items, {"id": "b", "content": None, "n": "2"}),
                             e.delete(self.items, {"id": "a"}))
         _, seen = yield c.until(is_commit)
-        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, CopyData) and m.data[:1] == b"w"]
         self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Insert", "Delete", "Commit"])
         self.assertEqual(decoded[2].key, ("a", None, None))
         end2 = positions.end_lsn(r2.position)
-        c.send(wire.StandbyStatusUpdate(end2, end2, end2, 0, True).frame())
-        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData) and xlog(m)[0] == "k"
+        c.send(StandbyStatusUpdate(end2, end2, end2, 0, True).frame())
+        ka, _ = yield c.until(lambda m: isinstance(m, CopyData) and xlog(m)[0] == "k"
                               and xlog(m)[1] == end2)
         # The flush position reached the hub as this subscriber's durable ack.
         yield eventually(lambda: e.hub.status()["consumers"].get(hub_consumer("postgres_1"), {}).get("acked")
                          == r2.position)
         # CopyDone from the subscriber ends the stream the way Postgres does.
-        c.send(wire.CopyDone())
-        _, seen = yield c.until(lambda m: isinstance(m, wire.ReadyForQuery))
-        tail = [m for m in seen if not isinstance(m, wire.CopyData)]
-        self.assertEqual(tail, [wire.CopyDone(), wire.CommandComplete("COPY 0"),
-                                wire.CommandComplete("START_REPLICATION"), wire.ReadyForQuery("I")])
+        c.send(CopyDone())
+        _, seen = yield c.until(lambda m: isinstance(m, ReadyForQuery))
+        tail = [m for m in seen if not isinstance(m, CopyData)]
+        self.assertEqual(tail, [CopyDone(), CommandComplete("COPY 0"),
+                                CommandComplete("START_REPLICATION"), ReadyForQuery("I")])
         # The slot is free again.  Like Postgres, it starts at max(requested,
         # confirmed flush): asked for r1's end it resumes after r2 (flushed).
         end1 = format_lsn(positions.end_lsn(r1.position))
-        c2.send(wire.Query(START.format(slot="postgres_1", lsn=end1)))
-        ka, _ = yield c2.until(lambda m: isinstance(m, wire.CopyData))
+        c2.send(Query(START.format(slot="postgres_1", lsn=end1)))
+        ka, _ = yield c2.until(lambda m: isinstance(m, CopyData))
         self.assertEqual(xlog(ka)[:2], ("k", end2))
         r3 = yield e.append(e.upsert(self.items, {"id": "c", "content": "3", "n": "3"}))
         _, seen = yield c2.until(is_commit)
-        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, CopyData) and m.data[:1] == b"w"]
         self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Relation", "Insert", "Commit"])
         self.assertEqual(decoded[2].new, ("c", "3", "3"))
-        st = e.follower.status()["slots"]["postgres_1"]
+        st = e.publisher.status()["slots"]["postgres_1"]
         self.assertTrue(st["streaming"])
         self.assertEqual(st["sent_position"], r3.position)
         # A slot with no history starts exactly after the requested LSN: never r1 again.
         c3 = yield self.login()
-        c3.send(wire.Query(START.format(slot="another", lsn=end1)))
+        c3.send(Query(START.format(slot="another", lsn=end1)))
         _, seen = yield c3.until(is_commit)
-        decoded = [xlog(m)[2] for m in seen if isinstance(m, wire.CopyData) and m.data[:1] == b"w"]
+        decoded = [xlog(m)[2] for m in seen if isinstance(m, CopyData) and m.data[:1] == b"w"]
         self.assertEqual([type(x).__name__ for x in decoded], ["Begin", "Relation", "Insert", "Delete", "Commit"])
         self.assertEqual(decoded[-1].end_lsn, end2)
         # Terminate ends streaming and frees the slot.
-        c2.send(wire.Terminate())
+        c2.send(Terminate())
         yield c2.lost
-        yield eventually(lambda: not e.follower.status()["slots"]["postgres_1"]["streaming"])
+        yield eventually(lambda: not e.publisher.status()["slots"]["postgres_1"]["streaming"])
 
     @defer.inlineCallbacks
     def test_table_sync_no_gap_no_duplicate(self):
@@ -216,34 +230,34 @@ class Server(unittest.TestCase):
         c = yield self.login(app=app)
         yield c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
         msgs = yield c.query(f"CREATE_REPLICATION_SLOT \"{app}\" LOGICAL pgoutput (SNAPSHOT 'use')")
-        consistent = [m for m in msgs if isinstance(m, wire.DataRow)][0].texts()[1]
+        consistent = [m for m in msgs if isinstance(m, DataRow)][0].texts()[1]
         self.assertEqual(consistent, format_lsn(positions.end_lsn(1)))
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        self.assertEqual(msgs[-1], ReadyForQuery("T"))
         # Written after the consistent point but before the COPY: the copy has it ...
         yield e.append(e.upsert(self.items, {"id": "b", "content": "two", "n": "2"}),
                        e.upsert(self.items, {"id": "a", "content": "one!", "n": "11"}))
         yield e.append(e.delete(self.items, {"id": "b"}), e.upsert(self.items, {"id": "c", "content": None}))
         msgs = yield c.query("COPY public.items (id, content, n) TO STDOUT")
-        data = b"".join(m.data for m in msgs if isinstance(m, wire.CopyData))
+        data = b"".join(m.data for m in msgs if isinstance(m, CopyData))
         self.assertEqual(sorted(data.splitlines()), [b"a\tone!\t11", b"c\t\\N\t\\N"])
-        self.assertIn(wire.CommandComplete("COPY 2"), msgs)
-        self.assertEqual(msgs[-1], wire.ReadyForQuery("T"))
+        self.assertIn(CommandComplete("COPY 2"), msgs)
+        self.assertEqual(msgs[-1], ReadyForQuery("T"))
         yield c.query("COMMIT")
         # ... so the catch-up stream from the consistent point starts after the snapshot.
-        c.send(wire.Query(START.format(slot=app, lsn=consistent)))
-        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData))
+        c.send(Query(START.format(slot=app, lsn=consistent)))
+        ka, _ = yield c.until(lambda m: isinstance(m, CopyData))
         self.assertEqual(xlog(ka)[:2], ("k", positions.end_lsn(3)))
         r4 = yield e.append(e.upsert(self.items, {"id": "d", "content": "four", "n": "4"}))
         m, seen = yield c.until(is_commit)
-        inserts = [xlog(x)[2].new for x in seen if isinstance(x, wire.CopyData) and x.data[:1] == b"w"
+        inserts = [xlog(x)[2].new for x in seen if isinstance(x, CopyData) and x.data[:1] == b"w"
                    and isinstance(xlog(x)[2], pgoutput.Insert)]
         self.assertEqual(inserts, [("d", "four", "4")])
         self.assertEqual(xlog(m)[2].end_lsn, positions.end_lsn(r4.position))
         # The sync worker ends the stream and drops its slot; the hub consumer is untouched.
-        c.send(wire.CopyDone())
-        yield c.until(lambda m: m == wire.ReadyForQuery("I"))
+        c.send(CopyDone())
+        yield c.until(lambda m: m == ReadyForQuery("I"))
         msgs = yield c.query(f"DROP_REPLICATION_SLOT {app} WAIT")
-        self.assertIn(wire.CommandComplete("DROP_REPLICATION_SLOT"), msgs)
+        self.assertIn(CommandComplete("DROP_REPLICATION_SLOT"), msgs)
         self.assertNotIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
 
     @defer.inlineCallbacks
@@ -251,8 +265,8 @@ class Server(unittest.TestCase):
         e = self.e
         yield e.append(e.upsert(self.items, {"id": "a", "content": "x", "n": "1"}))
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="5/0")))
-        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData))
+        c.send(Query(START.format(slot="postgres_1", lsn="5/0")))
+        ka, _ = yield c.until(lambda m: isinstance(m, CopyData))
         self.assertGreaterEqual(xlog(ka)[1], 0x500000000)
         m, seen = yield c.until(is_commit)
         commit = xlog(m)[2]
@@ -267,7 +281,7 @@ class Server(unittest.TestCase):
         for i in range(3):
             last = yield e.append(e.upsert(self.items, {"id": f"old{i}", "content": "x", "n": "1"}))
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
         m, _ = yield c.until(lambda m: is_commit(m) and xlog(m)[2].end_lsn == positions.end_lsn(last.position))
         held = positions.end_lsn(last.position)  # the subscriber's origin progress
         c.transport.abortConnection()
@@ -278,14 +292,14 @@ class Server(unittest.TestCase):
         for i in range(5):
             yield e.append(e.upsert(self.items, {"id": f"new{i}", "content": "y", "n": "2"}))
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn=format_lsn(held))))
-        ka, _ = yield c.until(lambda m: isinstance(m, wire.CopyData))
+        c.send(Query(START.format(slot="postgres_1", lsn=format_lsn(held))))
+        ka, _ = yield c.until(lambda m: isinstance(m, CopyData))
         self.assertGreaterEqual(xlog(ka)[1], held)
         inserted, ends = [], []
         while len(ends) < 5:
             m, seen = yield c.until(is_commit)
             for x in seen:
-                if isinstance(x, wire.CopyData) and x.data[:1] == b"w":
+                if isinstance(x, CopyData) and x.data[:1] == b"w":
                     msg = xlog(x)[2]
                     if isinstance(msg, pgoutput.Insert):
                         inserted.append(msg.new[0])
@@ -305,8 +319,8 @@ class Server(unittest.TestCase):
                 for i in range(300)])
         c = yield self.login()
         c.transport.pauseProducing()  # stop reading: the server's socket buffer fills up
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
-        stream = yield eventually(lambda: e.follower.slots.get("postgres_1") and e.follower.slots["postgres_1"].stream)
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        stream = yield eventually(lambda: e.publisher.slots.get("postgres_1") and e.publisher.slots["postgres_1"].stream)
         yield eventually(lambda: stream.paused, timeout=30)
         yield sleep(0.5)
         held = stream.encoder.position
@@ -322,70 +336,70 @@ class Server(unittest.TestCase):
     @defer.inlineCallbacks
     def test_silent_subscriber_is_pinged_then_dropped(self):
         yield self.e.stop()
-        self.e.follower_kw = {"keepalive_interval": 0.2, "sender_timeout": 3.0}
+        self.e.publisher_kw = {"keepalive_interval": 0.2, "sender_timeout": 3.0}
         yield self.e.start()
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
-        ping, _ = yield c.until(lambda m: isinstance(m, wire.CopyData) and xlog(m)[0] == "k"
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        ping, _ = yield c.until(lambda m: isinstance(m, CopyData) and xlog(m)[0] == "k"
                                 and xlog(m)[2].reply_requested)
         # Answering keeps it alive ...
-        c.send(wire.StandbyStatusUpdate(0, 0, 0, 0, False).frame())
+        c.send(StandbyStatusUpdate(0, 0, 0, 0, False).frame())
         yield sleep(1.0)
         self.assertFalse(c.is_closed)
         # ... silence ends it, and frees the slot for the subscriber's next attempt.
-        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse), timeout=10)
+        m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse), timeout=10)
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
         self.assertIn("replication timeout", m.message)
         yield c.lost
-        yield eventually(lambda: not self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+        yield eventually(lambda: not self.e.publisher.status()["slots"]["postgres_1"]["streaming"])
 
     @defer.inlineCallbacks
     def test_cancel_request_ends_stream(self):
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-        from tests.follower_helpers import PgClient
+        from tests.publisher_helpers import PgClient
         c = yield self.login()
-        key = [m for m in c.startup if isinstance(m, wire.BackendKeyData)][0]
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
-        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        key = [m for m in c.startup if isinstance(m, BackendKeyData)][0]
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, CopyBothResponse))
         for secret in (key.key ^ 1, key.key):
             k = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.e.port), PgClient())
-            k.send(wire.CancelRequest(key.pid, secret))
+            k.send(CancelRequest(key.pid, secret))
             yield k.lost
             if secret != key.key:  # a wrong key changes nothing
-                self.assertTrue(self.e.follower.status()["slots"]["postgres_1"]["streaming"])
-                self.assertFalse([m for m in c.inbox if isinstance(m, wire.ErrorResponse)])
-        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+                self.assertTrue(self.e.publisher.status()["slots"]["postgres_1"]["streaming"])
+                self.assertFalse([m for m in c.inbox if isinstance(m, ErrorResponse)])
+        m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse))
         self.assertEqual((m.severity, m.sqlstate), ("ERROR", "57014"))
-        yield c.until(lambda m: m == wire.ReadyForQuery("I"))
-        self.assertFalse(self.e.follower.status()["slots"]["postgres_1"]["streaming"])
+        yield c.until(lambda m: m == ReadyForQuery("I"))
+        self.assertFalse(self.e.publisher.status()["slots"]["postgres_1"]["streaming"])
         msgs = yield c.query("IDENTIFY_SYSTEM")
-        self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
+        self.assertTrue([m for m in msgs if isinstance(m, DataRow)])
 
     @defer.inlineCallbacks
     def test_drop_slot_releases_hub_consumer(self):
         e = self.e
         yield e.append(e.upsert(self.items, {"id": "a", "content": "x", "n": "1"}))
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
         yield c.until(is_commit)
         consumers = e.hub.status()["consumers"]
         self.assertIn(hub_consumer("postgres_1"), consumers)
         # Dropping a streaming slot is a no-op success (the apply worker is stopped first).
         c2 = yield self.login()
         msgs = yield c2.query("DROP_REPLICATION_SLOT postgres_1 WAIT")
-        self.assertIn(wire.CommandComplete("DROP_REPLICATION_SLOT"), msgs)
+        self.assertIn(CommandComplete("DROP_REPLICATION_SLOT"), msgs)
         self.assertIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
-        c.send(wire.Terminate())
+        c.send(Terminate())
         yield c.lost
-        yield eventually(lambda: not e.follower.status()["slots"]["postgres_1"]["streaming"])
+        yield eventually(lambda: not e.publisher.status()["slots"]["postgres_1"]["streaming"])
         # A table-sync slot's drop changes nothing; the apply slot's drop releases compaction.
         yield c2.query("DROP_REPLICATION_SLOT pg_16397_sync_16385_7712374349014268656 WAIT")
         self.assertIn(hub_consumer("postgres_1"), e.hub.status()["consumers"])
         msgs = yield c2.query("DROP_REPLICATION_SLOT postgres_1 WAIT")
-        self.assertIn(wire.CommandComplete("DROP_REPLICATION_SLOT"), msgs)
+        self.assertIn(CommandComplete("DROP_REPLICATION_SLOT"), msgs)
         yield eventually(lambda: hub_consumer("postgres_1") not in e.hub.status()["consumers"])
-        self.assertNotIn("postgres_1", e.follower.status()["slots"])
+        self.assertNotIn("postgres_1", e.publisher.status()["slots"])
 
     @defer.inlineCallbacks
     def test_unencodable_row_ends_stream_with_clear_error(self):
@@ -399,8 +413,8 @@ class Server(unittest.TestCase):
         e.registry.set_database_tables("postgres_1", [self.items, broken])
         yield e.append(e.upsert(broken, {"k": "1"}))
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
-        m, seen = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        m, seen = yield c.until(lambda m: isinstance(m, ErrorResponse))
         self.assertEqual(len([x for x in seen if is_commit(x)]), 1)  # the good transaction went out
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
         self.assertIn("cannot encode the transaction after hub position 1", m.message)
@@ -410,32 +424,32 @@ class Server(unittest.TestCase):
     @defer.inlineCallbacks
     def test_hub_stopping(self):
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
-        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, CopyBothResponse))
         yield self.e.hub.stopService()
-        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse))
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
         self.assertIn("hub is shutting down", m.message)
         yield c.lost
         # With the hub down, START_REPLICATION is refused before any CopyBoth; the connection lives.
         c = yield self.login()
         msgs = yield c.query(START.format(slot="postgres_1", lsn="0/0"))
-        self.assertFalse([m for m in msgs if isinstance(m, wire.CopyBothResponse)])
-        err = [m for m in msgs if isinstance(m, wire.ErrorResponse)][0]
+        self.assertFalse([m for m in msgs if isinstance(m, CopyBothResponse)])
+        err = [m for m in msgs if isinstance(m, ErrorResponse)][0]
         self.assertEqual((err.severity, err.sqlstate), ("ERROR", "55000"))
         msgs = yield c.query("SELECT pg_catalog.set_config('search_path', '', false)")
-        self.assertTrue([m for m in msgs if isinstance(m, wire.DataRow)])
+        self.assertTrue([m for m in msgs if isinstance(m, DataRow)])
 
     @defer.inlineCallbacks
     def test_stop_service_closes_connections(self):
         c = yield self.login()
-        c.send(wire.Query(START.format(slot="postgres_1", lsn="0/0")))
-        yield c.until(lambda m: isinstance(m, wire.CopyBothResponse))
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, CopyBothResponse))
         yield e_stop(self.e)
-        m, _ = yield c.until(lambda m: isinstance(m, wire.ErrorResponse))
+        m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse))
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
         yield c.lost
 
 
 def e_stop(e):
-    return e.follower.stopService()
+    return e.publisher.stopService()

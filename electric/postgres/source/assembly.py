@@ -37,11 +37,11 @@ from twisted.logger import Logger
 from electric.hub import changes as hubchanges
 from electric.hub.interface import RowChange, Transaction
 from electric.hub.changes import MissingKey
-from electric.postgres import pgoutput as po
-from electric.postgres.lsn import format_lsn, pg_to_unix_us
+from electric.postgres.protocol import pgoutput as po
+from electric.postgres.protocol.lsn import format_lsn, pg_to_unix_us
 from electric.schema import Table
 
-log = Logger(namespace="electric.postgres.inbound")
+log = Logger(namespace="electric.postgres.source.assembly")
 
 ELECTRIC_SCHEMA = "electric"
 BOOKKEEPING_TABLES = frozenset({"migrations", "meta"})
@@ -344,7 +344,7 @@ class TransactionAssembler:
 
 
 def _table_from_relation(rel: po.Relation, catalog: Table) -> Optional[Table]:
-    from electric.postgres import types
+    from electric.postgres.protocol import types
     from electric.schema import Column
 
     cols = []

@@ -6,6 +6,10 @@ with a password derived from a random secret kept (mode 0600) in the data
 directory: stable across restarts, different per connector, and never
 configured by hand.  Whoever knows a connector name but not the secret is
 refused on port 5433 (the original accepted anyone).
+
+The secret is read (or made) in `startService`, not at construction, so
+building the service tree touches no disk before twistd daemonises; the
+root starts this service before the publisher and the connectors.
 """
 
 from __future__ import annotations
@@ -16,13 +20,24 @@ import os
 import secrets
 from typing import Iterable, Optional, Tuple
 
+from twisted.application import service
+
 SECRET_FILE = "subscriber_secret"
 
 
-class SubscriberCredentials:
+class SubscriberCredentials(service.Service):
+    """Per-connector subscription credentials; usable once started (RuntimeError before)."""
+
+    name = "subscriber-credentials"
+
     def __init__(self, data_dir: str, connector_names: Iterable[str]):
+        self.data_dir = data_dir
         self._names = frozenset(connector_names)
-        self._secret = self._load_or_create(data_dir)
+        self._secret: Optional[bytes] = None
+
+    def startService(self):
+        self._secret = self._load_or_create(self.data_dir)
+        super().startService()
 
     @staticmethod
     def _load_or_create(data_dir: str) -> bytes:
@@ -47,6 +62,8 @@ class SubscriberCredentials:
 
     def for_connector(self, name: str) -> Tuple[str, str]:
         """(user, password) that connector `name`'s subscription uses."""
+        if self._secret is None:
+            raise RuntimeError("subscriber credentials are not loaded (service not started)")
         digest = hmac.new(self._secret, name.encode(), hashlib.sha256).hexdigest()
         return name, digest[:40]
 

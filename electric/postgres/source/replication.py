@@ -8,7 +8,7 @@ position and then only moves bytes: XLogData payloads go to the consumer,
 keepalives that ask for it are answered with the consumer's flush position,
 and the consumer's acknowledgements go out as standby status updates.
 Everything about transactions, acknowledgement order and flow control lives
-in the consumer (`electric.postgres.connector`).
+in the consumer (`electric.postgres.source.connector`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,29 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 from zope.interface import Interface
 
-from electric.postgres import auth, wire
-from electric.postgres.lsn import pg_now
+from electric.postgres.protocol import auth
+from electric.postgres.protocol.cursor import ProtocolError
+from electric.postgres.protocol.messages import (
+    Authentication,
+    BackendKeyData,
+    CommandComplete,
+    CopyBothResponse,
+    CopyData,
+    CopyDone,
+    DataRow,
+    ErrorResponse,
+    NoticeResponse,
+    ParameterStatus,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    StartupMessage,
+)
+from electric.postgres.protocol.parsers import BackendParser
+from electric.postgres.protocol.replication_messages import PrimaryKeepalive, StandbyStatusUpdate, XLogData
+from electric.postgres.protocol.lsn import pg_now
 
-log = Logger(namespace="electric.postgres.replication")
+log = Logger(namespace="electric.postgres.source.replication")
 
 # XLogData carrying one pgoutput message; a 1 GB row is Postgres's own limit.
 MAX_MESSAGE_SIZE = (1 << 30) + 1024
@@ -68,7 +87,7 @@ class ReplicationClient(protocol.Protocol):
         self.consumer = consumer
         self.label = label or database
         self._clock = clock
-        self._parser = wire.BackendParser(MAX_MESSAGE_SIZE)
+        self._parser = BackendParser(MAX_MESSAGE_SIZE)
         self._auth = None
         self.state = "startup"
         self.error: Optional[str] = None
@@ -84,13 +103,13 @@ class ReplicationClient(protocol.Protocol):
     def connectionMade(self):
         params = {"user": self.user, "database": self.database, "replication": "database",
                   "application_name": f"electric_{self.label}"}
-        self.transport.write(wire.StartupMessage(params).encode())
+        self.transport.write(StartupMessage(params).encode())
         self.state = "auth"
 
     def dataReceived(self, data: bytes):
         try:
             messages = self._parser.feed(data)
-        except wire.ProtocolError as e:
+        except ProtocolError as e:
             self._fail(f"protocol error from server: {e}")
             return
         for msg in messages:
@@ -98,7 +117,7 @@ class ReplicationClient(protocol.Protocol):
                 return
             try:
                 self._handle(msg)
-            except wire.ProtocolError as e:
+            except ProtocolError as e:
                 self._fail(f"protocol error: {e}")
                 return
             except Exception as e:  # a consumer bug must not wedge the stream
@@ -123,7 +142,7 @@ class ReplicationClient(protocol.Protocol):
             return
         self.last_flushed = max(self.last_flushed, flushed)
         written = max(self.last_received, self.last_flushed)
-        msg = wire.StandbyStatusUpdate(written, self.last_flushed, self.last_flushed, self._clock(), reply_requested)
+        msg = StandbyStatusUpdate(written, self.last_flushed, self.last_flushed, self._clock(), reply_requested)
         self.transport.write(msg.frame())
 
     def pause(self) -> None:
@@ -155,41 +174,41 @@ class ReplicationClient(protocol.Protocol):
         self.transport.write(msg.encode())
 
     def _query(self, sql: str) -> None:
-        self._send(wire.Query(sql))
+        self._send(Query(sql))
 
     def _handle(self, msg):
-        if isinstance(msg, wire.ErrorResponse):
+        if isinstance(msg, ErrorResponse):
             self._fail(f"{msg.severity or 'ERROR'} {msg.sqlstate or ''}: {msg.message or ''}".replace("  ", " "))
             return
-        if isinstance(msg, (wire.NoticeResponse, wire.ParameterStatus, wire.BackendKeyData)):
+        if isinstance(msg, (NoticeResponse, ParameterStatus, BackendKeyData)):
             return
         state = self.state
         if state == "auth":
             self._handle_auth(msg)
         elif state == "identify":
-            if isinstance(msg, wire.DataRow):
+            if isinstance(msg, DataRow):
                 self.system = tuple(msg.texts())
-            elif isinstance(msg, wire.ReadyForQuery):
+            elif isinstance(msg, ReadyForQuery):
                 self.state = "start"
                 self._query(start_replication_command(self.slot, self.publication))
         elif state == "start":
-            if isinstance(msg, wire.CopyBothResponse):
+            if isinstance(msg, CopyBothResponse):
                 self.state = "streaming"
                 self.consumer.stream_started(self)
                 self.started.callback(self)
-            elif not isinstance(msg, (wire.RowDescription, wire.DataRow, wire.CommandComplete)):
-                raise wire.ProtocolError(f"unexpected {type(msg).__name__} after START_REPLICATION")
+            elif not isinstance(msg, (RowDescription, DataRow, CommandComplete)):
+                raise ProtocolError(f"unexpected {type(msg).__name__} after START_REPLICATION")
         elif state == "streaming":
             self._handle_stream(msg)
 
     def _handle_auth(self, msg):
-        if isinstance(msg, wire.ReadyForQuery):
+        if isinstance(msg, ReadyForQuery):
             if self._auth is None or not self._auth.done:
-                raise wire.ProtocolError("server sent ReadyForQuery before authentication completed")
+                raise ProtocolError("server sent ReadyForQuery before authentication completed")
             self.state = "identify"
             self._query("IDENTIFY_SYSTEM")
             return
-        if isinstance(msg, wire.Authentication):
+        if isinstance(msg, Authentication):
             if self._auth is None:
                 self._auth = auth.ClientAuth(self.user, self.password or None)
             try:
@@ -200,26 +219,26 @@ class ReplicationClient(protocol.Protocol):
             for reply in replies:
                 self._send(reply)
             return
-        raise wire.ProtocolError(f"unexpected {type(msg).__name__} during authentication")
+        raise ProtocolError(f"unexpected {type(msg).__name__} during authentication")
 
     def _handle_stream(self, msg):
-        if isinstance(msg, wire.CopyData):
+        if isinstance(msg, CopyData):
             rep = msg.replication_message()
-            if isinstance(rep, wire.XLogData):
+            if isinstance(rep, XLogData):
                 if rep.wal_end > self.last_received:
                     self.last_received = rep.wal_end
                 self.consumer.xlog_data(rep.wal_start, rep.wal_end, rep.data)
-            elif isinstance(rep, wire.PrimaryKeepalive):
+            elif isinstance(rep, PrimaryKeepalive):
                 if rep.wal_end > self.last_received:
                     self.last_received = rep.wal_end
                 flushed = self.consumer.keepalive(rep.wal_end)
                 if rep.reply_requested or flushed > self.last_flushed:
                     self.send_status(flushed)
             return
-        if isinstance(msg, (wire.CopyDone, wire.CommandComplete, wire.ReadyForQuery)):
+        if isinstance(msg, (CopyDone, CommandComplete, ReadyForQuery)):
             self._fail("server ended the replication stream")
             return
-        raise wire.ProtocolError(f"unexpected {type(msg).__name__} in the replication stream")
+        raise ProtocolError(f"unexpected {type(msg).__name__} in the replication stream")
 
 
 def connect(reactor, host: str, port: int, client: ReplicationClient, timeout: float = 5.0):

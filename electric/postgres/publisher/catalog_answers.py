@@ -9,7 +9,7 @@ SQL would either lie or need a real catalog.  Everything else is refused
 with a clear ErrorResponse so a subscriber (or a curious human with psql)
 sees why, and the connection stays usable.
 
-Pure module: text in, `Command` / `ResultSet` out.  The walsender session
+Pure module: text in, `Command` / `ResultSet` out.  The publisher session
 turns them into protocol messages.
 """
 
@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from electric.postgres import types as pgtypes
-from electric.postgres.lsn import LSNError, parse_lsn
+from electric.postgres.protocol import types as pgtypes
+from electric.postgres.protocol.lsn import LSNError, parse_lsn
 
 # SQLSTATEs used in answers.
 SYNTAX_ERROR = "42601"

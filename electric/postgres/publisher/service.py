@@ -2,10 +2,10 @@
 Port 5433: Electric as the logical-replication publisher every Postgres subscribes to.
 
 Each connector's Postgres has a subscription pointing back here (created by
-`electric.postgres.setup`); its apply worker streams the hub's resolved
+`electric.postgres.source.setup`); its apply worker streams the hub's resolved
 transactions from the position matching its origin progress, and its
 table-sync workers copy the hub's current rows when it joins.  The protocol
-itself is the sans-IO `electric.postgres.walsender.Session`; this module
+itself is the sans-IO `electric.postgres.publisher.session.Session`; this module
 moves bytes, owns the slots, and pumps hub subscriptions into sockets under
 flow control.
 
@@ -20,8 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import random
-import time
-from typing import Deque, Dict, Iterator, Optional
+from typing import Deque, Dict, Iterator, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, protocol, task
@@ -31,12 +30,27 @@ from zope.interface import implementer
 
 from electric.hub import positions, whole
 from electric.hub.interface import HubError, SubscriptionClosed
-from electric.postgres import walsender
-from electric.postgres.auth import scram_secret
-from electric.postgres.lsn import format_lsn
-from electric.postgres.outbound import OutboundEncoder
+from electric.postgres.publisher import catalog_answers as ca
+from electric.postgres.publisher.session import (
+    AUTH,
+    STARTUP,
+    Authenticated,
+    CancelRequested,
+    CopyRequest,
+    CreateSlotRequest,
+    Disconnect,
+    Send,
+    SendStream,
+    Session,
+    StartRequest,
+    StatusUpdate,
+    StreamStopped,
+)
+from electric.postgres.protocol.auth import scram_secret
+from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.publisher.outbound import OutboundEncoder
 
-log = Logger(namespace="electric.postgres.server")
+log = Logger(namespace="electric.postgres.publisher.service")
 
 BATCH = 100
 """Resolved transactions asked from the hub per pull."""
@@ -63,7 +77,7 @@ class Slot:
         self.name = name
         self.origin = origin
         self.confirmed = confirmed
-        self.active: Optional["FollowerProtocol"] = None
+        self.active: Optional["PublisherProtocol"] = None
         self.stream: Optional["ReplicationStream"] = None
         self.durable = False  # an apply worker (not a table-sync worker) has streamed from it
 
@@ -83,16 +97,16 @@ class ReplicationStream:
     updates (hub acks, keepalives).
     """
 
-    def __init__(self, follower: "FollowerService", conn: "FollowerProtocol", slot: Slot,
+    def __init__(self, publisher: "PublisherService", conn: "PublisherProtocol", slot: Slot,
                  base: int, start: int, durable: bool):
-        self.follower = follower
+        self.publisher = publisher
         self.conn = conn
         self.slot = slot
         self.origin = slot.origin
         self.base = base
         self.start_position = start
         self.durable = durable
-        self.encoder = OutboundEncoder(follower.registry, slot.origin, base, start)
+        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start)
         self.acked = start
         self.paused = False
         self.stopped = False
@@ -103,14 +117,13 @@ class ReplicationStream:
         self._frames: Optional[Iterator[bytes]] = None
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
-        self.last_heard = follower.reactor.seconds()
-        self.started_at = time.time()
+        self.last_heard = publisher.reactor.seconds()
 
     # --- life cycle -----------------------------------------------------
 
     def open(self) -> None:
         """Subscribe to the hub (HubError when it is not running): before any CopyBoth is sent."""
-        hub = self.follower.hub
+        hub = self.publisher.hub
         consumer = hub_consumer(self.origin) if self.durable else None
         self._sub = whole.WholeTransactions(hub.subscribe(self.start_position, consumer))
         if self.durable:
@@ -119,8 +132,8 @@ class ReplicationStream:
     def start(self) -> None:
         self._write(self.encoder.keepalive())
         self._timer = task.LoopingCall(self._tick)
-        self._timer.clock = self.follower.reactor
-        self._timer.start(self.follower.keepalive_interval, now=False)
+        self._timer.clock = self.publisher.reactor
+        self._timer.start(self.publisher.keepalive_interval, now=False)
         self._pump()
 
     def stop(self, reason: str) -> None:
@@ -151,7 +164,7 @@ class ReplicationStream:
     # --- subscriber → us ---------------------------------------------------
 
     def status_update(self, update) -> None:
-        self.last_heard = self.follower.reactor.seconds()
+        self.last_heard = self.publisher.reactor.seconds()
         if self.durable and update.flushed:
             pos = positions.position_for_lsn(update.flushed, self.base)
             pos = min(pos, self.encoder.position)
@@ -159,7 +172,7 @@ class ReplicationStream:
                 self.acked = pos
                 self.slot.confirmed = max(self.slot.confirmed, pos)
                 try:
-                    self.follower.hub.ack(hub_consumer(self.origin), pos)
+                    self.publisher.hub.ack(hub_consumer(self.origin), pos)
                 except HubError as e:
                     log.warn("slot {slot}: hub refused ack: {e}", slot=self.slot.name, e=e)
         if update.reply_requested and not self.stopped:
@@ -168,8 +181,8 @@ class ReplicationStream:
     def _tick(self) -> None:
         if self.stopped:
             return
-        idle = self.follower.reactor.seconds() - self.last_heard
-        timeout = self.follower.sender_timeout
+        idle = self.publisher.reactor.seconds() - self.last_heard
+        timeout = self.publisher.sender_timeout
         if timeout and idle > timeout:
             log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
                      slot=self.slot.name, origin=self.origin, idle=idle)
@@ -269,7 +282,7 @@ class ReplicationStream:
 class _CopyWriter:
     """Writes a COPY's chunks while the transport accepts them."""
 
-    def __init__(self, conn: "FollowerProtocol", chunks: Iterator[bytes]):
+    def __init__(self, conn: "PublisherProtocol", chunks: Iterator[bytes]):
         self.conn = conn
         self.chunks = chunks
         self.paused = False
@@ -311,14 +324,14 @@ class _CopyWriter:
 
 
 @implementer(IPushProducer)
-class FollowerProtocol(protocol.Protocol):
-    """Bytes ↔ `walsender.Session`; executes the session's actions."""
+class PublisherProtocol(protocol.Protocol):
+    """Bytes ↔ `Session`; executes the session's actions."""
 
-    def __init__(self, follower: "FollowerService", pid: int, secret: int):
-        self.follower = follower
+    def __init__(self, publisher: "PublisherService", pid: int, secret: int):
+        self.publisher = publisher
         self.pid = pid
         self.secret = secret
-        self.session = walsender.Session(follower, pid, secret, follower.auth_method)
+        self.session = Session(publisher, pid, secret, publisher.auth_method)
         self.stream: Optional[ReplicationStream] = None
         self.copy_writer: Optional[_CopyWriter] = None
         self.peer = ""
@@ -334,9 +347,9 @@ class FollowerProtocol(protocol.Protocol):
         if hasattr(self.transport, "setTcpKeepAlive"):
             self.transport.setTcpKeepAlive(True)
         self.transport.registerProducer(self, True)
-        self.follower.connections.add(self)
-        self._auth_timer = self.follower.reactor.callLater(
-            self.follower.auth_timeout, self._auth_timed_out)
+        self.publisher.connections.add(self)
+        self._auth_timer = self.publisher.reactor.callLater(
+            self.publisher.auth_timeout, self._auth_timed_out)
 
     def dataReceived(self, data):
         if self._closed:
@@ -351,7 +364,7 @@ class FollowerProtocol(protocol.Protocol):
         if self.copy_writer is not None:
             self.copy_writer.done = True
             self.copy_writer = None
-        self.follower.connections.discard(self)
+        self.publisher.connections.discard(self)
 
     # --- IPushProducer: forward to whatever is writing -------------------------
 
@@ -376,32 +389,32 @@ class FollowerProtocol(protocol.Protocol):
 
     def run(self, actions) -> None:
         for action in actions:
-            if isinstance(action, walsender.Send):
+            if isinstance(action, Send):
                 if self.transport is not None and not self._closed:
                     self.transport.write(action.data)
-            elif isinstance(action, walsender.SendStream):
+            elif isinstance(action, SendStream):
                 self.copy_writer = _CopyWriter(self, action.chunks)
                 self.copy_writer.paused = self.paused
                 self.copy_writer.run()
-            elif isinstance(action, walsender.Disconnect):
+            elif isinstance(action, Disconnect):
                 self._disconnect(action.reason)
-            elif isinstance(action, walsender.Authenticated):
+            elif isinstance(action, Authenticated):
                 self._cancel_auth_timer()
                 log.info("5433 connection from {peer}: user {user} application {app} authenticated",
                          peer=self.peer, user=action.user, app=action.application_name)
-            elif isinstance(action, walsender.CreateSlotRequest):
+            elif isinstance(action, CreateSlotRequest):
                 self._create_slot(action.command)
-            elif isinstance(action, walsender.CopyRequest):
+            elif isinstance(action, CopyRequest):
                 self._copy(action)
-            elif isinstance(action, walsender.StartRequest):
+            elif isinstance(action, StartRequest):
                 self._start(action.command)
-            elif isinstance(action, walsender.StatusUpdate):
+            elif isinstance(action, StatusUpdate):
                 if self.stream is not None:
                     self.stream.status_update(action.update)
-            elif isinstance(action, walsender.StreamStopped):
+            elif isinstance(action, StreamStopped):
                 self._stop_stream(action.reason)
-            elif isinstance(action, walsender.CancelRequested):
-                self.follower.cancel(action.pid, action.key)
+            elif isinstance(action, CancelRequested):
+                self.publisher.cancel(action.pid, action.key)
 
     def _disconnect(self, reason: str) -> None:
         self._stop_stream(reason)
@@ -421,20 +434,20 @@ class FollowerProtocol(protocol.Protocol):
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
-        if self.session.state in (walsender.STARTUP, walsender.AUTH):
+        if self.session.state in (STARTUP, AUTH):
             log.warn("5433 connection from {peer}: no authentication within {t} s; closing",
-                     peer=self.peer, t=self.follower.auth_timeout)
+                     peer=self.peer, t=self.publisher.auth_timeout)
             self.run(self.session.end_stream("08006", "canceling authentication due to timeout"))
 
     def _stop_stream(self, reason: str) -> None:
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.stop(reason)
-            self.follower.slots_release(stream.slot, self)
+            self.publisher.slots_release(stream.slot, self)
 
     def _create_slot(self, command) -> None:
         try:
-            lsn = self.follower.create_slot(self.session.origin, command)
+            lsn = self.publisher.create_slot(self.session.origin, command)
         except Exception as e:
             log.failure("CREATE_REPLICATION_SLOT {name} failed", name=command.name)
             self.run(self.session.command_failed("55000", f"could not create replication slot: {e}"))
@@ -443,7 +456,7 @@ class FollowerProtocol(protocol.Protocol):
 
     def _copy(self, action) -> None:
         cmd = action.command
-        d = self.follower.copy_snapshot(self.session.origin, action.slot, cmd.schema, cmd.table)
+        d = self.publisher.copy_snapshot(self.session.origin, action.slot, cmd.schema, cmd.table)
 
         def failed(f):
             log.failure("COPY {schema}.{table} failed", f, schema=cmd.schema, table=cmd.table)
@@ -454,8 +467,8 @@ class FollowerProtocol(protocol.Protocol):
 
     def _start(self, command) -> None:
         try:
-            stream = self.follower.start_stream(self, command)
-        except walsender.ca.QueryError as e:
+            stream = self.publisher.start_stream(self, command)
+        except ca.QueryError as e:
             self.run(self.session.command_failed(e.sqlstate, e.message))
             return
         except HubError as e:
@@ -472,22 +485,26 @@ class FollowerProtocol(protocol.Protocol):
 
 
 class _Factory(protocol.Factory):
-    def __init__(self, follower: "FollowerService"):
-        self.follower = follower
+    def __init__(self, publisher: "PublisherService"):
+        self.publisher = publisher
         self._pids = itertools.count(random.randint(10_000, 20_000))
 
     def buildProtocol(self, addr):
-        return FollowerProtocol(self.follower, next(self._pids), random.randint(1, 2**31 - 1))
+        return PublisherProtocol(self.publisher, next(self._pids), random.randint(1, 2**31 - 1))
 
 
-class FollowerService(service.Service):
+class PublisherService(service.Service):
     """
-    The port-5433 publisher.  `listening` fires with the IListeningPort once
-    bound (the connectors enable their subscriptions only then);
-    `stopService` closes the listener and every connection.
+    The port-5433 publisher.  Built with everything it serves from: the
+    `config` (port, publication), the `hub` (an IHub), the schema
+    `registry`, the subscriber `credentials` and the `offsets` store (LSN
+    bases).  `listening` fires with the IListeningPort once bound;
+    `when_listening()` gives each waiter (the connectors enable their
+    subscriptions only then) its own Deferred.  `stopService` closes the
+    listener and every connection.
     """
 
-    name = "postgres-follower"
+    name = "postgres-publisher"
 
     def __init__(self, config, hub, registry, credentials, offsets, reactor=None, *,
                  auth_method: str = "scram-sha-256", keepalive_interval: float = 10.0,
@@ -508,17 +525,18 @@ class FollowerService(service.Service):
         self.auth_timeout = auth_timeout
         self.publication = config.publication
         self.listening: defer.Deferred = defer.Deferred()
+        self._listen_waiters: List[defer.Deferred] = []
         self.port = None
         self.connections = set()
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
         self._verifiers: Dict[str, tuple] = {}
 
-    # --- walsender.Backend ------------------------------------------------------
+    # --- session.Backend --------------------------------------------------------
 
     @property
     def system_id(self) -> str:
-        hub_id = getattr(self.hub, "hub_id", None)
+        hub_id = self.hub.hub_id
         if hub_id:
             return str(int.from_bytes(hub_id[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF)
         return "7000000000000000001"
@@ -607,23 +625,23 @@ class FollowerService(service.Service):
 
         return d.addCallback(taken)
 
-    def start_stream(self, conn: FollowerProtocol, command) -> ReplicationStream:
+    def start_stream(self, conn: PublisherProtocol, command) -> ReplicationStream:
         """A stream for START_REPLICATION, or QueryError (55006 when the slot is busy)."""
         origin = conn.session.origin
         slot = self.slots.get(command.slot)
         if slot is None:
             slot = self.slots[command.slot] = Slot(command.slot, origin)
         if slot.active is not None and slot.active is not conn:
-            raise walsender.ca.QueryError(
-                walsender.ca.OBJECT_IN_USE,
+            raise ca.QueryError(
+                ca.OBJECT_IN_USE,
                 f'replication slot "{command.slot}" is active for PID {slot.active.pid}')
         durable = not conn.session.is_sync_worker
         if durable and not self.registry.may_stream(origin):
             # Its connector has not yet refreshed the subscription: Postgres
             # would skip changes to tables missing from it, for good.  The
             # apply worker retries after wal_retrieve_retry_interval.
-            raise walsender.ca.QueryError(
-                walsender.ca.OBJECT_NOT_IN_PREREQUISITE_STATE,
+            raise ca.QueryError(
+                ca.OBJECT_NOT_IN_PREREQUISITE_STATE,
                 f"Electric replication is not ready for {origin}: its subscription is being refreshed")
         base = self.base_for(origin)
         head = self.hub.head()
@@ -633,8 +651,7 @@ class FollowerService(service.Service):
         # data: the data directory was replaced.  So is one asking beyond our
         # head.  Either way its LSN names nothing here; raise the base above
         # it and replay this hub from the start (upserts make that safe).
-        stranger = (durable and command.lsn > base
-                    and hub_consumer(origin) not in (self.hub.status().get("consumers") or {}))
+        stranger = durable and command.lsn > base and not self.hub.has_consumer(hub_consumer(origin))
         if requested > head or stranger:
             new_base = positions.rebased(command.lsn, 0)
             log.warn(
@@ -658,7 +675,7 @@ class FollowerService(service.Service):
                  pos=start, peer=conn.peer)
         return stream
 
-    def slots_release(self, slot: Slot, conn: FollowerProtocol) -> None:
+    def slots_release(self, slot: Slot, conn: PublisherProtocol) -> None:
         if slot.active is conn:
             slot.active = None
             slot.stream = None
@@ -683,6 +700,9 @@ class FollowerService(service.Service):
         host = self.port.getHost()
         log.info("Postgres subscribers: listening on {host}:{port}", host=host.host, port=host.port)
         self.listening.callback(self.port)
+        waiters, self._listen_waiters = self._listen_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def stopService(self):
         super().stopService()
@@ -690,6 +710,14 @@ class FollowerService(service.Service):
         d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
         for conn in list(self.connections):
             conn.abandon("Electric is shutting down")
+        return d
+
+    def when_listening(self) -> defer.Deferred:
+        """Fires (with None) once the port is bound: at once if it is already."""
+        if self.port is not None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._listen_waiters.append(d)
         return d
 
     def status(self) -> dict:

@@ -1,5 +1,5 @@
 """
-Shared fixtures for the port-5433 tests: a real hub + registry + FollowerService
+Shared fixtures for the port-5433 tests: a real hub + registry + PublisherService
 on a free port, and a small protocol-level client built on Electric's codec.
 """
 
@@ -18,12 +18,21 @@ from electric.hub import changes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.interface import Transaction
 from electric.hub.offsets import OffsetStore
-from electric.postgres import wire
-from electric.postgres.auth import ClientAuth
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.protocol.messages import (
+    Authentication,
+    ErrorResponse,
+    Query,
+    ReadyForQuery,
+    SSLRequest,
+    SSLResponse,
+    StartupMessage,
+)
+from electric.postgres.protocol.parsers import BackendParser
+from electric.postgres.protocol.auth import ClientAuth
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import PublisherService
 from electric.schema import Column, SchemaRegistry, Table
-from tests.polling import eventually, sleep  # noqa: F401  (re-exported for the follower tests)
+from tests.polling import eventually, sleep  # noqa: F401  (re-exported for the publisher tests)
 
 ITEMS = Table(
     "public", "items",
@@ -33,18 +42,19 @@ ITEMS = Table(
 
 
 class Electric:
-    """Hub, registry, credentials, offsets and the follower, in one temp dir."""
+    """Hub, registry, credentials, offsets and the publisher, in one temp dir."""
 
-    def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, **follower_kw):
+    def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, **publisher_kw):
         self.own_dir = data_dir is None
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="electric-follower-")
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="electric-publisher-")
         self.connectors = connectors
         self.port = port
-        self.follower_kw = follower_kw
+        self.publisher_kw = publisher_kw
         self.registry = SchemaRegistry()
         self.credentials = SubscriberCredentials(self.data_dir, connectors)
+        self.credentials.startService()
         self.hub = None
-        self.follower = None
+        self.publisher = None
         self.offsets = None
         self._txn = 0
 
@@ -53,24 +63,25 @@ class Electric:
         self.hub = EmbeddedHub(os.path.join(self.data_dir, "hub"), reactor, compact_interval=0)
         self.hub.startService()
         self.offsets = OffsetStore(os.path.join(self.data_dir, "offsets.sqlite3"))
+        self.offsets.startService()
         config = Config(postgres_replication_port=self.port, listen_host="127.0.0.1", publication="all_tables")
-        self.follower = FollowerService(config, self.hub, self.registry, self.credentials, self.offsets,
-                                        reactor, **self.follower_kw)
-        self.follower.startService()
-        port = yield self.follower.listening
+        self.publisher = PublisherService(config, self.hub, self.registry, self.credentials, self.offsets,
+                                        reactor, **self.publisher_kw)
+        self.publisher.startService()
+        port = yield self.publisher.listening
         self.port = port.getHost().port
         return self
 
     @defer.inlineCallbacks
     def stop(self):
-        if self.follower is not None:
-            yield self.follower.stopService()
-            self.follower = None
+        if self.publisher is not None:
+            yield self.publisher.stopService()
+            self.publisher = None
         if self.hub is not None:
             yield self.hub.stopService()
             self.hub = None
         if self.offsets is not None:
-            self.offsets.close()
+            self.offsets.stopService()
             self.offsets = None
 
     def destroy(self):
@@ -106,7 +117,7 @@ class PgClient(protocol.Protocol):
     """A frontend over a real socket: send messages, wait for backend messages."""
 
     def __init__(self):
-        self.parser = wire.BackendParser()
+        self.parser = BackendParser()
         self.inbox: List = []
         self.raw = b""
         self.lost = defer.Deferred()
@@ -158,8 +169,8 @@ class PgClient(protocol.Protocol):
 
     @defer.inlineCallbacks
     def query(self, sql):
-        self.send(wire.Query(sql))
-        _, msgs = yield self.until(lambda m: isinstance(m, wire.ReadyForQuery))
+        self.send(Query(sql))
+        _, msgs = yield self.until(lambda m: isinstance(m, ReadyForQuery))
         return msgs
 
 
@@ -169,22 +180,22 @@ def connect(port, user="postgres_1", password=None, app=None, ssl=True, replicat
     client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), PgClient())
     if ssl:
         client.parser.expect_ssl_response()
-        client.send(wire.SSLRequest())
-        yield client.until(lambda m: isinstance(m, wire.SSLResponse))
+        client.send(SSLRequest())
+        yield client.until(lambda m: isinstance(m, SSLResponse))
     params = {"user": user, "database": user, "application_name": app or user, "client_encoding": "UTF8"}
     if replication is not None:
         params["replication"] = replication
-    client.send(wire.StartupMessage(params))
+    client.send(StartupMessage(params))
     auth = ClientAuth(user, password)
     client.startup = []
     while True:
-        m, seen = yield client.until(lambda m: isinstance(m, (wire.Authentication, wire.ErrorResponse,
-                                                               wire.ReadyForQuery)))
+        m, seen = yield client.until(lambda m: isinstance(m, (Authentication, ErrorResponse,
+                                                               ReadyForQuery)))
         client.startup += seen
-        if isinstance(m, wire.ErrorResponse):
+        if isinstance(m, ErrorResponse):
             client.error = m
             return client
-        if isinstance(m, wire.ReadyForQuery):
+        if isinstance(m, ReadyForQuery):
             client.error = None
             return client
         replies = auth.receive(m)

@@ -2,7 +2,7 @@
 Two stock PostgreSQL 15 databases active-active through Electric, wired from
 its components in-process: EmbeddedHub, a ConnectorService per database
 (inbound stream, setup, upsert triggers, subscription back to port 5433)
-and the FollowerService.  Each database's own apply worker writes what the
+and the PublisherService.  Each database's own apply worker writes what the
 hub resolved; the tests only write SQL into the databases and compare them.
 """
 
@@ -19,11 +19,11 @@ from twisted.trial import unittest
 from electric.config import Config, parse_connectors
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
-from electric.postgres.connector import ConnectorService
-from electric.postgres.credentials import SubscriberCredentials
-from electric.postgres.server import FollowerService
+from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.service import PublisherService
 from electric.schema import SchemaRegistry
-from tests.follower_helpers import eventually, subscriber_errors
+from tests.publisher_helpers import eventually, subscriber_errors
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster, free_port
 from tests.hub_helpers import read_snapshot
 
@@ -88,11 +88,11 @@ class ActiveActive(unittest.TestCase):
         registry = SchemaRegistry()
         credentials = SubscriberCredentials(self.dir, [c.name for c in connectors])
         self.offsets = OffsetStore(config.offset_storage_file)
-        self.follower = FollowerService(config, self.hub, registry, credentials, self.offsets, reactor)
+        self.publisher = PublisherService(config, self.hub, registry, credentials, self.offsets, reactor)
         self.connectors = [ConnectorService(config, c, self.hub, registry, credentials,
-                                            follower_ready=self.follower.listening, reactor=reactor)
+                                            publisher_ready=self.publisher.when_listening, reactor=reactor)
                            for c in connectors]
-        self.services = [self.hub, self.follower] + self.connectors
+        self.services = [self.hub, self.offsets, credentials, self.publisher] + self.connectors
         for s in self.services:
             s.startService()
         self.addCleanup(self._stop)
@@ -107,7 +107,6 @@ class ActiveActive(unittest.TestCase):
     def _stop(self):
         for s in reversed(self.services):
             yield defer.maybeDeferred(s.stopService)
-        self.offsets.close()
 
     def run_sql(self, pg, sql):
         return threads.deferToThread(pg.psql, sql)
@@ -128,7 +127,7 @@ class ActiveActive(unittest.TestCase):
 
         # The same key written on both while B's subscription is disabled: one row, the same on both.
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b DISABLE")
-        yield eventually(lambda: not self.follower.status()["slots"].get("pg_b", {}).get("streaming"))
+        yield eventually(lambda: not self.publisher.status()["slots"].get("pg_b", {}).get("streaming"))
         yield self.run_sql(a, "INSERT INTO items VALUES ('k', 'written on A', 1)")
         yield eventually(lambda: self.hub_row("items", ("k",)).addCallback(
             lambda row: row is not None and row.get("content") == "written on A"), timeout=30)
@@ -138,9 +137,11 @@ class ActiveActive(unittest.TestCase):
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b ENABLE")
         yield self.converge("conflict_t", "(1,start,x)")
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b DISABLE")
-        yield eventually(lambda: not self.follower.status()["slots"].get("pg_b", {}).get("streaming"))
+        yield eventually(lambda: not self.publisher.status()["slots"].get("pg_b", {}).get("streaming"))
         yield self.run_sql(a, "DELETE FROM conflict_t WHERE id = 1")
         yield threads.deferToThread(a.wait_for, "SELECT count(*) FROM conflict_t", "0")
+        # "Concurrent" means B's update reaches the hub after A's delete: wait for the delete there.
+        yield eventually(lambda: self.hub_row("conflict_t", ("1",)).addCallback(lambda row: row is None), timeout=30)
         yield self.run_sql(b, "UPDATE conflict_t SET other = 'updated on B' WHERE id = 1")
         yield self.run_sql(b, "ALTER SUBSCRIPTION pg_b ENABLE")
         yield self.converge("conflict_t", "(1,start,\"updated on B\")")

@@ -8,7 +8,7 @@ replication it must refresh), so it needs no database credentials: just
 where the API listens (``--url``, else ``ELECTRIC_URL``, else
 ``http://127.0.0.1:$STATUS_PORT``).
 
-Also runnable as ``python -m electric.migrations_cli [apply-migration] NAME``.
+Also runnable as ``python -m electric.migrations.cli [apply-migration] NAME``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import List, Mapping, Optional, TextIO
 
-from electric.migrations import VSN_RE
+from electric.migrations.migration import VSN_RE
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -6,7 +6,7 @@ password authentication, a few simple queries, then either a COPY (table
 sync) or a CopyBoth replication stream.  Everything that is only protocol —
 framing, authentication, which answer a query gets, which messages are legal
 in which state — lives here, free of sockets and of the reactor, so it can be
-tested byte for byte.  The Twisted protocol (`electric.postgres.server`)
+tested byte for byte.  The Twisted protocol (`electric.postgres.publisher.service`)
 executes the actions and does what needs the hub (snapshots, streaming).
 
 States::
@@ -35,10 +35,51 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Protocol, Sequence
 
-from electric.postgres import catalog_answers as ca
-from electric.postgres import wire
-from electric.postgres.auth import ServerAuth
-from electric.postgres.lsn import format_lsn
+from electric.postgres.publisher import catalog_answers as ca
+from electric.postgres.protocol.cursor import ProtocolError
+from electric.postgres.protocol.messages import (
+    AuthenticationOk,
+    BackendKeyData,
+    Bind,
+    CancelRequest,
+    Close,
+    CommandComplete,
+    CopyBothResponse,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    CopyOutResponse,
+    DataRow,
+    Describe,
+    EmptyQueryResponse,
+    ErrorResponse,
+    Execute,
+    FieldDescription,
+    Flush,
+    GSSENCRequest,
+    NoticeResponse,
+    ParameterStatus,
+    Parse,
+    PasswordMessage,
+    Query,
+    ReadyForQuery,
+    RowDescription,
+    SSLRequest,
+    SSLResponse,
+    StartupMessage,
+    Sync,
+    Terminate,
+    encode_all,
+)
+from electric.postgres.protocol.parsers import FrontendParser
+from electric.postgres.protocol.replication_messages import (
+    HotStandbyFeedback,
+    StandbyStatusUpdate,
+    decode_replication,
+)
+from electric.postgres.protocol.copy_text import copy_text_row
+from electric.postgres.protocol.auth import ServerAuth
+from electric.postgres.protocol.lsn import format_lsn
 from electric.schema import SchemaRegistry, Table
 
 SERVER_VERSION = "15.0 (Electric)"
@@ -105,7 +146,7 @@ class StartRequest:
 
 @dataclass(frozen=True)
 class StatusUpdate:
-    update: wire.StandbyStatusUpdate
+    update: StandbyStatusUpdate
 
 
 @dataclass(frozen=True)
@@ -123,7 +164,7 @@ class Backend(Protocol):
     """
     What a session needs to know about the rest of Electric, synchronously.
 
-    The server implements it over the registry, credentials, hub and offset
+    The `PublisherService` implements it over the registry, credentials, hub and offset
     store; tests implement it with plain values.
     """
 
@@ -161,7 +202,7 @@ class Session:
         self.secret = secret
         self.auth_method = auth_method
         self.state = STARTUP
-        self.parser = wire.FrontendParser(max_message_size=max_message_size)
+        self.parser = FrontendParser(max_message_size=max_message_size)
         self.parameters: dict = {}
         self.user: Optional[str] = None
         self.application_name = ""
@@ -193,7 +234,7 @@ class Session:
             return []
         try:
             messages = self.parser.feed(data)
-        except wire.ProtocolError as e:
+        except ProtocolError as e:
             return self._flush_queue() + self._fatal(e.sqlstate, e.message)
         self._queue.extend(messages)
         return self._flush_queue()
@@ -235,7 +276,7 @@ class Session:
 
     def _fatal(self, sqlstate: str, message: str) -> list:
         self.state = CLOSED
-        err = wire.ErrorResponse.build("FATAL", sqlstate, message)
+        err = ErrorResponse.build("FATAL", sqlstate, message)
         out: list = []
         if self.stream is not None:
             self.stream = None
@@ -245,18 +286,18 @@ class Session:
     def _error(self, sqlstate: str, message: str) -> list:
         if self.txn == "T":
             self.txn = "E"
-        err = wire.ErrorResponse.build("ERROR", sqlstate, message)
-        return [Send(err.encode() + wire.ReadyForQuery(self.txn).encode())]
+        err = ErrorResponse.build("ERROR", sqlstate, message)
+        return [Send(err.encode() + ReadyForQuery(self.txn).encode())]
 
     # --- startup and authentication -------------------------------------------
 
     def _startup(self, msg) -> list:
-        if isinstance(msg, (wire.SSLRequest, wire.GSSENCRequest)):
-            return [Send(wire.SSLResponse(False).encode())]
-        if isinstance(msg, wire.CancelRequest):
+        if isinstance(msg, (SSLRequest, GSSENCRequest)):
+            return [Send(SSLResponse(False).encode())]
+        if isinstance(msg, CancelRequest):
             self.state = CLOSED
             return [CancelRequested(msg.pid, msg.key), Disconnect("cancel request")]
-        if not isinstance(msg, wire.StartupMessage):
+        if not isinstance(msg, StartupMessage):
             return self._fatal("08P01", "Unexpected message during connection establishment")
         params = dict(msg.parameters)
         self.parameters = params
@@ -276,16 +317,16 @@ class Session:
         self.user = user
         self.state = AUTH
         self._auth = ServerAuth(user, self.backend.password_for(user), self.auth_method)
-        return [Send(wire.encode_all(self._auth.start()))]
+        return [Send(encode_all(self._auth.start()))]
 
     def _authenticate(self, msg) -> list:
-        if not isinstance(msg, wire.PasswordMessage):
+        if not isinstance(msg, PasswordMessage):
             return self._fatal("08P01", f"expected password response, got message type {msg.TAG!r}")
         try:
             replies = self._auth.receive(msg)
-        except wire.ProtocolError as e:
+        except ProtocolError as e:
             return self._fatal(e.sqlstate, e.message)
-        out = [Send(wire.encode_all(replies))] if replies else []
+        out = [Send(encode_all(replies))] if replies else []
         if self._auth.failed:
             return out + self._fatal("28P01", f'password authentication failed for user "{self.user}"')
         if not self._auth.done:
@@ -313,10 +354,10 @@ class Session:
             ("standard_conforming_strings", "on"),
             ("TimeZone", "Etc/UTC"),
         ]
-        body = wire.encode_all(
-            [wire.AuthenticationOk()]
-            + [wire.ParameterStatus(k, v) for k, v in params]
-            + [wire.BackendKeyData(self.pid, self.secret), wire.ReadyForQuery("I")]
+        body = encode_all(
+            [AuthenticationOk()]
+            + [ParameterStatus(k, v) for k, v in params]
+            + [BackendKeyData(self.pid, self.secret), ReadyForQuery("I")]
         )
         return out + [
             Send(body),
@@ -326,37 +367,37 @@ class Session:
     # --- ready: simple queries ---------------------------------------------------
 
     def _ready(self, msg) -> list:
-        if isinstance(msg, wire.Query):
+        if isinstance(msg, Query):
             if self._skip_until_sync:
                 return []
             return self._query(msg.sql)
-        if isinstance(msg, wire.Terminate):
+        if isinstance(msg, Terminate):
             self.state = CLOSED
             self.sync_slot = None
             return [Disconnect("client terminated")]
-        if isinstance(msg, (wire.Parse, wire.Bind, wire.Describe, wire.Execute, wire.Close, wire.Flush)):
+        if isinstance(msg, (Parse, Bind, Describe, Execute, Close, Flush)):
             if self._skip_until_sync:
                 return []
             self._skip_until_sync = True
-            err = wire.ErrorResponse.build(
+            err = ErrorResponse.build(
                 "ERROR", "08P01", "extended query protocol not supported in a replication connection")
             return [Send(err.encode())]
-        if isinstance(msg, wire.Sync):
+        if isinstance(msg, Sync):
             self._skip_until_sync = False
-            return [Send(wire.ReadyForQuery(self.txn).encode())]
-        if isinstance(msg, (wire.CopyData, wire.CopyDone, wire.CopyFail)):
+            return [Send(ReadyForQuery(self.txn).encode())]
+        if isinstance(msg, (CopyData, CopyDone, CopyFail)):
             # As Postgres does: stray COPY traffic after a failed COPY is ignored.
             return []
         return self._fatal("08P01", f"Unexpected message during connection: type {msg.TAG!r}")
 
     def _result(self, rs: ca.ResultSet) -> list:
-        msgs = [wire.RowDescription(tuple(wire.FieldDescription.text(c.name, c.type_oid) for c in rs.columns))]
-        msgs += [wire.DataRow(row) for row in rs.rows]
-        msgs += [wire.CommandComplete(rs.tag), wire.ReadyForQuery(self.txn)]
-        return [Send(wire.encode_all(msgs))]
+        msgs = [RowDescription(tuple(FieldDescription.text(c.name, c.type_oid) for c in rs.columns))]
+        msgs += [DataRow(row) for row in rs.rows]
+        msgs += [CommandComplete(rs.tag), ReadyForQuery(self.txn)]
+        return [Send(encode_all(msgs))]
 
     def _complete(self, tag: str) -> list:
-        return [Send(wire.CommandComplete(tag).encode() + wire.ReadyForQuery(self.txn).encode())]
+        return [Send(CommandComplete(tag).encode() + ReadyForQuery(self.txn).encode())]
 
     def _query(self, sql: str) -> list:
         try:
@@ -387,7 +428,7 @@ class Session:
     def _dispatch(self, cmd) -> list:
         backend = self.backend
         if isinstance(cmd, ca.EmptyQuery):
-            return [Send(wire.EmptyQueryResponse().encode() + wire.ReadyForQuery(self.txn).encode())]
+            return [Send(EmptyQueryResponse().encode() + ReadyForQuery(self.txn).encode())]
         if isinstance(cmd, ca.SetConfig):
             return self._result(ca.set_config_result())
         if isinstance(cmd, ca.PublicationCheck):
@@ -417,7 +458,7 @@ class Session:
         if isinstance(cmd, ca.Begin):
             out: list = []
             if self.txn != "I":
-                notice = wire.NoticeResponse.build("WARNING", "25001", "there is already a transaction in progress")
+                notice = NoticeResponse.build("WARNING", "25001", "there is already a transaction in progress")
                 out.append(Send(notice.encode()))
             self.txn = "T" if self.txn == "I" else self.txn
             return out + self._complete("BEGIN")
@@ -425,7 +466,7 @@ class Session:
             tag = "COMMIT" if isinstance(cmd, ca.Commit) and self.txn != "E" else "ROLLBACK"
             out = []
             if self.txn == "I":
-                notice = wire.NoticeResponse.build("WARNING", "25P01", "there is no transaction in progress")
+                notice = NoticeResponse.build("WARNING", "25P01", "there is no transaction in progress")
                 out.append(Send(notice.encode()))
             self.txn = "I"
             self.sync_slot = None
@@ -477,7 +518,7 @@ class Session:
             return []
         self.state = STREAMING
         self.stream = command
-        return [Send(wire.CopyBothResponse(0, ()).encode())]
+        return [Send(CopyBothResponse(0, ()).encode())]
 
     def cancel(self) -> list:
         """A CancelRequest named this connection: end a running stream with an error."""
@@ -485,8 +526,8 @@ class Session:
             return []
         self.state = READY
         self.stream = None
-        err = wire.ErrorResponse.build("ERROR", "57014", "canceling statement due to user request")
-        return [StreamStopped("cancelled"), Send(err.encode() + wire.ReadyForQuery("I").encode())] + self._flush_queue()
+        err = ErrorResponse.build("ERROR", "57014", "canceling statement due to user request")
+        return [StreamStopped("cancelled"), Send(err.encode() + ReadyForQuery("I").encode())] + self._flush_queue()
 
     def end_stream(self, sqlstate: str, message: str) -> list:
         """The driver cannot go on streaming (hub closed, ...): FATAL and close, the subscriber retries."""
@@ -519,7 +560,7 @@ class Session:
         return [SendStream(self._copy_chunks(rows, self._copy_columns))]
 
     def _copy_chunks(self, rows: Sequence, columns: Sequence[str]) -> Iterator[bytes]:
-        yield wire.CopyOutResponse(0, tuple(0 for _ in columns)).encode()
+        yield CopyOutResponse(0, tuple(0 for _ in columns)).encode()
         buf: List[bytes] = []
         size = 0
         n = 0
@@ -528,45 +569,45 @@ class Session:
                 continue
             n += 1
             row = r.row
-            line = wire.copy_text_row([row.get(c) for c in columns])
+            line = copy_text_row([row.get(c) for c in columns])
             buf.append(line)
             size += len(line)
             if size >= COPY_CHUNK:
-                yield wire.CopyData(b"".join(buf)).encode()
+                yield CopyData(b"".join(buf)).encode()
                 buf, size = [], 0
         if buf:
-            yield wire.CopyData(b"".join(buf)).encode()
-        yield wire.encode_all([wire.CopyDone(), wire.CommandComplete(f"COPY {n}"),
-                               wire.ReadyForQuery(self.txn)])
+            yield CopyData(b"".join(buf)).encode()
+        yield encode_all([CopyDone(), CommandComplete(f"COPY {n}"),
+                               ReadyForQuery(self.txn)])
 
     # --- streaming ------------------------------------------------------------------
 
     def _streaming(self, msg) -> list:
-        if isinstance(msg, wire.CopyData):
+        if isinstance(msg, CopyData):
             try:
-                rep = wire.decode_replication(msg.data)
-            except wire.ProtocolError as e:
+                rep = decode_replication(msg.data)
+            except ProtocolError as e:
                 return self._fatal(e.sqlstate, e.message)
-            if isinstance(rep, wire.StandbyStatusUpdate):
+            if isinstance(rep, StandbyStatusUpdate):
                 return [StatusUpdate(rep)]
-            if isinstance(rep, wire.HotStandbyFeedback):
+            if isinstance(rep, HotStandbyFeedback):
                 return []
             return self._fatal("08P01", f"unexpected replication message {type(rep).__name__} from the subscriber")
-        if isinstance(msg, wire.CopyDone):
+        if isinstance(msg, CopyDone):
             self.state = READY
             self.stream = None
-            done = wire.encode_all([
-                wire.CopyDone(), wire.CommandComplete("COPY 0"),
-                wire.CommandComplete("START_REPLICATION"), wire.ReadyForQuery("I"),
+            done = encode_all([
+                CopyDone(), CommandComplete("COPY 0"),
+                CommandComplete("START_REPLICATION"), ReadyForQuery("I"),
             ])
             return [StreamStopped("subscriber ended the stream (CopyDone)"), Send(done)]
-        if isinstance(msg, wire.Terminate):
+        if isinstance(msg, Terminate):
             self.state = CLOSED
             self.stream = None
             return [StreamStopped("subscriber terminated"), Disconnect("client terminated")]
-        if isinstance(msg, wire.CopyFail):
+        if isinstance(msg, CopyFail):
             self.state = READY
             self.stream = None
-            err = wire.ErrorResponse.build("ERROR", "57014", f"COPY from stdin failed: {msg.message}")
-            return [StreamStopped("subscriber failed the copy"), Send(err.encode() + wire.ReadyForQuery("I").encode())]
+            err = ErrorResponse.build("ERROR", "57014", f"COPY from stdin failed: {msg.message}")
+            return [StreamStopped("subscriber failed the copy"), Send(err.encode() + ReadyForQuery("I").encode())]
         return self._fatal("08P01", f"unexpected message type {msg.TAG!r} during COPY")
