@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple, Tuple
 
 from twisted.internet import defer
 
@@ -11,11 +12,18 @@ from electric.hub.interface import (
     DELETE,
     TRUNCATE,
     UPSERT,
+    ResolvedChange,
     ResolvedTransaction,
     RowChange,
-    Snapshot,
     Transaction,
 )
+
+
+class Snapshot(NamedTuple):
+    """A whole snapshot in memory (tests only: the hub hands out readers)."""
+
+    position: int
+    rows: Tuple[ResolvedChange, ...]
 
 _ids = itertools.count(1)
 

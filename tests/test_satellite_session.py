@@ -2,7 +2,7 @@
 
 from twisted.trial import unittest
 
-from electric.hub.interface import DELETE, UPSERT, ResolvedChange, ResolvedTransaction, Snapshot
+from electric.hub.interface import DELETE, UPSERT, ResolvedChange, ResolvedTransaction
 from electric.hub.positions import ClientLsnCodec
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -464,7 +464,7 @@ class Outgoing(Base):
         s = self.started()
         n = sm.SNAPSHOT_ROWS_PER_TRANSACTION + 3
         rows = [item(f"k{i}") for i in range(n)] + [item("hidden", "bob"), item("gone", deleted=True)]
-        msgs = self.decode_all(s.snapshot(Snapshot(9, rows)))
+        msgs = self.decode_all(s.initial_sync(rows[:7]) + s.initial_sync(rows[7:]) + s.initial_sync_done(9))
         self.assertEqual([codec.message_name(m) for m in msgs], ["SatRelation", "SatOpLog", "SatOpLog"])
         first, last = msgs[1], msgs[2]
         self.assertEqual(first.ops[0].begin.lsn, sm.INITIAL_SYNC_LSN)
@@ -473,9 +473,55 @@ class Outgoing(Base):
         self.assertEqual(len(first.ops) - 2 + len(last.ops) - 2, n)
         self.assertEqual(first.ops[0].begin.commit_timestamp, 1_700_000_000_000)
 
+    def test_big_transaction_spans_messages_begin_to_commit(self):
+        s = self.started(user="alice")
+        n = sm.OPS_PER_MESSAGE + 10
+        parts = [
+            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000, (item("hidden", "bob"),), more=True),
+            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000,
+                                tuple(item(f"k{i}") for i in range(n)), more=True),
+            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000, (item("also hidden", "bob"),), more=False),
+        ]
+        msgs = []
+        for part in parts:
+            msgs += self.decode_all(s.outgoing([part]))
+            self.assertTrue(s.wants_transactions)
+        names = [codec.message_name(m) for m in msgs]
+        self.assertEqual(names, ["SatRelation", "SatOpLog", "SatOpLog", "SatOpLog"])
+        ops = [op for m in msgs[1:] for op in m.ops]
+        kinds = [op.WhichOneof("op") for op in ops]
+        self.assertEqual(kinds, ["begin"] + ["update"] * n + ["commit"])
+        self.assertEqual(ops[0].begin.lsn, HUB.client_lsn(5))
+        self.assertEqual(ops[-1].commit.lsn, HUB.client_lsn(5))
+        self.assertEqual([len(m.ops) for m in msgs[1:]], [1 + sm.OPS_PER_MESSAGE, 10, 1])
+        self.assertEqual(s.delivered, 1)
+        # A big transaction with nothing this user may see sends nothing at all.
+        hidden = [ResolvedTransaction(6, "pg", b"y", 1, (item("h", "bob"),), more=m) for m in (True, False)]
+        self.assertEqual(s.outgoing(hidden[:1]) + s.outgoing(hidden[1:]), [])
+        # The next small transaction is whole again.
+        msgs = self.decode_all(s.outgoing([rt(7, item("z"))]))
+        self.assertEqual([op.WhichOneof("op") for op in msgs[-1].ops], ["begin", "update", "commit"])
+        self.assertEqual(s.delivered, 2)
+
+    def test_restart_drops_a_half_sent_transaction(self):
+        s = self.started()
+        s.outgoing([ResolvedTransaction(5, "pg", b"x", 1, (item("a"),), more=True)])
+        s.receive(start_req(self.gen, b"0"))
+        msgs = self.decode_all(s.outgoing([rt(9, item("b"))]))
+        self.assertEqual([op.WhichOneof("op") for op in msgs[-1].ops], ["begin", "update", "commit"])
+
+    def test_initial_sync_held_behind_a_pending_append(self):
+        s = self.started()
+        s.receive(relation(ORIGINAL, 0, "items", ITEMS_COLS))
+        s.receive(client_txn(ORIGINAL, b"A", 0, ["a", "x", "1", None]))
+        self.assertEqual(s.initial_sync([item("k")]) + s.initial_sync_done(3), [])
+        data = self.decode_all(s.append_done(b"A"))
+        self.assertEqual([codec.message_name(m) for m in data], ["SatPingResp", "SatRelation", "SatOpLog"])
+        self.assertEqual(data[-1].ops[0].begin.lsn, HUB.client_lsn(3))
+
     def test_empty_snapshot_sends_nothing(self):
         s = self.started()
-        self.assertEqual(s.snapshot(Snapshot(0, [])), [])
+        self.assertEqual(s.initial_sync([]) + s.initial_sync_done(0), [])
 
     def test_nothing_after_stop(self):
         s = self.started()

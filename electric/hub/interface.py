@@ -195,17 +195,6 @@ class Committed:
     duplicate: bool = False
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """
-    A whole snapshot in memory: for callers that know their result is small.
-    Anything sized by user data reads an `ISnapshotReader` chunk by chunk.
-    """
-
-    position: int
-    rows: Tuple[ResolvedChange, ...] = ()
-
-
 class ISubscription(Interface):
     """
     A consumer's cursor over resolved transactions, strictly after a position.

@@ -19,8 +19,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, task, threads
 from twisted.logger import Logger
 
-from electric.hub import whole
-from electric.hub.interface import HubError, SubscriptionClosed
+from electric.hub.interface import CHUNK_CHANGES, HubError, SubscriptionClosed
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -37,7 +36,10 @@ CLAIM_WAIT = 1.0
 """How long a second connection with a live client id waits for the old one to go."""
 
 PULL_BATCH = 100
-"""Hub transactions asked for per subscription pull."""
+"""Most hub items asked for per subscription pull (the hub also bounds an answer to CHUNK_CHANGES changes)."""
+
+SYNC_ROWS = CHUNK_CHANGES
+"""Rows read from the hub per initial-sync pull."""
 
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
@@ -73,6 +75,7 @@ class ClientConnection:
             logger=self._log,
         )
         self._subscription = None
+        self._sync = None  # the snapshot reader while an initial sync is under way
         self._pulling = False
         self._paused = False
         self._stream_generation = 0
@@ -234,16 +237,18 @@ class ClientConnection:
                 self._log(f"start position {position} is beyond this hub's head {self.hub.head()}: initial sync instead")
                 kind = sm.FROM_START
             if kind == sm.FROM_START:
-                snapshot = yield whole.read_snapshot(self.hub)
+                reader = yield self.hub.snapshot()
                 if generation != self._stream_generation or self._lost:
+                    reader.close()
                     return
-                self._run(self.session.snapshot(snapshot))
-                position = snapshot.position
+                # The initial sync is pulled chunk by chunk by `_pump`, like the live stream.
+                self._sync = reader
             elif kind == sm.FROM_HEAD:
                 position = self.hub.head()
             if generation != self._stream_generation or self._lost:
                 return
-            self._subscription = whole.WholeTransactions(self.hub.subscribe(position))
+            if self._sync is None:
+                self._subscription = self.hub.subscribe(position)
         except HubError as e:
             if generation == self._stream_generation:
                 self._run(self.session.stream_failed(str(e)))
@@ -255,10 +260,18 @@ class ClientConnection:
         sub, self._subscription = self._subscription, None
         if sub is not None:
             sub.close()
+        reader, self._sync = self._sync, None
+        if reader is not None:
+            reader.close()
 
     def _pump(self) -> None:
+        """Pull the next chunk (initial sync, then hub items) only while the session and the socket want more."""
+        if self._pulling or self._paused or self._lost or not self.session.wants_transactions:
+            return
+        if self._sync is not None:
+            return self._pull_sync(self._sync)
         sub = self._subscription
-        if sub is None or self._pulling or self._paused or self._lost or not self.session.wants_transactions:
+        if sub is None:
             return
         self._pulling = True
         try:
@@ -286,6 +299,38 @@ class ClientConnection:
 
         d.addCallbacks(got, failed)
         d.addErrback(lambda f: log.failure("satellite: delivering transactions", f))
+
+    def _pull_sync(self, reader) -> None:
+        self._pulling = True
+        d = reader.next(SYNC_ROWS)
+
+        def got(rows):
+            self._pulling = False
+            if reader is not self._sync or self._lost:
+                return
+            if rows:
+                self._run(self.session.initial_sync(rows))
+                return
+            self._sync = None
+            reader.close()
+            try:
+                self._subscription = self.hub.subscribe(reader.position)
+            except HubError as e:
+                self._run(self.session.stream_failed(str(e)))
+                return
+            self._run(self.session.initial_sync_done(reader.position))
+
+        def failed(failure):
+            self._pulling = False
+            if reader is not self._sync or self._lost:
+                return None
+            self._sync = None
+            reader.close()
+            log.failure("satellite {client}: initial sync failed", failure, client=self.session.client_id)
+            self._run(self.session.stream_failed(f"initial sync: {failure.getErrorMessage()}"))
+
+        d.addCallbacks(got, failed)
+        d.addErrback(lambda f: log.failure("satellite: delivering the initial sync", f))
 
     # --- service-initiated -------------------------------------------
 

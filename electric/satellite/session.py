@@ -35,7 +35,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from electric.hub import changes as hub_changes
 from electric.hub import positions
-from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot, Transaction
+from electric.hub.interface import ResolvedChange, ResolvedTransaction, Transaction
 from electric.satellite import codec
 from electric.satellite.auth import AuthError
 from electric.satellite.codec import (
@@ -53,7 +53,14 @@ from electric.schema import SchemaRegistry, Table
 
 USER_COLUMN = "electric_user_id"
 SNAPSHOT_ROWS_PER_TRANSACTION = 500
-"""Initial-sync rows per SatOpLog, so one frame stays far below the size limit."""
+"""Initial-sync rows per transaction (and so per SatOpLog), so one frame stays far below the size limit."""
+
+OPS_PER_MESSAGE = SNAPSHOT_ROWS_PER_TRANSACTION
+"""
+Most row ops in one SatOpLog: a bigger transaction spans several messages
+(begin in the first, commit in the last), which the client joins; one frame
+stays far below the size limit.
+"""
 
 INITIAL_SYNC_LSN = b"0"
 """
@@ -131,6 +138,20 @@ class PersistClientLsn:
     lsn: bytes
 
 
+@dataclass(frozen=True)
+class _SyncRows:
+    """A chunk of initial-sync rows waiting in the outgoing queue."""
+
+    rows: Tuple[ResolvedChange, ...]
+
+
+@dataclass(frozen=True)
+class _SyncDone:
+    """The end of the initial sync at `position`, in the outgoing queue."""
+
+    position: int
+
+
 class _OpenTransaction:
     __slots__ = ("lsn", "timestamp_ms", "changes")
 
@@ -181,6 +202,8 @@ class SatelliteSession:
         self._append_queue: Deque[Tuple[Transaction, bytes]] = collections.deque()
         self._append_in_flight: Optional[bytes] = None
         self._held: Deque = collections.deque()
+        self._out_open: Optional[Tuple[int, bool]] = None  # (position, begin sent) of a transaction sent in part
+        self._sync_last: List[ResolvedChange] = []  # initial-sync rows waiting to learn whether they are the last
         self._active_since_tick = False
         self._ping_outstanding = False
         self.appended = 0
@@ -337,7 +360,7 @@ class SatelliteSession:
         actions: List = []
         if self.outgoing_state == ACTIVE:
             actions.append(StopOutgoing())
-            self._held.clear()
+            self._reset_outgoing()
         self.outgoing_state = ACTIVE
         self._sent_relations.clear()
         actions.append(self._frame("SatInStartReplicationResp"))
@@ -348,8 +371,14 @@ class SatelliteSession:
         if self.outgoing_state != ACTIVE:
             raise FrameError(INVALID_REQUEST, "SatInStopReplicationReq while not replicating")
         self.outgoing_state = STOPPED
-        self._held.clear()
+        self._reset_outgoing()
         return [StopOutgoing(), self._frame("SatInStopReplicationResp")]
+
+    def _reset_outgoing(self) -> None:
+        """The outgoing stream ends: nothing held, no transaction or initial sync half sent."""
+        self._held.clear()
+        self._out_open = None
+        self._sync_last = []
 
     # --- incoming stream -----------------------------------------------
 
@@ -481,20 +510,40 @@ class SatelliteSession:
 
     # --- outgoing: hub -> client -------------------------------------
 
-    def outgoing(self, transactions: Sequence[ResolvedTransaction]) -> List:
-        """Frames for hub transactions (held back while a client append is pending)."""
+    def outgoing(self, items: Sequence[ResolvedTransaction]) -> List:
+        """
+        Frames for hub transactions (held back while a client append is
+        pending).  A big transaction comes as several items at one position
+        (`ResolvedTransaction.more`): the client gets one transaction, begun
+        in the first SatOpLog that carries a row it may see and committed in
+        the one after the last item.
+        """
         if self.state == CLOSED or self.outgoing_state != ACTIVE:
             return []
-        self._held.extend(transactions)
+        self._held.extend(items)
         if self.appends_pending:
             return []
         return self._release_held()
 
-    def snapshot(self, snapshot: Snapshot) -> List:
-        """The initial sync: frames for the current rows the user may see."""
+    def initial_sync(self, rows: Sequence[ResolvedChange]) -> List:
+        """
+        The initial sync, one chunk at a time: frames for these current rows
+        the user may see, as transactions with `INITIAL_SYNC_LSN`.  The last
+        of them waits until the next chunk or `initial_sync_done`, which
+        sends it with the LSN of the snapshot's position.
+        """
         if self.state == CLOSED or self.outgoing_state != ACTIVE:
             return []
-        self._held.append(snapshot)
+        self._held.append(_SyncRows(tuple(rows)))
+        if self.appends_pending:
+            return []
+        return self._release_held()
+
+    def initial_sync_done(self, position: int) -> List:
+        """Every row of the snapshot at `position` was handed over: the live stream follows from `position`."""
+        if self.state == CLOSED or self.outgoing_state != ACTIVE:
+            return []
+        self._held.append(_SyncDone(position))
         if self.appends_pending:
             return []
         return self._release_held()
@@ -503,8 +552,10 @@ class SatelliteSession:
         actions: List = []
         while self._held and self.outgoing_state == ACTIVE and self.state == READY:
             item = self._held.popleft()
-            if isinstance(item, Snapshot):
-                actions.extend(self._snapshot_frames(item))
+            if isinstance(item, _SyncRows):
+                actions.extend(self._sync_frames(item.rows))
+            elif isinstance(item, _SyncDone):
+                actions.extend(self._sync_done_frames(item.position))
             else:
                 actions.extend(self._transaction_frames(item))
         return actions
@@ -528,10 +579,11 @@ class SatelliteSession:
         )
         return [Send(codec.encode(self.gen, relation))]
 
-    def _op_frames(self, changes: Sequence[ResolvedChange], lsn: bytes, timestamp_ms: int) -> List:
+    def _row_ops(self, changes: Sequence[ResolvedChange]) -> Tuple[List, List]:
+        """(relation frames, SatTransOps) for the changes this user may see, in order."""
         pb = self.gen.pb
         relations: List = []
-        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=timestamp_ms, lsn=lsn))]
+        ops: List = []
         for change in changes:
             table = self.registry.find(change.schema, change.table)
             if table is None:
@@ -545,25 +597,82 @@ class SatelliteSession:
                 ops.append(pb.SatTransOp(delete=pb.SatOpDelete(relation_id=table.relation_id, old_row_data=row)))
             else:
                 ops.append(pb.SatTransOp(update=pb.SatOpUpdate(relation_id=table.relation_id, row_data=row)))
-        if len(ops) == 1:
+        return relations, ops
+
+    def _oplog_frames(self, ops: List, begin=None, commit=None) -> List:
+        """
+        SatOpLog messages of at most OPS_PER_MESSAGE row ops each, `begin`
+        before the first and `commit` after the last (the client joins the
+        messages of one transaction by them).
+        """
+        pb = self.gen.pb
+        groups = [ops[i:i + OPS_PER_MESSAGE] for i in range(0, len(ops), OPS_PER_MESSAGE)] or [[]]
+        if begin is not None:
+            groups[0] = [begin] + groups[0]
+        if commit is not None:
+            groups[-1] = groups[-1] + [commit]
+        return [Send(codec.encode(self.gen, pb.SatOpLog(ops=g))) for g in groups if g]
+
+    def _begin(self, lsn: bytes, timestamp_ms: int):
+        pb = self.gen.pb
+        return pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=timestamp_ms, lsn=lsn))
+
+    def _commit(self, lsn: bytes, timestamp_ms: int):
+        pb = self.gen.pb
+        return pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=timestamp_ms, lsn=lsn))
+
+    def _op_frames(self, changes: Sequence[ResolvedChange], lsn: bytes, timestamp_ms: int) -> List:
+        """One whole transaction of the changes this user may see (nothing when there are none)."""
+        relations, ops = self._row_ops(changes)
+        if not ops:
             return []  # nothing this user may see
-        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=timestamp_ms, lsn=lsn)))
         self.delivered += 1
-        return relations + [Send(codec.encode(self.gen, pb.SatOpLog(ops=ops)))]
+        return relations + self._oplog_frames(ops, self._begin(lsn, timestamp_ms), self._commit(lsn, timestamp_ms))
 
-    def _transaction_frames(self, txn: ResolvedTransaction) -> List:
-        return self._op_frames(txn.changes, self.lsn_of(txn.position), txn.commit_timestamp // 1000)
+    def _transaction_frames(self, item: ResolvedTransaction) -> List:
+        open_ = self._out_open
+        if open_ is not None and open_[0] != item.position:
+            # The hub never interleaves; a new position means the last one ended without its
+            # final item (cannot happen while the subscription lives).
+            raise ValueError(f"item at position {item.position} while {open_[0]} is open")
+        lsn = self.lsn_of(item.position)
+        timestamp_ms = item.commit_timestamp // 1000
+        if open_ is None and not item.more:
+            return self._op_frames(item.changes, lsn, timestamp_ms)
+        relations, ops = self._row_ops(item.changes)
+        begin = commit = None
+        began = open_ is not None and open_[1]
+        if ops and not began:
+            begin = self._begin(lsn, timestamp_ms)
+            began = True
+        if item.more:
+            self._out_open = (item.position, began)
+        else:
+            self._out_open = None
+            if began:
+                commit = self._commit(lsn, timestamp_ms)
+                self.delivered += 1
+        if not ops and commit is None:
+            return relations
+        return relations + self._oplog_frames(ops, begin, commit)
 
-    def _snapshot_frames(self, snap: Snapshot) -> List:
-        rows = [r for r in snap.rows if not r.deleted and self._visible(r)]
-        final_lsn = self.lsn_of(snap.position)
-        now_ms = int(self.clock() * 1000)
+    def _sync_frames(self, rows: Sequence[ResolvedChange]) -> List:
         actions: List = []
-        chunks = [rows[i : i + SNAPSHOT_ROWS_PER_TRANSACTION] for i in range(0, len(rows), SNAPSHOT_ROWS_PER_TRANSACTION)]
-        for i, chunk in enumerate(chunks):
-            lsn = final_lsn if i == len(chunks) - 1 else INITIAL_SYNC_LSN
-            actions.extend(self._op_frames(chunk, lsn, now_ms))
+        visible = [r for r in rows if not r.deleted and self._visible(r)]
+        for i in range(0, len(visible), SNAPSHOT_ROWS_PER_TRANSACTION):
+            if self._sync_last:
+                actions.extend(self._op_frames(self._sync_last, INITIAL_SYNC_LSN, self._sync_timestamp()))
+            self._sync_last = visible[i:i + SNAPSHOT_ROWS_PER_TRANSACTION]
         return actions
+
+    def _sync_done_frames(self, position: int) -> List:
+        last, self._sync_last = self._sync_last, []
+        if not last:
+            return []
+        return self._op_frames(last, self.lsn_of(position), self._sync_timestamp())
+
+    def _sync_timestamp(self) -> int:
+        return int(self.clock() * 1000)
 
     # --- timers ----------------------------------------------------------
 
