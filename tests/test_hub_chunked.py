@@ -606,3 +606,28 @@ class KeyOrderTests(unittest.TestCase):
         keys = list(keys)
         self.assertEqual(sorted(keys, key=lambda k: store.key_order_bytes(store.encode_key(k))),
                          sorted(keys, key=_key_order))
+
+
+class LateIdentityTests(ChunkedTestCase):
+    @defer.inlineCallbacks
+    def test_identity_given_at_commit(self):
+        hub = self.make_hub()
+        buf = hub.begin("pg_a")
+        self.assertIsNone(buf.origin_id)
+        yield buf.add([up("items", i) for i in range(25)])
+        f = yield self.assertFailure(buf.commit(), HubError)
+        self.assertIn("needs the origin_id", str(f))
+        c = yield buf.commit(7, origin_id=b"end-lsn")
+        self.assertEqual((c.position, c.origin_id, c.commit_timestamp, c.duplicate), (1, b"end-lsn", 7, False))
+        self.assertEqual(buf.origin_id, b"end-lsn")
+        # Resent without an identity at begin: staged again, then found a duplicate at commit.
+        again = hub.begin("pg_a")
+        yield again.add([up("items", i, v="x") for i in range(25)])
+        self.assertEqual(hub.status()["staging"]["changes"], 25)
+        c2 = yield again.commit(8, origin_id=b"end-lsn")
+        self.assertEqual((c2.position, c2.duplicate, c2.change_count), (1, True, 25))
+        self.assertEqual(self.spill_files(), [])
+        other = hub.begin("pg_a", b"one")
+        f = yield self.assertFailure(other.commit(origin_id=b"two"), HubError)
+        self.assertIn("begin named", str(f))
+        yield self.assertFailure(hub.begin("pg_a").commit(origin_id="text"), HubError)

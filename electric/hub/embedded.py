@@ -312,8 +312,11 @@ class _AppendBuffer:
         self._error: Optional[HubError] = None
         self._adding = False
         self._known: Optional[int] = None
-        self._lookup = hub.applied(origin, origin_id)
-        self._lookup.addCallbacks(self._looked_up, lambda f: None)
+        if origin_id is None:
+            self._lookup = defer.succeed(None)  # the identity comes with the commit
+        else:
+            self._lookup = hub.applied(origin, origin_id)
+            self._lookup.addCallbacks(self._looked_up, lambda f: None)
 
     def _looked_up(self, position):
         self._known = position
@@ -378,13 +381,22 @@ class _AppendBuffer:
         return d
 
     def _stage(self, changes):
-        check_transaction(Transaction(self.origin, self.origin_id, 0, changes))
+        check_transaction(Transaction(self.origin, self.origin_id or b"", 0, changes))
         self._file.write(changes)
 
-    def commit(self, commit_timestamp=None):
+    def commit(self, commit_timestamp=None, origin_id=None):
         err = self._usable()
         if err is not None:
             return defer.fail(err)
+        if origin_id is not None:
+            if not isinstance(origin_id, (bytes, bytearray)):
+                return defer.fail(HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes"))
+            if self.origin_id is not None and bytes(origin_id) != self.origin_id:
+                return defer.fail(HubError(f"commit names origin_id {bytes(origin_id).hex()}, "
+                                           f"begin named {self.origin_id.hex()}"))
+            self.origin_id = bytes(origin_id)
+        elif self.origin_id is None:
+            return defer.fail(HubError("commit needs the origin_id that begin did not give"))
         ts = commit_timestamp if commit_timestamp is not None else self.commit_timestamp
         if ts is None:
             ts = int(time.time() * 1_000_000)
@@ -426,7 +438,8 @@ class _AppendBuffer:
             self._error = exc
 
     def __repr__(self):
-        return f"<hub append buffer {self.origin} {self.origin_id.hex()} {self._state} staged={self.staged}>"
+        ident = self.origin_id.hex() if self.origin_id is not None else "?"
+        return f"<hub append buffer {self.origin} {ident} {self._state} staged={self.staged}>"
 
 
 # --- the hub -----------------------------------------------------------------
@@ -615,19 +628,19 @@ class EmbeddedHub(service.Service):
         self._queue.put(_Append(transaction, d))
         return d
 
-    def begin(self, origin, origin_id, commit_timestamp=None):
+    def begin(self, origin, origin_id=None, commit_timestamp=None):
         self._check_open()
         if not isinstance(origin, str) or not origin:
             raise HubError(f"invalid transaction: origin {origin!r} must be a non-empty str")
-        if not isinstance(origin_id, (bytes, bytearray)):
+        if origin_id is not None and not isinstance(origin_id, (bytes, bytearray)):
             raise HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes")
         if commit_timestamp is not None and (not isinstance(commit_timestamp, int) or isinstance(commit_timestamp, bool)):
             raise HubError(f"invalid transaction: commit_timestamp {commit_timestamp!r} must be an int (µs since epoch)")
         try:
-            check_transaction(Transaction(origin, bytes(origin_id), 0, ()))
+            check_transaction(Transaction(origin, bytes(origin_id or b""), 0, ()))
         except InvalidTransaction as e:
             raise HubError(f"invalid transaction: {e}") from None
-        buf = _AppendBuffer(self, origin, bytes(origin_id), commit_timestamp)
+        buf = _AppendBuffer(self, origin, None if origin_id is None else bytes(origin_id), commit_timestamp)
         self._buffers.add(buf)
         return buf
 

@@ -259,7 +259,7 @@ class IAppendBuffer(Interface):
     """
 
     origin = Attribute("The origin given to `begin`.")
-    origin_id = Attribute("The origin_id given to `begin`.")
+    origin_id = Attribute("The origin_id given to `begin` (or, once committed, to `commit`); None until known.")
 
     def add(changes):
         """
@@ -271,14 +271,17 @@ class IAppendBuffer(Interface):
         unusable (every later `add`/`commit` fails) and the producer aborts.
         """
 
-    def commit(commit_timestamp=None):
+    def commit(commit_timestamp=None, origin_id=None):
         """
         Resolve every staged change and make the result durable as ONE log
         position, atomically.  Deferred firing with `Committed` (the
         producer hears back before any consumer sees the transaction).
         `commit_timestamp` (µs since the epoch) overrides the one given to
-        `begin`.  If (origin, origin_id) was committed or appended before,
-        fires with that position and duplicate=True and changes nothing.
+        `begin`.  `origin_id` is required when `begin` had none (a Postgres
+        transaction's identity, its commit end LSN, is known only at its
+        Commit) and must match otherwise.  If (origin, origin_id) was
+        committed or appended before, fires with that position and
+        duplicate=True and changes nothing.
         """
 
     def abort():
@@ -311,11 +314,13 @@ class IHub(IService):
         Fails with `electric.hub.interface.HubError` (e.g. closed, malformed).
         """
 
-    def begin(origin, origin_id, commit_timestamp=None):
+    def begin(origin, origin_id=None, commit_timestamp=None):
         """
         An `IAppendBuffer` for one transaction of any size from `origin`
-        (identified within it by `origin_id`, as for `append`).  Raises
-        `HubError` when the hub is not running or the identity is malformed.
+        (identified within it by `origin_id`, as for `append`; given here
+        when known, so a transaction the hub already holds is not staged
+        again, else to `IAppendBuffer.commit`).  Raises `HubError` when the
+        hub is not running or the identity is malformed.
         """
 
     def applied(origin, origin_id):
