@@ -473,14 +473,15 @@ class Outgoing(Base):
         self.assertEqual(len(first.ops) - 2 + len(last.ops) - 2, n)
         self.assertEqual(first.ops[0].begin.commit_timestamp, 1_700_000_000_000)
 
-    def test_big_transaction_spans_messages_begin_to_commit(self):
+    def test_big_transaction_reaches_the_client_in_resumable_pieces(self):
         s = self.started(user="alice")
+        s.streaming_from(4)
         n = sm.OPS_PER_MESSAGE + 10
         parts = [
             ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000, (item("hidden", "bob"),), more=True),
             ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000,
                                 tuple(item(f"k{i}") for i in range(n)), more=True),
-            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000, (item("also hidden", "bob"),), more=False),
+            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000, (item("last"),), more=False),
         ]
         msgs = []
         for part in parts:
@@ -488,27 +489,31 @@ class Outgoing(Base):
             self.assertTrue(s.wants_transactions)
         names = [codec.message_name(m) for m in msgs]
         self.assertEqual(names, ["SatRelation", "SatOpLog", "SatOpLog", "SatOpLog"])
-        ops = [op for m in msgs[1:] for op in m.ops]
-        kinds = [op.WhichOneof("op") for op in ops]
-        self.assertEqual(kinds, ["begin"] + ["update"] * n + ["commit"])
-        self.assertEqual(ops[0].begin.lsn, HUB.client_lsn(5))
-        self.assertEqual(ops[-1].commit.lsn, HUB.client_lsn(5))
-        self.assertEqual([len(m.ops) for m in msgs[1:]], [1 + sm.OPS_PER_MESSAGE, 10, 1])
-        self.assertEqual(s.delivered, 1)
-        # A big transaction with nothing this user may see sends nothing at all.
-        hidden = [ResolvedTransaction(6, "pg", b"y", 1, (item("h", "bob"),), more=m) for m in (True, False)]
-        self.assertEqual(s.outgoing(hidden[:1]) + s.outgoing(hidden[1:]), [])
-        # The next small transaction is whole again.
-        msgs = self.decode_all(s.outgoing([rt(7, item("z"))]))
-        self.assertEqual([op.WhichOneof("op") for op in msgs[-1].ops], ["begin", "update", "commit"])
-        self.assertEqual(s.delivered, 2)
+        # Piece 1 (nothing visible) sends nothing; piece 2 is one client transaction over two
+        # messages with the LSN of position 4 (a client dropping here resumes at the start of 5);
+        # the last piece carries position 5's LSN.
+        piece = [op for m in msgs[1:3] for op in m.ops]
+        self.assertEqual([op.WhichOneof("op") for op in piece], ["begin"] + ["update"] * n + ["commit"])
+        self.assertEqual([len(m.ops) for m in msgs[1:3]], [1 + sm.OPS_PER_MESSAGE, 10 + 1])
+        self.assertEqual(piece[0].begin.lsn, HUB.client_lsn(4))
+        last = msgs[3].ops
+        self.assertEqual([op.WhichOneof("op") for op in last], ["begin", "update", "commit"])
+        self.assertEqual(last[0].begin.lsn, HUB.client_lsn(5))
+        # The next big transaction's pieces resume from 5.
+        msgs = self.decode_all(s.outgoing([ResolvedTransaction(6, "pg", b"y", 1, (item("a"),), more=True)]))
+        self.assertEqual(msgs[-1].ops[0].begin.lsn, HUB.client_lsn(5))
 
-    def test_restart_drops_a_half_sent_transaction(self):
+    def test_catch_up_pieces_resume_where_the_client_was(self):
         s = self.started()
-        s.outgoing([ResolvedTransaction(5, "pg", b"x", 1, (item("a"),), more=True)])
+        s.streaming_from(2)
+        cu = [ResolvedTransaction(40, "electric:catch-up", b"", 1, (item(f"c{i}"),), catch_up=True, more=m)
+              for i, m in enumerate((True, True, False))]
+        lsns = [self.decode_all(s.outgoing([c]))[-1].ops[0].begin.lsn for c in cu]
+        self.assertEqual(lsns, [HUB.client_lsn(2), HUB.client_lsn(2), HUB.client_lsn(40)])
+        # Without a known start, a piece makes the client restart from an initial sync.
         s.receive(start_req(self.gen, b"0"))
-        msgs = self.decode_all(s.outgoing([rt(9, item("b"))]))
-        self.assertEqual([op.WhichOneof("op") for op in msgs[-1].ops], ["begin", "update", "commit"])
+        msgs = self.decode_all(s.outgoing(cu[:1]))
+        self.assertEqual(msgs[-1].ops[0].begin.lsn, sm.INITIAL_SYNC_LSN)
 
     def test_initial_sync_held_behind_a_pending_append(self):
         s = self.started()

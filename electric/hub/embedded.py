@@ -57,6 +57,7 @@ from typing import Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from twisted.python import threadpool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -80,6 +81,15 @@ from electric.hub.spill import Spill
 from electric.hub.store import CATCH_UP_ORIGIN, DB_NAME  # noqa: F401  (re-exported)
 
 log = Logger()
+
+READ_THREADS = 3
+"""
+Threads reading the store (log chunks, catch-ups, snapshots, staging files).
+Few on purpose: decoding holds the GIL, so more threads buy nothing, while
+every thread that allocates gets its own malloc arena (and every reader its
+own SQLite page cache) that stays resident: with the reactor's 10 threads,
+100 clients stalled mid initial sync cost twice the memory.
+"""
 
 
 # --- writer-thread jobs ------------------------------------------------------
@@ -458,7 +468,8 @@ class EmbeddedHub(service.Service):
     tail by number of resolved changes held.  `compact_interval` is in
     seconds (0 = only when `compact()` is called).  `chunk` is the number of
     changes in one stored chunk and one subscription answer (tests make it
-    small to exercise big-transaction paths cheaply).
+    small to exercise big-transaction paths cheaply).  `read_threads`: see
+    `READ_THREADS`.
     """
 
     name = "hub"
@@ -474,6 +485,7 @@ class EmbeddedHub(service.Service):
         compact_interval: float = 30.0,
         max_group: int = 2000,
         chunk: int = CHUNK_CHANGES,
+        read_threads: int = READ_THREADS,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -500,6 +512,8 @@ class EmbeddedHub(service.Service):
         self._readers: List[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._reads = set()
+        self._pool: Optional[threadpool.ThreadPool] = None
+        self.read_threads = read_threads
         self._spill = Spill(os.path.join(data_dir, "spill"), chunk)
 
         self._published = 0  # last position subscriptions may see
@@ -559,6 +573,8 @@ class EmbeddedHub(service.Service):
         self._writer_done = defer.Deferred()
         self._writer = threading.Thread(target=self._writer_main, args=(writer,), name="hub-writer", daemon=True)
         self._writer.start()
+        self._pool = threadpool.ThreadPool(0, self.read_threads, name="hub-reader")
+        self._pool.start()
         if self.compact_interval:
             self._compactor = task.LoopingCall(self._periodic_compact)
             self._compactor.clock = self._reactor
@@ -589,6 +605,8 @@ class EmbeddedHub(service.Service):
             d.errback(Failure(HubError("hub stopped")))
         while self._reads:
             yield defer.DeferredList(list(self._reads), consumeErrors=True)
+        self._pool.stop()
+        self._pool = None
         with self._readers_lock:
             for c in self._readers:
                 c.close()
@@ -1052,13 +1070,13 @@ class EmbeddedHub(service.Service):
     # --- threads ----------------------------------------------------------
 
     def _thread(self, fn, *args):
-        """Run blocking `fn` in the reactor's thread pool; stopService waits for it."""
-        d = threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+        """Run blocking `fn` in the hub's thread pool; stopService waits for it."""
+        d = threads.deferToThreadPool(self._reactor, self._pool, fn, *args)
         return self._track(d)
 
     def _read(self, fn, *args):
         """Run `fn(conn, *args)` in one read transaction on a pooled reader connection."""
-        d = threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._with_reader, fn, *args)
+        d = threads.deferToThreadPool(self._reactor, self._pool, self._with_reader, fn, *args)
         return self._track(d)
 
     def _track(self, d):

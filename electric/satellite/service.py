@@ -19,7 +19,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, task, threads
 from twisted.logger import Logger
 
-from electric.hub.interface import CHUNK_CHANGES, HubError, SubscriptionClosed
+from electric.hub.interface import HubError, SubscriptionClosed
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -38,8 +38,13 @@ CLAIM_WAIT = 1.0
 PULL_BATCH = 100
 """Most hub items asked for per subscription pull (the hub also bounds an answer to CHUNK_CHANGES changes)."""
 
-SYNC_ROWS = CHUNK_CHANGES
-"""Rows read from the hub per initial-sync pull."""
+SYNC_ROWS = sm.SNAPSHOT_ROWS_PER_TRANSACTION
+"""
+Rows read from the hub per initial-sync pull: one client transaction.  The
+frames of a pull are written whole even when the socket pushes back midway
+(they wait in the transport's buffer), so this bounds what a client that
+stopped reading holds.
+"""
 
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
@@ -249,6 +254,7 @@ class ClientConnection:
                 return
             if self._sync is None:
                 self._subscription = self.hub.subscribe(position)
+                self.session.streaming_from(position)
         except HubError as e:
             if generation == self._stream_generation:
                 self._run(self.session.stream_failed(str(e)))

@@ -202,8 +202,8 @@ class SatelliteSession:
         self._append_queue: Deque[Tuple[Transaction, bytes]] = collections.deque()
         self._append_in_flight: Optional[bytes] = None
         self._held: Deque = collections.deque()
-        self._out_open: Optional[Tuple[int, bool]] = None  # (position, begin sent) of a transaction sent in part
-        self._sync_last: List[ResolvedChange] = []  # initial-sync rows waiting to learn whether they are the last
+        self._resume_position: Optional[int] = None  # the last position the client has complete
+        self._sync_last: Optional[bytes] = None  # serialized initial-sync ops waiting to learn whether they are the last
         self._active_since_tick = False
         self._ping_outstanding = False
         self.appended = 0
@@ -377,8 +377,8 @@ class SatelliteSession:
     def _reset_outgoing(self) -> None:
         """The outgoing stream ends: nothing held, no transaction or initial sync half sent."""
         self._held.clear()
-        self._out_open = None
-        self._sync_last = []
+        self._resume_position = None
+        self._sync_last = None
 
     # --- incoming stream -----------------------------------------------
 
@@ -513,10 +513,7 @@ class SatelliteSession:
     def outgoing(self, items: Sequence[ResolvedTransaction]) -> List:
         """
         Frames for hub transactions (held back while a client append is
-        pending).  A big transaction comes as several items at one position
-        (`ResolvedTransaction.more`): the client gets one transaction, begun
-        in the first SatOpLog that carries a row it may see and committed in
-        the one after the last item.
+        pending); a big one arrives as several items (see `_transaction_frames`).
         """
         if self.state == CLOSED or self.outgoing_state != ACTIVE:
             return []
@@ -630,46 +627,66 @@ class SatelliteSession:
         return relations + self._oplog_frames(ops, self._begin(lsn, timestamp_ms), self._commit(lsn, timestamp_ms))
 
     def _transaction_frames(self, item: ResolvedTransaction) -> List:
-        open_ = self._out_open
-        if open_ is not None and open_[0] != item.position:
-            # The hub never interleaves; a new position means the last one ended without its
-            # final item (cannot happen while the subscription lives).
-            raise ValueError(f"item at position {item.position} while {open_[0]} is open")
-        lsn = self.lsn_of(item.position)
+        """
+        One client transaction per hub item.  A hub transaction bigger than
+        one item (`ResolvedTransaction.more`) thus reaches the client in
+        pieces of at most CHUNK_CHANGES rows: electric-sql@0.4.3 holds a
+        whole transaction in memory and applies it in one call whose
+        argument list overflows the JS stack beyond ~100,000 rows.  Every
+        piece but the last carries the LSN of the last position this client
+        was streamed to completely, so a client that drops midway resumes
+        at the start of the transaction (or of the catch-up) and re-applies
+        the pieces it had; only the last carries the transaction's own LSN.
+        """
         timestamp_ms = item.commit_timestamp // 1000
-        if open_ is None and not item.more:
-            return self._op_frames(item.changes, lsn, timestamp_ms)
-        relations, ops = self._row_ops(item.changes)
-        begin = commit = None
-        began = open_ is not None and open_[1]
-        if ops and not began:
-            begin = self._begin(lsn, timestamp_ms)
-            began = True
         if item.more:
-            self._out_open = (item.position, began)
+            resume = self._resume_position
+            lsn = self.lsn_of(resume) if resume is not None else INITIAL_SYNC_LSN
         else:
-            self._out_open = None
-            if began:
-                commit = self._commit(lsn, timestamp_ms)
-                self.delivered += 1
-        if not ops and commit is None:
-            return relations
-        return relations + self._oplog_frames(ops, begin, commit)
+            lsn = self.lsn_of(item.position)
+            self._resume_position = item.position
+        return self._op_frames(item.changes, lsn, timestamp_ms)
+
+    def streaming_from(self, position: int) -> None:
+        """The driver subscribed this client's stream after `position` (what it has, complete)."""
+        self._resume_position = position
 
     def _sync_frames(self, rows: Sequence[ResolvedChange]) -> List:
+        """
+        Initial-sync transactions for a chunk of rows.  The last batch is
+        held back until it is known whether it ends the sync (then it
+        carries the snapshot's LSN), as serialized row ops rather than rows:
+        a client that stopped reading keeps a few kilobytes here, not rows.
+        """
         actions: List = []
         visible = [r for r in rows if not r.deleted and self._visible(r)]
         for i in range(0, len(visible), SNAPSHOT_ROWS_PER_TRANSACTION):
-            if self._sync_last:
-                actions.extend(self._op_frames(self._sync_last, INITIAL_SYNC_LSN, self._sync_timestamp()))
-            self._sync_last = visible[i:i + SNAPSHOT_ROWS_PER_TRANSACTION]
+            relations, ops = self._row_ops(visible[i:i + SNAPSHOT_ROWS_PER_TRANSACTION])
+            actions.extend(relations)
+            if self._sync_last is not None:
+                actions.append(self._held_sync_frame(INITIAL_SYNC_LSN))
+            self._sync_last = self.gen.pb.SatOpLog(ops=ops).SerializeToString(deterministic=True)
         return actions
 
+    def _held_sync_frame(self, lsn: bytes) -> Send:
+        """
+        The held batch as one SatOpLog: begin + its ops + commit.  A repeated
+        field's encoding is the concatenation of its elements', so the ops
+        serialized on their own slot in between.
+        """
+        body, self._sync_last = self._sync_last, None
+        pb = self.gen.pb
+        ts = self._sync_timestamp()
+        head = codec.encode(self.gen, pb.SatOpLog(ops=[self._begin(lsn, ts)]))
+        tail = pb.SatOpLog(ops=[self._commit(lsn, ts)]).SerializeToString(deterministic=True)
+        self.delivered += 1
+        return Send(head + body + tail)
+
     def _sync_done_frames(self, position: int) -> List:
-        last, self._sync_last = self._sync_last, []
-        if not last:
+        self._resume_position = position
+        if self._sync_last is None:
             return []
-        return self._op_frames(last, self.lsn_of(position), self._sync_timestamp())
+        return [self._held_sync_frame(self.lsn_of(position))]
 
     def _sync_timestamp(self) -> int:
         return int(self.clock() * 1000)
