@@ -41,13 +41,9 @@ $(STAMP): setup.cfg pyproject.toml $(NPM_LOCK)
 	fi
 	@touch $(STAMP)
 
-## compile: regenerate the protobuf modules from proto/ (pinned protoc from grpcio-tools)
+## compile: regenerate the protobuf modules from proto/ (Satellite and Antidote; pinned protoc from grpcio-tools)
 compile: deps
-	@if [ -f electric/satellite/pb/generate.py ]; then \
-	  $(PY) -m electric.satellite.pb.generate; \
-	else \
-	  echo "electric/satellite/pb/generate.py is missing: nothing to generate"; exit 1; \
-	fi
+	$(PY) -m electric.pb_generate
 
 ## tests: the whole suite (starts and stops its own Postgres clusters)
 tests: deps
@@ -93,7 +89,7 @@ bench: deps
 
 ## clean: build and run leftovers (keeps .venv; `make distclean` removes it too)
 clean:
-	rm -rf build dist *.egg-info _trial_temp* .pytest_cache twisted/plugins/dropin.cache \
+	rm -rf build dist *.egg-info _trial_temp* .pytest_cache .hypothesis twisted/plugins/dropin.cache \
 	  electric_data offset_storage_data*.dat
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from electric import tls as listener_tls
+from electric.postgres.tls import TLSSettings
+
 MIN_SIGNING_KEY_BYTES = 32
-_LIBPQ_TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 class ConfigError(Exception):
@@ -45,6 +47,16 @@ class Connector:
     # POSTGRES_SLOT.  Slots are per server, so two databases of one server
     # need different ones (`?slot=` in the URL).
     slot: Optional[str] = None
+    # sslmode & co. from the URL: the replication stream and every libpq
+    # session follow the same settings (electric.postgres.tls).
+    tls: TLSSettings = TLSSettings()
+
+    def __repr__(self) -> str:
+        # The URL's parameters may hold sslpassword.
+        params = tuple((k, "***" if k == "sslpassword" else v) for k, v in self.params)
+        return (f"Connector(name={self.name!r}, host={self.host!r}, port={self.port!r}, "
+                f"database={self.database!r}, user={self.user!r}, params={params!r}, "
+                f"connect_timeout_ms={self.connect_timeout_ms!r}, slot={self.slot!r}, tls={self.tls!r})")
 
     def dsn(self) -> str:
         """libpq keyword DSN for psycopg2/txpostgres (a normal SQL session)."""
@@ -59,9 +71,9 @@ class Connector:
         ]
         if self.password:
             parts.append(f"password={q(self.password)}")
-        # TLS settings from the URL reach libpq; other parameters are kept
-        # on the Connector for whoever needs them but are not libpq's.
-        parts += [f"{k}={q(v)}" for k, v in self.params if k in _LIBPQ_TLS_PARAMS]
+        # The TLS settings the replication stream uses too (URL or PGSSL*
+        # variables); the URL's other parameters are Electric's, not libpq's.
+        parts += [f"{k}={q(v)}" for k, v in self.tls.libpq_params()]
         return " ".join(parts)
 
 
@@ -74,7 +86,15 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "POSTGRES_SLOT": ("all_changes", "logical replication slot Electric creates in every Postgres"),
     "WEBSOCKET_PORT": ("5133", "Satellite websocket port (path /ws)"),
     "STATUS_PORT": ("5050", "HTTP status and migrations API port"),
-    "LISTEN_HOST": ("0.0.0.0", "interface Electric's listeners bind to"),
+    "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations and /api/status/details (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
+    "LISTEN_HOST": ("0.0.0.0", "address Electric's listeners bind to: an IPv4 or IPv6 address (:: = every interface, IPv4 too where the system allows)"),
+    "POSTGRES_REPLICATION_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for TLS on port 5433; set with the key, port 5433 then accepts TLS connections only and the subscriptions ask for TLS; unset = no TLS"),
+    "POSTGRES_REPLICATION_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of POSTGRES_REPLICATION_TLS_CERT_FILE"),
+    "POSTGRES_REPLICATION_SSLROOTCERT": (None, "path ON EACH POSTGRES SERVER'S MACHINE of the CA file that signed POSTGRES_REPLICATION_TLS_CERT_FILE; written into the subscriptions as sslrootcert with sslmode=verify-full (the certificate must name ELECTRIC_HOST); unset = sslmode=require (encrypted, not verified)"),
+    "WEBSOCKET_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for wss:// on WEBSOCKET_PORT (may be the same file as port 5433's); unset = ws://"),
+    "WEBSOCKET_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of WEBSOCKET_TLS_CERT_FILE"),
+    "STATUS_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for https:// on STATUS_PORT (may be the same file as the others); unset = http://"),
+    "STATUS_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of STATUS_TLS_CERT_FILE"),
     "ELECTRIC_DATA_DIR": ("./electric_data", "directory of the embedded hub's log and row state (used when VAXINE_HOST is unset)"),
     "OFFSET_STORAGE_FILE": ("./offset_storage_data.dat", "file keeping each subscriber's LSN <-> hub position map and client positions"),
     "MIGRATIONS_DIR": ("./migrations", "directory holding one folder per migration"),
@@ -90,7 +110,9 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "VAXINE_CONNECTION_TIMEOUT": ("5000", "Vaxine connect timeout in ms"),
 }
 
-SECRET_VARIABLES = frozenset({"SATELLITE_AUTH_SIGNING_KEY"})
+SECRET_VARIABLES = frozenset({"SATELLITE_AUTH_SIGNING_KEY", "ELECTRIC_API_TOKEN"})
+MIN_API_TOKEN_CHARS = 16
+_API_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 
 
 def mask(value: str) -> str:
@@ -98,7 +120,7 @@ def mask(value: str) -> str:
     return f"<{len(value.encode())} bytes hidden>"
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
 def _mask_url_password(url: str) -> str:
@@ -130,7 +152,8 @@ def _valid_port(text: Optional[str]) -> Optional[int]:
     return n if 1 <= n <= 65535 else None
 
 
-def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
+def parse_connectors(text: str, problems: List[str],
+                     environ: Optional[Mapping[str, str]] = None) -> Tuple[Connector, ...]:
     """
     Parse CONNECTORS, appending one message per bad entry to `problems`.
 
@@ -139,7 +162,9 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
     as well as `postgresql://`.  Query parameters are kept on the
     Connector; `host`, `port`, `user`, `dbname` override the URL parts as
     in libpq, `timeout` (ms) is the connect timeout and `slot` names this
-    database's replication slot (default POSTGRES_SLOT).
+    database's replication slot (default POSTGRES_SLOT).  The ``ssl*``
+    parameters become the connector's `TLSSettings` (libpq's PGSSLMODE & co.
+    in `environ` fill in those the URL leaves out, as libpq does).
     """
     expected = "name=postgresql://user:password@host:port/database"
     result: List[Connector] = []
@@ -195,6 +220,11 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
         if slot is not None and not _identifier(slot):
             problems.append(f"CONNECTORS: {name}: slot={slot!r} must be a name of lowercase letters, digits and _")
             continue
+        try:
+            tls = TLSSettings.from_params(pdict, environ)
+        except ValueError as e:
+            problems.append(f"CONNECTORS: {name}: {e}")
+            continue
         if name in seen:
             problems.append(f"CONNECTORS: connector name {name!r} appears more than once")
             continue
@@ -210,6 +240,7 @@ def parse_connectors(text: str, problems: List[str]) -> Tuple[Connector, ...]:
                 params=params,
                 connect_timeout_ms=timeout_ms,
                 slot=slot,
+                tls=tls,
             )
         )
     return tuple(sorted(result, key=lambda c: c.name))
@@ -235,12 +266,19 @@ class Config:
     websocket_port: int = 5133
     status_port: int = 5050
     listen_host: str = "0.0.0.0"
+    # TLS of Electric's own listeners (None = plain); see electric.tls.
+    postgres_replication_tls: Optional[listener_tls.TLSFiles] = None
+    # sslrootcert written into the subscriptions: a path on the Postgres servers' machines.
+    postgres_replication_sslrootcert: Optional[str] = None
+    websocket_tls: Optional[listener_tls.TLSFiles] = None
+    status_tls: Optional[listener_tls.TLSFiles] = None
     data_dir: str = "./electric_data"
     offset_storage_file: str = "./offset_storage_data.dat"
     migrations_dir: str = "./migrations"
     migrations_file_name_suffix: str = "/postgres.sql"
     auth_signing_key: Optional[str] = field(default=None, repr=False)
     auth_signing_iss: Optional[str] = None
+    api_token: Optional[str] = field(default=None, repr=False)
     global_cluster_id: str = "dev.electric-db"
     instance_id: str = "instance-1.region-1.dev.electric-db"
     regional_id: str = "region-1.dev.electric-db"
@@ -303,7 +341,7 @@ class Config:
                 problems.append(f"{name}={value!r}: expected a name of letters, digits and _")
             return value
 
-        connectors = parse_connectors(get("CONNECTORS") or "", problems)
+        connectors = parse_connectors(get("CONNECTORS") or "", problems, env)
         key = get("SATELLITE_AUTH_SIGNING_KEY")
         iss = get("SATELLITE_AUTH_SIGNING_ISS")
         if key is not None and len(key.encode()) < MIN_SIGNING_KEY_BYTES:
@@ -314,6 +352,37 @@ class Config:
             problems.append(
                 f"SATELLITE_AUTH_SIGNING_ISS={iss!r}: an issuer needs SATELLITE_AUTH_SIGNING_KEY too"
             )
+        api_token = get("ELECTRIC_API_TOKEN")
+        if api_token is not None and (len(api_token) < MIN_API_TOKEN_CHARS or not _API_TOKEN.fullmatch(api_token)):
+            problems.append(
+                f"ELECTRIC_API_TOKEN={mask(api_token)}: expected at least {MIN_API_TOKEN_CHARS} characters of "
+                "A-Z a-z 0-9 - . _ ~ + / (a bearer token)"
+            )
+        listen_host = get("LISTEN_HOST").strip()
+        if not listen_host or any(ch.isspace() for ch in listen_host):
+            problems.append(f"LISTEN_HOST={listen_host!r}: expected an IPv4 or IPv6 address")
+
+        def tls_pair(prefix: str) -> Optional[listener_tls.TLSFiles]:
+            cert_var, key_var = f"{prefix}_TLS_CERT_FILE", f"{prefix}_TLS_KEY_FILE"
+            cert, key = get(cert_var), get(key_var)
+            if cert is None and key is None:
+                return None
+            if cert is None or key is None:
+                have, missing = (cert_var, key_var) if key is None else (key_var, cert_var)
+                problems.append(f"{have} is set but {missing} is not: TLS needs both the certificate and its key")
+                return None
+            files = listener_tls.TLSFiles(cert, key)
+            found = listener_tls.problems(cert_var, key_var, files)
+            problems.extend(found)
+            return None if found else files
+
+        replication_tls = tls_pair("POSTGRES_REPLICATION")
+        sslrootcert = get("POSTGRES_REPLICATION_SSLROOTCERT")
+        if sslrootcert is not None:
+            if env.get("POSTGRES_REPLICATION_TLS_CERT_FILE") in (None, ""):
+                problems.append(
+                    f"POSTGRES_REPLICATION_SSLROOTCERT={sslrootcert!r}: needs POSTGRES_REPLICATION_TLS_CERT_FILE and "
+                    "POSTGRES_REPLICATION_TLS_KEY_FILE (port 5433 has no TLS without them)")
         suffix = get("MIGRATIONS_FILE_NAME_SUFFIX")
         electric_host = get("ELECTRIC_HOST")
         if not electric_host or any(ch.isspace() or ch in "'\\" for ch in electric_host):
@@ -327,13 +396,18 @@ class Config:
             slot=identifier("POSTGRES_SLOT"),
             websocket_port=port("WEBSOCKET_PORT"),
             status_port=port("STATUS_PORT"),
-            listen_host=get("LISTEN_HOST"),
+            listen_host=listen_host,
+            postgres_replication_tls=replication_tls,
+            postgres_replication_sslrootcert=sslrootcert,
+            websocket_tls=tls_pair("WEBSOCKET"),
+            status_tls=tls_pair("STATUS"),
             data_dir=get("ELECTRIC_DATA_DIR"),
             offset_storage_file=get("OFFSET_STORAGE_FILE"),
             migrations_dir=get("MIGRATIONS_DIR"),
             migrations_file_name_suffix=suffix,
             auth_signing_key=key,
             auth_signing_iss=iss,
+            api_token=api_token,
             global_cluster_id=get("GLOBAL_CLUSTER_ID"),
             instance_id=get("ELECTRIC_INSTANCE_ID"),
             regional_id=get("ELECTRIC_REGIONAL_ID"),
@@ -351,6 +425,12 @@ class Config:
         for number, names in sorted(listeners.items()):
             if len(names) > 1:
                 problems.append(f"{' and '.join(names)} share port {number}: each listener needs its own port")
+        if (sslrootcert is not None and replication_tls is not None and electric_host
+                and not listener_tls.names_host(replication_tls.cert_file, electric_host)):
+            problems.append(
+                f"POSTGRES_REPLICATION_TLS_CERT_FILE={replication_tls.cert_file!r}: the certificate is not valid for "
+                f"ELECTRIC_HOST={electric_host!r}, and with POSTGRES_REPLICATION_SSLROOTCERT set the subscriptions "
+                "verify it (sslmode=verify-full)")
         slots = {}
         for c in config.connectors:
             slots.setdefault((c.host, c.port, config.slot_for(c)), []).append(c.name)

@@ -22,6 +22,31 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 FIRST_RELATION_ID = 20000
 
+# Electric's schema in every Postgres.  It is an ordinary schema for user
+# tables too: a role named "electric" has it first in its default
+# search_path, so that role's unqualified CREATE TABLEs land here, and they
+# replicate like tables of any other schema.
+ELECTRIC_SCHEMA = "electric"
+
+# Electric's own bookkeeping tables, the only tables it never replicates:
+# not introspected, never offered to a subscriber or a client, and a
+# transaction that writes one is not forwarded (postgres-inbound.md §10).
+#
+# * electric.migrations: created by Electric (setup and the migrations API);
+#   which migrations ran in this database.
+# * electric.meta: not created by Electric, but the original service's
+#   tooling used it for the same kind of bookkeeping, so it stays out.
+#
+# Besides these tables Electric creates only functions in its schema (the
+# upsert trigger functions, electric.upsert_<table oid>) and the sequence
+# behind electric.migrations.id.
+BOOKKEEPING_TABLES = frozenset({(ELECTRIC_SCHEMA, "migrations"), (ELECTRIC_SCHEMA, "meta")})
+
+
+def is_bookkeeping(schema: str, name: str) -> bool:
+    """True for Electric's own tables (`BOOKKEEPING_TABLES`), which never replicate."""
+    return (schema, name) in BOOKKEEPING_TABLES
+
 
 @dataclass(frozen=True)
 class Column:
@@ -32,6 +57,9 @@ class Column:
     # True/False for DEFAULT/INDEX identity, None for FULL identity (every
     # column identifies the row), as pgoutput's Relation flags need it.
     part_of_identity: Optional[bool] = None
+    # pg_attribute.attnotnull: a write that leaves the column NULL would stop
+    # the apply worker of every database that has the constraint.
+    not_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,7 @@ class SchemaRegistry:
     _by_id: Dict[int, Table] = field(default_factory=dict)
     _ids: Dict[Tuple[str, str], int] = field(default_factory=dict)
     _present: Dict[str, Tuple[Tuple[str, str], ...]] = field(default_factory=dict)
+    _present_sets: Dict[str, frozenset] = field(default_factory=dict)
     _shapes: Dict[Tuple[str, Tuple[str, str]], Table] = field(default_factory=dict)
     _streamable: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -111,6 +140,10 @@ class SchemaRegistry:
     def find(self, schema: str, name: str) -> Optional[Table]:
         return self._tables.get((schema, name))
 
+    def named(self, name: str) -> List[Table]:
+        """Every table called `name`, whatever its schema, in relation-id order."""
+        return [t for t in self.tables() if t.name == name]
+
     def by_relation_id(self, relation_id: int) -> Optional[Table]:
         return self._by_id.get(relation_id)
 
@@ -129,6 +162,7 @@ class SchemaRegistry:
         tables = list(tables)
         with self._lock:
             self._present[origin] = tuple(t.qualified for t in tables)
+            self._present_sets[origin] = frozenset(self._present[origin])
             for t in tables:
                 self._shapes[(origin, t.qualified)] = t
 
@@ -156,6 +190,22 @@ class SchemaRegistry:
     def database_table(self, origin: str, schema: str, name: str) -> Optional[Table]:
         """The table as `origin`'s database defines it (None if absent there)."""
         return self._shapes.get((origin, (schema, name)))
+
+    def definitions(self, schema: str, name: str) -> List[Table]:
+        """
+        Every database's own definition of a table (types, modifiers and NOT
+        NULL may differ while a migration is not applied everywhere); empty
+        when no database has it.  A value sent to that table must suit all
+        of them.  (A registry no database has registered with answers with
+        its own definition.)
+        """
+        with self._lock:
+            if not self._present:
+                table = self._tables.get((schema, name))
+                return [table] if table is not None else []
+            key = (schema, name)
+            return [self._shapes[(origin, key)] for origin in sorted(self._present_sets)
+                    if key in self._present_sets[origin]]
 
     def __iter__(self) -> Iterable[Table]:
         return iter(self.tables())

@@ -110,8 +110,7 @@ class BigMesh:
                           timeout=timeout, what=what, interval=0.5)
 
     def hub_head(self) -> int:
-        details = self.electric.details() or {}
-        return int((details.get("hub") or {}).get("head") or 0)
+        return self.electric.hub_head()
 
 
 def mb(kb: int) -> float:

@@ -69,6 +69,21 @@ class ElectricProcess:
         except OSError:
             return None
 
+    def details(self) -> Optional[dict]:
+        """/api/status/details (None while the service does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/api/status/details", timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def hub_head(self) -> int:
+        """The hub's last durable position: grows by one with every transaction the hub takes."""
+        details = self.details()
+        if details is None:
+            raise AssertionError(f"electric does not answer on {self.status_port}:\n{self.log()[-4000:]}")
+        return details["hub"]["head"]
+
     def wait_ready(self, timeout: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout
         last = None
@@ -121,9 +136,3 @@ class ElectricProcess:
         with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
             f.write("5")
 
-    def details(self) -> Optional[dict]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/api/status/details", timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None

@@ -7,10 +7,11 @@ share one server (slots are per server).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 from twisted.internet import defer, reactor
 
@@ -28,16 +29,24 @@ from tests.polling import wait_until
 class InProcessMesh:
     """`start()` builds and starts everything and waits until every connector is ready; `stop()` undoes it."""
 
-    def __init__(self, pg: PgCluster, names: Sequence[str], prefix: str = "electric-mesh"):
+    def __init__(self, pg: PgCluster, names: Sequence[str], prefix: str = "electric-mesh", params: str = "",
+                 env: Optional[Dict[str, str]] = None):
+        """
+        `params`: query string added to every connector URL (e.g. ``sslmode=verify-full&sslrootcert=...``);
+        `env`: more configuration for every part (e.g. the POSTGRES_REPLICATION_TLS_* variables).
+        """
+        self.env = dict(env or {})
         self.pg = pg
         self.names = tuple(names)
+        self.params = params
         self.tmp = tempfile.mkdtemp(prefix=prefix)
         self.hub = EmbeddedHub(os.path.join(self.tmp, "hub"), reactor, compact_interval=0)
         self.registry = SchemaRegistry()
         self.credentials = SubscriberCredentials(self.tmp, self.names)
         self.offsets = OffsetStore(os.path.join(self.tmp, "offsets.sqlite3"))
-        self.publisher = PublisherService(Config(postgres_replication_port=0, listen_host="127.0.0.1"),
-                                        self.hub, self.registry, self.credentials, self.offsets, reactor)
+        config = dataclasses.replace(Config.from_environ(self.env), postgres_replication_port=0,
+                                     listen_host="127.0.0.1")
+        self.publisher = PublisherService(config, self.hub, self.registry, self.credentials, self.offsets, reactor)
         self.connectors: Dict[str, ConnectorService] = {}
 
     @staticmethod
@@ -53,7 +62,9 @@ class InProcessMesh:
         port = yield self.publisher.listening
         for name in self.names:
             config = Config.from_environ({
-                "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{self.database(name)}",
+                **self.env,
+                "CONNECTORS": f"{name}=postgresql://electric:password@127.0.0.1:{self.pg.port}/{self.database(name)}"
+                              + (f"?{self.params}" if self.params else ""),
                 "POSTGRES_SLOT": f"slot_{name}",
                 "POSTGRES_REPLICATION_PORT": str(port.getHost().port),
                 "ELECTRIC_DATA_DIR": self.tmp,

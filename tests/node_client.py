@@ -16,7 +16,8 @@ import subprocess
 import threading
 
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.task import deferLater
+
+from tests.polling import wait_until
 
 CLIENT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "satellite_client")
 DRIVER = os.path.join(CLIENT_DIR, "driver.mjs")
@@ -97,8 +98,11 @@ class _Proto(protocol.ProcessProtocol):
 class NodeClient:
     """One electric-sql client process on its own SQLite file."""
 
-    def __init__(self, db_path: str, port: int, token: str, tables=(ITEMS_SQLITE,), debug=False):
-        self.config = {"db": db_path, "port": port, "token": token, "tables": list(tables), "debug": debug}
+    def __init__(self, db_path: str, port: int, token: str, tables=(ITEMS_SQLITE,), debug=False, ca_file=None):
+        # ca_file: connect with wss://, trusting that CA (Node reads it from NODE_EXTRA_CA_CERTS)
+        self.config = {"db": db_path, "port": port, "token": token, "tables": list(tables), "debug": debug,
+                       "ssl": ca_file is not None}
+        self.ca_file = ca_file
         self.events = []
         self.log_lines = []
         self._pending = {}
@@ -111,6 +115,8 @@ class NodeClient:
         ensure_installed()
         self.proto = _Proto(self)
         env = dict(os.environ)
+        if self.ca_file is not None:
+            env["NODE_EXTRA_CA_CERTS"] = self.ca_file
         self.transport = reactor.spawnProcess(
             self.proto, shutil.which("node"), ["node", DRIVER, json.dumps(self.config)], env=env, path=CLIENT_DIR
         )
@@ -156,15 +162,38 @@ class NodeClient:
     # push sends only the *first* queued transaction (it splices the whole
     # queue away), so two local transactions queued inside one push window
     # lose the second until the next connection.  Tests that make separate
-    # local transactions wait out the window after each one, as an app
-    # whose writes follow user input would.
-    CLIENT_PUSH_PERIOD = 0.5
+    # local transactions therefore wait until each one has been sent before
+    # the next, as an app whose writes follow user input would.
 
     @defer.inlineCallbacks
     def execute(self, sql, *args):
         result = yield self._call(op="exec", sql=sql, args=list(args))
-        yield settle(self.CLIENT_PUSH_PERIOD + 0.1)
+        yield self.wait_sent()
         return result
+
+    def execute_local(self, sql, *args):
+        """A local write without waiting for it to be sent: for a client Electric refused to replicate with."""
+        return self._call(op="exec", sql=sql, args=list(args))
+
+    @defer.inlineCallbacks
+    def wait_sent(self, timeout=60.0):
+        """
+        Until every local write so far has left the client: the client records
+        the oplog row id of the last transaction it sent in _electric_meta
+        (``lastSentRowId``); the oplog's AUTOINCREMENT sequence is the last
+        row id written.
+        """
+        seq = yield self.query("SELECT seq FROM sqlite_sequence WHERE name = '_electric_oplog'")
+        written = seq[0]["seq"] if seq else 0
+
+        @defer.inlineCallbacks
+        def sent():
+            rows = yield self.query(
+                "SELECT CAST(value AS INTEGER) AS sent FROM _electric_meta WHERE key = 'lastSentRowId'")
+            return rows[0]["sent"] >= written
+
+        if written:
+            yield wait_until(sent, timeout=timeout, what=f"the client to send its oplog up to row {written}")
 
     @defer.inlineCallbacks
     def query(self, sql, *args):
@@ -198,8 +227,3 @@ class NodeClient:
             e for e in self.events
             if e.get("event") in ("crash", "unhandled") and not any(q in e.get("error", "") for q in self.KNOWN_QUIRKS)
         ]
-
-
-@defer.inlineCallbacks
-def settle(seconds):
-    yield deferLater(reactor, seconds, lambda: None)

@@ -26,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import re
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
@@ -67,15 +68,30 @@ def _as_pg(cmd: List[str]) -> List[str]:
 
 
 class PgCluster:
-    """One local cluster: `start()`, `psql(sql)`, `stop()`, `destroy()`."""
+    """
+    One local cluster: `start()`, `psql(sql)`, `stop()`, `destroy()`.
+
+    TLS: `tls` is anything with `cert`, `key` and `ca` paths (e.g.
+    tests.tls_helpers.ServerFiles; the key must be readable by the server's
+    OS user only): the server gets ``ssl = on`` with those files
+    (``ssl_ca_file`` is what client certificates are checked against).
+    `hostssl_only` turns every TCP rule of pg_hba.conf into ``hostssl``, so
+    a connection without TLS is refused; `hba_options` is appended to those
+    rules (e.g. ``clientcert=verify-ca``).  Unix-socket rules stay as they
+    are; `psql()` (TCP, libpq's default sslmode=prefer) works either way.
+    """
 
     def __init__(self, port: Optional[int] = None, datadir: Optional[str] = None,
-                 extra_conf: Optional[List[str]] = None, durable: bool = False):
+                 extra_conf: Optional[List[str]] = None, durable: bool = False,
+                 tls=None, hostssl_only: bool = False, hba_options: str = ""):
         self.port = port or free_port()
         self._own_dir = datadir is None
         self.datadir = datadir or tempfile.mkdtemp(prefix="epg", dir="/tmp")
         self.extra_conf = list(extra_conf or [])
         self.durable = durable
+        self.tls = tls
+        self.hostssl_only = hostssl_only
+        self.hba_options = hba_options
         self.started = False
 
     @property
@@ -125,9 +141,30 @@ class PgCluster:
         ]
         if not self.durable:
             conf += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+        if self.tls is not None:
+            conf += ["ssl = on", f"ssl_cert_file = '{self.tls.cert}'", f"ssl_key_file = '{self.tls.key}'"]
+            if getattr(self.tls, "ca", None):
+                conf.append(f"ssl_ca_file = '{self.tls.ca}'")
         conf += self.extra_conf
         with open(os.path.join(self.datadir, "postgresql.conf"), "a") as f:
             f.write("\n".join(conf) + "\n")
+        if self.hostssl_only or self.hba_options:
+            self._rewrite_hba()
+
+    def _rewrite_hba(self) -> None:
+        hba = os.path.join(self.datadir, "pg_hba.conf")
+        with open(hba) as f:
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            if re.match(r"host(ssl|nossl)?\s", line):
+                if self.hostssl_only:
+                    line = re.sub(r"\Ahost(ssl|nossl)?", "hostssl", line)
+                if self.hba_options:
+                    line = f"{line} {self.hba_options}"
+            out.append(line)
+        with open(hba, "w") as f:
+            f.write("\n".join(out) + "\n")
 
     def running(self) -> bool:
         """Whether a server is running on this data directory (pg_ctl status)."""

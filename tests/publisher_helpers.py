@@ -11,7 +11,7 @@ import tempfile
 from typing import Callable, List
 
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 
 from electric.config import Config
 from electric.hub import changes
@@ -44,7 +44,10 @@ ITEMS = Table(
 class Electric:
     """Hub, registry, credentials, offsets and the publisher, in one temp dir."""
 
-    def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, hub_kw=None, **publisher_kw):
+    def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, tls=None,
+                 listen_host="127.0.0.1", hub_kw=None, **publisher_kw):
+        self.tls = tls  # electric.tls.TLSFiles for port 5433, or None
+        self.listen_host = listen_host
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="electric-publisher-")
         self.connectors = connectors
@@ -65,7 +68,8 @@ class Electric:
         self.hub.startService()
         self.offsets = OffsetStore(os.path.join(self.data_dir, "offsets.sqlite3"))
         self.offsets.startService()
-        config = Config(postgres_replication_port=self.port, listen_host="127.0.0.1", publication="all_tables")
+        config = Config(postgres_replication_port=self.port, listen_host=self.listen_host, publication="all_tables",
+                        postgres_replication_tls=self.tls)
         self.publisher = PublisherService(config, self.hub, self.registry, self.credentials, self.offsets,
                                         reactor, **self.publisher_kw)
         self.publisher.startService()
@@ -186,13 +190,25 @@ class PgClient(protocol.Protocol):
 
 
 @defer.inlineCallbacks
-def connect(port, user="postgres_1", password=None, app=None, ssl=True, replication="database"):
-    """A logged-in PgClient (or one holding the server's error in its inbox)."""
-    client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), PgClient())
-    if ssl:
+def connect(port, user="postgres_1", password=None, app=None, ssl=True, replication="database", tls_ca=None,
+            host="127.0.0.1"):
+    """
+    A logged-in PgClient (or one holding the server's error in its inbox).
+    `tls_ca`: a CA file: the server must answer the SSLRequest with S, and the
+    connection goes on over TLS, checking the certificate names `host`.
+    """
+    endpoint = (TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint)(reactor, host, port)
+    client = yield connectProtocol(endpoint, PgClient())
+    if ssl or tls_ca:
         client.parser.expect_ssl_response()
         client.send(SSLRequest())
-        yield client.until(lambda m: isinstance(m, SSLResponse))
+        answer, _ = yield client.until(lambda m: isinstance(m, SSLResponse))
+        if tls_ca:
+            assert answer.accepted, "the server refused TLS"
+            from twisted.internet import ssl as tssl
+
+            with open(tls_ca, "rb") as f:
+                client.transport.startTLS(tssl.optionsForClientTLS(host, trustRoot=tssl.Certificate.loadPEM(f.read())))
     params = {"user": user, "database": user, "application_name": app or user, "client_encoding": "UTF8"}
     if replication is not None:
         params["replication"] = replication
@@ -214,15 +230,17 @@ def connect(port, user="postgres_1", password=None, app=None, ssl=True, replicat
             client.send(*replies)
 
 
-def subscriber_errors(pg, expected=()):
+def subscriber_errors(pg, expected=(), since: int = 0):
     """
     Every ERROR/FATAL line of a subscriber's log except the ones a scenario
     causes on purpose (`expected` substrings) and the ones Electric's normal
     start-up produces: a subscription that reconnects before its connector
     has read the catalog or refreshed the subscription is told "Electric
     replication is not ready" and retries; DISABLE stops its worker.
+    `since`: only lines after this offset of the log text (``len(pg.log())``
+    taken before the scenario).
     """
     allowed = ("terminating logical replication worker due to administrator command",
                "Electric replication is not ready") + tuple(expected)
-    return [line for line in pg.log().splitlines()
+    return [line for line in pg.log()[since:].splitlines()
             if ("ERROR:" in line or "FATAL:" in line) and not any(ok in line for ok in allowed)]

@@ -124,11 +124,15 @@ class _ClientProtocol(WebSocketClientProtocol):
 class WsClient:
     """A raw websocket peer: send frames, receive frames in order, see the close."""
 
-    def __init__(self, port, path="/ws"):
-        self.url = f"ws://127.0.0.1:{port}{path}"
+    def __init__(self, port, path="/ws", ca_file=None, host="127.0.0.1"):
+        # ca_file: connect with wss://, trusting that CA (and checking the certificate names `host`)
+        self.ca_file = ca_file
+        self.host = host
+        self.url = f"{'wss' if ca_file else 'ws'}://{host if ':' not in host else '[' + host + ']'}:{port}{path}"
         self.frames = []
         self._waiting = []
         self.close_code = None
+        self.close_reason = None
         self.closed = defer.Deferred()
         self.proto = None
         self._open = defer.Deferred()
@@ -138,7 +142,13 @@ class WsClient:
         factory.protocol = _ClientProtocol
         factory.client = self
         factory.setProtocolOptions(autoPingInterval=0)
-        self.connector = connectWS(factory)
+        context = None
+        if self.ca_file:
+            from twisted.internet import ssl
+
+            with open(self.ca_file, "rb") as f:
+                context = ssl.optionsForClientTLS(self.host, trustRoot=ssl.Certificate.loadPEM(f.read()))
+        self.connector = connectWS(factory, contextFactory=context)
         return self._open
 
     def _opened(self, proto):
@@ -151,6 +161,7 @@ class WsClient:
 
     def _closed(self, code, reason):
         self.close_code = code
+        self.close_reason = reason
         if not self._open.called:
             self._open.errback(ClientClosed(f"handshake failed: {code} {reason}"))
         if not self.closed.called:
@@ -237,7 +248,7 @@ def satellite_config(**kw):
 class SatelliteFixture:
     """EmbeddedHub + OffsetStore + registry + SatelliteService on an ephemeral port."""
 
-    def __init__(self, testcase, config=None, registry=None, data_dir=None):
+    def __init__(self, testcase, config=None, registry=None, data_dir=None, ca_file=None):
         from electric.hub.embedded import EmbeddedHub
         from electric.hub.offsets import OffsetStore
         from electric.satellite.service import SatelliteService
@@ -253,6 +264,7 @@ class SatelliteFixture:
         self.config = config or satellite_config()
         self.service = SatelliteService(self.config, self.hub, self.registry, self.offsets, reactor=reactor)
         self.clients = []
+        self.ca_file = ca_file  # set with a TLS config: clients use wss:// trusting this CA
 
     @defer.inlineCallbacks
     def start(self):
@@ -284,7 +296,7 @@ class SatelliteFixture:
 
     @defer.inlineCallbacks
     def client(self, path="/ws"):
-        c = WsClient(self.port, path)
+        c = WsClient(self.port, path, ca_file=self.ca_file)
         self.clients.append(c)
         yield c.connect()
         return c

@@ -5,6 +5,8 @@ import dataclasses
 from twisted.trial import unittest
 
 from electric.config import VARIABLES, Config, ConfigError, Connector, mask, parse_connectors
+from electric.tls import TLSFiles
+from tests.tls_helpers import TestCA
 
 PORT_VARIABLES = (
     "POSTGRES_REPLICATION_PORT",
@@ -68,6 +70,10 @@ class DefaultsTests(unittest.TestCase):
         self.assertTrue(c.embedded_hub)
 
     def test_every_variable_is_read(self):
+        ca = TestCA()
+        self.addCleanup(ca.cleanup)
+        pg_files = ca.server_files(["electric"], owner=None)
+        ws_files = ca.server_files(["ws.example"], owner=None)
         env = {
             "CONNECTORS": "pg=postgresql://u:p@db:6000/d",
             "ELECTRIC_HOST": "electric",
@@ -76,6 +82,7 @@ class DefaultsTests(unittest.TestCase):
             "POSTGRES_SLOT": "slot",
             "WEBSOCKET_PORT": "6133",
             "STATUS_PORT": "6050",
+            "ELECTRIC_API_TOKEN": "api-token-of-the-test-env",
             "LISTEN_HOST": "127.0.0.1",
             "ELECTRIC_DATA_DIR": "/var/lib/electric",
             "OFFSET_STORAGE_FILE": "/var/lib/offsets.dat",
@@ -90,6 +97,13 @@ class DefaultsTests(unittest.TestCase):
             "VAXINE_API_PORT": "9087",
             "VAXINE_REPLICATION_PORT": "9088",
             "VAXINE_CONNECTION_TIMEOUT": "1500",
+            "POSTGRES_REPLICATION_TLS_CERT_FILE": pg_files.cert,
+            "POSTGRES_REPLICATION_TLS_KEY_FILE": pg_files.key,
+            "POSTGRES_REPLICATION_SSLROOTCERT": "/etc/postgresql/electric-ca.pem",
+            "WEBSOCKET_TLS_CERT_FILE": ws_files.cert,
+            "WEBSOCKET_TLS_KEY_FILE": ws_files.key,
+            "STATUS_TLS_CERT_FILE": pg_files.cert,
+            "STATUS_TLS_KEY_FILE": pg_files.key,
         }
         self.assertEqual(set(env), set(VARIABLES))
         c = Config.from_environ(env)
@@ -106,6 +120,11 @@ class DefaultsTests(unittest.TestCase):
         self.assertEqual(c.connector("pg").port, 6000)
         self.assertFalse(c.embedded_hub)
         self.assertTrue(c.jwt_auth)
+        self.assertEqual(c.api_token, "api-token-of-the-test-env")
+        self.assertEqual(c.postgres_replication_tls, TLSFiles(pg_files.cert, pg_files.key))
+        self.assertEqual(c.postgres_replication_sslrootcert, "/etc/postgresql/electric-ca.pem")
+        self.assertEqual(c.websocket_tls, TLSFiles(ws_files.cert, ws_files.key))
+        self.assertEqual(c.status_tls, TLSFiles(pg_files.cert, pg_files.key))
 
     def test_config_is_immutable(self):
         c = Config.from_environ({})
@@ -204,6 +223,25 @@ class AuthTests(unittest.TestCase):
 
     def test_mask_shows_only_the_length(self):
         self.assertEqual(mask("abc"), "<3 bytes hidden>")
+
+
+class ApiTokenTests(unittest.TestCase):
+    def test_unset_means_no_token(self):
+        self.assertIsNone(Config.from_environ({}).api_token)
+        self.assertIsNone(Config.from_environ({"ELECTRIC_API_TOKEN": ""}).api_token)
+
+    def test_token_is_kept_out_of_repr(self):
+        token = "x7Kq-2mN_pR8.vT4~wZ9+aB/c="
+        c = Config.from_environ({"ELECTRIC_API_TOKEN": token})
+        self.assertEqual(c.api_token, token)
+        self.assertNotIn(token, repr(c))
+
+    def test_short_or_odd_tokens_are_rejected_and_masked(self):
+        for token in ("short-token", "has spaces in it, sixteen+", "quote\"in-a-token-x"):
+            problems, text = problems_of({"ELECTRIC_API_TOKEN": token})
+            self.assertEqual(len(problems), 1, problems)
+            self.assertTrue(problems[0].startswith(f"ELECTRIC_API_TOKEN=<{len(token.encode())} bytes hidden>: "))
+            self.assertNotIn(token, text)
 
 
 class AggregationTests(unittest.TestCase):
@@ -365,3 +403,105 @@ class ConnectorsTests(unittest.TestCase):
         result, problems = connectors("a=postgresql://u:p@h/d;b=nonsense;c=postgresql://u:p@h/d")
         self.assertEqual([c.name for c in result], ["a", "c"])
         self.assertEqual(len(problems), 1)
+
+
+class TLSConfigTests(unittest.TestCase):
+    """The TLS variables: checked at startup, every problem in the one ConfigError."""
+
+    def setUp(self):
+        self.ca = TestCA()
+        self.addCleanup(self.ca.cleanup)
+        self.files = self.ca.server_files(owner=None)  # localhost, 127.0.0.1, ::1
+
+    def write(self, name, data):
+        import os
+
+        path = os.path.join(self.ca.dir, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_unset_means_no_tls(self):
+        c = Config.from_environ({})
+        self.assertIsNone(c.postgres_replication_tls)
+        self.assertIsNone(c.postgres_replication_sslrootcert)
+        self.assertIsNone(c.websocket_tls)
+        self.assertIsNone(c.status_tls)
+
+    def test_a_good_pair_and_the_same_pair_for_every_listener(self):
+        env = {}
+        for prefix in ("POSTGRES_REPLICATION", "WEBSOCKET", "STATUS"):
+            env[f"{prefix}_TLS_CERT_FILE"] = self.files.cert
+            env[f"{prefix}_TLS_KEY_FILE"] = self.files.key
+        env["POSTGRES_REPLICATION_SSLROOTCERT"] = "/srv/ca.pem"
+        c = Config.from_environ(env)
+        pair = TLSFiles(self.files.cert, self.files.key)
+        self.assertEqual((c.postgres_replication_tls, c.websocket_tls, c.status_tls), (pair, pair, pair))
+
+    def test_every_problem_is_reported_at_once(self):
+        import trustme
+        from cryptography.hazmat.primitives import serialization
+
+        other_key = trustme.CA().issue_cert("localhost").private_key_pem.bytes()
+        mismatched = self.write("other.key", other_key)
+        key = serialization.load_pem_private_key(open(self.files.key, "rb").read(), None)
+        encrypted = self.write("enc.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret")))
+        garbage = self.write("garbage.pem", b"not a certificate")
+        problems, text = problems_of({
+            "POSTGRES_REPLICATION_TLS_CERT_FILE": self.files.cert,
+            "POSTGRES_REPLICATION_TLS_KEY_FILE": mismatched,
+            "WEBSOCKET_TLS_CERT_FILE": "/nonexistent/cert.pem",
+            "WEBSOCKET_TLS_KEY_FILE": encrypted,
+            "STATUS_TLS_CERT_FILE": garbage,
+            "STATUS_TLS_KEY_FILE": garbage,
+            "STATUS_PORT": "0",
+        })
+        self.assertEqual(len(problems), 6, problems)
+        self.assertIn(f"POSTGRES_REPLICATION_TLS_KEY_FILE={mismatched!r} does not match the certificate in "
+                      f"POSTGRES_REPLICATION_TLS_CERT_FILE={self.files.cert!r}", problems)
+        self.assertIn("WEBSOCKET_TLS_CERT_FILE='/nonexistent/cert.pem': cannot read the certificate: "
+                      "No such file or directory", problems)
+        self.assertIn(f"WEBSOCKET_TLS_KEY_FILE={encrypted!r}: the private key is encrypted; give an unencrypted key",
+                      problems)
+        self.assertIn(f"STATUS_TLS_CERT_FILE={garbage!r}: not a PEM certificate file", problems)
+        self.assertIn(f"STATUS_TLS_KEY_FILE={garbage!r}: not a PEM private key file", problems)
+        self.assertIn("STATUS_PORT='0': expected a port number from 1 to 65535", problems)
+        self.assertNotIn("BEGIN", text)  # no key material in the message
+
+    def test_half_a_pair(self):
+        problems, _ = problems_of({"WEBSOCKET_TLS_CERT_FILE": self.files.cert,
+                                   "STATUS_TLS_KEY_FILE": self.files.key})
+        self.assertEqual(problems, [
+            "WEBSOCKET_TLS_CERT_FILE is set but WEBSOCKET_TLS_KEY_FILE is not: TLS needs both the certificate and its key",
+            "STATUS_TLS_KEY_FILE is set but STATUS_TLS_CERT_FILE is not: TLS needs both the certificate and its key",
+        ])
+
+    def test_sslrootcert_needs_tls_on_5433(self):
+        problems, _ = problems_of({"POSTGRES_REPLICATION_SSLROOTCERT": "/srv/ca.pem"})
+        self.assertEqual(problems, [
+            "POSTGRES_REPLICATION_SSLROOTCERT='/srv/ca.pem': needs POSTGRES_REPLICATION_TLS_CERT_FILE and "
+            "POSTGRES_REPLICATION_TLS_KEY_FILE (port 5433 has no TLS without them)"])
+
+    def test_verify_full_needs_a_certificate_naming_electric_host(self):
+        env = {"POSTGRES_REPLICATION_TLS_CERT_FILE": self.files.cert,
+               "POSTGRES_REPLICATION_TLS_KEY_FILE": self.files.key,
+               "POSTGRES_REPLICATION_SSLROOTCERT": "/srv/ca.pem"}
+        for host in ("127.0.0.1", "localhost", "::1"):
+            Config.from_environ({**env, "ELECTRIC_HOST": host})
+        problems, _ = problems_of({**env, "ELECTRIC_HOST": "electric.example"})
+        self.assertEqual(problems, [
+            f"POSTGRES_REPLICATION_TLS_CERT_FILE={self.files.cert!r}: the certificate is not valid for "
+            "ELECTRIC_HOST='electric.example', and with POSTGRES_REPLICATION_SSLROOTCERT set the subscriptions "
+            "verify it (sslmode=verify-full)"])
+        # Without verification (sslmode=require) any host name is fine.
+        c = Config.from_environ({k: v for k, v in env.items() if k != "POSTGRES_REPLICATION_SSLROOTCERT"}
+                                | {"ELECTRIC_HOST": "electric.example"})
+        self.assertIsNone(c.postgres_replication_sslrootcert)
+
+    def test_ipv6_listen_host(self):
+        self.assertEqual(Config.from_environ({"LISTEN_HOST": "::1"}).listen_host, "::1")
+        self.assertEqual(Config.from_environ({"LISTEN_HOST": " :: "}).listen_host, "::")
+        problems, _ = problems_of({"LISTEN_HOST": "a b"})
+        self.assertEqual(problems, ["LISTEN_HOST='a b': expected an IPv4 or IPv6 address"])

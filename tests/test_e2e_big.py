@@ -23,7 +23,7 @@ from twisted.trial import unittest
 from electric.satellite import codec
 from electric.satellite.codec import ORIGINAL
 from tests.big_e2e import BigMesh, RssSampler, mb, report
-from tests.polling import sleep, wait_until
+from tests.polling import wait_until
 from tests.publisher_helpers import subscriber_errors
 from tests.satellite_helpers import WsClient, msg, start_req
 
@@ -58,7 +58,6 @@ class BigTransactionEndToEnd(unittest.TestCase):
         a.psql("INSERT INTO big VALUES (0, 'warm-up', 0)")
         yield m.wait_pg(b, 1, what="warm-up row in B")
         yield m.wait_node(live, 1, what="warm-up row in the client")
-        yield sleep(1.0)  # let the warm-up's work settle before taking idle
         idle = e.rss_kb()
 
         # 1. One transaction of n rows, A -> B and the live client.
@@ -78,7 +77,6 @@ class BigTransactionEndToEnd(unittest.TestCase):
         with RssSampler(e) as s:
             yield threads.deferToThread(a.psql, "UPDATE big SET n = n + 1")
             yield wait_until(lambda: m.hub_head() > head, timeout=600, what="the update in the hub", interval=0.5)
-            yield sleep(2.0)  # the backlog sits there
         self.phase("update accumulating behind stopped subscribers", idle, n + 1, s)
         self.assertEqual(m.count(b, "WHERE n = id + 1"), 0)
 
@@ -157,7 +155,8 @@ class StalledInitialSync(unittest.TestCase):
         probe = yield m.node("probe")  # one full sync first: the code paths are warm when idle is taken
         yield m.wait_node(probe, n, what="initial sync of the probe client")
         yield probe.stop()
-        yield sleep(2.0)
+        yield wait_until(lambda: ((e.details() or {}).get("satellite") or {}).get("connections") == 0,
+                         timeout=60, what="the probe client gone", interval=0.2)
         idle = e.rss_kb()
 
         e.reset_peak_rss()

@@ -19,6 +19,8 @@ from twisted.trial import unittest
 
 from tests.electric_process import ElectricProcess
 from tests.pgcluster import PgCluster
+from tests.polling import poll
+from tests.seeds import seeded
 
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS "uuid-ossp";
@@ -92,6 +94,15 @@ def random_workload(rng: random.Random, who: str, transactions: int = 150, keys:
                 lines.append(f"DELETE FROM random_t WHERE id = {k};")
         lines.append("COMMIT;")
     return "\n".join(lines)
+
+
+def wait_for_writes_while_disabled(electric: ElectricProcess, head: int, procs, transactions: int = 20) -> None:
+    """
+    Block until the hub has taken `transactions` more transactions since `head`
+    (or the workload scripts ended): what a disabled subscription must catch up on.
+    """
+    poll(lambda: electric.hub_head() >= head + transactions or all(p.poll() is not None for p in procs),
+         timeout=120, what=f"{transactions} transactions in the hub")
 
 
 def run_psql_script(pg: PgCluster, script: str) -> subprocess.Popen:
@@ -170,9 +181,11 @@ class ActiveActive(unittest.TestCase):
         b.wait_for("SELECT content FROM conflict_t WHERE id = 2", "original")
         b.psql("ALTER SUBSCRIPTION postgres_2 DISABLE")
         try:
+            head = self.electric.hub_head()
             a.psql("DELETE FROM conflict_t WHERE id = 2")
-            # Let A's delete reach the hub first, so B's update comes later in hub order.
-            time.sleep(1.0)
+            # A's delete reaches the hub first (the only write anywhere meanwhile),
+            # so B's update comes later in hub order.
+            poll(lambda: self.electric.hub_head() > head, what="A's delete in the hub")
             b.psql("UPDATE conflict_t SET content = 'updated on b' WHERE id = 2")
         finally:
             b.psql("ALTER SUBSCRIPTION postgres_2 ENABLE")
@@ -196,18 +209,18 @@ class ActiveActive(unittest.TestCase):
         self.assertIn("satellite", details)
         self.assertEqual(details["migrations"]["postgres_1"]["pending_migrations"], [])
 
-    def test_random_concurrent_writes_on_overlapping_rows_converge(self):
+    @seeded()
+    def test_random_concurrent_writes_on_overlapping_rows_converge(self, rng):
         """
         Both databases write the same 40 keys at once — inserts, updates of
         one or both columns, deletes, several per transaction — with the
         subscriptions flapping; in the end both hold the same rows.
         """
-        rng = random.Random(20261126)
-
         # B's subscription goes down while both write, and comes back.
         self.b.psql("ALTER SUBSCRIPTION postgres_2 DISABLE")
+        head = self.electric.hub_head()
         procs = [run_psql_script(pg, random_workload(rng, who)) for pg, who in ((self.a, "a"), (self.b, "b"))]
-        time.sleep(0.5)
+        wait_for_writes_while_disabled(self.electric, head, procs)
         self.b.psql("ALTER SUBSCRIPTION postgres_2 ENABLE")
         for p in procs:
             self.assertEqual(p.wait(120), 0)

@@ -5,7 +5,6 @@ with copy_data — the data still converges, nothing is lost or applied twice.
 
 from __future__ import annotations
 
-import random
 import subprocess
 import time
 
@@ -13,7 +12,8 @@ from twisted.trial import unittest
 
 from tests.electric_process import ElectricProcess
 from tests.pgcluster import PgCluster
-from tests.test_e2e_postgres import random_workload, run_psql_script, wait_same
+from tests.seeds import seeded
+from tests.test_e2e_postgres import random_workload, run_psql_script, wait_for_writes_while_disabled, wait_same
 
 SCHEMA = """
 CREATE TABLE items (id int PRIMARY KEY, content text NOT NULL, n int);
@@ -87,7 +87,8 @@ class KillAndJoin(unittest.TestCase):
         self.a.wait_for("SELECT content FROM items WHERE id = 501", "from c", timeout=60)
         self.b.wait_for("SELECT content FROM items WHERE id = 501", "from c", timeout=60)
 
-    def test_databases_written_while_their_subscriptions_first_start_converge(self):
+    @seeded()
+    def test_databases_written_while_their_subscriptions_first_start_converge(self, rng):
         """
         Both databases take random writes on the same rows right after
         Electric set them up, while their subscriptions start for the first
@@ -98,10 +99,10 @@ class KillAndJoin(unittest.TestCase):
         """
         e = self._electric({"postgres_1": self.a.url, "postgres_2": self.b.url})
         e.wait_ready()
-        rng = random.Random(11)
+        head = e.hub_head()
         procs = [run_psql_script(pg, random_workload(rng, who)) for pg, who in ((self.a, "a"), (self.b, "b"))]
         self.b.psql("ALTER SUBSCRIPTION postgres_2 DISABLE")
-        time.sleep(0.5)
+        wait_for_writes_while_disabled(e, head, procs)
         self.b.psql("ALTER SUBSCRIPTION postgres_2 ENABLE")
         for p in procs:
             self.assertEqual(p.wait(120), 0)

@@ -8,7 +8,6 @@ chunk so every multi-chunk path runs with a few dozen rows.
 from __future__ import annotations
 
 import os
-import random
 import sqlite3
 
 from twisted.internet import defer, reactor
@@ -29,6 +28,7 @@ from electric.hub.interface import (
 )
 from electric.hub.resolution import MemoryState
 from tests.hub_helpers import dl, read_snapshot, read_transactions, tr, txn, up
+from tests.seeds import seeded
 from tests.test_hub_embedded import HubTestCase
 
 CHUNK = 10
@@ -256,12 +256,11 @@ class BeginAddCommitTests(ChunkedTestCase):
 
 
 class EquivalenceTests(ChunkedTestCase):
+    @seeded(1, 2)
     @defer.inlineCallbacks
-    def test_chunked_resolution_equals_the_rule(self):
+    def test_chunked_resolution_equals_the_rule(self, rnd):
         """Staged commits, chunked storage and chunked reads give exactly what `resolve` says, truncates included."""
-        seed = random.randrange(1 << 30)
-        print(f"seed {seed}")
-        rnd = random.Random(seed)
+        self.dir = self.tempdir()  # a hub of its own for each seed
         ref = MemoryState()
         hub = self.make_hub(tail_entries=5)
         expected = []
@@ -486,11 +485,10 @@ class SnapshotReaderTests(ChunkedTestCase):
         yield self.assertFailure((yield hub.snapshot()).next(0), HubError)
         self.assertEqual(len((yield d)), 2)
 
+    @seeded(1)
     @defer.inlineCallbacks
-    def test_reader_is_consistent_with_its_position_under_writes(self):
-        seed = random.randrange(1 << 30)
-        print(f"seed {seed}")
-        rnd = random.Random(seed)
+    def test_reader_is_consistent_with_its_position_under_writes(self, rnd):
+        self.dir = self.tempdir()  # a hub of its own for each seed
         hub = self.make_hub()
         for i in range(50):
             yield hub.append(txn(up("items", i, v="0")))
@@ -592,12 +590,10 @@ class UpgradeTests(HubTestCase):
 
 
 class KeyOrderTests(unittest.TestCase):
-    def test_key_order_bytes_sorts_like_the_rule(self):
+    @seeded(1)
+    def test_key_order_bytes_sorts_like_the_rule(self, rnd):
         from electric.hub.resolution import _key_order
 
-        seed = random.randrange(1 << 30)
-        print(f"seed {seed}")
-        rnd = random.Random(seed)
         alphabet = ["", "a", "b", "\x00", "\x01", "é", "☃", "\U0001f600", " ", "~"]
         keys = set()
         for _ in range(2000):

@@ -7,7 +7,6 @@ position it was acknowledged with, and no transaction is half visible.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import sqlite3
@@ -22,6 +21,7 @@ from twisted.trial import unittest
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.interface import UPSERT, RowChange, Transaction
 from tests.hub_helpers import read_snapshot
+from tests.seeds import seeded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,9 +118,9 @@ class CrashTests(unittest.TestCase):
         finally:
             db.close()
 
+    @seeded()
     @defer.inlineCallbacks
-    def test_sigkill_under_load(self):
-        rnd = random.Random()
+    def test_sigkill_under_load(self, rnd):
         all_acked = {}
         total_kills = 0
         for cycle in range(5):
@@ -130,12 +130,14 @@ class CrashTests(unittest.TestCase):
                 cwd=ROOT,
                 stderr=open(os.path.join(self.dir, f"stderr-{cycle}"), "wb"),
             )
-            deadline = time.monotonic() + 60
-            while not read_acks(out_path):
+            # The kill lands at a random point of the load: once the child has
+            # acknowledged a random number of appends (16 more are in flight).
+            target = rnd.randint(1, 3000)
+            deadline = time.monotonic() + 120
+            while len(read_acks(out_path)) < target:
                 self.assertIsNone(proc.poll(), open(os.path.join(self.dir, f"stderr-{cycle}")).read())
-                self.assertLess(time.monotonic(), deadline, "child never acknowledged anything")
+                self.assertLess(time.monotonic(), deadline, f"child acknowledged fewer than {target} appends")
                 yield task.deferLater(reactor, 0.02, lambda: None)
-            yield task.deferLater(reactor, rnd.uniform(0.05, 0.8), lambda: None)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             total_kills += 1
@@ -237,9 +239,9 @@ class BigCrashTests(unittest.TestCase):
         finally:
             db.close()
 
+    @seeded()
     @defer.inlineCallbacks
-    def test_sigkill_during_big_transactions(self):
-        rnd = random.Random()
+    def test_sigkill_during_big_transactions(self, rnd):
         acked = {"big": {}, "small": {}}
         for cycle in range(4):
             out_path = os.path.join(self.dir, f"acks-{cycle}")
@@ -248,12 +250,14 @@ class BigCrashTests(unittest.TestCase):
                 [sys.executable, "-c", BIG_CHILD, self.data, str((cycle + 1) * 1_000_000), out_path],
                 cwd=ROOT, stderr=open(err, "wb"),
             )
-            deadline = time.monotonic() + 60
-            while not self.acks(out_path)["big"]:
+            # The kill lands at a random point: once the child has committed a random
+            # number of big transactions (the other producer is staging or committing one).
+            target = rnd.randint(1, 6)
+            deadline = time.monotonic() + 120
+            while len(self.acks(out_path)["big"]) < target:
                 self.assertIsNone(proc.poll(), open(err).read())
-                self.assertLess(time.monotonic(), deadline, "child never committed a big transaction")
+                self.assertLess(time.monotonic(), deadline, f"child committed fewer than {target} big transactions")
                 yield task.deferLater(reactor, 0.02, lambda: None)
-            yield task.deferLater(reactor, rnd.uniform(0.05, 1.0), lambda: None)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             got = self.acks(out_path)

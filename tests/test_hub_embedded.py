@@ -7,16 +7,14 @@ import shutil
 import sqlite3
 import tempfile
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from electric.hub.embedded import CATCH_UP_ORIGIN, EmbeddedHub
 from electric.hub.interface import UNCHANGED, HubError, IHub, ISubscription, RowChange, SubscriptionClosed, Transaction
 from tests.hub_helpers import dl, read_snapshot, tr, txn, up
-
-
-def later(seconds=0.0):
-    return task.deferLater(reactor, seconds, lambda: None)
+from tests.polling import wait_until
+from tests.seeds import seeded
 
 
 class HubTestCase(unittest.TestCase):
@@ -211,7 +209,7 @@ class SubscriptionTests(HubTestCase):
         d1.addCallback(lambda r: events.append(("acked", r.position)))
         d2.addCallback(lambda r: events.append(("acked", r.position)))
         yield defer.gatherResults([d1, d2])
-        yield later()
+        yield wait_until(lambda: any(e[0] == "seen" for e in events), what="the subscriber to see an entry")
         first_seen = next(i for i, e in enumerate(events) if e[0] == "seen")
         for p in events[first_seen][1]:
             self.assertLess(events.index(("acked", p)), first_seen)
@@ -461,14 +459,13 @@ class InterfaceTests(HubTestCase):
 
 
 class EquivalenceTests(HubTestCase):
+    @seeded(11, 12, 13)
     @defer.inlineCallbacks
-    def test_sqlite_hub_resolves_exactly_like_the_reference(self):
+    def test_sqlite_hub_resolves_exactly_like_the_reference(self, rnd):
         """The rows table inside the write transaction behaves as the pure rule says."""
-        import random
-
         from electric.hub.resolution import MemoryState
 
-        rnd = random.Random(11)
+        self.dir = self.tempdir()  # a hub of its own for each seed
         ref = MemoryState()
         hub = self.make_hub(tail_entries=50)
         txns = []

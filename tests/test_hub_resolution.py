@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +18,7 @@ from electric.hub.resolution import (
 )
 from electric.schema import Column, Table
 from tests.hub_helpers import dl, tr, txn, up
+from tests.seeds import seeded
 
 ITEMS = Table(
     "public",
@@ -165,8 +165,8 @@ class RuleTests(unittest.TestCase):
         self.assertEqual(r1, r2)
         self.assertEqual(self.hub.rows, before)
 
-    def test_replay_gives_the_same_state(self):
-        rnd = random.Random(7)
+    @seeded(7, 8, 9)
+    def test_replay_gives_the_same_state(self, rnd):
         log = []
         for i in range(300):
             k = rnd.randrange(10)
@@ -324,10 +324,10 @@ class ConvergenceProperty(unittest.TestCase):
         for rows in replicas:
             self.assertEqual(rows, expected)
 
-    def test_interleavings_exercise_conflicts(self):
+    @seeded(3, 1, 2)
+    def test_interleavings_exercise_conflicts(self, rnd):
         """Guard against a vacuous property: random runs make replicas diverge
         locally, and the resolved stream is what corrects them."""
-        rnd = random.Random(3)
         corrections = 0
         for _ in range(50):
             steps = []

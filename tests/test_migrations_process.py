@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from twisted.trial import unittest
@@ -25,6 +26,7 @@ ALTER TABLE entries REPLICA IDENTITY FULL;
 """
 
 _state = {}
+TOKEN = "migrations-process-test-token"  # the service requires it (ELECTRIC_API_TOKEN)
 DB = f"mig_proc_{os.getpid()}"
 SLOT = f"mig_proc_slot_{os.getpid()}"
 
@@ -57,7 +59,7 @@ def stack():
             pg.psql(f"CREATE DATABASE {DB}", dbname="postgres")
             pg.psql(BASE_SCHEMA, dbname=DB)
         urls = {name: pg.url.rsplit("/", 1)[0] + "/" + DB for name, pg in (("postgres_1", a), ("postgres_2", b))}
-        electric = ElectricProcess(urls, extra_env={"POSTGRES_SLOT": SLOT}).start()
+        electric = ElectricProcess(urls, extra_env={"POSTGRES_SLOT": SLOT, "ELECTRIC_API_TOKEN": TOKEN}).start()
         _state["electric"] = electric
         electric.wait_ready(120)
     return _state["a"], _state["b"], _state["electric"]
@@ -96,15 +98,18 @@ class ThroughTheService(unittest.TestCase):
         with open(path, "w") as f:
             f.write(sql)
 
-    def env(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ELECTRIC_URL", "STATUS_PORT"))}
+    def env(self, token=TOKEN):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("ELECTRIC_URL", "STATUS_PORT", "ELECTRIC_API_TOKEN"))}
         env["STATUS_PORT"] = str(self.electric.status_port)
         env["PYTHONPATH"] = ROOT
+        if token is not None:
+            env["ELECTRIC_API_TOKEN"] = token
         return env
 
-    def cli(self, *args):
+    def cli(self, *args, token=TOKEN):
         proc = subprocess.run([sys.executable, "-m", "electric", "apply-migration", *args],
-                              cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=300)
+                              cwd=ROOT, env=self.env(token), capture_output=True, text=True, timeout=300)
         return proc.returncode, proc.stdout, proc.stderr
 
     def get(self, path):
@@ -179,3 +184,30 @@ class ThroughTheService(unittest.TestCase):
                    what="both connectors ready")
         self.sql(self.b, "INSERT INTO entries VALUES ('f_after', 'z')")
         self.wait_for(self.a, "SELECT count(*) FROM entries WHERE id = 'f_after'", "1")
+
+    def test_the_api_token_is_required_and_sent_from_the_environment(self):
+        self.add("1700000030_token", "CREATE TABLE token_t (id text PRIMARY KEY);")
+        for token, message in ((None, "requires an API token: set ELECTRIC_API_TOKEN"),
+                               ("not-the-right-token", "the token in ELECTRIC_API_TOKEN was refused")):
+            code, out, err = self.cli("1700000030_token", token=token)
+            self.assertEqual(code, 1)
+            self.assertIn(message, err)
+            proc = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.deps-stamp",
+                                   "apply_migration", "name=1700000030_token"],
+                                  cwd=ROOT, env=self.env(token), capture_output=True, text=True, timeout=300)
+            self.assertNotEqual(proc.returncode, 0)
+            self.assertIn(message, proc.stderr)
+        self.assertNotIn("token_t", self.sql(self.a, "SELECT string_agg(tablename, ',') FROM pg_tables"))
+        proc = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.deps-stamp",
+                               "apply_migration", "name=1700000030_token"],
+                              cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=300)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("postgres_1: applied 1700000030_token", proc.stdout)
+        # details list users and clients: closed without the token, open with it
+        url = f"http://127.0.0.1:{self.electric.status_port}/api/status/details"
+        with self.assertRaises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(url, timeout=30)
+        self.assertEqual(caught.exception.code, 401)
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            self.assertIn("satellite", json.loads(r.read()))

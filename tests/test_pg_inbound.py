@@ -13,8 +13,7 @@ import resource
 import shutil
 import tempfile
 
-from twisted.internet import defer, reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet import defer, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
@@ -219,7 +218,7 @@ class StreamTests(ConnectorTestBase):
                                                 "AND prosrc LIKE '%\"a\"%'"))
         # A table created after setup is picked up from its first Relation.
         # (Qualified: the role is called electric, so "$user" in search_path
-        # now finds Electric's own schema first.)
+        # now finds schema electric first, and this test reads public.c.)
         self.sql("CREATE TABLE public.c (id int PRIMARY KEY); INSERT INTO public.c VALUES (1)")
         yield self.wait_rows("c", 1)
         self.sql("TRUNCATE a, b")
@@ -276,20 +275,26 @@ class StreamTests(ConnectorTestBase):
 
 class ElectricSchemaTests(ConnectorTestBase):
     @defer.inlineCallbacks
-    def test_migration_bookkeeping_transactions_are_dropped(self):
-        self.sql("CREATE TABLE public.u (id int PRIMARY KEY)")
+    def test_bookkeeping_transactions_are_dropped_other_electric_tables_replicate(self):
+        self.sql("CREATE TABLE public.u (id int PRIMARY KEY); CREATE SCHEMA electric;"
+                 "CREATE TABLE electric.meta (k text PRIMARY KEY)")
         yield self.start()
         # A migration commits its DDL, its rows and its electric.migrations row
         # together; that whole transaction stays out of the hub (as the original).
         self.sql("BEGIN; INSERT INTO public.u VALUES (1);"
                  "INSERT INTO electric.migrations (version, hash) VALUES ('1', 'abc'); COMMIT")
+        self.sql("BEGIN; INSERT INTO public.u VALUES (3); INSERT INTO electric.meta VALUES ('k'); COMMIT")
+        # Any other table of schema electric is a user table.
         self.sql("CREATE TABLE electric.other (id int PRIMARY KEY); INSERT INTO electric.other VALUES (1);"
                  "INSERT INTO public.u VALUES (2)")
         rows = yield self.wait_rows("u", 1)
         self.assertEqual(list(rows), [("2",)])
-        self.assertIsNone(self.registry.find("electric", "other"))
+        self.assertEqual(self.registry.get("electric", "other").column_names, ("id",))
+        self.assertIsNone(self.registry.find("electric", "migrations"))
+        self.assertIsNone(self.registry.find("electric", "meta"))
         self.assertEqual(self.hub.status()["appends"], 1)
-        self.assertEqual((yield self.rows("other", schema="electric")), {})
+        self.assertEqual((yield self.rows("other", schema="electric")), {("1",): {"id": "1"}})
+        self.assertEqual(self.service.status()["skipped_tables"], [])
 
 
 class RestartTests(ConnectorTestBase):
@@ -517,8 +522,13 @@ class PublisherTests(ConnectorTestBase):
         # Electric's own origin and was dropped.
         self.assertEqual(rows, {("4",): {"id": "4", "v": "local"}})
         yield wait_until(lambda: self.hub.status()["appends"] == 2, what="two local appends")
-        yield deferLater(reactor, 1.0, lambda: None)
         self.assertEqual(self.hub.status()["appends"], 2)
+        # Nothing the subscription applied comes back later either: one more local
+        # write (in WAL after all of it) arrives as the next and only other append.
+        self.sql("INSERT INTO t VALUES (5, 'local, last')")
+        rows = yield self.wait_rows("t", 2)
+        self.assertEqual(rows[("5",)], {"id": "5", "v": "local, last"})
+        self.assertEqual(self.hub.status()["appends"], 3)
 
     def _wait_db(self, sql, expected, timeout=30.0):
         import time

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from electric.postgres.protocol import pgoutput
@@ -123,8 +122,13 @@ class ProtocolTests(unittest.TestCase):
         # us by now; the server asks for replies and gets them.
         yield wait_until(lambda: rec.keepalives >= 3, timeout=30, what="several keepalives")
         self.assertEqual(client.state, "streaming")
-        yield deferLater(reactor, 0, lambda: None)
-        confirmed = self.pg.psql(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'proto_slot'").strip()
+
+        def slot_confirmed():
+            text = self.pg.psql(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'proto_slot'").strip()
+            return text if parse_lsn(text) >= rec.flushed else None
+
+        # The walsender takes our status update in its own time: wait for it, not for a reactor turn.
+        confirmed = yield wait_until(slot_confirmed, what="our flush position in the slot")
         self.assertGreaterEqual(parse_lsn(confirmed), rec.flushed)
         self.assertNotIn("terminating walsender process due to replication timeout", self.pg.log())

@@ -123,6 +123,21 @@ class AssemblerTests(unittest.TestCase):
         self.assertIsNone(ev.transaction)
         self.assertEqual(ev.dropped, assembly.ELECTRIC_TABLES)
 
+    def test_meta_table_drops_whole_transaction(self):
+        self.a.feed(po.Relation(16501, "electric", "meta", "d", (po.RelationColumn(1, "key", 25, -1),)))
+        [ev] = run(self.a, tx(0x100, po.Insert(16400, ("a", "x")), po.Insert(16501, ("k",))))
+        self.assertEqual((ev.transaction, ev.dropped), (None, assembly.ELECTRIC_TABLES))
+
+    def test_user_table_in_schema_electric_replicates(self):
+        things = Table("electric", "things", ITEMS.columns, ("id",))
+        a = assembly.TransactionAssembler("pg1", lookup_with({("electric", "things"): things}))
+        self.assertIsNone(a.feed(po.Relation(16600, "electric", "things", "d", RC)))
+        [ev] = run(a, tx(0x100, po.Insert(16600, ("a", "x"))))
+        self.assertEqual([(c.schema, c.table, c.key) for c in ev.transaction.changes], [("electric", "things", ("a",))])
+        # Not known yet (created after setup): looked up like any other table.
+        need = a.feed(po.Relation(16601, "electric", "later", "d", RC))
+        self.assertEqual((need.schema, need.name), ("electric", "later"))
+
     def test_empty_transaction(self):
         [ev] = run(self.a, tx(0x100))
         self.assertEqual((ev.transaction, ev.dropped, ev.end_lsn), (None, assembly.EMPTY, 0x130))

@@ -7,7 +7,7 @@ acknowledgements into the hub, flow control and shutdown.
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from electric.hub import positions
@@ -28,7 +28,7 @@ from electric.postgres.protocol.messages import (
 from electric.postgres.protocol.replication_messages import PrimaryKeepalive, StandbyStatusUpdate, XLogData
 from electric.postgres.protocol.lsn import format_lsn
 from electric.postgres.publisher.service import hub_consumer
-from tests.publisher_helpers import ITEMS, Electric, connect, eventually, sleep
+from tests.publisher_helpers import ITEMS, Electric, connect, eventually
 
 START = "START_REPLICATION SLOT \"{slot}\" LOGICAL {lsn} (proto_version '3', publication_names '\"all_tables\"')"
 
@@ -322,7 +322,8 @@ class Server(unittest.TestCase):
         c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
         stream = yield eventually(lambda: e.publisher.slots.get("postgres_1") and e.publisher.slots["postgres_1"].stream)
         yield eventually(lambda: stream.paused, timeout=30)
-        yield sleep(0.5)
+        # Once paused, only the hub read in flight can still land; after it nothing may move.
+        yield eventually(lambda: not stream._waiting, timeout=30)
         held = stream.encoder.position
         self.assertLess(held, 3000)
         self.assertTrue(stream.paused)
@@ -336,17 +337,28 @@ class Server(unittest.TestCase):
     @defer.inlineCallbacks
     def test_silent_subscriber_is_pinged_then_dropped(self):
         yield self.e.stop()
-        self.e.publisher_kw = {"keepalive_interval": 0.2, "sender_timeout": 3.0}
+        clock = task.Clock()  # keepalive and sender timeout run on it: no real waiting
+        self.e.publisher_kw = {"keepalive_interval": 0.2, "sender_timeout": 3.0, "clock": clock}
         yield self.e.start()
         c = yield self.login()
         c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
-        ping, _ = yield c.until(lambda m: isinstance(m, CopyData) and xlog(m)[0] == "k"
-                                and xlog(m)[2].reply_requested)
+        yield c.until(lambda m: isinstance(m, CopyBothResponse))
+        stream = yield eventually(lambda: self.e.publisher.slots["postgres_1"].stream)
+        clock.pump([0.2] * 8)  # 1.6 s of silence: past half the timeout
+        ping, before = yield c.until(lambda m: isinstance(m, CopyData) and xlog(m)[0] == "k"
+                                     and xlog(m)[2].reply_requested)
+        keepalives = [m for m in before if isinstance(m, CopyData) and xlog(m)[0] == "k"]
+        self.assertGreaterEqual(len(keepalives), 8)  # one at start, one per tick
+        self.assertFalse(any(xlog(m)[2].reply_requested for m in keepalives[:-1]))
         # Answering keeps it alive ...
         c.send(StandbyStatusUpdate(0, 0, 0, 0, False).frame())
-        yield sleep(1.0)
+        yield eventually(lambda: stream.last_heard == clock.seconds())
+        clock.pump([0.2] * 14)  # 2.8 s since the answer
+        self.assertFalse(stream.stopped)
         self.assertFalse(c.is_closed)
         # ... silence ends it, and frees the slot for the subscriber's next attempt.
+        clock.pump([0.2] * 3)  # 3.4 s since the answer
+        self.assertTrue(stream.stopped)
         m, _ = yield c.until(lambda m: isinstance(m, ErrorResponse), timeout=10)
         self.assertEqual((m.severity, m.sqlstate), ("FATAL", "57P01"))
         self.assertIn("replication timeout", m.message)
@@ -536,8 +548,7 @@ class BigTransactions(unittest.TestCase):
         c.send(Query("COPY public.items (id, content, n) TO STDOUT"))
         conn = yield eventually(lambda: next((p for p in e.publisher.connections if p.copy_writer), None))
         pump = conn.copy_writer
-        yield eventually(lambda: pump.paused, timeout=30)
-        yield sleep(0.5)
+        yield eventually(lambda: pump.paused and not pump._pulling, timeout=30)
         held = pump.rows
         self.assertLess(held, n)  # 9 MB of rows: the socket buffers hold a part
         self.assertFalse(pump._pulling)  # nothing read ahead while the subscriber does not read

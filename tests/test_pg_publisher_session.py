@@ -661,3 +661,75 @@ class Encoder(unittest.TestCase):
         self.assertEqual([type(m).__name__ for _, m in out], ["Begin", "Relation", "Insert", "Commit"])
         self.assertEqual(out[1][1].column_names, ("id", "content", "n", "extra"))
         self.assertEqual(out[2][1].new, ("a", None, None, "e"))
+
+
+class TLSAndLimits(unittest.TestCase):
+    """The session's side of TLS, pre-login caps, failed logins and slot names (bytes in, actions out)."""
+
+    def test_ssl_request_with_tls_available_asks_the_driver_to_start_tls(self):
+        from electric.postgres.publisher.session import StartTLS
+
+        s = Session(FakeBackend(), 1, 2, tls_available=True)
+        actions = s.feed(SSLRequest().encode())
+        self.assertEqual(actions, [Send(b"S"), StartTLS()])
+        self.assertEqual(s.tls_started(), [])
+        self.assertTrue(s.tls_active)
+        # Over TLS: a second SSLRequest is a protocol violation; GSSENC is still refused.
+        self.assertEqual(s.feed(GSSENCRequest().encode()), [Send(b"N")])
+        actions = s.feed(SSLRequest().encode())
+        self.assertEqual(actions[-1], Disconnect("FATAL 08P01: SSLRequest over an established TLS connection"))
+
+    def test_cleartext_behind_the_ssl_request_is_fatal(self):
+        s = Session(FakeBackend(), 1, 2, tls_available=True)
+        actions = s.feed(SSLRequest().encode() + b"\0\0")
+        self.assertEqual(actions[-1], Disconnect("FATAL 08P01: received unencrypted data after SSL request"))
+        self.assertNotIn(Send(b"S"), actions)
+
+    def test_startup_without_tls_is_refused_when_tls_is_available(self):
+        s = Session(FakeBackend(), 1, 2, tls_available=True)
+        actions = s.feed(StartupMessage({"user": "postgres_1", "replication": "database"}).encode())
+        self.assertEqual(actions[-1].reason, "FATAL 28000: Electric's port 5433 accepts only TLS connections:"
+                                             " connect with sslmode=require or verify-full")
+
+    def test_pre_login_caps_then_the_full_cap(self):
+        from electric.postgres.publisher import session as sm
+
+        s = new_session()
+        s.feed(StartupMessage({"user": "postgres_1", "replication": "database"}).encode())
+        self.assertEqual(s.parser.max_message_size, sm.MAX_SASL_MESSAGE)
+        actions = s.feed(b"p" + (sm.MAX_SASL_MESSAGE + 5).to_bytes(4, "big"))
+        self.assertEqual(actions[-1].reason, "FATAL 54000: frontend message type b'p' of 1025 bytes exceeds the"
+                                             " limit of 1024 bytes")
+        self.assertEqual(new_session("md5").parser.max_message_size, sm.MAX_PASSWORD_MESSAGE)
+        c = Client(new_session())
+        c.login()
+        self.assertEqual(c.session.parser.max_message_size, sm.MAX_MESSAGE_SIZE)
+
+    def test_wrong_password_reports_login_failed_without_the_password(self):
+        from electric.postgres.publisher.session import LoginFailed
+
+        c = Client(new_session())
+        c.login(password="not-the-password")
+        failed = of(c.actions, LoginFailed)
+        self.assertEqual(failed, [LoginFailed("postgres_1", "SCRAM proof does not match (wrong password)")])
+
+    def test_flooding_while_busy_is_cut_off(self):
+        from electric.postgres.publisher import session as sm
+
+        c = Client(new_session())
+        c.login()
+        c.session.state = sm.BUSY  # e.g. a COPY being written
+        actions = c.session.feed(Query("SELECT 1").encode() * (sm.MAX_QUEUED + 1))
+        self.assertEqual(actions[-1].reason, f"FATAL 54000: more than {sm.MAX_QUEUED} messages sent without"
+                                             " waiting for the answers")
+
+    def test_slot_refusal(self):
+        from electric.postgres.publisher.session import slot_refusal
+
+        connectors = ("postgres_1", "postgres_2")
+        for ok in ("postgres_1", "pg_16397_sync_16385_7712374349014268656", "another", "x" * 63):
+            self.assertIsNone(slot_refusal("postgres_1", ok, connectors), ok)
+        err = slot_refusal("postgres_1", "postgres_2", connectors)
+        self.assertEqual(err.sqlstate, "42501")
+        for bad in ("", "Upper", "a-b", "x" * 64, 'a"b'):
+            self.assertEqual(slot_refusal("postgres_1", bad, connectors).sqlstate, "42602", bad)

@@ -28,8 +28,8 @@ _counter = itertools.count(1)
 class ScratchDatabase:
     """A fresh database (and slot name) of the shared cluster for one test."""
 
-    def __init__(self):
-        self.cluster = shared_cluster(CLUSTER_KEY)
+    def __init__(self, cluster_key: str = CLUSTER_KEY):
+        self.cluster = shared_cluster(cluster_key)
         n = next(_counter) + os.getpid() % 1000 * 100
         self.name = f"setup_{n}"
         self.slot = f"setup_slot_{n}"
@@ -176,6 +176,21 @@ class SetupTests(unittest.TestCase):
         self.assertEqual(sorted(t.name for t in registry.database_tables(connector.name)), ["composite", "items"])
 
     @defer.inlineCallbacks
+    def test_introspection_records_not_null(self):
+        """Validation of client writes needs each column's NOT NULL flag (primary keys are NOT NULL too)."""
+        self.pg.psql("CREATE TABLE strict (id int PRIMARY KEY, must text NOT NULL, may text,"
+                     " dflt timestamptz NOT NULL DEFAULT now())")
+        config = make_config(self.pg)
+        result = yield setup.run_setup(config, config.connectors[0], self.creds(config))
+        strict = {t.name: t for t in result.introspection.tables}["strict"]
+        self.assertEqual([(c.name, c.not_null) for c in strict.columns],
+                         [("id", True), ("must", True), ("may", False), ("dflt", True)])
+        registry = SchemaRegistry()
+        setup.apply_to_registry(registry, "postgres_1", [strict])
+        self.assertEqual([t.column("must").not_null for t in registry.definitions("public", "strict")], [True])
+        self.assertEqual(registry.definitions("public", "absent"), [])
+
+    @defer.inlineCallbacks
     def test_stale_subscription_is_corrected(self):
         pg = self.pg
         config = make_config(pg, electric_host="10.0.0.1")
@@ -231,18 +246,60 @@ class SetupTests(unittest.TestCase):
         self.assertEqual(pg.psql("SELECT a, b FROM t").strip(), "x2|y2")
 
     @defer.inlineCallbacks
-    def test_search_path_warning(self):
-        config = make_config(self.pg, name="pg_warn")
+    def test_search_path_note(self):
+        config = make_config(self.pg, name="pg_note")
         session = setup.SetupSession(config.connectors[0])
         yield session.open()
         try:
             yield session.ensure_migrations_table()
-            first = yield session.warn_if_search_path_hits_electric()
+            first = yield session.note_search_path()
         finally:
             session.close()
         # The test clusters' role is "electric", like the dev set-up's.
         self.assertEqual(first, "electric")
-        self.assertIn("pg_warn", setup._warned_search_path)
+        self.assertIn("pg_note", setup._told_search_path)
+
+    @defer.inlineCallbacks
+    def test_tables_in_schema_electric_are_user_tables(self):
+        """
+        Role "electric" creates unqualified tables in schema electric once it
+        exists; they are carried like any other.  Only Electric's bookkeeping
+        tables are not, and they are not reported as skipped either.
+        """
+        pg = self.pg
+        config = make_config(pg)
+        creds = self.creds(config)
+        yield setup.run_setup(config, config.connectors[0], creds)
+        pg.psql("CREATE TABLE things (id int PRIMARY KEY, v text);"
+                "CREATE TABLE electric.keyless (v text);"
+                "CREATE TABLE electric.meta (key text PRIMARY KEY, value text);"
+                "CREATE TABLE electric.empty ();")
+        self.assertEqual(pg.psql("SELECT to_regclass('electric.things') IS NOT NULL").strip(), "t")
+        found = (yield setup.run_setup(config, config.connectors[0], creds)).introspection
+        self.assertEqual([t.qualified for t in found.tables], [("electric", "things")])
+        self.assertEqual(sorted((s.schema, s.name, s.reason) for s in found.skipped), [
+            ("electric", "empty", "table has no columns (generated columns are not replicated)"),
+            ("electric", "keyless", "table has no primary key"),
+        ])
+        self.assertEqual(pg.psql("SELECT n.nspname || '.' || c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                                 "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = 'electric_upsert'").split(),
+                         ["electric.things"])
+        session = setup.SetupSession(config.connectors[0])
+        yield session.open()
+        try:
+            one = yield session.introspect_table(config.publication, "electric", "things")
+            self.assertEqual([t.qualified for t in one.tables], [("electric", "things")])
+            for name in ("migrations", "meta"):
+                none = yield session.introspect_table(config.publication, "electric", name)
+                self.assertEqual((none.tables, none.skipped), ([], []))
+            pg.psql("CREATE PUBLICATION only_things FOR TABLE electric.things")
+            unpublished = yield session.introspect_table("only_things", "electric", "keyless")
+            self.assertEqual([(s.name, s.reason) for s in unpublished.skipped],
+                             [("keyless", 'table is not in publication "only_things"')])
+            gone = yield session.introspect_table(config.publication, "electric", "no_such_table")
+            self.assertEqual((gone.tables, gone.skipped), ([], []))
+        finally:
+            session.close()
 
     @defer.inlineCallbacks
     def test_wrong_password_is_a_clear_error(self):

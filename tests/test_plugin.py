@@ -115,15 +115,24 @@ class TwistdTests(unittest.TestCase):
         return run, transport
 
     @defer.inlineCallbacks
-    def get_status(self, port, run, timeout=30.0):
-        """Poll /api/status until it answers (or the process dies)."""
-        agent = Agent(reactor)
+    def get_status(self, port, run, timeout=30.0, host="127.0.0.1", ca_file=None):
+        """Poll /api/status until it answers (or the process dies); https:// trusting `ca_file` if given."""
+        if ca_file is None:
+            agent, scheme = Agent(reactor), "http"
+        else:
+            from twisted.internet.ssl import Certificate
+            from twisted.web.client import BrowserLikePolicyForHTTPS
+
+            with open(ca_file, "rb") as f:
+                policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(f.read()))
+            agent, scheme = Agent(reactor, contextFactory=policy), "https"
+        url_host = f"[{host}]" if ":" in host else host
         deadline = reactor.seconds() + timeout
         while reactor.seconds() < deadline:
             if run.ended.called:
                 self.fail(f"twistd exited early:\n{run.text}")
             try:
-                response = yield agent.request(b"GET", f"http://127.0.0.1:{port}/api/status".encode())
+                response = yield agent.request(b"GET", f"{scheme}://{url_host}:{port}/api/status".encode())
                 body = yield readBody(response)
                 return response, body
             except (error.ConnectError, error.ConnectionRefusedError):
@@ -185,6 +194,69 @@ class TwistdTests(unittest.TestCase):
         self.assertIn(f"electric cannot start: http: Couldn't listen on 127.0.0.1:{taken}", run.text)
         self.assertNotIn("Traceback", run.text)
 
+
+    @defer.inlineCallbacks
+    def test_every_port_in_use_exits_1_with_one_line(self):
+        blocker = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(blocker.stopListening)
+        taken = blocker.getHost().port
+        for variable, name in (("POSTGRES_REPLICATION_PORT", "postgres-publisher"), ("WEBSOCKET_PORT", "satellite")):
+            run, _ = self.spawn(_env(self.workdir, **{variable: str(taken)}))
+            code = yield _with_timeout(run.ended, 60)
+            self.assertEqual(code, 1, run.text)
+            lines = [line for line in run.text.splitlines() if "listen" in line.lower() and str(taken) in line]
+            self.assertEqual(len(lines), 1, run.text)
+            self.assertIn(f"electric cannot start: {name}: Couldn't listen on 127.0.0.1:{taken}", lines[0])
+            self.assertNotIn("Traceback", run.text)
+
+    @defer.inlineCallbacks
+    def test_ipv6_and_tls_from_the_configuration(self):
+        import socket
+        import ssl
+
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+        except OSError:
+            raise unittest.SkipTest("this machine has no IPv6 loopback (::1)")
+        from tests.tls_helpers import TestCA
+
+        ca = TestCA()
+        self.addCleanup(ca.cleanup)
+        files = ca.server_files(owner=None)
+        env = _env(self.workdir, LISTEN_HOST="::1", ELECTRIC_HOST="::1")
+        for prefix in ("POSTGRES_REPLICATION", "WEBSOCKET", "STATUS"):
+            env[f"{prefix}_TLS_CERT_FILE"] = files.cert
+            env[f"{prefix}_TLS_KEY_FILE"] = files.key
+        run, transport = self.spawn(env)
+        response, body = yield self.get_status(env["STATUS_PORT"], run, host="::1", ca_file=ca.ca_file)
+        self.assertEqual((response.code, body), (200, b'{"connectors":{},"hub":true,"vaxine":false}'))
+
+        def probe():
+            context = ssl.create_default_context(cafile=ca.ca_file)
+            # The websocket port speaks TLS from the first byte ...
+            with socket.create_connection(("::1", int(env["WEBSOCKET_PORT"])), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="::1") as tls:
+                    tls.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                    ws = tls.recv(12)
+            # ... port 5433 answers the SSLRequest with S and then talks TLS.
+            with socket.create_connection(("::1", int(env["POSTGRES_REPLICATION_PORT"])), timeout=10) as raw:
+                raw.sendall(bytes.fromhex("0000000804d2162f"))
+                answer = raw.recv(1)
+                with context.wrap_socket(raw, server_hostname="::1") as tls:
+                    version = tls.version()
+            return ws, answer, version
+
+        ws, answer, version = yield deferToThread(probe)
+        self.assertEqual(ws, b"HTTP/1.1 101")
+        self.assertEqual(answer, b"S")
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
+        self.assertIn("listening on https://[::1]:", run.text)
+        self.assertIn("listening on wss://[::1]:", run.text)
+        transport.signalProcess("TERM")
+        code = yield _with_timeout(run.ended, 10)
+        self.assertEqual(code, 0, run.text)
 
     @defer.inlineCallbacks
     def test_electric_run_is_twistd(self):

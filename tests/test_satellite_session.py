@@ -8,6 +8,7 @@ from electric.satellite import codec
 from electric.satellite import session as sm
 from electric.satellite.auth import InsecureAuth, JWTAuth
 from electric.satellite.codec import ORIGINAL, V0_2
+from electric.schema import Column, Table
 
 from tests.satellite_helpers import (
     begin, client_txn, commit, delete, insert, msg, oplog, registry_with_tables, relation, start_req, update,
@@ -322,6 +323,37 @@ class Incoming(Base):
 
     def test_unknown_table(self):
         self.bad(begin(ORIGINAL, b"A"), insert(ORIGINAL, 0, ["a"]), commit(ORIGINAL), table="nope", rel_cols=["id"])
+
+    def register(self, schema, name):
+        return self.registry.register(Table(schema, name, (Column("id", "text", 25, -1, True),
+                                                           Column("v", "text", 25, -1, False)), ("id",)))
+
+    def test_table_of_another_schema_is_found_by_name(self):
+        s, _ = self.ready()
+        self.register("electric", "things")
+        # Clients name tables without a schema ("public" on the wire).
+        s.receive(relation(ORIGINAL, 0, "things", ["id", "v"]))
+        (append,) = s.receive(client_txn(ORIGINAL, b"\x00\x00\x00\x01", 0, ["a", "x"]))
+        (change,) = append.transaction.changes
+        self.assertEqual((change.schema, change.table, change.key), ("electric", "things", ("a",)))
+
+    def test_public_table_wins_over_a_namesake(self):
+        s, _ = self.ready()
+        self.register("electric", "items")
+        s.receive(relation(ORIGINAL, 0, "items", ITEMS_COLS))
+        (append,) = s.receive(client_txn(ORIGINAL, b"\x00\x00\x00\x01", 0, ["a", "x", "1", None]))
+        self.assertEqual(append.transaction.changes[0].schema, "public")
+
+    def test_ambiguous_name(self):
+        s, _ = self.ready()
+        self.register("electric", "twice")
+        self.register("other", "twice")
+        s.receive(relation(ORIGINAL, 0, "twice", ["id", "v"]))
+        actions = s.receive(client_txn(ORIGINAL, b"\x00\x00\x00\x01", 0, ["a", "x"]))
+        self.assertEqual(frames(actions), [ERR[codec.INVALID_REQUEST]])
+        self.assertTrue(s.closed)
+        self.assertIn('closing: table "twice" is ambiguous: it exists in schemas "electric", "other", none of them "public"',
+                      self.logs)
 
     def test_unknown_column(self):
         self.bad(begin(ORIGINAL, b"A"), insert(ORIGINAL, 0, ["a", "b"]), commit(ORIGINAL), rel_cols=["id", "nope"])

@@ -2,8 +2,7 @@
 
 import socket
 
-from twisted.internet import defer, reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet import defer, task, threads
 from twisted.trial import unittest
 
 from electric.hub.interface import UPSERT, RowChange, Transaction
@@ -437,11 +436,17 @@ class BadInput(Base):
 
 
 class ClientIds(Base):
+    def claim_waiting(self, client_id):
+        return eventually(lambda: client_id in self.fx.service._claim_waiters, message="second connection waiting")
+
     @defer.inlineCallbacks
     def test_second_connection_refused_while_first_lives(self):
+        clock = self.fx.service.clock = task.Clock()
         first = yield self.fx.authed(ORIGINAL, "same", "alice")
         second = yield self.fx.client()
         second.send(codec.auth_request(ORIGINAL, "same", "alice"))
+        yield self.claim_waiting("same")
+        clock.advance(service_mod.CLAIM_WAIT)
         self.assertEqual((yield second.recv()), b"\x00\x08\x04")
         yield second.wait_closed()
         first.send(msg(ORIGINAL, "SatPingReq"))
@@ -449,10 +454,11 @@ class ClientIds(Base):
 
     @defer.inlineCallbacks
     def test_second_connection_waits_for_first_to_go(self):
+        self.fx.service.clock = task.Clock()  # the claim wait cannot run out under load
         first = yield self.fx.authed(ORIGINAL, "handover", "alice")
         second = yield self.fx.client()
         second.send(codec.auth_request(ORIGINAL, "handover", "alice"))
-        yield deferLater(reactor, 0.1, lambda: None)
+        yield self.claim_waiting("handover")
         yield first.close()
         self.assertEqual(codec.message_name((yield second.recv_message(ORIGINAL))), "SatAuthResp")
 
@@ -460,17 +466,27 @@ class ClientIds(Base):
 class Timers(Base):
     @defer.inlineCallbacks
     def test_silent_client_pinged_then_closed(self):
-        self.patch(service_mod, "HEARTBEAT_INTERVAL", 0.2)
+        clock = self.fx.service.clock = task.Clock()
+        interval = service_mod.HEARTBEAT_INTERVAL
         c = yield self.fx.authed(ORIGINAL, "silent", "alice")
+        conn, = self.fx.service.connections
+        clock.advance(interval)  # the SatAuthReq was heard in this interval: no ping yet
+        self.assertFalse(conn.session._ping_outstanding)
+        clock.advance(interval)  # a whole silent interval: ping
         self.assertEqual((yield c.recv()), b"\x05")
+        clock.advance(interval)  # no answer for another one: closed
         with self.assertRaises(ClientClosed):
             yield c.recv()
         self.assertEqual(self.fx.service.connections, [])
 
     @defer.inlineCallbacks
     def test_auth_deadline(self):
-        self.patch(service_mod, "AUTH_DEADLINE", 0.2)
+        clock = self.fx.service.clock = task.Clock()
         c = yield self.fx.client()
+        conn, = yield eventually(lambda: self.fx.service.connections, message="connection opened")
+        clock.advance(service_mod.AUTH_DEADLINE - 0.5)
+        self.assertEqual(conn.session.state, "await_auth")
+        clock.advance(0.5)
         self.assertEqual((yield c.recv()), b"\x00\x08\x01")
         yield c.wait_closed()
 

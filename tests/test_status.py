@@ -188,3 +188,108 @@ class ListenFailureTests(unittest.TestCase):
     def test_hub_missing_reports_false(self):
         api = HttpApi(Config(), None, {})
         self.assertEqual(api.status(), {"connectors": {}, "hub": False, "vaxine": False})
+
+
+class ApiToken(unittest.TestCase):
+    """ELECTRIC_API_TOKEN: migrations and details need the bearer token, health checks do not."""
+
+    TOKEN = "s3cret-token_for.tests~0123456789"
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from electric.http.migrations import install_routes
+
+        self.tmp = tempfile.mkdtemp(prefix="electric-token-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.hub = EmbeddedHub(self.tmp, reactor, compact_interval=0)
+        self.hub.startService()
+        self.addCleanup(self.hub.stopService)
+        self.config = Config(status_port=0, listen_host="127.0.0.1", api_token=self.TOKEN)
+        self.api = HttpApi(self.config, self.hub, {"postgres_1": Link(ready=True)})
+        self.migrator = FakeMigrator()
+        install_routes(self.api.app, self.migrator)
+        self.service = HttpService(self.config, self.api, reactor)
+        self.service.startService()
+        port = yield self.service.listening
+        self.addCleanup(self.service.stopService)
+        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        self.agent = Agent(reactor)
+
+    @defer.inlineCallbacks
+    def request(self, path, method=b"GET", token=None, body=None):
+        from twisted.web.client import FileBodyProducer
+        from twisted.web.http_headers import Headers
+        import io
+
+        headers = Headers({b"content-type": [b"application/json"]})
+        if token is not None:
+            headers.addRawHeader(b"authorization", token)
+        producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
+        response = yield self.agent.request(method, (self.base + path).encode(), headers, producer)
+        data = yield readBody(response)
+        return response.code, data, response.headers
+
+    @defer.inlineCallbacks
+    def test_health_checks_and_migration_reads_stay_open(self):
+        for path in ("/api/status", "/api/status/", "/api/migrations", "/api/migrations/postgres_1"):
+            code, _, _ = yield self.request(path)
+            self.assertEqual(code, 200, path)
+
+    @defer.inlineCallbacks
+    def test_details_need_the_token(self):
+        for token in (None, b"Bearer wrong-token-wrong-token", b"Basic " + self.TOKEN.encode(),
+                      b"Bearer " + self.TOKEN.encode()[:-1], b"Bearer"):
+            for path in ("/api/status/details", "/api/status/details/", "//api/status//details",
+                         "/api/status/%64etails"):
+                code, body, headers = yield self.request(path, token=token)
+                self.assertEqual((code, body), (401, b'{"error":"unauthorized"}'), (path, token))
+                self.assertEqual(headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="electric"'])
+        code, body, _ = yield self.request("/api/status/details", token=b"Bearer " + self.TOKEN.encode())
+        self.assertEqual(code, 200)
+        self.assertIn(b'"connectors"', body)
+        code, _, _ = yield self.request("/api/status/details", token=b"bearer  " + self.TOKEN.encode())
+        self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
+    def test_migration_puts_need_the_token(self):
+        body = b'{"vsn": "1_x"}'
+        for path in ("/api/migrations", "/api/migrations/postgres_1"):
+            code, _, _ = yield self.request(path, b"PUT", body=body)
+            self.assertEqual(code, 401, path)
+            code, _, _ = yield self.request(path, b"PUT", token=b"Bearer nope-nope-nope-nope", body=body)
+            self.assertEqual(code, 401, path)
+        self.assertEqual(self.migrator.calls, [])
+        code, _, _ = yield self.request("/api/migrations/postgres_1", b"PUT",
+                                        token=b"Bearer " + self.TOKEN.encode(), body=body)
+        self.assertEqual(code, 200)
+        self.assertEqual(len(self.migrator.calls), 1)
+
+    @defer.inlineCallbacks
+    def test_other_methods_and_unknown_routes_are_closed(self):
+        for method, path in ((b"POST", "/api/status"), (b"DELETE", "/api/migrations/postgres_1"),
+                             (b"GET", "/api/anything")):
+            code, _, _ = yield self.request(path, method)
+            self.assertEqual(code, 401, (method, path))
+        code, _, _ = yield self.request("/api/anything", token=b"Bearer " + self.TOKEN.encode())
+        self.assertEqual(code, 404)
+
+
+class FakeMigrator:
+    """The four calls the migration routes make, recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def migrations_json(self):
+        return defer.succeed([])
+
+    def connector_json(self, origin):
+        return defer.succeed({"origin": origin})
+
+    def apply(self, origin, vsn):
+        self.calls.append((origin, vsn))
+        return defer.succeed(None)
+
+    def apply_all(self, vsn):
+        self.calls.append((None, vsn))
+        return defer.succeed([])

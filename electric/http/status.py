@@ -22,6 +22,9 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from electric.listener import Listener
+from electric.http.auth import TokenGuard
+
 log = Logger(namespace="electric.http")
 
 
@@ -117,7 +120,8 @@ class HttpApi:
         """
         The twisted.web resource to serve.  The catch-all 500 handler is added
         here, after every component added its routes and error handlers,
-        because Klein tries handlers in registration order.
+        because Klein tries handlers in registration order.  With
+        ELECTRIC_API_TOKEN set the resource is wrapped in a `TokenGuard`.
         """
         if not self._catch_all_installed:
             self._catch_all_installed = True
@@ -135,7 +139,9 @@ class HttpApi:
                             method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
                 return _json(request, 500, {"error": "internal error", "detail": failure.getErrorMessage()})
 
-        return self.app.resource()
+        api = self.app.resource()
+        token = getattr(self.config, "api_token", None)
+        return TokenGuard(api, token) if token else api
 
 
 class _QuietSite(server.Site):
@@ -147,9 +153,9 @@ class _QuietSite(server.Site):
 
 class HttpService(service.Service):
     """
-    Listens on LISTEN_HOST:STATUS_PORT.  `listening` fires with the
-    IListeningPort once bound, or errbacks (CannotListenError) if the port
-    cannot be bound.
+    Listens on LISTEN_HOST:STATUS_PORT (https with STATUS_TLS_CERT_FILE and
+    its key).  `listening` fires with the IListeningPort once bound, or
+    errbacks (CannotListenError) if the port cannot be bound.
     stopService closes the listener and every open connection (keep-alive
     clients would otherwise hold the process past SIGTERM).
     """
@@ -162,37 +168,32 @@ class HttpService(service.Service):
         self.config = config
         self.api = api
         self.reactor = reactor
-        self.listening: defer.Deferred = defer.Deferred()
-        self.port = None
         self._factory: Optional[WrappingFactory] = None
+        self.listener = Listener(reactor, "HTTP API", "https" if config.status_tls else "http",
+                                 config.listen_host, config.status_port, None, tls=config.status_tls)
+
+    @property
+    def listening(self) -> defer.Deferred:
+        return self.listener.listening
+
+    @property
+    def port(self):
+        return self.listener.port
 
     def startService(self):
         site = _QuietSite(self.api.resource())
         site.noisy = False
         self._factory = WrappingFactory(site)
         self._factory.noisy = False
-        try:
-            self.port = self.reactor.listenTCP(
-                self.config.status_port, self._factory, interface=self.config.listen_host
-            )
-        except Exception as e:
-            # Reported through `listening` (the root turns it into a clean
-            # non-zero exit); raising here too would report it twice.
-            log.error("HTTP API cannot listen on {host}:{port}: {error}",
-                      host=self.config.listen_host, port=self.config.status_port, error=e)
-            self.listening.errback(e)
-            return
-        service.Service.startService(self)
-        address = self.port.getHost()
-        log.info("HTTP API listening on {host}:{port}", host=address.host, port=address.port)
-        self.listening.callback(self.port)
+        self.listener.factory = self._factory
+        self.listener.startService()
+        if self.listener.port is not None:
+            service.Service.startService(self)
 
     def stopService(self):
         service.Service.stopService(self)
-        port, self.port = self.port, None
-        if port is None:
-            return None
-        d = defer.maybeDeferred(port.stopListening)
-        for protocol in list(self._factory.protocols):
-            protocol.transport.abortConnection()
+        d = self.listener.stopService()
+        if self._factory is not None:
+            for protocol in list(self._factory.protocols):
+                protocol.transport.abortConnection()
         return d

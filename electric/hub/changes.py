@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional
 
-from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT, RowChange
+from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT, RowChange, WriteGuard
 from electric.schema import Table
 
 
@@ -31,14 +31,16 @@ def _key(table: Table, record: Mapping[str, object]):
     return key
 
 
-def insert(table: Table, new: Mapping[str, object]) -> List[RowChange]:
-    return [RowChange(table.schema, table.name, UPSERT, _key(table, new), dict(new), None)]
+def insert(table: Table, new: Mapping[str, object], guard: Optional[WriteGuard] = None) -> List[RowChange]:
+    return [RowChange(table.schema, table.name, UPSERT, _key(table, new), dict(new), None, guard)]
 
 
-def update(table: Table, old: Optional[Mapping[str, object]], new: Mapping[str, object]) -> List[RowChange]:
+def update(table: Table, old: Optional[Mapping[str, object]], new: Mapping[str, object],
+           guard: Optional[WriteGuard] = None) -> List[RowChange]:
     """
     `old` is the full old row (REPLICA IDENTITY FULL / a client's old row), a
-    key-only old tuple, or None/empty when the origin sent none.
+    key-only old tuple, or None/empty when the origin sent none.  `guard`
+    (an untrusted producer's) goes with every change made.
     """
     new_key = _key(table, new)
     old = dict(old) if old else None
@@ -49,17 +51,17 @@ def update(table: Table, old: Optional[Mapping[str, object]], new: Mapping[str, 
             old_key = new_key
         if old_key != new_key:
             return [
-                RowChange(table.schema, table.name, DELETE, old_key, old, None),
-                RowChange(table.schema, table.name, UPSERT, new_key, dict(new), None),
+                RowChange(table.schema, table.name, DELETE, old_key, old, None, guard),
+                RowChange(table.schema, table.name, UPSERT, new_key, dict(new), None, guard),
             ]
         # Only a complete old row tells which columns changed.
         if not all(c.name in old and old[c.name] is not UNCHANGED for c in table.columns):
             old = None
-    return [RowChange(table.schema, table.name, UPSERT, new_key, dict(new), old)]
+    return [RowChange(table.schema, table.name, UPSERT, new_key, dict(new), old, guard)]
 
 
-def delete(table: Table, old: Mapping[str, object]) -> List[RowChange]:
-    return [RowChange(table.schema, table.name, DELETE, _key(table, old), dict(old), None)]
+def delete(table: Table, old: Mapping[str, object], guard: Optional[WriteGuard] = None) -> List[RowChange]:
+    return [RowChange(table.schema, table.name, DELETE, _key(table, old), dict(old), None, guard)]
 
 
 def truncate(table: Table) -> List[RowChange]:

@@ -62,6 +62,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from electric import files
 from electric.hub import store
 from electric.hub.interface import (
     CHUNK_CHANGES,
@@ -486,12 +487,16 @@ class EmbeddedHub(service.Service):
         max_group: int = 2000,
         chunk: int = CHUNK_CHANGES,
         read_threads: int = READ_THREADS,
+        clock=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
         if chunk < 1:
             raise ValueError(f"chunk must be ≥ 1, got {chunk}")
         self._reactor = reactor
+        # Periodic compaction runs on `clock` (an IReactorTime: the reactor
+        # unless a test passes a task.Clock); everything else needs the reactor.
+        self._clock = clock if clock is not None else reactor
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, DB_NAME)
         self.retain = retain
@@ -540,9 +545,10 @@ class EmbeddedHub(service.Service):
     def startService(self):
         if self._open:
             return
-        os.makedirs(self.data_dir, exist_ok=True)
+        files.private_dir(self.data_dir)
         # One process per data directory: two writers would hand out the
         # same positions.
+        files.private_file(os.path.join(self.data_dir, "hub.lock"))
         lock = open(os.path.join(self.data_dir, "hub.lock"), "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -550,6 +556,10 @@ class EmbeddedHub(service.Service):
             lock.close()
             raise HubError(f"{self.data_dir} is in use by another Electric process (hub.lock is held)") from None
         try:
+            try:
+                files.private_sqlite(self.path)
+            except OSError as e:
+                raise HubError(f"{self.path}: cannot open the hub store: {e}") from None
             conn, info = store.open_store(self.path)
         except BaseException:
             lock.close()
@@ -577,7 +587,7 @@ class EmbeddedHub(service.Service):
         self._pool.start()
         if self.compact_interval:
             self._compactor = task.LoopingCall(self._periodic_compact)
-            self._compactor.clock = self._reactor
+            self._compactor.clock = self._clock
             self._compactor.start(self.compact_interval, now=False)
         service.Service.startService(self)
         log.info("embedded hub {path} open: head {head}, horizon {horizon}, {rows} live rows",
@@ -844,6 +854,10 @@ class EmbeddedHub(service.Service):
                         ts = job.commit_timestamp
                         applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks())
                         job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
+                except InvalidTransaction as e:
+                    # A WriteGuard failed: the producer's fault, not the hub's.
+                    job.outcome = HubError(f"invalid transaction: {e}")
+                    continue
                 except Exception as e:
                     log.failure("hub rejected a transaction from {origin}", origin=ident[0])
                     job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")

@@ -32,7 +32,7 @@ process positions travel as LSNs or opaque byte strings
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple, Union
+from typing import FrozenSet, Mapping, Optional, Tuple, Union
 
 from twisted.application.service import IService
 from zope.interface import Attribute, Interface
@@ -81,6 +81,30 @@ RESEND = "resend"
 
 
 @dataclass(frozen=True)
+class WriteGuard:
+    """
+    What an untrusted producer's write must satisfy against the row as the
+    hub holds it.  The hub checks it while resolving the write, atomically
+    with it, so no concurrent write slips in between a check and the write:
+    a transaction with a change whose guard fails is refused whole (`append`
+    fails with HubError "invalid transaction: ...") and nothing of it is
+    stored.
+
+    `owner_column` / `owner`: the row's owner is the value of `owner_column`
+    (NULL or '' = a row shared with everybody).  A live row the write
+    touches must be `owner`'s or shared, and the write must leave its owner
+    as it was; a row the write creates (or brings back from a tombstone)
+    must end up `owner`'s or shared.
+    `not_null`: columns the row must hold a non-NULL value in after an
+    upsert (the NOT NULL columns of the table in some database).
+    """
+
+    owner_column: Optional[str] = None
+    owner: Optional[str] = None
+    not_null: FrozenSet[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class RowChange:
     """
     One row write, as its origin saw it.
@@ -102,6 +126,8 @@ class RowChange:
 
     A change of primary key must be given as a DELETE of the old key followed
     by an UPSERT of the new one (`electric.hub.resolution.split_update` does it).
+
+    `guard`, when set, is checked against the hub's row state (`WriteGuard`).
     """
 
     schema: str
@@ -110,6 +136,7 @@ class RowChange:
     key: Key = ()
     values: Optional[Mapping[str, Union[Value, _Unchanged]]] = None
     old_values: Optional[Mapping[str, Value]] = None
+    guard: Optional[WriteGuard] = None
 
 
 @dataclass(frozen=True)

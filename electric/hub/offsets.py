@@ -5,7 +5,11 @@ OFFSET_STORAGE_FILE: what must survive restarts about the outside world's positi
   mapped with (`electric.hub.positions.end_lsn`).  It normally stays 0; when
   the hub's data was replaced while a subscriber holds a higher LSN, the
   publisher raises it so that LSNs keep growing for that subscriber.
-* Per Satellite client id, the last client LSN it acknowledged.
+* Per Satellite client id, the last client LSN it acknowledged, and the
+  user the id belongs to: the first user that authenticated with it.  A
+  client id is the identity under which the hub deduplicates a client's
+  transactions and under which its position is kept, so another user must
+  never act under it (`claim_client`).
 
 The store is a service: the file is opened (and created) in `startService`,
 never at construction, so building the service tree touches no disk.  Each
@@ -23,9 +27,12 @@ from typing import Dict, Optional
 
 from twisted.application import service
 
+from electric import files
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slot_base (slot TEXT PRIMARY KEY, base INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS client_lsn (client_id TEXT PRIMARY KEY, lsn BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS client_owner (client_id TEXT PRIMARY KEY, user_id TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -44,15 +51,18 @@ class OffsetStore(service.Service):
 
     def startService(self):
         path = self.path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # Missing parent directories are made private; an existing one (the
+        # working directory, by default) is left alone, the file is 0600.
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=files.DIR_MODE, exist_ok=True)
         conn = None
         try:
+            files.private_sqlite(path)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, OSError) as e:
             if conn is not None:
                 conn.close()
             raise ValueError(f"OFFSET_STORAGE_FILE {path!r} is not a usable offset store: {e}") from None
@@ -105,6 +115,31 @@ class OffsetStore(service.Service):
     def client_lsn(self, client_id: str) -> Optional[bytes]:
         row = self._read("SELECT lsn FROM client_lsn WHERE client_id = ?", (client_id,))
         return None if row is None else bytes(row[0])
+
+    def claim_client(self, client_id: str, user_id: str) -> bool:
+        """
+        Bind `client_id` to `user_id` if it is not bound yet (durably, before
+        returning); True when the id is (now) `user_id`'s, False when it
+        belongs to another user.
+        """
+        if not isinstance(client_id, str) or not isinstance(user_id, str):
+            raise ValueError("client and user ids must be str")
+        with self._lock:
+            conn = self._open_conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT user_id FROM client_owner WHERE client_id = ?", (client_id,)).fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO client_owner VALUES (?, ?)", (client_id, user_id))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return row is None or row[0] == user_id
+
+    def client_owner(self, client_id: str) -> Optional[str]:
+        row = self._read("SELECT user_id FROM client_owner WHERE client_id = ?", (client_id,))
+        return None if row is None else row[0]
 
     def set_client_lsn(self, client_id: str, lsn: bytes) -> None:
         if not isinstance(lsn, (bytes, bytearray)):

@@ -32,6 +32,11 @@ The rule, per row keyed by (schema, table, primary key), with hub order
   migration catches up.  A row the hub does not know is ignored.
 * A primary-key change arrives already split into DELETE old + UPSERT new
   (`electric.hub.changes.update`, re-exported here as `split_update`).
+* A change carrying a `WriteGuard` (an untrusted producer's: a Satellite
+  client) is checked against the row state it resolves on: the owner of a
+  live row, the owner the row ends with, NOT NULL columns.  A failed guard
+  raises `WriteRefused` and the whole transaction is refused.  The check is
+  a pure function of the same inputs, so a replay refuses the same writes.
 
 Output shape: one `ResolvedChange` per input change, in change order (a
 TRUNCATE expands to one per live row), each carrying the row's state right
@@ -55,6 +60,7 @@ from electric.hub.interface import (
     ResolvedChange,
     RowChange,
     Transaction,
+    WriteGuard,
 )
 
 RowId = Tuple[str, str, tuple]
@@ -98,6 +104,41 @@ class StateView:
 
 class InvalidTransaction(ValueError):
     """A transaction handed to the hub is malformed; nothing of it was applied."""
+
+
+class WriteRefused(InvalidTransaction):
+    """A change's `WriteGuard` failed against the hub's row; nothing of the transaction was applied."""
+
+
+def _shared(owner) -> bool:
+    return owner is None or owner == ""
+
+
+def _row_name(change: RowChange) -> str:
+    key = ", ".join("NULL" if v is None else str(v) for v in change.key)
+    return f'"{change.schema}"."{change.table}" ({key})'
+
+
+def _check_guard(change: RowChange, before: Optional["RowState"], after: Optional[Mapping]) -> None:
+    """Raise WriteRefused unless the change may turn `before` into `after` (None: a delete)."""
+    guard = change.guard
+    column = guard.owner_column
+    live = before is not None and not before.deleted
+    if column is not None:
+        before_owner = before.values.get(column) if live else None
+        if live and not _shared(before_owner) and before_owner != guard.owner:
+            raise WriteRefused(f"{_row_name(change)} belongs to another user")
+        if after is not None:
+            after_owner = after.get(column)
+            if live:
+                if (None if _shared(after_owner) else after_owner) != (None if _shared(before_owner) else before_owner):
+                    raise WriteRefused(f'{_row_name(change)}: a write may not change the row\'s owner ("{column}")')
+            elif not _shared(after_owner) and after_owner != guard.owner:
+                raise WriteRefused(f"{_row_name(change)} would belong to another user")
+    if after is not None:
+        for name in sorted(guard.not_null):
+            if after.get(name) is None:
+                raise WriteRefused(f'{_row_name(change)}: column "{name}" is NOT NULL and the row has no value for it')
 
 
 def _check_text(where: str, what: str, text: str):
@@ -157,6 +198,8 @@ def check_transaction(transaction: Transaction) -> None:
                 _check_text(where, "key value", v)
         if ch.op == UPSERT and ch.values is None:
             raise InvalidTransaction(f"{where}: an upsert needs values")
+        if ch.guard is not None and not isinstance(ch.guard, WriteGuard):
+            raise InvalidTransaction(f"{where}: guard must be a WriteGuard, got {type(ch.guard).__name__}")
         for mapping, allow_unchanged in ((ch.values, True), (ch.old_values, True)):
             if mapping is None:
                 continue
@@ -234,6 +277,8 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
                 put(rid, RowState(dict(cur.values), cur.deleted))
             continue
         if ch.op == DELETE:
+            if ch.guard is not None:
+                _check_guard(ch, cur, None)
             # The hub's last values win; the delete's old row only fills gaps.
             row = dict(cur.values) if cur is not None else {}
             for c, v in _known(ch.values).items():
@@ -258,6 +303,8 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
                 sets = _known(values)
             row = dict(cur.values)
             row.update(sets)
+        if ch.guard is not None:
+            _check_guard(ch, cur, row)
         put(rid, RowState(row, False))
 
     return Resolution(tuple(out), pending, live_delta)

@@ -12,8 +12,9 @@ the whole directory is emptied when the hub starts.  Writes go through the
 OS page cache, which is not the process's memory.
 
 Record format: a 4-byte big-endian length, then a pickle of a list of
-``(schema, table, op, key, values, old_values)`` tuples (pickle keeps
-`UNCHANGED` as the singleton).  The files are written and read only by this
+``(schema, table, op, key, values, old_values, guard)`` tuples (pickle keeps
+`UNCHANGED` as the singleton).  Files are private (0600 in a 0700
+directory) like the rest of ELECTRIC_DATA_DIR.  The files are written and read only by this
 process, so pickle's trust model fits.  Each record holds at most
 ``chunk`` changes, so reading one back costs one chunk of memory.
 
@@ -29,13 +30,14 @@ import struct
 import threading
 from typing import Iterator, List, Sequence
 
+from electric import files
 from electric.hub.interface import RowChange
 
 _LEN = struct.Struct("!I")
 
 
 def _to_tuple(c: RowChange) -> tuple:
-    return (c.schema, c.table, c.op, tuple(c.key), c.values, c.old_values)
+    return (c.schema, c.table, c.op, tuple(c.key), c.values, c.old_values, c.guard)
 
 
 class SpillFile:
@@ -51,7 +53,9 @@ class SpillFile:
     def write(self, changes: Sequence[RowChange]) -> None:
         """Append `changes` (in records of at most `chunk` changes)."""
         if self._file is None:
-            self._file = open(self.path, "ab")
+            # Staged rows are replicated data: private like the rest of ELECTRIC_DATA_DIR.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, files.FILE_MODE)
+            self._file = os.fdopen(fd, "ab")
         for i in range(0, len(changes), self.chunk):
             body = pickle.dumps([_to_tuple(c) for c in changes[i:i + self.chunk]], protocol=pickle.HIGHEST_PROTOCOL)
             self._file.write(_LEN.pack(len(body)))
@@ -98,7 +102,7 @@ class Spill:
     def reset(self) -> None:
         """Empty the directory (at start: whatever a previous process staged is gone for good)."""
         shutil.rmtree(self.directory, ignore_errors=True)
-        os.makedirs(self.directory, exist_ok=True)
+        files.private_dir(self.directory)
 
     def open(self) -> SpillFile:
         with self._lock:

@@ -6,7 +6,9 @@ failure.
 It only calls the HTTP API (the running service owns the databases and the
 replication it must refresh), so it needs no database credentials: just
 where the API listens (``--url``, else ``ELECTRIC_URL``, else
-``http://127.0.0.1:$STATUS_PORT``).
+``http://127.0.0.1:$STATUS_PORT``) and, when the service requires one, the
+API token from ``ELECTRIC_API_TOKEN`` (sent as a bearer token; never taken
+on the command line, where other users of the host could read it).
 
 Also runnable as ``python -m electric.migrations.cli [apply-migration] NAME``.
 """
@@ -50,12 +52,12 @@ def api_url(args, environ: Mapping[str, str]) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def _put(url: str, vsn: str, timeout: float):
+def _put(url: str, vsn: str, timeout: float, token: Optional[str] = None):
     """(status, body bytes) of a PUT; raises OSError if nobody answers."""
-    request = urllib.request.Request(
-        url, data=json.dumps({"vsn": vsn}).encode(), method="PUT",
-        headers={"Content-Type": "application/json"},
-    )
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps({"vsn": vsn}).encode(), method="PUT", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -85,10 +87,16 @@ def run(args, environ: Optional[Mapping[str, str]] = None, out: TextIO = None, e
     connector = getattr(args, "connector", None)
     path = "/api/migrations" + (f"/{urllib.parse.quote(connector, safe='')}" if connector else "")
     try:
-        status, body = _put(base + path, name, getattr(args, "timeout", DEFAULT_TIMEOUT))
+        status, body = _put(base + path, name, getattr(args, "timeout", DEFAULT_TIMEOUT),
+                            environ.get("ELECTRIC_API_TOKEN") or None)
     except OSError as e:
         reason = getattr(e, "reason", e)
         print(f"cannot reach Electric at {base}: {reason}", file=err)
+        return EXIT_FAILED
+    if status == 401:
+        hint = ("the token in ELECTRIC_API_TOKEN was refused" if environ.get("ELECTRIC_API_TOKEN")
+                else "set ELECTRIC_API_TOKEN to the service's API token")
+        print(f"Electric at {base} requires an API token: {hint}", file=err)
         return EXIT_FAILED
     text = body.decode("utf-8", "replace")
     try:

@@ -54,8 +54,10 @@ ENSURE_TABLE_SQL = (
 LOCK_TABLE_SQL = "LOCK TABLE electric.migrations IN SHARE ROW EXCLUSIVE MODE"
 # The dev databases' user is called "electric", so once the electric schema
 # exists the default search_path ("$user", public) would put every
-# unqualified CREATE TABLE of a migration into Electric's own schema, which
-# is never replicated.  Migrations run with that schema taken off the path.
+# unqualified CREATE TABLE of a migration into schema electric.  Such tables
+# replicate too, but a migration's tables must land in the same schema in
+# every database, and in public as they always have: migrations run with
+# that schema taken off the path.
 SEARCH_PATH_SQL = (
     "SELECT 'electric' = ANY (current_schemas(false)), "
     "coalesce(string_agg(quote_ident(s), ', ' ORDER BY n) FILTER (WHERE s <> 'electric'), 'public') "

@@ -8,4 +8,6 @@ Electric's Postgres side, in the order data flows through it.
 * `publisher` -- Postgres out: the port-5433 service every database
   subscribes to (walsender sessions, catalog answers, hub -> pgoutput).
 * `sql`       -- the ordinary txpostgres session used by setup and migrations.
+* `tls`       -- TLS to Postgres with libpq's rules (sslmode & co.), for the
+  replication stream; the libpq sessions get the same parameters.
 """

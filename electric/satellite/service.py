@@ -13,13 +13,16 @@ is full), so a slow client never makes Electric buffer for it.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import collections
+import time
+from typing import Deque, Dict, List, Optional
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from electric.hub.interface import HubError, SubscriptionClosed
+from electric.listener import Listener
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -49,6 +52,9 @@ stopped reading holds.
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
 
+RECENT_REFUSALS = 20
+"""How many refused client transactions /api/status/details lists (the count covers all)."""
+
 SEND_MIGRATION_NOTIFICATIONS = False
 """
 Default of `SatelliteService(migration_notifications=...)`.  Off because the
@@ -70,6 +76,7 @@ class ClientConnection:
         self.transport = transport
         self.peer = peer
         self.reactor = owner.reactor
+        self.clock = owner.clock
         self.hub = owner.hub
         self.session = sm.SatelliteSession(
             owner.registry,
@@ -78,6 +85,7 @@ class ClientConnection:
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
             logger=self._log,
+            on_refused=self._refused,
         )
         self._subscription = None
         self._sync = None  # the snapshot reader while an initial sync is under way
@@ -96,12 +104,15 @@ class ClientConnection:
         who = self.session.client_id if self.session.client_id is not None else self.peer
         log.info("satellite {who}: {text}", who=who, text=text)
 
+    def _refused(self, reason: str) -> None:
+        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason)
+
     # --- from the transport ----------------------------------------
 
     def opened(self) -> None:
-        self._auth_timer = self.reactor.callLater(AUTH_DEADLINE, self._auth_deadline)
+        self._auth_timer = self.clock.callLater(AUTH_DEADLINE, self._auth_deadline)
         self._heartbeat = task.LoopingCall(lambda: self._run(self.session.tick()))
-        self._heartbeat.clock = self.reactor
+        self._heartbeat.clock = self.clock
         self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
 
     def frame(self, data: bytes, binary: bool) -> None:
@@ -141,7 +152,10 @@ class ClientConnection:
                 self.transport.send_frame(action.data)
             elif isinstance(action, sm.Close):
                 self._stop_stream()
-                self.transport.close_connection(action.abort)
+                if action.detail:
+                    self.transport.close_connection(action.abort, action.detail)
+                else:
+                    self.transport.close_connection(action.abort)
             elif isinstance(action, sm.ClaimClient):
                 self._claim(action)
             elif isinstance(action, sm.StartOutgoing):
@@ -162,6 +176,25 @@ class ClientConnection:
 
     @defer.inlineCallbacks
     def _claim(self, action: sm.ClaimClient):
+        # The client id must be this user's (bound durably on first use)
+        # before it may even wait for the id's live connection slot, so no
+        # other user can hold that slot or act under the id.
+        try:
+            ours = yield threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(),
+                self.owner.offsets.claim_client, action.client_id, action.user_id,
+            )
+        except Exception as e:  # a broken offset store must not leave the client hanging
+            log.failure("satellite: binding client id {client} to its user failed", client=action.client_id)
+            if not self._lost:
+                self._run(self.session.stream_failed(f"offset store: {e}"))
+            return
+        if self._lost:
+            return
+        if not ours:
+            self.owner.foreign_client_ids += 1
+            self._run(self.session.claim_refused_other_user())
+            return
         granted = yield self.owner._claim(action.client_id, self)
         if self._lost:
             if granted:
@@ -180,6 +213,9 @@ class ClientConnection:
             self._run(self.session.stream_failed(f"offset store: {e}"))
             return
         if not self._lost:
+            raise_limits = getattr(self.transport, "authenticated", None)
+            if raise_limits is not None:
+                raise_limits()  # before the session's answers: they may already be large
             self._run(self.session.claim_granted(stored))
 
     def _append(self, action: sm.Append) -> None:
@@ -363,17 +399,21 @@ class SatelliteService(service.Service):
     """
     `config`: `electric.config.Config` (listen_host, websocket_port,
     regional_id, auth settings).  `hub`: an `electric.hub.interface.IHub`.
-    `offsets`: ``client_lsn(client_id)`` / ``set_client_lsn(client_id, lsn)``
-    (plain values or Deferreds; the `OffsetStore`).
+    `offsets`: the `OffsetStore` (``claim_client``, ``client_lsn``,
+    ``set_client_lsn``; claims and writes run in the thread pool).
     """
 
     name = "satellite"
 
     def __init__(self, config, hub, registry, offsets, reactor=None, authenticator=None,
-                 migration_notifications=None):
+                 migration_notifications=None, clock=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        # The authentication deadline, heartbeats, the claim wait and the stop
+        # timeout run on `clock` (an IReactorTime: the reactor unless a test
+        # passes a task.Clock).
+        self.clock = clock if clock is not None else reactor
         self.config = config
         self.hub = hub
         self.registry = registry
@@ -382,55 +422,48 @@ class SatelliteService(service.Service):
         self.migration_notifications = (
             SEND_MIGRATION_NOTIFICATIONS if migration_notifications is None else migration_notifications
         )
-        self.listening = defer.Deferred()
+        self.listener = Listener(reactor, "Satellite websocket", "wss" if config.websocket_tls else "ws",
+                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls)
         self.connections: List[ClientConnection] = []
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
         self._pending_writes = set()
-        self._port = None
+        self.refused_transactions = 0
+        self.foreign_client_ids = 0
+        self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
 
     @property
     def port(self) -> int:
         """The TCP port actually listened on (useful with WEBSOCKET_PORT=0 in tests)."""
-        return self._port.getHost().port
+        return self.listener.bound_port
+
+    @property
+    def listening(self) -> defer.Deferred:
+        """Fires with the IListeningPort once bound; errbacks (CannotListenError) when the port is taken."""
+        return self.listener.listening
 
     def startService(self):
         from electric.satellite.transport import SatelliteServerFactory
 
         service.Service.startService(self)
-        factory = SatelliteServerFactory(self)
-        endpoint = endpoints.TCP4ServerEndpoint(
-            self.reactor, self.config.websocket_port, interface=self.config.listen_host
-        )
-        d = endpoint.listen(factory)
-
-        def listening(port):
-            self._port = port
-            log.info(
-                "satellite websocket listening on {host}:{port}/ws ({mode} auth)",
-                host=self.config.listen_host, port=port.getHost().port, mode=self.authenticator.mode,
-            )
-            self.listening.callback(port)
-            return port
-
-        def failed(failure):
-            log.failure("satellite websocket could not listen", failure)
-            self.listening.errback(failure)
-
-        d.addCallbacks(listening, failed)
+        tls = self.config.websocket_tls
+        self.listener.factory = SatelliteServerFactory(self, secure=tls is not None)
+        self.listener.startService()
+        if self.listener.port is None:
+            self.running = False
+            return
+        log.info("satellite websocket on path /ws ({mode} auth)", mode=self.authenticator.mode)
 
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
-        if self._port is not None:
-            port, self._port = self._port, None
-            yield port.stopListening()
+        yield self.listener.stopService()
         waiting = [c.closed for c in self.connections]
         for c in list(self.connections):
             c.shutdown()
         if waiting:
             done = defer.DeferredList(waiting, consumeErrors=True)
-            timer = self.reactor.callLater(STOP_TIMEOUT, lambda: [c.transport.close_connection(True) for c in list(self.connections)])
+            timer = self.clock.callLater(STOP_TIMEOUT, lambda: [c.transport.close_connection(True) for c in list(self.connections)])
             yield done
             if timer.active():
                 timer.cancel()
@@ -465,7 +498,7 @@ class SatelliteService(service.Service):
                     del self._claim_waiters[client_id]
                 d.callback(False)
 
-        timer = self.reactor.callLater(CLAIM_WAIT, give_up)
+        timer = self.clock.callLater(CLAIM_WAIT, give_up)
 
         def settled(result):
             if timer.active():
@@ -489,13 +522,24 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
+    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str) -> None:
+        self.refused_transactions += 1
+        self._recent_refusals.append(
+            {"client_id": client_id, "user_id": user_id, "reason": reason, "at": round(time.time(), 3)})
+        log.warn("satellite: refused a transaction of client {client} (user {user}): {reason}",
+                 client=client_id, user=user_id, reason=reason)
+
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""
         return {
-            "listening": self._port is not None,
-            "port": self.port if self._port is not None else None,
+            "listening": self.listener.port is not None,
+            "port": self.port,
+            "tls": self.config.websocket_tls is not None,
             "auth": self.authenticator.mode,
             "connections": len(self.connections),
+            "refused_transactions": self.refused_transactions,
+            "refused_foreign_client_ids": self.foreign_client_ids,
+            "recent_refusals": list(self._recent_refusals),
             "clients": [
                 {
                     "client_id": c.session.client_id,
@@ -506,6 +550,7 @@ class SatelliteService(service.Service):
                     "incoming": c.session.incoming_state,
                     "appended": c.session.appended,
                     "delivered": c.session.delivered,
+                    "refused": c.session.refused,
                 }
                 for c in self.connections
                 if c.session.client_id is not None

@@ -17,6 +17,12 @@ streams run:
 - incoming (client -> hub): REQUESTED (the server sent its
   SatInStartReplicationReq) -> ACTIVE (client answered) <-> PAUSED.
 
+Every client row operation is checked as it arrives
+(`electric.satellite.validation`: values, NOT NULL, write rules) and turned
+into guarded hub changes; anything wrong refuses the whole transaction
+(INVALID_REQUEST, the reason as the websocket close reason), so nothing a
+database could not store is ever acknowledged.
+
 Ordering rule (departure 5): a client merges what it receives with its own
 *unacknowledged* writes, so the ack of a client transaction must reach it
 before any hub transaction ordered after it.  The session therefore appends
@@ -33,10 +39,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
-from electric.hub import changes as hub_changes
 from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction, Transaction
-from electric.satellite import codec
+from electric.satellite import codec, validation
 from electric.satellite.auth import AuthError
 from electric.satellite.codec import (
     AUTH_REQUIRED,
@@ -51,7 +56,7 @@ from electric.satellite.codec import (
 )
 from electric.schema import SchemaRegistry, Table
 
-USER_COLUMN = "electric_user_id"
+USER_COLUMN = validation.USER_COLUMN
 SNAPSHOT_ROWS_PER_TRANSACTION = 500
 """Initial-sync rows per transaction (and so per SatOpLog), so one frame stays far below the size limit."""
 
@@ -71,6 +76,9 @@ restarts the sync instead of resuming after rows it never got.
 
 # session states
 AWAIT_AUTH = "await_auth"
+
+MAX_FRAMES_WHILE_CLAIMING = 64
+"""Messages a client may send between its SatAuthReq and our SatAuthResp (kept, in order)."""
 CLAIMING = "claiming"
 READY = "ready"
 CLOSED = "closed"
@@ -99,6 +107,7 @@ class Send:
 class Close:
     reason: str
     abort: bool = False  # drop the TCP connection without the closing handshake
+    detail: str = ""  # told to the client as the websocket close reason (why a write was refused)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,17 @@ class _SyncDone:
     position: int
 
 
+class WriteRefusal(FrameError):
+    """
+    A client write Electric does not accept (invalid value, unknown table or
+    column, another user's row...): the whole transaction is refused with
+    INVALID_REQUEST, the reason goes to the client as the close reason.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(INVALID_REQUEST, reason)
+
+
 class _OpenTransaction:
     __slots__ = ("lsn", "timestamp_ms", "changes")
 
@@ -167,6 +187,7 @@ class SatelliteSession:
     `lsn_of(position) -> bytes` and `position_of(lsn) -> int` (ValueError when
     the bytes are not an LSN of this hub) translate hub positions.
     `logger(text)` receives one line per notable event (never a token).
+    `on_refused(reason)` hears of every client transaction refused.
     """
 
     def __init__(
@@ -178,6 +199,7 @@ class SatelliteSession:
         position_of: Callable[[bytes], int],
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
+        on_refused: Optional[Callable[[str], None]] = None,
     ):
         self.registry = registry
         self.authenticator = authenticator
@@ -186,6 +208,8 @@ class SatelliteSession:
         self.position_of = position_of
         self.log = logger or (lambda text: None)
         self.clock = clock
+        self.on_refused = on_refused or (lambda reason: None)
+        self.checker = validation.WriteChecker(registry)
 
         self.state = AWAIT_AUTH
         self.gen = ORIGINAL
@@ -208,6 +232,7 @@ class SatelliteSession:
         self._ping_outstanding = False
         self.appended = 0
         self.delivered = 0
+        self.refused = 0
 
     # --- properties the driver polls ---------------------------------
 
@@ -234,12 +259,22 @@ class SatelliteSession:
     def _frame(self, name: str, **fields) -> Send:
         return Send(codec.encode(self.gen, getattr(self.gen.pb, name)(**fields)))
 
-    def _fail(self, code: int, reason: str) -> List:
+    def _fail(self, code: int, reason: str, detail: str = "") -> List:
         if self.state == CLOSED:
             return []
         self.state = CLOSED
         self.log(f"closing: {reason}")
-        return [self._frame("SatErrorResp", error_type=code), Close(reason)]
+        return [self._frame("SatErrorResp", error_type=code), Close(reason, detail=detail)]
+
+    def _refuse(self, reason: str) -> List:
+        """A client transaction is refused whole: nothing of it reaches the hub, the client hears why."""
+        if self.state == CLOSED:
+            return []
+        self.refused += 1
+        self._open = None
+        self._append_queue.clear()
+        self.on_refused(reason)
+        return self._fail(INVALID_REQUEST, reason, detail=reason)
 
     # --- input: frames -------------------------------------------------
 
@@ -248,7 +283,10 @@ class SatelliteSession:
         if self.state == CLOSED:
             return []
         if self.state == CLAIMING:
-            # The client should be waiting for SatAuthResp; keep order anyway.
+            # The client should be waiting for SatAuthResp; keep order anyway,
+            # but a client that floods instead of waiting is not buffered for.
+            if len(self._deferred_frames) >= MAX_FRAMES_WHILE_CLAIMING:
+                return self._fail(INVALID_REQUEST, f"more than {MAX_FRAMES_WHILE_CLAIMING} messages before SatAuthResp")
             self._deferred_frames.append((bytes(data), binary))
             return []
         if not binary:
@@ -269,6 +307,8 @@ class SatelliteSession:
             return self._fail(INVALID_REQUEST, f"unexpected {name}")
         try:
             return handler(message)
+        except WriteRefusal as e:
+            return self._refuse(str(e))
         except FrameError as e:
             return self._fail(e.code, str(e))
 
@@ -315,6 +355,14 @@ class SatelliteSession:
         if self.state != CLAIMING:
             return []
         return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected")
+
+    def claim_refused_other_user(self) -> List:
+        """The client id is bound to another user: refused (its positions and transactions are that user's)."""
+        if self.state != CLAIMING:
+            return []
+        return self._fail(
+            INVALID_REQUEST, f"client id {self.client_id!r} belongs to another user, not {self.user_id!r}",
+            detail="this client id belongs to another user; use a client id of your own")
 
     def _on_SatAuthReq(self, message) -> List:
         return self._fail(INVALID_REQUEST, "second SatAuthReq")
@@ -428,34 +476,55 @@ class SatelliteSession:
         relation = self._client_relations.get(relation_id)
         if relation is None:
             raise FrameError(INVALID_REQUEST, f"unknown relation id {relation_id}")
-        table = self.registry.find(relation.schema_name or "public", relation.table_name)
-        if table is None:
-            raise FrameError(
-                INVALID_REQUEST, f'unknown table "{relation.schema_name}"."{relation.table_name}"'
-            )
+        table = self._client_table(relation.schema_name or "public", relation.table_name)
         names = [c.name for c in relation.columns]
         for name in names:
             if table.column(name) is None:
                 raise FrameError(INVALID_REQUEST, f'table "{table.schema}"."{table.name}" has no column "{name}"')
         return table, names
 
+    def _client_table(self, schema: str, name: str) -> Table:
+        """
+        The table a client's relation names.  Clients address tables by name
+        (SQLite has no schemas; clients of the period always send "public"),
+        so "public".name that does not exist means the one table called
+        `name` in another schema, e.g. a table in schema "electric".
+        """
+        table = self.registry.find(schema, name)
+        if table is None and schema == "public":
+            same = self.registry.named(name)
+            if len(same) > 1:
+                schemas = ", ".join(f'"{t.schema}"' for t in same)
+                raise FrameError(
+                    INVALID_REQUEST, f'table "{name}" is ambiguous: it exists in schemas {schemas}, none of them "public"'
+                )
+            table = same[0] if same else None
+        if table is None:
+            raise FrameError(INVALID_REQUEST, f'unknown table "{schema}"."{name}"')
+        return table
+
     def _row_op(self, kind: str, op) -> List:
-        table, names = self._table_for(op.relation_id)
+        """
+        The hub changes of one client row operation, each value validated
+        against the table in every database (`electric.satellite.validation`);
+        anything wrong with the write refuses the whole transaction.
+        """
         try:
-            if kind == "insert":
+            table, names = self._table_for(op.relation_id)
+            new = old = None
+            if kind in ("insert", "update"):
                 if not op.HasField("row_data"):
-                    raise FrameError(INVALID_REQUEST, "insert without row_data")
-                return hub_changes.insert(table, codec.decode_row(op.row_data, names))
-            if kind == "update":
-                if not op.HasField("row_data"):
-                    raise FrameError(INVALID_REQUEST, "update without row_data")
-                old = codec.decode_row(op.old_row_data, names) if op.HasField("old_row_data") else None
-                return hub_changes.update(table, old, codec.decode_row(op.row_data, names))
-            if not op.HasField("old_row_data"):
-                raise FrameError(INVALID_REQUEST, "delete without old_row_data")
-            return hub_changes.delete(table, codec.decode_row(op.old_row_data, names))
-        except hub_changes.MissingKey as e:
-            raise FrameError(INVALID_REQUEST, str(e)) from None
+                    raise FrameError(INVALID_REQUEST, f"{kind} without row_data")
+                new = codec.decode_row(op.row_data, names)
+                if kind == "update" and op.HasField("old_row_data"):
+                    old = codec.decode_row(op.old_row_data, names)
+            else:
+                if not op.HasField("old_row_data"):
+                    raise FrameError(INVALID_REQUEST, "delete without old_row_data")
+                old = codec.decode_row(op.old_row_data, names)
+            return self.checker.changes(table, kind, names, new, old, self.user_id)
+        except (FrameError, validation.Refused) as e:
+            raise WriteRefusal(str(e)) from None
 
     def _queue_append(self, txn: _OpenTransaction) -> List:
         transaction = Transaction(
@@ -497,7 +566,7 @@ class SatelliteSession:
         self._append_in_flight = None
         self._append_queue.clear()
         if rejected:
-            return self._fail(INVALID_REQUEST, f"the hub refused a client transaction: {reason}")
+            return self._refuse(reason.removeprefix("invalid transaction: "))
         return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
 
     def disconnected(self) -> None:

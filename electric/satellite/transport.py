@@ -6,6 +6,14 @@ compression; each binary message goes to the `ClientConnection`, each frame
 the connection wants sent goes out as one binary message.  The protocol is
 the transport's streaming producer, so a full socket buffer pauses the hub
 stream of that connection and a drained one resumes it.
+
+Before a client has authenticated it is a stranger: its opening handshake
+may be at most `MAX_HANDSHAKE_BYTES` (autobahn itself buffers a request
+without limit) and its frames and messages at most `PRE_AUTH_MAX_BYTES`
+(a SatAuthReq with a token fits easily); a larger one is refused with close
+code 1009 as soon as its header arrives, before its payload is buffered.
+Only once the session authenticated are messages up to `MAX_FRAME_BYTES`
+accepted.
 """
 
 from __future__ import annotations
@@ -22,7 +30,32 @@ log = Logger()
 
 WS_PATH = "/ws"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
-"""Largest websocket message accepted (autobahn closes with 1009 beyond it)."""
+"""Largest websocket message accepted from an authenticated client (autobahn closes with 1009 beyond it)."""
+
+PRE_AUTH_MAX_BYTES = 64 * 1024
+"""Largest frame or message accepted before the client authenticated."""
+
+MAX_HANDSHAKE_BYTES = 32 * 1024
+"""Largest HTTP opening handshake request (request line and headers)."""
+
+CLOSE_REFUSED = 4008
+"""
+Close code after a refused client write: 1008 (policy violation) moved into
+the range RFC 6455 leaves to applications, which is all autobahn lets a
+server send besides 1000.
+"""
+
+CLOSE_REASON_BYTES = 123
+
+
+def close_reason(text: str) -> str:
+    """`text` cut (with an ellipsis) to fit a websocket close frame, on a UTF-8 character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= CLOSE_REASON_BYTES:
+        return text
+    cut = data[:CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore")
+    return cut + "\u2026"
+
 
 SEND_BUFFER_BYTES = 256 * 1024
 """
@@ -40,6 +73,28 @@ CLOSE_HANDSHAKE_TIMEOUT = 2.0
 @implementer(IPushProducer)
 class SatelliteServerProtocol(WebSocketServerProtocol):
     connection = None
+    refused = False
+
+    def dataReceived(self, data):
+        if self.refused:
+            return
+        # autobahn buffers the opening handshake until the blank line, however
+        # long: bound it (431, as an HTTP server answers oversized headers).
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+            log.info("websocket {peer}: opening handshake larger than {n} bytes; refused",
+                     peer=self.peer, n=MAX_HANDSHAKE_BYTES)
+            self.refused = True
+            self.data = b""
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.loseConnection()
+            return
+        super().dataReceived(data)
+
+    def authenticated(self) -> None:
+        """The session authenticated: from now on full-size messages are accepted."""
+        self.maxFramePayloadSize = MAX_FRAME_BYTES
+        self.maxMessagePayloadSize = MAX_FRAME_BYTES
 
     def onConnect(self, request):
         if request.path != WS_PATH:
@@ -79,11 +134,19 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             self.sendMessage(data, isBinary=True)
 
-    def close_connection(self, abort: bool) -> None:
+    def close_connection(self, abort: bool, reason: str = "") -> None:
+        """
+        Close; `reason` (why a client's write was refused) goes to the client
+        in the close frame with code CLOSE_REFUSED (4008), cut to the 123
+        bytes a close reason may hold.
+        """
         if abort:
             self.dropConnection(abort=True)
         elif self.state == self.STATE_OPEN:
-            self.sendClose(code=1000)
+            if reason:
+                self.sendClose(code=CLOSE_REFUSED, reason=close_reason(reason))
+            else:
+                self.sendClose(code=1000)
         elif self.state not in (self.STATE_CLOSED, self.STATE_CLOSING):
             self.dropConnection(abort=True)
 
@@ -104,12 +167,16 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
 class SatelliteServerFactory(WebSocketServerFactory):
     protocol = SatelliteServerProtocol
 
-    def __init__(self, service):
-        super().__init__()
+    def __init__(self, service, secure: bool = False):
+        super().__init__("wss://localhost/ws" if secure else "ws://localhost/ws")
         self.service = service
+        # Each connection starts with these; `authenticated()` raises them.
         self.setProtocolOptions(
-            maxFramePayloadSize=MAX_FRAME_BYTES,
-            maxMessagePayloadSize=MAX_FRAME_BYTES,
+            maxFramePayloadSize=PRE_AUTH_MAX_BYTES,
+            maxMessagePayloadSize=PRE_AUTH_MAX_BYTES,
+            # A refused client is told why (a close frame: 1009 for an
+            # oversized message), then dropped after closeHandshakeTimeout.
+            failByDrop=False,
             openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
             autoPingInterval=0,

@@ -2,7 +2,8 @@
 // for Electric's end-to-end tests.
 //
 // Usage: node driver.mjs CONFIG_JSON
-//   CONFIG_JSON = {"db": path, "port": n, "token": str,
+//   CONFIG_JSON = {"db": path, "port": n, "token": str, "ssl": bool (wss://; trust the CA
+//                  through NODE_EXTRA_CA_CERTS),
 //                  "tables": [{"name", "columns": [{"name", "type"}], "pk": [..]}]}
 // Then reads one JSON command per stdin line and answers one JSON line each:
 //   {"id": n, "op": "exec", "sql": "...", "args": [...]}   -> {"id": n, "changes": k}
@@ -76,7 +77,7 @@ const db = await electrify(
     app: 'electric-test',
     env: 'test',
     migrations,
-    replication: { host: '127.0.0.1', port: config.port, ssl: false },
+    replication: { host: '127.0.0.1', port: config.port, ssl: !!config.ssl },
     console: { host: '127.0.0.1', port: 1, ssl: false },
     debug: !!config.debug,
   },

@@ -13,6 +13,15 @@ channel binding over plain TCP (gs2 header ``n,,``), an empty ``n=`` user
 name (the user comes from the startup packet), PBKDF2-HMAC-SHA256 with 4096
 iterations, and the password passed through SASLprep when it is valid for it
 (used raw otherwise, as Postgres does).
+
+SASLprep is scramp's.  Its exchange classes cannot speak Postgres' dialect
+(scramp 1.5): its server refuses the empty user name ``n=`` that libpq always
+sends ("Attribute values must at least one character long"), so it cannot
+log in a single Postgres subscriber; its client refuses to send ``n=``, and
+refuses salts under 12 bytes and fewer than 4096 iterations, which a
+Postgres 16+ server with a lowered ``scram_iterations`` uses.  The exchange
+below is therefore Postgres' own: message parsing with Postgres' error texts
+and SQLSTATEs, around the RFC 5802 key derivation.
 """
 
 from __future__ import annotations
@@ -22,9 +31,10 @@ import hashlib
 import hmac
 import os
 import re
-import stringprep
-import unicodedata
 from typing import List, Optional, Tuple
+
+from scramp import ScramException
+from scramp.utils import saslprep as _scramp_saslprep
 
 from electric.postgres.protocol.cursor import ProtocolError
 from electric.postgres.protocol.messages import (
@@ -95,33 +105,17 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 def saslprep(password: str) -> bytes:
     """
-    RFC 4013 SASLprep as Postgres applies it: pure-ASCII passwords pass
-    unchanged; a password that SASLprep rejects is used as raw UTF-8 instead
-    of failing, so any password a stock Postgres accepts works here too.
+    The password bytes SCRAM salts, as Postgres computes them: the RFC 4013
+    SASLprep profile (scramp's implementation, stringprep tables of Unicode
+    3.2), except that a password SASLprep rejects or maps to nothing is used
+    as raw UTF-8 instead of failing (libpq and the server both fall back so),
+    so any password a stock Postgres accepts works here too.
     """
-    raw = password.encode("utf-8")
-    if password.isascii():
-        return raw
-    chars = []
-    for ch in password:
-        if stringprep.in_table_b1(ch):
-            continue
-        chars.append(" " if stringprep.in_table_c12(ch) else ch)
-    text = unicodedata.normalize("NFKC", "".join(chars))
-    if not text:
-        return raw
-    prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
-                  stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
-                  stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
-                  stringprep.in_table_a1)
-    if any(check(ch) for ch in text for check in prohibited):
-        return raw
-    if any(stringprep.in_table_d1(ch) for ch in text):
-        if any(stringprep.in_table_d2(ch) for ch in text):
-            return raw
-        if not (stringprep.in_table_d1(text[0]) and stringprep.in_table_d1(text[-1])):
-            return raw
-    return text.encode("utf-8")
+    try:
+        prepared = _scramp_saslprep(password)
+    except ScramException:
+        prepared = ""
+    return (prepared or password).encode("utf-8")
 
 
 def _salted_password(password: str, salt: bytes, iterations: int) -> bytes:

@@ -118,6 +118,15 @@ def _cstr(s: str) -> bytes:
     return b + b"\0"
 
 
+def _unencodable(m, e: Exception) -> PgoutputError:
+    """
+    A field the wire cannot carry (an integer out of its range, text that is
+    not Unicode, a wrong type): refused with the message's name, never sent
+    masked or truncated, and never a bare struct.error.
+    """
+    return PgoutputError(f"cannot encode pgoutput {type(m).__name__}: {e}")
+
+
 def encode_tuple(values: TupleData) -> bytes:
     """TupleData: Int16 count, then per column n / u / t+len+text / b+len+bytes."""
     parts = [I16.pack(len(values))]
@@ -129,7 +138,10 @@ def encode_tuple(values: TupleData) -> bytes:
         elif v is UNCHANGED:
             append(b"u")
         elif isinstance(v, str):
-            b = v.encode("utf-8")
+            try:
+                b = v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise PgoutputError(f"cannot encode tuple value {v!r}: not Unicode text ({e})") from None
             append(b"t" + pack(len(b)) + b)
         elif isinstance(v, (bytes, bytearray, memoryview)):
             b = bytes(v)
@@ -156,7 +168,10 @@ class Begin:
     TAG = b"B"
 
     def encode(self) -> bytes:
-        return b"B" + _BEGIN.pack(self.final_lsn, self.commit_timestamp, self.xid)
+        try:
+            return b"B" + _BEGIN.pack(self.final_lsn, self.commit_timestamp, self.xid)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +187,10 @@ class Commit:
         return self.commit_lsn
 
     def encode(self) -> bytes:
-        return b"C" + _COMMIT.pack(self.flags, self.commit_lsn, self.end_lsn, self.commit_timestamp)
+        try:
+            return b"C" + _COMMIT.pack(self.flags, self.commit_lsn, self.end_lsn, self.commit_timestamp)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +200,10 @@ class Origin:
     TAG = b"O"
 
     def encode(self) -> bytes:
-        return b"O" + U64.pack(self.origin_lsn) + _cstr(self.name)
+        try:
+            return b"O" + U64.pack(self.origin_lsn) + _cstr(self.name)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,15 +237,18 @@ class Relation:
     TAG = b"R"
 
     def encode(self) -> bytes:
-        if len(self.replica_identity) != 1:
-            raise PgoutputError(f"replica identity must be one character, not {self.replica_identity!r}")
-        parts = [b"R", _xid_prefix(self.xid), U32.pack(self.relation_id), _cstr(self.namespace),
-                 _cstr(self.name), self.replica_identity.encode("ascii"), I16.pack(len(self.columns))]
-        for c in self.columns:
-            parts.append(bytes([c.flags & 0xFF]))
-            parts.append(_cstr(c.name))
-            parts.append(_REL_COL_TAIL.pack(c.type_oid, c.type_modifier))
-        return b"".join(parts)
+        try:
+            if self.replica_identity not in REPLICA_IDENTITIES:
+                raise PgoutputError(f"replica identity must be one of d, n, f or i, not {self.replica_identity!r}")
+            parts = [b"R", _xid_prefix(self.xid), U32.pack(self.relation_id), _cstr(self.namespace),
+                     _cstr(self.name), self.replica_identity.encode("ascii"), I16.pack(len(self.columns))]
+            for c in self.columns:
+                parts.append(bytes((c.flags,)))
+                parts.append(_cstr(c.name))
+                parts.append(_REL_COL_TAIL.pack(c.type_oid, c.type_modifier))
+            return b"".join(parts)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
     @property
     def column_names(self) -> Tuple[str, ...]:
@@ -244,7 +268,10 @@ class Type:
     TAG = b"Y"
 
     def encode(self) -> bytes:
-        return b"Y" + _xid_prefix(self.xid) + U32.pack(self.type_oid) + _cstr(self.namespace) + _cstr(self.name)
+        try:
+            return b"Y" + _xid_prefix(self.xid) + U32.pack(self.type_oid) + _cstr(self.namespace) + _cstr(self.name)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +282,10 @@ class Insert:
     TAG = b"I"
 
     def encode(self) -> bytes:
-        return b"I" + _xid_prefix(self.xid) + U32.pack(self.relation_id) + b"N" + encode_tuple(self.new)
+        try:
+            return b"I" + _xid_prefix(self.xid) + U32.pack(self.relation_id) + b"N" + encode_tuple(self.new)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,15 +303,18 @@ class Update:
     TAG = b"U"
 
     def encode(self) -> bytes:
-        if self.old is not None and self.key is not None:
-            raise PgoutputError("an Update carries an old tuple (O) or a key tuple (K), not both")
-        parts = [b"U", _xid_prefix(self.xid), U32.pack(self.relation_id)]
-        if self.key is not None:
-            parts += [b"K", encode_tuple(self.key)]
-        elif self.old is not None:
-            parts += [b"O", encode_tuple(self.old)]
-        parts += [b"N", encode_tuple(self.new)]
-        return b"".join(parts)
+        try:
+            if self.old is not None and self.key is not None:
+                raise PgoutputError("an Update carries an old tuple (O) or a key tuple (K), not both")
+            parts = [b"U", _xid_prefix(self.xid), U32.pack(self.relation_id)]
+            if self.key is not None:
+                parts += [b"K", encode_tuple(self.key)]
+            elif self.old is not None:
+                parts += [b"O", encode_tuple(self.old)]
+            parts += [b"N", encode_tuple(self.new)]
+            return b"".join(parts)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,13 +326,16 @@ class Delete:
     TAG = b"D"
 
     def encode(self) -> bytes:
-        if (self.old is None) == (self.key is None):
-            raise PgoutputError("a Delete carries exactly one of an old tuple (O) or a key tuple (K)")
-        if self.key is not None:
-            body = b"K" + encode_tuple(self.key)
-        else:
-            body = b"O" + encode_tuple(self.old)  # type: ignore[arg-type]
-        return b"D" + _xid_prefix(self.xid) + U32.pack(self.relation_id) + body
+        try:
+            if (self.old is None) == (self.key is None):
+                raise PgoutputError("a Delete carries exactly one of an old tuple (O) or a key tuple (K)")
+            if self.key is not None:
+                body = b"K" + encode_tuple(self.key)
+            else:
+                body = b"O" + encode_tuple(self.old)  # type: ignore[arg-type]
+            return b"D" + _xid_prefix(self.xid) + U32.pack(self.relation_id) + body
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
     @property
     def values(self) -> TupleData:
@@ -323,8 +359,11 @@ class Truncate:
         return bool(self.options & TRUNCATE_RESTART_IDENTITY)
 
     def encode(self) -> bytes:
-        return (b"T" + _xid_prefix(self.xid) + U32.pack(len(self.relation_ids))
-                + bytes([self.options & 0xFF]) + b"".join(U32.pack(r) for r in self.relation_ids))
+        try:
+            return (b"T" + _xid_prefix(self.xid) + U32.pack(len(self.relation_ids))
+                    + bytes((self.options,)) + b"".join(U32.pack(r) for r in self.relation_ids))
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,8 +381,11 @@ class LogicalMessage:
         return bool(self.flags & 1)
 
     def encode(self) -> bytes:
-        return (b"M" + _xid_prefix(self.xid) + _MESSAGE_HEAD.pack(self.flags, self.lsn)
-                + _cstr(self.prefix) + I32.pack(len(self.content)) + bytes(self.content))
+        try:
+            return (b"M" + _xid_prefix(self.xid) + _MESSAGE_HEAD.pack(self.flags, self.lsn)
+                    + _cstr(self.prefix) + I32.pack(len(self.content)) + bytes(self.content))
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +395,10 @@ class StreamStart:
     TAG = b"S"
 
     def encode(self) -> bytes:
-        return b"S" + U32.pack(self.xid) + (b"\x01" if self.first_segment else b"\x00")
+        try:
+            return b"S" + U32.pack(self.xid) + (b"\x01" if self.first_segment else b"\x00")
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,8 +419,11 @@ class StreamCommit:
     TAG = b"c"
 
     def encode(self) -> bytes:
-        return b"c" + _STREAM_COMMIT.pack(self.xid, self.flags, self.commit_lsn, self.end_lsn,
-                                          self.commit_timestamp)
+        try:
+            return b"c" + _STREAM_COMMIT.pack(self.xid, self.flags, self.commit_lsn, self.end_lsn,
+                                              self.commit_timestamp)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +433,10 @@ class StreamAbort:
     TAG = b"A"
 
     def encode(self) -> bytes:
-        return b"A" + U32.pack(self.xid) + U32.pack(self.subxid)
+        try:
+            return b"A" + U32.pack(self.xid) + U32.pack(self.subxid)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,8 +449,11 @@ class BeginPrepare:
     TAG = b"b"
 
     def encode(self) -> bytes:
-        return b"b" + _BEGIN_PREPARE_HEAD.pack(self.prepare_lsn, self.end_lsn,
-                                               self.prepare_timestamp, self.xid) + _cstr(self.gid)
+        try:
+            return b"b" + _BEGIN_PREPARE_HEAD.pack(self.prepare_lsn, self.end_lsn,
+                                                   self.prepare_timestamp, self.xid) + _cstr(self.gid)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,8 +469,11 @@ class _PrepareLike:
     gid: str
 
     def encode(self) -> bytes:
-        return self.TAG + _PREPARE_HEAD.pack(  # type: ignore[attr-defined]
-            self.flags, self.lsn, self.end_lsn, self.timestamp, self.xid) + _cstr(self.gid)
+        try:
+            return self.TAG + _PREPARE_HEAD.pack(  # type: ignore[attr-defined]
+                self.flags, self.lsn, self.end_lsn, self.timestamp, self.xid) + _cstr(self.gid)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,9 +503,12 @@ class RollbackPrepared:
     TAG = b"r"
 
     def encode(self) -> bytes:
-        return b"r" + _ROLLBACK_PREPARED_HEAD.pack(
-            self.flags, self.prepare_end_lsn, self.rollback_end_lsn, self.prepare_timestamp,
-            self.rollback_timestamp, self.xid) + _cstr(self.gid)
+        try:
+            return b"r" + _ROLLBACK_PREPARED_HEAD.pack(
+                self.flags, self.prepare_end_lsn, self.rollback_end_lsn, self.prepare_timestamp,
+                self.rollback_timestamp, self.xid) + _cstr(self.gid)
+        except (struct.error, ValueError) as e:
+            raise _unencodable(self, e) from None
 
 
 PgoutputMessage = Union[Begin, Commit, Origin, Relation, Type, Insert, Update, Delete, Truncate,
@@ -557,7 +617,11 @@ def _d_message(c, s):
 def _d_stream_start(c, s):
     xid = c.uint32()
     first = c.uint8()
-    return StreamStart(xid, bool(first))
+    # Postgres writes 1 or 0 (and reads only 1 as "first"): anything else is
+    # not a Stream Start it could have sent, and would not re-encode the same.
+    if first > 1:
+        raise c.error(f"first-segment flag must be 0 or 1, not {first}")
+    return StreamStart(xid, first == 1)
 
 
 def _d_stream_stop(c, s):

@@ -22,6 +22,8 @@ from typing import Iterable, Optional, Tuple
 
 from twisted.application import service
 
+from electric import files
+
 SECRET_FILE = "subscriber_secret"
 
 
@@ -41,12 +43,13 @@ class SubscriberCredentials(service.Service):
 
     @staticmethod
     def _load_or_create(data_dir: str) -> bytes:
-        os.makedirs(data_dir, exist_ok=True)
+        files.private_dir(data_dir)
         path = os.path.join(data_dir, SECRET_FILE)
         try:
             with open(path, "rb") as f:
                 secret = f.read().strip()
             if len(secret) >= 32:
+                files.private_file(path)
                 return secret
         except FileNotFoundError:
             pass
@@ -59,6 +62,11 @@ class SubscriberCredentials(service.Service):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return secret
+
+    @property
+    def names(self) -> frozenset:
+        """Every connector name (each one is a user on port 5433)."""
+        return self._names
 
     def for_connector(self, name: str) -> Tuple[str, str]:
         """(user, password) that connector `name`'s subscription uses."""

@@ -32,6 +32,8 @@ from electric.hub import positions
 from electric.hub.interface import CHUNK_CHANGES
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.postgres.publisher import catalog_answers as ca
+from electric.listener import Listener
+from electric.postgres.protocol.messages import ErrorResponse
 from electric.postgres.publisher.session import (
     AUTH,
     STARTUP,
@@ -40,11 +42,14 @@ from electric.postgres.publisher.session import (
     CopyRequest,
     CreateSlotRequest,
     Disconnect,
+    LoginFailed,
     Send,
     Session,
     StartRequest,
+    StartTLS,
     StatusUpdate,
     StreamStopped,
+    slot_refusal,
 )
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
@@ -60,6 +65,12 @@ COPY_ROWS = CHUNK_CHANGES
 
 WRITE_CHUNK = 256 * 1024
 """Bytes of frames gathered into one transport.write."""
+
+MAX_UNAUTHENTICATED = 64
+"""Connections that have not yet logged in, at once; more are refused (53300) until some finish."""
+
+MAX_SLOTS_PER_CONNECTOR = 32
+"""Slots one connector may hold in Electric's memory (its apply slot and its table-sync slots)."""
 
 
 def hub_consumer(origin: str) -> str:
@@ -120,7 +131,7 @@ class ReplicationStream:
         self._frames: Optional[Iterator[bytes]] = None
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
-        self.last_heard = publisher.reactor.seconds()
+        self.last_heard = publisher.clock.seconds()
 
     # --- life cycle -----------------------------------------------------
 
@@ -135,7 +146,7 @@ class ReplicationStream:
     def start(self) -> None:
         self._write(self.encoder.keepalive())
         self._timer = task.LoopingCall(self._tick)
-        self._timer.clock = self.publisher.reactor
+        self._timer.clock = self.publisher.clock
         self._timer.start(self.publisher.keepalive_interval, now=False)
         self._pump()
 
@@ -167,7 +178,7 @@ class ReplicationStream:
     # --- subscriber → us ---------------------------------------------------
 
     def status_update(self, update) -> None:
-        self.last_heard = self.publisher.reactor.seconds()
+        self.last_heard = self.publisher.clock.seconds()
         if self.durable and update.flushed:
             pos = positions.position_for_lsn(update.flushed, self.base)
             pos = min(pos, self.encoder.position)
@@ -184,7 +195,7 @@ class ReplicationStream:
     def _tick(self) -> None:
         if self.stopped:
             return
-        idle = self.publisher.reactor.seconds() - self.last_heard
+        idle = self.publisher.clock.seconds() - self.last_heard
         timeout = self.publisher.sender_timeout
         if timeout and idle > timeout:
             log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
@@ -268,6 +279,7 @@ class ReplicationStream:
     def status(self) -> dict:
         return {
             "peer": self.conn.peer,
+            "tls": self.conn.session.tls_active,
             "application_name": self.conn.session.application_name,
             "sync_worker": not self.durable,
             "start_position": self.start_position,
@@ -358,11 +370,13 @@ class PublisherProtocol(protocol.Protocol):
         self.publisher = publisher
         self.pid = pid
         self.secret = secret
-        self.session = Session(publisher, pid, secret, publisher.auth_method)
+        self.session = Session(publisher, pid, secret, publisher.auth_method,
+                               tls_available=publisher.tls_context is not None)
         self.stream: Optional[ReplicationStream] = None
         self.copy_writer: Optional[_CopyPump] = None
         self.peer = ""
         self.paused = False  # the transport's buffer is full
+        self._waiting_login = False  # counted in publisher.unauthenticated
         self._auth_timer = None
         self._closed = False
 
@@ -375,7 +389,21 @@ class PublisherProtocol(protocol.Protocol):
             self.transport.setTcpKeepAlive(True)
         self.transport.registerProducer(self, True)
         self.publisher.connections.add(self)
-        self._auth_timer = self.publisher.reactor.callLater(
+        if self.publisher.unauthenticated >= self.publisher.max_unauthenticated:
+            # As Postgres past max_connections: refuse at once, before reading anything.
+            self.publisher.count("too_many_unauthenticated")
+            log.warn("5433 connection from {peer} refused: {n} connections are already waiting to log in",
+                     peer=self.peer, n=self.publisher.unauthenticated)
+            self._closed = True
+            self.transport.write(ErrorResponse.build(
+                "FATAL", "53300", f"too many connections waiting to log in to Electric's port 5433 (at most"
+                f" {self.publisher.max_unauthenticated}); try again later").encode())
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+            return
+        self.publisher.unauthenticated += 1
+        self._waiting_login = True
+        self._auth_timer = self.publisher.clock.callLater(
             self.publisher.auth_timeout, self._auth_timed_out)
 
     def dataReceived(self, data):
@@ -386,6 +414,7 @@ class PublisherProtocol(protocol.Protocol):
     def connectionLost(self, reason=None):
         self._closed = True
         self._cancel_auth_timer()
+        self._leave_unauthenticated()
         self.run(self.session.connection_lost())
         self._stop_stream("connection lost")
         if self.copy_writer is not None:
@@ -420,8 +449,16 @@ class PublisherProtocol(protocol.Protocol):
                     self.transport.write(action.data)
             elif isinstance(action, Disconnect):
                 self._disconnect(action.reason)
+            elif isinstance(action, StartTLS):
+                self.transport.startTLS(self.publisher.tls_context)
+                self.run(self.session.tls_started())
+            elif isinstance(action, LoginFailed):
+                self.publisher.count("failed_logins")
+                log.warn("5433 login failed from {peer}: user {user!r}: {reason}",
+                         peer=self.peer, user=action.user[:80], reason=action.reason)
             elif isinstance(action, Authenticated):
                 self._cancel_auth_timer()
+                self._leave_unauthenticated()
                 log.info("5433 connection from {peer}: user {user} application {app} authenticated",
                          peer=self.peer, user=action.user, app=action.application_name)
             elif isinstance(action, CreateSlotRequest):
@@ -449,6 +486,12 @@ class PublisherProtocol(protocol.Protocol):
         """End this connection from our side (shutdown, hub failure, timeout)."""
         self.run(self.session.end_stream("57P01", f"terminating connection: {reason}"))
 
+    def _leave_unauthenticated(self) -> None:
+        """Logged in or gone: no longer one of the connections waiting to log in."""
+        if self._waiting_login:
+            self._waiting_login = False
+            self.publisher.unauthenticated -= 1
+
     def _cancel_auth_timer(self) -> None:
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
@@ -457,6 +500,7 @@ class PublisherProtocol(protocol.Protocol):
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
         if self.session.state in (STARTUP, AUTH):
+            self.publisher.count("auth_timeouts")
             log.warn("5433 connection from {peer}: no authentication within {t} s; closing",
                      peer=self.peer, t=self.publisher.auth_timeout)
             self.run(self.session.end_stream("08006", "canceling authentication due to timeout"))
@@ -470,6 +514,9 @@ class PublisherProtocol(protocol.Protocol):
     def _create_slot(self, command) -> None:
         try:
             lsn = self.publisher.create_slot(self.session.origin, command)
+        except ca.QueryError as e:
+            self.run(self.session.command_failed(e.sqlstate, e.message))
+            return
         except Exception as e:
             log.failure("CREATE_REPLICATION_SLOT {name} failed", name=command.name)
             self.run(self.session.command_failed("55000", f"could not create replication slot: {e}"))
@@ -539,7 +586,8 @@ class PublisherService(service.Service):
 
     def __init__(self, config, hub, registry, credentials, offsets, reactor=None, *,
                  auth_method: str = "scram-sha-256", keepalive_interval: float = 10.0,
-                 sender_timeout: float = 60.0, auth_timeout: float = 60.0):
+                 sender_timeout: float = 60.0, auth_timeout: float = 60.0,
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, clock=None):
         if reactor is None:
             from twisted.internet import reactor
         if auth_method not in ("scram-sha-256", "md5"):
@@ -554,14 +602,33 @@ class PublisherService(service.Service):
         self.keepalive_interval = keepalive_interval
         self.sender_timeout = sender_timeout
         self.auth_timeout = auth_timeout
+        self.max_unauthenticated = max_unauthenticated
+        # Timers (login deadline, keepalives, sender timeout); a task.Clock in tests.
+        self.clock = clock if clock is not None else reactor
         self.publication = config.publication
-        self.listening: defer.Deferred = defer.Deferred()
+        self.tls_context = None  # loaded at start when POSTGRES_REPLICATION_TLS_* are set
+        self.listener = Listener(reactor, "Postgres subscribers", "postgresql", config.listen_host,
+                                 config.postgres_replication_port, _Factory(self))
         self._listen_waiters: List[defer.Deferred] = []
-        self.port = None
         self.connections = set()
+        self.unauthenticated = 0  # connections that have not logged in yet
+        self.counters: Dict[str, int] = {
+            "failed_logins": 0, "auth_timeouts": 0, "too_many_unauthenticated": 0, "refused_slots": 0}
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
         self._verifiers: Dict[str, tuple] = {}
+
+    @property
+    def listening(self) -> defer.Deferred:
+        """Fires with the IListeningPort once bound; errbacks (CannotListenError) when the port is taken."""
+        return self.listener.listening
+
+    @property
+    def port(self):
+        return self.listener.port
+
+    def count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
 
     # --- session.Backend --------------------------------------------------------
 
@@ -605,6 +672,10 @@ class PublisherService(service.Service):
         SUBSCRIPTION fail on the subscriber.
         """
         slot = self.slots.get(name)
+        if (slot is not None and slot.origin != origin) or slot_refusal(origin, name, self.credentials.names):
+            log.warn("slot {name}: connector {origin} asked to drop a slot that is not its own; ignored",
+                     name=name[:80], origin=origin)
+            return
         if slot is not None and slot.active is not None:
             log.info("slot {name} ({origin}): drop requested while streaming; kept", name=name, origin=origin)
             return
@@ -620,14 +691,37 @@ class PublisherService(service.Service):
 
     # --- slots -------------------------------------------------------------------------
 
+    def _own_slot(self, origin: str, name: str, create: bool) -> Optional[Slot]:
+        """
+        `origin`'s slot `name` (None if it does not exist yet), or QueryError:
+        a bad name, another connector's slot, or too many slots.
+        """
+        refusal = slot_refusal(origin, name, self.credentials.names)
+        slot = self.slots.get(name)
+        if refusal is None and slot is not None and slot.origin != origin:
+            refusal = ca.QueryError(
+                "42501", f'permission denied for replication slot "{name}": it belongs to another connector')
+        if refusal is None and slot is None and create:
+            held = sum(1 for s in self.slots.values() if s.origin == origin)
+            if held >= MAX_SLOTS_PER_CONNECTOR:
+                refusal = ca.QueryError(
+                    "53400", f"all replication slots are in use: connector {origin} holds {held}"
+                    " (drop unused table-sync slots)")
+        if refusal is not None:
+            self.count("refused_slots")
+            log.warn("slot {name}: refused for connector {origin}: {why}", name=name[:80], origin=origin,
+                     why=refusal.message)
+            raise refusal
+        return slot
+
     def create_slot(self, origin: str, command) -> int:
         """
         The slot's consistent point: the hub's head.  With SNAPSHOT 'use' the
         COPY that follows is served from a later snapshot of its one table
         (`copy_snapshot`), which moves the slot's start up to that snapshot.
         """
+        slot = self._own_slot(origin, command.name, create=True)
         position = self.hub.head()
-        slot = self.slots.get(command.name)
         if slot is None or slot.active is None:
             self.slots[command.name] = Slot(command.name, origin, position)
         lsn = positions.end_lsn(position, self.base_for(origin))
@@ -646,6 +740,8 @@ class PublisherService(service.Service):
 
         def taken(reader):
             slot = self.slots.get(slot_name)
+            if slot is not None and slot.origin != origin:
+                raise ca.QueryError("42501", f'replication slot "{slot_name}" belongs to another connector')
             if slot is None:
                 slot = self.slots[slot_name] = Slot(slot_name, origin, reader.position)
             slot.confirmed = max(slot.confirmed, reader.position)
@@ -658,7 +754,7 @@ class PublisherService(service.Service):
     def start_stream(self, conn: PublisherProtocol, command) -> ReplicationStream:
         """A stream for START_REPLICATION, or QueryError (55006 when the slot is busy)."""
         origin = conn.session.origin
-        slot = self.slots.get(command.slot)
+        slot = self._own_slot(origin, command.slot, create=True)
         if slot is None:
             slot = self.slots[command.slot] = Slot(command.slot, origin)
         if slot.active is not None and slot.active is not conn:
@@ -718,26 +814,30 @@ class PublisherService(service.Service):
     # --- service ------------------------------------------------------------------
 
     def startService(self):
-        if self.listening.called:
-            self.listening = defer.Deferred()
         super().startService()
-        try:
-            self.port = self.reactor.listenTCP(
-                self.config.postgres_replication_port, _Factory(self), interface=self.config.listen_host)
-        except Exception:
-            self.listening.errback()
-            raise
-        host = self.port.getHost()
-        log.info("Postgres subscribers: listening on {host}:{port}", host=host.host, port=host.port)
-        self.listening.callback(self.port)
+        tls = self.config.postgres_replication_tls
+        if tls is not None:
+            from electric.tls import server_context
+            try:
+                self.tls_context = server_context(tls)
+            except Exception as e:  # the files changed since the configuration was checked
+                self.running = False
+                self.listener.fail(e)
+                return
+        self.listener.startService()
+        if self.listener.port is None:
+            self.running = False
+            return
+        if tls is not None:
+            log.info("Postgres subscribers: TLS required on port {port} (certificate {cert})",
+                     port=self.listener.bound_port, cert=tls.cert_file)
         waiters, self._listen_waiters = self._listen_waiters, []
         for d in waiters:
             d.callback(None)
 
     def stopService(self):
         super().stopService()
-        port, self.port = self.port, None
-        d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
+        d = self.listener.stopService()
         for conn in list(self.connections):
             conn.abandon("Electric is shutting down")
         return d
@@ -755,6 +855,9 @@ class PublisherService(service.Service):
         return {
             "listening": host is not None,
             "port": host.port if host is not None else None,
+            "tls": self.config.postgres_replication_tls is not None,
             "connections": len(self.connections),
+            "unauthenticated": self.unauthenticated,
+            **self.counters,
             "slots": {name: slot.status() for name, slot in sorted(self.slots.items())},
         }

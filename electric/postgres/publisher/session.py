@@ -19,7 +19,24 @@ States::
 
 While busy (CREATE_REPLICATION_SLOT, a COPY's snapshot or a START_REPLICATION
 check is in the driver's hands, or a COPY is being written) further input is
-queued, so requests are always answered in order.
+queued, so requests are always answered in order (at most `MAX_QUEUED`
+messages: a client that floods instead of waiting is cut off).
+
+Strangers are cheap to refuse.  Until the password is checked a message may
+be as large as Postgres allows there — the startup packet 10000 bytes, a
+SASL message 1024, an md5 password packet 65535 — and the parser refuses a
+larger one from its length field, before buffering its body.  Once
+authenticated, the subscriber's messages may be up to `MAX_MESSAGE_SIZE`
+(its largest is a COPY command naming every column of a table).
+
+TLS: with `tls_available` an SSLRequest is answered ``S`` and the driver
+starts TLS (`StartTLS`); bytes the client sent after its SSLRequest in
+cleartext are refused (they could be an attacker's, spliced in before the
+handshake), and a StartupMessage that did not come over TLS is refused: a
+connector's subscription always asks for TLS when Electric offers it.
+
+Slots: a connector's credentials open only that connector's slots (see
+`slot_refusal`; the driver keeps who made which slot).
 
 Table sync: ``CREATE_REPLICATION_SLOT ... (SNAPSHOT 'use')`` inside a
 transaction makes this connection a sync connection for that slot; its
@@ -34,7 +51,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, Sequence
+from typing import Iterable, List, Optional, Protocol, Sequence
 
 from electric.postgres.publisher import catalog_answers as ca
 from electric.postgres.protocol.cursor import ProtocolError
@@ -90,6 +107,23 @@ STARTUP, AUTH, READY, BUSY, STREAMING, CLOSED = "startup", "auth", "ready", "bus
 REPLICATION_REQUIRED = "Electric mesh allows connection only in `replication=database` mode"
 
 SYNC_APPLICATION_NAME = re.compile(r"\Apg_\d+_sync_\d+_\d+\Z")
+
+MAX_SLOT_NAME = 63
+"""NAMEDATALEN - 1, as Postgres checks slot names."""
+
+MAX_STARTUP_PACKET = 10000
+"""Postgres' MAX_STARTUP_PACKET_LENGTH."""
+MAX_SASL_MESSAGE = 1024
+"""Postgres' PG_MAX_SASL_MESSAGE_LENGTH: a SCRAM message before authentication."""
+MAX_PASSWORD_MESSAGE = 65535
+"""Postgres' PG_MAX_AUTH_TOKEN_LENGTH: an md5/cleartext password packet."""
+MAX_MESSAGE_SIZE = 1024 * 1024
+"""Largest message an authenticated subscriber may send."""
+MAX_QUEUED = 1024
+"""Messages kept while the session waits for the driver; beyond that the client is flooding."""
+
+INSUFFICIENT_PRIVILEGE = "42501"
+INVALID_NAME = "42602"
 
 COPY_CHUNK = 64 * 1024
 """Bytes of COPY text rows per CopyData message (the subscriber reads a byte stream)."""
@@ -154,26 +188,39 @@ class CancelRequested:
     key: int
 
 
-class Backend(Protocol):
+@dataclass(frozen=True)
+class StartTLS:
+    """Start the TLS handshake now (the ``S`` answer has just been sent), then `Session.tls_started()`."""
+
+
+@dataclass(frozen=True)
+class LoginFailed:
+    """Authentication failed (for the driver's log and counters; never a secret in `reason`)."""
+
+    user: str
+    reason: str
+
+
+def slot_refusal(origin: str, name: str, connectors: Iterable[str]) -> Optional[ca.QueryError]:
     """
-    What a session needs to know about the rest of Electric, synchronously.
-
-    The `PublisherService` implements it over the registry, credentials, hub and offset
-    store; tests implement it with plain values.
+    Why connector `origin` may not use a replication slot called `name`, or
+    None when it may.  Names follow Postgres' rule; the name of another
+    connector is that connector's apply slot (each subscription's slot is
+    named after it) and is refused.  Slots a connector made belong to it (the
+    driver checks that too).
     """
-
-    registry: SchemaRegistry
-    publication: str
-    system_id: str
-
-    def password_for(self, user: str) -> Optional[str]:
-        """The password `user` must present, None for an unknown user."""
-
-    def current_lsn(self, origin: str) -> int:
-        """IDENTIFY_SYSTEM's xlogpos for this origin: the LSN of the hub's head."""
-
-    def drop_slot(self, name: str, origin: str) -> None:
-        """Forget a slot (always succeeds: a refusal would make DROP SUBSCRIPTION fail)."""
+    if (not name or len(name) > MAX_SLOT_NAME
+            or any(ch not in "abcdefghijklmnopqrstuvwxyz0123456789_" for ch in name)):
+        return ca.QueryError(
+            INVALID_NAME,
+            f'replication slot name "{name[:80]}" is invalid: use lower case letters, digits and _'
+            f" (at most {MAX_SLOT_NAME})")
+    if name != origin and name in set(connectors):
+        return ca.QueryError(
+            INSUFFICIENT_PRIVILEGE,
+            f'permission denied for replication slot "{name}": it is the slot of connector "{name}";'
+            f' connector "{origin}" may use only its own slots')
+    return None
 
 
 # --- the session ---------------------------------------------------------------
@@ -190,13 +237,19 @@ class Session:
     """
 
     def __init__(self, backend: Backend, pid: int, secret: int, auth_method: str = "scram-sha-256",
-                 max_message_size: int = 64 * 1024 * 1024):
+                 max_message_size: int = MAX_MESSAGE_SIZE, tls_available: bool = False):
         self.backend = backend
         self.pid = pid
         self.secret = secret
         self.auth_method = auth_method
         self.state = STARTUP
-        self.parser = FrontendParser(max_message_size=max_message_size)
+        self.max_message_size = max_message_size
+        # Strangers get Postgres' pre-authentication limits (see the module docstring).
+        self.parser = FrontendParser(
+            max_message_size=MAX_SASL_MESSAGE if auth_method == "scram-sha-256" else MAX_PASSWORD_MESSAGE,
+            max_startup_size=MAX_STARTUP_PACKET)
+        self.tls_available = tls_available
+        self.tls_active = False
         self.parameters: dict = {}
         self.user: Optional[str] = None
         self.application_name = ""
@@ -232,7 +285,15 @@ class Session:
         except ProtocolError as e:
             return self._flush_queue() + self._fatal(e.sqlstate, e.message)
         self._queue.extend(messages)
+        if len(self._queue) > MAX_QUEUED:
+            self._queue = []
+            return self._fatal("54000", f"more than {MAX_QUEUED} messages sent without waiting for the answers")
         return self._flush_queue()
+
+    def tls_started(self) -> list:
+        """The driver switched the connection to TLS: the next startup packet comes encrypted."""
+        self.tls_active = True
+        return []
 
     def connection_lost(self) -> list:
         was = self.state
@@ -287,6 +348,14 @@ class Session:
     # --- startup and authentication -------------------------------------------
 
     def _startup(self, msg) -> list:
+        if isinstance(msg, SSLRequest) and self.tls_available and not self.tls_active:
+            if self._queue or self.parser.buffered:
+                # As Postgres (CVE-2021-23214): bytes after the SSLRequest that
+                # came before the handshake did not come through TLS.
+                return self._fatal("08P01", "received unencrypted data after SSL request")
+            return [Send(SSLResponse(True).encode()), StartTLS()]
+        if isinstance(msg, SSLRequest) and self.tls_active:
+            return self._fatal("08P01", "SSLRequest over an established TLS connection")
         if isinstance(msg, (SSLRequest, GSSENCRequest)):
             return [Send(SSLResponse(False).encode())]
         if isinstance(msg, CancelRequest):
@@ -294,6 +363,10 @@ class Session:
             return [CancelRequested(msg.pid, msg.key), Disconnect("cancel request")]
         if not isinstance(msg, StartupMessage):
             return self._fatal("08P01", "Unexpected message during connection establishment")
+        if self.tls_available and not self.tls_active:
+            return self._fatal(
+                "28000", "Electric's port 5433 accepts only TLS connections: connect with sslmode=require or"
+                " verify-full")
         params = dict(msg.parameters)
         self.parameters = params
         self.application_name = params.get("application_name", "")
@@ -323,7 +396,8 @@ class Session:
             return self._fatal(e.sqlstate, e.message)
         out = [Send(encode_all(replies))] if replies else []
         if self._auth.failed:
-            return out + self._fatal("28P01", f'password authentication failed for user "{self.user}"')
+            return out + [LoginFailed(self.user, self._auth.failure_reason or "authentication failed")] + self._fatal(
+                "28P01", f'password authentication failed for user "{self.user}"')
         if not self._auth.done:
             return out
         self._auth = None
@@ -334,6 +408,7 @@ class Session:
             # retries after wal_retrieve_retry_interval.
             return out + self._fatal("08004", f"Electric replication is not ready, missing schema for {self.user}")
         self.state = READY
+        self.parser.max_message_size = self.max_message_size
         params = [
             ("application_name", self.application_name),
             ("client_encoding", "UTF8"),

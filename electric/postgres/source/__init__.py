@@ -2,6 +2,8 @@
 Postgres in: each database in CONNECTORS, read over logical replication.
 
 `connector` (the ConnectorService: setup, stream, backoff), `setup` (what
-Electric installs in each database), `replication` (the streaming client)
-and `assembly` (decoded pgoutput -> hub transactions, in-order acks).
+Electric installs in each database), `session` (the replication client's
+protocol as a sans-IO state machine: TLS by sslmode, login, stream),
+`replication` (the Twisted protocol that moves its bytes) and `assembly`
+(decoded pgoutput -> hub transactions, in-order acks).
 """

@@ -15,9 +15,10 @@ What is dropped, and why:
   database (``pg_<suboid>``, or ``pg_<suboid>_<relid>`` during table sync):
   Electric sent those rows itself, forwarding them again would loop
   (departure 4).  Any other origin is someone else's data and replicates;
-* a transaction touching ``electric.migrations`` / ``electric.meta``
-  (migration bookkeeping, as the original did); other ``electric.*``
-  changes are left out of the transaction;
+* a transaction touching one of Electric's bookkeeping tables
+  (`electric.schema.BOOKKEEPING_TABLES`: ``electric.migrations``,
+  ``electric.meta``), as the original did.  Any other table of schema
+  ``electric`` is a user table and replicates;
 * changes to tables Electric skipped (no primary key, unsupported type),
   counted and logged at most once a minute per table;
 * empty transactions (nothing for the hub; still acknowledged in order).
@@ -42,12 +43,9 @@ from electric.hub.interface import CHUNK_CHANGES, RowChange, Transaction
 from electric.hub.changes import MissingKey
 from electric.postgres.protocol import pgoutput as po
 from electric.postgres.protocol.lsn import format_lsn, pg_to_unix_us
-from electric.schema import Table
+from electric.schema import Table, is_bookkeeping
 
 log = Logger(namespace="electric.postgres.source.assembly")
-
-ELECTRIC_SCHEMA = "electric"
-BOOKKEEPING_TABLES = frozenset({"migrations", "meta"})
 
 # Why a transaction gave the hub nothing.
 OWN_ORIGIN = "own-origin"
@@ -115,9 +113,9 @@ class NeedTable:
 @dataclass
 class _Rel:
     relation: po.Relation
-    table: Optional[Table] = None  # None: skipped (see reason) or electric.*
+    table: Optional[Table] = None  # None: skipped (see reason) or bookkeeping
     skipped: Optional[str] = None
-    electric: bool = False
+    bookkeeping: bool = False
 
 
 @dataclass
@@ -263,8 +261,8 @@ class TransactionAssembler:
     # -- internals --
 
     def _relation(self, rel: po.Relation):
-        if rel.namespace == ELECTRIC_SCHEMA:
-            self._relations[rel.relation_id] = _Rel(rel, None, None, electric=True)
+        if is_bookkeeping(rel.namespace, rel.name):
+            self._relations[rel.relation_id] = _Rel(rel, None, None, bookkeeping=True)
             return None
         table, skipped = self._lookup(rel.namespace, rel.name)
         if table is not None and relation_matches(rel, table):
@@ -287,9 +285,8 @@ class TransactionAssembler:
         return rel
 
     def _usable(self, rel: _Rel, tx: _Open) -> bool:
-        if rel.electric:
-            if rel.relation.name in BOOKKEEPING_TABLES:
-                tx.drop = ELECTRIC_TABLES
+        if rel.bookkeeping:
+            tx.drop = ELECTRIC_TABLES
             return False
         if rel.table is None:
             self._count_skipped(rel)

@@ -15,8 +15,12 @@ State machine::
 * ``ready``: additionally the subscription back to Electric is enabled and
   refreshed (done once `publisher_ready` fired, i.e. the port-5433 publisher
   can serve this Postgres; retried with backoff on its own).
-* ``backoff``: waiting 1 s, doubling to 10 s, then setup again.  A stream
-  that came up resets the delay, so a restarted Postgres is back in ~1 s.
+* ``backoff``: waiting 1 s, doubling to 10 s, plus up to 1 s of jitter
+  (Twisted's `backoffPolicy`), then setup again.  A stream that came up
+  resets the delay, so a restarted Postgres is back in ~1-2 s.
+
+Every error kept for ``/api/status/details`` (``last_error``) and logged
+starts with ``connector <name>:``; failures to connect name the sslmode.
 
 Data path: XLogData → pgoutput decode → `TransactionAssembler` →
 `hub.append` (pipelined, in commit order) → `AckTracker` → standby status
@@ -32,6 +36,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Awaitable, Callable, Dict, Optional, Tuple
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -52,19 +57,14 @@ FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 10.0
 
 
-class Backoff:
-    def __init__(self, first: float = FIRST_BACKOFF, cap: float = MAX_BACKOFF):
-        self.first = first
-        self.cap = cap
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
+def retry_policy(jitter: Optional[Callable[[], float]] = None) -> Callable[[int], float]:
+    """
+    Seconds to wait before retry number `attempt` (0 first): 1 s doubling to
+    10 s, plus `jitter()` (default: up to 1 s at random) so connectors and
+    Electric instances restarted together do not hit a database in step.
+    """
+    kwargs = {} if jitter is None else {"jitter": jitter}
+    return backoffPolicy(initialDelay=FIRST_BACKOFF, maxDelay=MAX_BACKOFF, factor=2.0, **kwargs)
 
 
 class _Stream:
@@ -109,6 +109,10 @@ class _Stream:
 
     def stream_started(self, client):
         self.client = client
+        if self.closed:
+            # Stopped while connecting (libpq's second attempt, say): let go at once.
+            client.close("connector stopped")
+            return
         # Report where we stand at once, like pg_recvlogical does.
         client.send_status(self.acks.flushed)
 
@@ -319,10 +323,13 @@ class ConnectorService(Service):
     `publisher_ready`: None (enable the subscription as soon as streaming),
     a Deferred, or a callable returning one (e.g.
     `PublisherService.when_listening`) — fired when Electric's port-5433
-    publisher can serve this connector's subscription.
+    publisher can serve this connector's subscription.  `clock` (default:
+    the reactor) times the retries, `retry_delay(attempt)` spaces them
+    (default `retry_policy()`); tests give a `task.Clock` and a fixed jitter.
     """
 
-    def __init__(self, config, connector, hub, registry, credentials, publisher_ready=None, reactor=None):
+    def __init__(self, config, connector, hub, registry, credentials, publisher_ready=None, reactor=None,
+                 clock=None, retry_delay: Optional[Callable[[int], float]] = None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -334,6 +341,8 @@ class ConnectorService(Service):
         self.credentials = credentials
         self.publisher_ready = publisher_ready
         self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.retry_delay = retry_delay if retry_delay is not None else retry_policy()
         self.name = f"connector:{connector.name}"
         self.phase = "init"
         self.subscription_enabled = False
@@ -349,7 +358,7 @@ class ConnectorService(Service):
         self._loop: Optional[defer.Deferred] = None
         self._enabler: Optional[defer.Deferred] = None
         self._sleep_enable: Optional[defer.Deferred] = None
-        self._backoff = Backoff()
+        self._failures = 0  # setup/stream failures since the stream was last up
         self.assembler = assembly.TransactionAssembler(connector.name, self._lookup)
 
     # -- status --
@@ -377,6 +386,8 @@ class ConnectorService(Service):
                 {"schema": k[0], "table": k[1], "reason": r} for k, r in sorted(self.skipped.items())
             ],
             "subscription_enabled": self.subscription_enabled,
+            "sslmode": self.connector.tls.mode,
+            "stream_encrypted": s.client.encrypted if s is not None and s.client is not None and self.ready else None,
             "flushed_lsn": format_lsn(s.acks.flushed if s is not None else 0),
             "received_lsn": format_lsn(s.client.last_received) if s is not None and s.client is not None else None,
             "transactions_appended": s.appended if s is not None else 0,
@@ -423,22 +434,28 @@ class ConnectorService(Service):
             except Exception as e:
                 if self._stopping:
                     break
-                self._last_error = self._describe(e)
-                log.error("connector {connector}: {error}", connector=self.connector.name, error=self._last_error)
+                self._set_error(self._describe(e))
             if self._stopping:
                 break
             self.phase = "backoff"
-            delay = self._backoff.next()
-            log.info("connector {connector}: retrying in {delay:.0f} s", connector=self.connector.name, delay=delay)
-            self._sleep = deferLater(self.reactor, delay, lambda: None)
+            delay = self.retry_delay(self._failures)
+            self._failures += 1
+            log.info("connector {connector}: retrying in {delay:.1f} s", connector=self.connector.name, delay=delay)
+            self._sleep = deferLater(self.clock, delay, lambda: None)
             try:
                 await self._sleep
             except defer.CancelledError:
                 break
         self.phase = "stopped"
 
+    def _set_error(self, text: str) -> None:
+        """Keep `text` for the status API and log it, both naming this connector."""
+        self._last_error = f"connector {self.connector.name}: {text}"
+        log.error("{error}", error=self._last_error)
+
     def _stream_failed(self, text: str) -> None:
-        self._last_error = text
+        # _Stream.fail logs it already.
+        self._last_error = f"connector {self.connector.name}: replication stream error: {text}"
 
     def _describe(self, e: Exception) -> str:
         if isinstance(e, (setup.SetupError, replication.ReplicationError)):
@@ -461,18 +478,23 @@ class ConnectorService(Service):
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
             self.config.slot_for(self.connector), self.config.publication, stream, label=self.connector.name,
+            tls=self.connector.tls,
         )
         stream.client = client
         self._stream = stream
         timeout = max(1.0, self.connector.connect_timeout_ms / 1000.0)
         try:
-            await replication.connect(self.reactor, self.connector.host, self.connector.port, client, timeout)
+            # Under sslmode prefer/allow this may be the client of a second attempt.
+            client = await replication.connect(self.reactor, self.connector.host, self.connector.port, client,
+                                               timeout)
         except replication.ReplicationError as e:
             stream.closed = True
             raise replication.ReplicationError(f"replication connection failed: {e}") from e
-        log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn})", connector=self.connector.name,
-                 slot=self.config.slot_for(self.connector), lsn=format_lsn(result.slot_confirmed_lsn))
-        self._backoff.reset()
+        log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn}, {tls})",
+                 connector=self.connector.name, slot=self.config.slot_for(self.connector),
+                 lsn=format_lsn(result.slot_confirmed_lsn),
+                 tls="TLS" if client.encrypted else "no TLS")
+        self._failures = 0
         self._last_error = None
         if not self.subscription_enabled and (self._enabler is None or self._enabler.called):
             self._enabler = defer.ensureDeferred(self._enable_when_ready())
@@ -539,7 +561,7 @@ class ConnectorService(Service):
     async def _enable_when_ready(self):
         try:
             await self._wait_publisher()
-            backoff = Backoff()
+            attempt = 0
             while not self._stopping and not self.subscription_enabled:
                 try:
                     await self._enable_and_refresh()
@@ -547,9 +569,9 @@ class ConnectorService(Service):
                 except defer.CancelledError:
                     raise
                 except Exception as e:
-                    self._last_error = f"enabling subscription failed: {self._describe(e)}"
-                    log.error("connector {connector}: {error}", connector=self.connector.name, error=self._last_error)
-                self._sleep_enable = deferLater(self.reactor, backoff.next(), lambda: None)
+                    self._set_error(f"enabling subscription failed: {self._describe(e)}")
+                self._sleep_enable = deferLater(self.clock, self.retry_delay(attempt), lambda: None)
+                attempt += 1
                 await self._sleep_enable
         except defer.CancelledError:
             return

@@ -11,10 +11,14 @@ The steps (postgres-inbound.md section 3, with this project's departures):
 * ``electric`` schema and ``electric.migrations`` table;
 * the publication ``FOR ALL TABLES`` and the logical slot Electric reads;
 * catalog introspection into `Table`s, deciding which tables Electric can
-  carry (a primary key, only built-in column types) and why not the others;
+  carry (a primary key, only built-in column types) and why not the others.
+  Every table of the publication is a user table, whatever its schema
+  (``electric`` included), except Electric's own bookkeeping tables
+  (`electric.schema.BOOKKEEPING_TABLES`);
 * an upsert trigger on every carried table, enabled only for replica
   sessions, so a stock Postgres subscriber applies Electric's INSERTs of
-  rows it already has as UPDATEs (departure 1);
+  rows it already has as UPDATEs (departure 1), race-free against local
+  writers of the same key;
 * the subscription back to Electric's port 5433, created disabled and
   corrected when its connection string or publication is stale.
 """
@@ -32,16 +36,15 @@ from electric.config import Config, Connector
 from electric.postgres.protocol import types
 from electric.postgres.protocol.lsn import parse_lsn
 from electric.postgres.sql import Connection, error_text
-from electric.schema import Column, Table
+from electric.schema import ELECTRIC_SCHEMA, Column, Table, is_bookkeeping
 
 log = Logger(namespace="electric.postgres.source.setup")
 
-ELECTRIC_SCHEMA = "electric"
 TRIGGER_NAME = "electric_upsert"
 
 DUPLICATE_OBJECT = "42710"
 
-_warned_search_path = set()
+_told_search_path = set()
 
 
 class SetupError(Exception):
@@ -70,15 +73,28 @@ def conninfo_value(value) -> str:
 
 
 def subscription_conninfo(config: Config, connector: Connector, user: str, password: str) -> str:
-    """The conninfo a connector's subscription uses to reach Electric's port 5433."""
+    """
+    The conninfo a connector's subscription uses to reach Electric's port 5433.
+
+    With TLS on port 5433 the subscription asks for it: ``sslmode=verify-full``
+    against POSTGRES_REPLICATION_SSLROOTCERT (a path on the Postgres server's
+    machine: libpq runs there, in the apply worker) when one is configured,
+    else ``sslmode=require``.  Without TLS, ``sslmode=disable`` as before.
+    """
     timeout_s = max(1, connector.connect_timeout_ms // 1000)
+    if config.postgres_replication_tls is None:
+        tls = [("sslmode", "disable")]
+    elif config.postgres_replication_sslrootcert:
+        tls = [("sslmode", "verify-full"), ("sslrootcert", config.postgres_replication_sslrootcert)]
+    else:
+        tls = [("sslmode", "require")]
     pairs = [
         ("host", config.electric_host),
         ("port", config.postgres_replication_port),
         ("dbname", connector.name),
         ("user", user),
         ("password", password),
-        ("sslmode", "disable"),
+        *tls,
         ("connect_timeout", timeout_s),
     ]
     return " ".join(f"{k}={conninfo_value(v)}" for k, v in pairs)
@@ -107,7 +123,7 @@ SELECT DISTINCT ON (c.oid) c.oid, n.nspname, c.relname, c.relreplident
 FROM pg_catalog.pg_publication_tables pt
 JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
-WHERE pt.pubname = %s AND n.nspname <> 'electric'
+WHERE pt.pubname = %s
 ORDER BY c.oid
 """
 
@@ -123,7 +139,7 @@ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
 # Generated columns are not published by pgoutput, so they are not ours either.
 _COLUMNS_SQL = """
 SELECT a.attrelid, a.attname, a.atttypid, a.atttypmod, t.typname,
-       a.attnum = ANY (i.indkey) AS in_identity
+       a.attnum = ANY (i.indkey) AS in_identity, a.attnotnull
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = pg_catalog.pg_get_replica_identity_index(a.attrelid)
@@ -146,7 +162,8 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
     """
     Pure: turn the three catalog results into carried and skipped tables.
     `table_rows`: (oid, schema, name, relreplident); `column_rows`: (relid,
-    name, type oid, typmod, typname, in_identity); `pk_rows`: (relid, name).
+    name, type oid, typmod, typname, in_identity[, attnotnull]); `pk_rows`:
+    (relid, name).
     """
     columns: Dict[int, List[tuple]] = {}
     for row in column_rows:
@@ -160,6 +177,7 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
         ident = ident if isinstance(ident, str) else ident.decode()
         cols = columns.get(oid, [])
         if not cols:
+            result.skipped.append(SkippedTable(schema, name, "table has no columns (generated columns are not replicated)"))
             continue
         key = pks.get(oid)
         if not key:
@@ -167,7 +185,7 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
             continue
         bad = []
         out: List[Column] = []
-        for _relid, colname, typoid, typmod, typname, in_identity in cols:
+        for _relid, colname, typoid, typmod, typname, in_identity, *rest in cols:
             pgtype = types.find_by_oid(int(typoid))
             if pgtype is None:
                 bad.append(f'column "{colname}" has type {typname} (oid {typoid}), which is not a built-in type')
@@ -178,7 +196,7 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
                 part = False
             else:
                 part = bool(in_identity)
-            out.append(Column(colname, pgtype.name, pgtype.oid, int(typmod), part))
+            out.append(Column(colname, pgtype.name, pgtype.oid, int(typmod), part, bool(rest and rest[0])))
         if bad:
             result.skipped.append(SkippedTable(schema, name, "; ".join(bad)))
             continue
@@ -189,35 +207,109 @@ def build_tables(table_rows, column_rows, pk_rows) -> Introspection:
 
 
 # -- the upsert trigger -----------------------------------------------------
+#
+# Electric sends every new or changed row to a subscriber as an INSERT of the
+# whole row (departure 1); a BEFORE INSERT trigger, enabled only for replica
+# sessions (the apply worker is one), turns an INSERT of a key the table
+# holds into an UPDATE.  Local sessions never fire it, so applications keep
+# their normal unique-violation errors.
+#
+# The trigger writes the row itself with INSERT ... ON CONFLICT (key) DO
+# UPDATE and returns NULL, so the apply worker's own insert is skipped.  ON
+# CONFLICT is what makes it race-free: a row of the same key that a local
+# transaction is inserting (uncommitted) or committed an instant ago (the
+# commit is in the WAL, and so already on its way back from Electric, just
+# before other sessions see it) is waited for and then updated, where a
+# probe-then-insert would find nothing and fail with a duplicate key error,
+# crashing the apply worker.  Its own INSERT fires the trigger again, one
+# level deeper (pg_trigger_depth() = 2); that call lets the row through.
+
+
+@dataclass(frozen=True)
+class TriggerFacts:
+    """
+    What the trigger body needs beyond a `Table` (read from the catalog when
+    the triggers are installed).
+
+    `deferrable_key`: the primary key is DEFERRABLE, which ON CONFLICT cannot
+    use as an arbiter; such a table keeps the probe-then-insert body (correct
+    except under the race above).  `always_identity`: columns GENERATED
+    ALWAYS AS IDENTITY, which SQL may insert (OVERRIDING SYSTEM VALUE) but
+    never update to a given value.
+    """
+
+    deferrable_key: bool = False
+    always_identity: Tuple[str, ...] = ()
 
 
 def upsert_function_name(oid: int) -> str:
     return f"upsert_{oid}"
 
 
-def upsert_function_body(table: Table) -> str:
+def upsert_function_body(table: Table, facts: TriggerFacts = TriggerFacts()) -> str:
     """
-    plpgsql body: an INSERT of a key that exists becomes an UPDATE of that row.
-    Only replica sessions fire it, so local applications keep their normal
-    unique-violation errors.
+    plpgsql body: an INSERT of a key that exists becomes an UPDATE of that
+    row.  Generated columns are not in `table.columns`: Postgres computes
+    them.  A non-key GENERATED ALWAYS identity column cannot be updated, so
+    a row whose value there differs is deleted and inserted again (a replica
+    session fires no foreign-key actions).  Column names win over plpgsql's
+    own variables (a column may be called "found").
+
+    The apply worker's insert has already run the table's other replica-
+    enabled BEFORE INSERT triggers that sort before this one; the inner
+    INSERT runs them again.
     """
     target = qualified(table.schema, table.name)
-    where = " AND ".join(f"{quote_ident(k)} = NEW.{quote_ident(k)}" for k in table.primary_key)
-    others = [c.name for c in table.columns if c.name not in table.primary_key]
-    if others:
-        sets = ", ".join(f"{quote_ident(c)} = NEW.{quote_ident(c)}" for c in others)
-        probe = f"UPDATE {target} SET {sets} WHERE {where};"
+    keys = list(table.primary_key)
+    key_match = " AND ".join(f"{quote_ident(k)} = NEW.{quote_ident(k)}" for k in keys)
+    identity = [c.name for c in table.columns if c.name in facts.always_identity and c.name not in keys]
+    settable = [c.name for c in table.columns if c.name not in keys and c.name not in identity]
+    if table.replica_identity == "n":
+        # A published table without a replica identity refuses every UPDATE
+        # and DELETE (even one that matches no row): such a table can only
+        # be inserted into, and a row it holds keeps its values.
+        identity, settable = [], []
+    if facts.deferrable_key:
+        if settable:
+            sets = ", ".join(f"{quote_ident(c)} = NEW.{quote_ident(c)}" for c in settable)
+            probe = f"UPDATE {target} SET {sets} WHERE {key_match};"
+        else:
+            probe = f"PERFORM 1 FROM {target} WHERE {key_match};"
+        return (
+            "\n#variable_conflict use_column\n"
+            "BEGIN\n"
+            f"  {probe}\n"
+            "  IF FOUND THEN\n"
+            "    RETURN NULL;\n"
+            "  END IF;\n"
+            "  RETURN NEW;\n"
+            "END;\n"
+        )
+    names = ", ".join(quote_ident(c.name) for c in table.columns)
+    values = ", ".join(f"NEW.{quote_ident(c.name)}" for c in table.columns)
+    if settable:
+        action = "DO UPDATE SET " + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in settable)
     else:
-        probe = f"PERFORM 1 FROM {target} WHERE {where};"
-    return (
-        "\nBEGIN\n"
-        f"  {probe}\n"
-        "  IF FOUND THEN\n"
-        "    RETURN NULL;\n"
-        "  END IF;\n"
-        "  RETURN NEW;\n"
-        "END;\n"
-    )
+        action = "DO NOTHING"
+    lines = [
+        "",
+        "#variable_conflict use_column",
+        "BEGIN",
+        "  IF pg_catalog.pg_trigger_depth() > 1 THEN",
+        "    RETURN NEW;",
+        "  END IF;",
+    ]
+    if identity:
+        differs = " OR ".join(f"{quote_ident(c)} IS DISTINCT FROM NEW.{quote_ident(c)}" for c in identity)
+        lines.append(f"  DELETE FROM {target} WHERE {key_match} AND ({differs});")
+    lines += [
+        f"  INSERT INTO {target} ({names}) OVERRIDING SYSTEM VALUE VALUES ({values})",
+        f"    ON CONFLICT ({', '.join(quote_ident(k) for k in keys)}) {action};",
+        "  RETURN NULL;",
+        "END;",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _dollar_quote(body: str) -> str:
@@ -229,12 +321,12 @@ def _dollar_quote(body: str) -> str:
     return f"{tag}{body}{tag}"
 
 
-def upsert_trigger_sql(table: Table, oid: int) -> List[str]:
+def upsert_trigger_sql(table: Table, oid: int, facts: TriggerFacts = TriggerFacts()) -> List[str]:
     fn = f"{quote_ident(ELECTRIC_SCHEMA)}.{quote_ident(upsert_function_name(oid))}"
     target = qualified(table.schema, table.name)
     return [
         f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS "
-        + _dollar_quote(upsert_function_body(table)),
+        + _dollar_quote(upsert_function_body(table, facts)),
         f"CREATE OR REPLACE TRIGGER {quote_ident(TRIGGER_NAME)} BEFORE INSERT ON {target} "
         f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
         f"ALTER TABLE {target} ENABLE REPLICA TRIGGER {quote_ident(TRIGGER_NAME)}",
@@ -247,6 +339,19 @@ FROM pg_catalog.pg_trigger t
 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
 JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
 WHERE t.tgname = %s AND t.tgrelid = ANY (%s::oid[])
+"""
+
+# Per table: a DEFERRABLE primary key (pg_index.indimmediate false), and the
+# GENERATED ALWAYS identity columns.
+_TRIGGER_FACTS_SQL = """
+SELECT c.oid,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+               WHERE i.indrelid = c.oid AND i.indisprimary AND NOT i.indimmediate),
+       ARRAY (SELECT a.attname::text FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = 'a'
+              ORDER BY a.attnum)
+FROM pg_catalog.pg_class c
+WHERE c.oid = ANY (%s::oid[])
 """
 
 
@@ -274,7 +379,8 @@ class SetupSession:
                 conn.close()
             except Exception:
                 pass
-            raise SetupError(f"cannot connect to {self.connector.host}:{self.connector.port}: {error_text(e)}") from e
+            raise SetupError(f"cannot connect to {self.connector.host}:{self.connector.port}: {error_text(e)} "
+                             f"(sslmode={self.connector.tls.mode})") from e
         self._conn = conn
         return self
 
@@ -314,20 +420,22 @@ class SetupSession:
         )
 
     @defer.inlineCallbacks
-    def warn_if_search_path_hits_electric(self):
+    def note_search_path(self):
         """
         A role named like the schema (the dev set-up's "electric") resolves
         "$user" in the default search_path to Electric's schema, so its
-        unqualified CREATE TABLEs land where nothing is replicated.
+        unqualified CREATE TABLEs land there.  They replicate like any other
+        table; said once because a table is matched across databases by
+        schema and name, so it must land in the same schema in each of them.
         """
         rows = yield self.query("SELECT (pg_catalog.current_schemas(false))[1], current_user")
         first, user = rows[0] if rows else (None, None)
-        if first == ELECTRIC_SCHEMA and self.connector.name not in _warned_search_path:
-            _warned_search_path.add(self.connector.name)
-            log.warn(
+        if first == ELECTRIC_SCHEMA and self.connector.name not in _told_search_path:
+            _told_search_path.add(self.connector.name)
+            log.info(
                 'connector {connector}: role "{user}" has schema "electric" first in its search_path, so its '
-                "unqualified CREATE TABLEs go into Electric's own schema, which is never replicated; "
-                'qualify them (public.<table>) or ALTER ROLE "{user}" SET search_path = public',
+                "unqualified CREATE TABLEs land in schema electric; they replicate like tables of any schema "
+                "(a table must be in the same schema in every database)",
                 connector=self.connector.name, user=user,
             )
         return first
@@ -370,18 +478,28 @@ class SetupSession:
 
     @defer.inlineCallbacks
     def introspect(self, publication: str):
+        """Every table of the publication except Electric's bookkeeping tables."""
         table_rows = yield self.query(_TABLES_SQL, (publication,))
+        table_rows = [r for r in table_rows if not is_bookkeeping(r[1], r[2])]
         result = yield self._describe(table_rows)
         return result
 
     @defer.inlineCallbacks
     def introspect_table(self, publication: str, schema: str, name: str):
-        """One table, whether or not it is published (None: no such table / not published)."""
-        rows = yield self.query(_ONE_TABLE_SQL, (publication, schema, name))
-        rows = [r[:4] for r in rows if r[4]]
-        if not rows or schema == ELECTRIC_SCHEMA:
+        """
+        One table: carried, or skipped with the reason (also when it exists
+        but is not published); empty when it does not exist (any more) or is
+        one of Electric's bookkeeping tables.
+        """
+        if is_bookkeeping(schema, name):
             return Introspection()
-        result = yield self._describe(rows)
+        rows = yield self.query(_ONE_TABLE_SQL, (publication, schema, name))
+        if not rows:
+            return Introspection()
+        published = [r[:4] for r in rows if r[4]]
+        if not published:
+            return Introspection(skipped=[SkippedTable(schema, name, f'table is not in publication "{publication}"')])
+        result = yield self._describe(published)
         return result
 
     @defer.inlineCallbacks
@@ -403,18 +521,22 @@ class SetupSession:
         wanted = {oids[t.qualified]: t for t in tables}
         rows = yield self.query(_TRIGGER_STATE_SQL, (TRIGGER_NAME, list(wanted)))
         current = {int(r[0]): r for r in rows}
+        rows = yield self.query(_TRIGGER_FACTS_SQL, (list(wanted),))
+        facts = {int(r[0]): TriggerFacts(bool(r[1]), tuple(r[2] or ())) for r in rows}
         installed = 0
         for oid, table in wanted.items():
             have = current.get(oid)
+            table_facts = facts.get(oid, TriggerFacts())
+            # An installation from an older Electric has another body: replaced.
             if (
                 have is not None
                 and have[1] == "R"
-                and have[2] == upsert_function_body(table)
+                and have[2] == upsert_function_body(table, table_facts)
                 and have[3] == upsert_function_name(oid)
                 and have[4] == ELECTRIC_SCHEMA
             ):
                 continue
-            for sql in upsert_trigger_sql(table, oid):
+            for sql in upsert_trigger_sql(table, oid, table_facts):
                 yield self.execute(sql)
             installed += 1
         return installed
@@ -493,7 +615,7 @@ def run_setup(config: Config, connector: Connector, credentials, reactor=None):
     yield session.open()
     try:
         yield session.ensure_migrations_table()
-        yield session.warn_if_search_path_hits_electric()
+        yield session.note_search_path()
         yield session.ensure_publication(config.publication)
         confirmed = yield session.ensure_slot(config.slot_for(connector))
         found = yield session.introspect(config.publication)

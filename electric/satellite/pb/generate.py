@@ -1,45 +1,34 @@
 """
-Regenerate the protobuf modules of this package from ``proto/*.proto``.
+Regenerate the Satellite protobuf modules of this package from ``proto/``.
 
-Run ``python -m electric.satellite.pb.generate`` after editing a .proto; the
-generated modules are committed (so that running Electric needs no protoc) and
-``tests/test_satellite_codec.py`` fails when they are stale.  Uses the protoc
-bundled with grpcio-tools so every developer produces identical bytes.
+The generator itself is shared (`electric.pb_generate`, run by ``make
+compile`` for every package); this module keeps the Satellite entry point and
+the names tests/test_satellite_codec.py uses for its freshness check.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from typing import Dict
+
+from electric import pb_generate
 
 PROTO_FILES = ("satellite.proto", "satellite_v0_2.proto")
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROTO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), "proto")
-
-
-def module_name(proto: str) -> str:
-    return proto[: -len(".proto")] + "_pb2.py"
+PROTO_DIR = pb_generate.PROTO_DIR
+module_name = pb_generate.module_name
 
 
 def generate(out_dir: str) -> Dict[str, bytes]:
-    """Compile every .proto into `out_dir`; returns {module file name: bytes}."""
-    from grpc_tools import protoc
-
-    for proto in PROTO_FILES:
-        rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out_dir}", os.path.join(PROTO_DIR, proto)])
-        if rc != 0:
-            raise RuntimeError(f"protoc failed on {proto} (exit {rc})")
-    result = {}
-    for proto in PROTO_FILES:
-        with open(os.path.join(out_dir, module_name(proto)), "rb") as f:
-            result[module_name(proto)] = f.read()
-    return result
+    """Compile the Satellite .proto files into `out_dir`; returns {module file name: bytes}."""
+    return pb_generate.generate(PROTO_FILES, out_dir)
 
 
 def main(argv=None) -> int:
+    import shutil
+    import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in generate(tmp):
             shutil.copyfile(os.path.join(tmp, name), os.path.join(HERE, name))
