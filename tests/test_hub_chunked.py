@@ -627,3 +627,28 @@ class LateIdentityTests(ChunkedTestCase):
         f = yield self.assertFailure(other.commit(origin_id=b"two"), HubError)
         self.assertIn("begin named", str(f))
         yield self.assertFailure(hub.begin("pg_a").commit(origin_id="text"), HubError)
+
+
+class SequencerSeamTests(ChunkedTestCase):
+    """What a hub fed by another ordered log (Vaxine) uses: submissions in that log's order, with its offset."""
+
+    @defer.inlineCallbacks
+    def test_meta_commits_with_the_entry_and_survives_restarts(self):
+        hub = self.make_hub()
+        self.assertIsNone((yield hub.stored_meta("stream_offset")))
+        r = yield hub._submit_append(txn(up("items", 1), origin="vx", origin_id=b"1"), meta={"stream_offset": 10})
+        buf = hub.begin("vx", b"2")
+        yield buf.add([up("items", i) for i in range(25)])
+        c = yield hub._submit_commit(buf, 5, meta={"stream_offset": 11})
+        self.assertEqual((r.position, c.position), (1, 2))
+        self.assertEqual((yield hub.stored_meta("stream_offset")), 11)
+        # A duplicate from the stream still moves the offset; a refused one does not.
+        dup = yield hub._submit_append(txn(up("items", 1), origin="vx", origin_id=b"1"), meta={"stream_offset": 12})
+        self.assertEqual(dup.position, 1)
+        bad = Transaction("vx", b"3", 1, (RowChange("public", "items", "upsert", ("9",), {"id": "9", "v": "\ud800"}),))
+        yield self.assertFailure(hub._submit_append(bad, meta={"stream_offset": 13}), HubError)
+        self.flushLoggedErrors()
+        self.assertEqual((yield hub.stored_meta("stream_offset")), 12)
+        hub = yield self.reopen(hub, chunk=CHUNK)
+        self.assertEqual((yield hub.stored_meta("stream_offset")), 12)
+        self.assertEqual(hub.head(), 2)

@@ -97,11 +97,12 @@ own SQLite page cache) that stays resident: with the reactor's 10 threads,
 
 
 class _Append:
-    __slots__ = ("transaction", "deferred", "outcome", "fresh", "applied")
+    __slots__ = ("transaction", "deferred", "meta", "outcome", "fresh", "applied")
 
-    def __init__(self, transaction, deferred):
+    def __init__(self, transaction, deferred, meta=None):
         self.transaction = transaction
         self.deferred = deferred
+        self.meta = meta
         self.outcome = None  # ResolvedTransaction or Exception
         self.fresh = False
         self.applied: Optional[store.Applied] = None
@@ -115,12 +116,13 @@ class _Append:
 
 
 class _Commit:
-    __slots__ = ("buffer", "commit_timestamp", "deferred", "outcome", "fresh", "applied")
+    __slots__ = ("buffer", "commit_timestamp", "deferred", "meta", "outcome", "fresh", "applied")
 
-    def __init__(self, buffer, commit_timestamp, deferred):
+    def __init__(self, buffer, commit_timestamp, deferred, meta=None):
         self.buffer = buffer
         self.commit_timestamp = commit_timestamp
         self.deferred = deferred
+        self.meta = meta
         self.outcome = None  # Committed or Exception
         self.fresh = False
         self.applied: Optional[store.Applied] = None
@@ -422,7 +424,7 @@ class _AppendBuffer:
             return result
 
         d.addBoth(done)
-        self._hub._queue.put(_Commit(self, ts, d))
+        self._hub._submit_commit(self, ts).chainDeferred(d)
         return d
 
     def abort(self):
@@ -652,9 +654,36 @@ class EmbeddedHub(service.Service):
             return defer.fail(HubError(f"invalid transaction: {e}"))
         except HubError as e:
             return defer.fail(e)
+        return self._submit_append(transaction)
+
+    # --- the sequencer seam ------------------------------------------------
+    #
+    # The order of submissions is the order of positions.  EmbeddedHub
+    # submits in arrival order.  A hub fed by another ordered log (Vaxine)
+    # keeps everything else of this class and submits what that log says,
+    # in its order, with `meta` (e.g. its stream offset) written in the same
+    # SQLite transaction as the entry, so a restart resumes exactly
+    # (`stored_meta`).  Submissions are assumed valid (`check_transaction`).
+
+    def _submit_append(self, transaction, meta=None):
+        """Deferred[ResolvedTransaction] once `transaction` and `meta` ({key: value}) are durable."""
         d = defer.Deferred()
-        self._queue.put(_Append(transaction, d))
+        self._queue.put(_Append(transaction, d, meta))
         return d
+
+    def _submit_commit(self, buffer, commit_timestamp, meta=None):
+        """Deferred[Committed] once the staged `buffer` and `meta` are durable as one position."""
+        d = defer.Deferred()
+        self._queue.put(_Commit(buffer, commit_timestamp, d, meta))
+        return d
+
+    def stored_meta(self, key):
+        """Deferred firing with the value last written under `key` by a submission's `meta` (None if never)."""
+        try:
+            self._check_open()
+        except HubError as e:
+            return defer.fail(e)
+        return self._read(store.read_meta, "x:" + key)
 
     def begin(self, origin, origin_id=None, commit_timestamp=None):
         self._check_open()
@@ -867,6 +896,11 @@ class EmbeddedHub(service.Service):
                 job.fresh = True
                 seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
                                     applied.change_count)
+            for job in entries:
+                # A submission's meta commits with it (also when it was a duplicate).
+                if job.meta and not isinstance(job.outcome, Exception):
+                    for k, v in job.meta.items():
+                        writer.set_meta("x:" + k, v)
             for item in others:
                 if item[0] == "ack":
                     writer.ack(item[1], item[2])

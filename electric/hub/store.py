@@ -673,6 +673,10 @@ def read_snapshot(conn, tables: Optional[Sequence[Tuple[str, str]]], upto: int, 
     return out, ((index, last) if index < len(tables) else None)
 
 
+def read_meta(conn, k: str):
+    return meta(conn, k)
+
+
 def read_applied(conn, origin: str, origin_id: bytes) -> Optional[int]:
     row = conn.execute("SELECT position FROM applied WHERE origin = ? AND origin_id = ?", (origin, origin_id)).fetchone()
     return None if row is None else row[0]

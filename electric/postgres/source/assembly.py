@@ -7,7 +7,10 @@ says, at each Commit, what the hub must get: a `Transaction`, or nothing
 it in order (`AckTracker`).  A transaction bigger than one chunk
 (`CHUNK_CHANGES`) is handed over as it grows (`Chunk`), so no transaction is
 ever held whole: Postgres's walsender sends a committed transaction as one
-message sequence (pgoutput protocol v1), however big.
+message sequence (pgoutput protocol v1), however big.  A transaction with a
+TRUNCATE takes that path too, whatever its size: the hub expands a TRUNCATE
+into one change per live row, which only the chunked path does in bounded
+memory.
 
 What is dropped, and why:
 
@@ -238,7 +241,9 @@ class TransactionAssembler:
                     self._add(tx, rel, lambda: hubchanges.truncate(rel.table))
                 if tx.drop is not None:
                     break
-            return self._chunk(tx)
+            # The hub expands a TRUNCATE into one change per live row: only the
+            # chunked path does that without holding them all.
+            return self._chunk(tx, force=True)
         raise InboundError(f"unexpected pgoutput message {type(msg).__name__} (proto_version 1 stream)")
 
     def table_resolved(self, table: Optional[Table], skipped: Optional[str]) -> None:
@@ -293,9 +298,9 @@ class TransactionAssembler:
             return False
         return True
 
-    def _chunk(self, tx: _Open) -> Optional[Chunk]:
-        """Past one chunk of changes: hand the first chunk over, keep the rest open."""
-        if tx.drop is not None or len(tx.changes) <= self.chunk:
+    def _chunk(self, tx: _Open, force: bool = False) -> Optional[Chunk]:
+        """Past one chunk of changes (or `force`): hand the first chunk over, keep the rest open."""
+        if tx.drop is not None or not tx.changes or (len(tx.changes) <= self.chunk and not force):
             return None
         out, tx.changes = tx.changes[:self.chunk], tx.changes[self.chunk:]
         tx.chunked = True
