@@ -92,6 +92,9 @@ class BeginAddCommitTests(ChunkedTestCase):
             self.assertFalse(waiting.called)
         self.assertEqual(hub.status()["staging"], {"transactions": 1, "changes": 36})
         self.assertEqual(len(self.spill_files()), 1)
+        spill = os.path.join(self.dir, "spill")
+        self.assertEqual(os.stat(spill).st_mode & 0o777, 0o700)  # staged rows are private data
+        self.assertEqual(os.stat(os.path.join(spill, self.spill_files()[0])).st_mode & 0o777, 0o600)
         snap = yield read_snapshot(hub)
         self.assertEqual(len(snap.rows), 1)
         result = yield buf.commit()
