@@ -86,7 +86,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "POSTGRES_SLOT": ("all_changes", "logical replication slot Electric creates in every Postgres"),
     "WEBSOCKET_PORT": ("5133", "Satellite websocket port (path /ws)"),
     "STATUS_PORT": ("5050", "HTTP status and migrations API port"),
-    "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations and /api/status/details (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
+    "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations, /api/status/details and /metrics (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
     "LISTEN_HOST": ("0.0.0.0", "address Electric's listeners bind to: an IPv4 or IPv6 address (:: = every interface, IPv4 too where the system allows)"),
     "POSTGRES_REPLICATION_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for TLS on port 5433; set with the key, port 5433 then accepts TLS connections only and the subscriptions ask for TLS; unset = no TLS"),
     "POSTGRES_REPLICATION_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of POSTGRES_REPLICATION_TLS_CERT_FILE"),

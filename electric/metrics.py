@@ -266,7 +266,9 @@ class ElectricCollector:
             .add(m.get("clients"))
         f.counter("electric_satellite_transactions_in", "Client transactions the hub made durable.") \
             .add(m.get("transactions_in"))
-        f.counter("electric_satellite_transactions_out", "Transactions sent to clients (initial sync included).") \
+        f.counter("electric_satellite_transactions_out", "Client transactions sent to clients, initial-sync batches"
+                  " included (a hub transaction bigger than one chunk is sent, and counted, as one client"
+                  " transaction per chunk).") \
             .add(m.get("transactions_out"))
         f.counter("electric_satellite_refused_writes", "Client transactions refused (nothing of them stored).") \
             .add(m.get("refused_writes"))
@@ -282,15 +284,20 @@ class ElectricCollector:
         f.gauge("electric_hub_log_transactions", "Transactions kept in the hub's log (head minus the compaction"
                 " horizon).").add(m.get("log_length"))
         f.gauge("electric_hub_rows", "Live rows in the hub.").add(m.get("rows"))
-        f.counter("electric_hub_appends", "Transactions appended (duplicates not counted).").add(m.get("appends"))
+        f.counter("electric_hub_appends", "Transactions made durable, small appends and chunked commits alike"
+                  " (duplicates not counted).").add(m.get("appends"))
+        f.counter("electric_hub_chunked_commits", "Of those, big transactions staged in chunks and committed"
+                  " (begin/add/commit).").add(m.get("chunked_commits"))
         f.counter("electric_hub_duplicate_appends", "Appends of a transaction the hub already had (resent after a"
                   " reconnect), answered with the earlier position.").add(m.get("duplicates"))
         f.counter("electric_hub_conflicts_resolved", "Writes whose origin saw the row otherwise than the hub had it"
-                  " (a concurrent write came first) and were resolved.").add(m.get("conflicts"))
+                  " (a concurrent write came first) and were resolved (every chunk of a chunked commit counts).") \
+            .add(m.get("conflicts"))
         f.counter("electric_hub_commit_groups", "SQLite commits (each makes one or more appends durable).") \
             .add(m.get("commit_groups"))
-        f.histogram("electric_hub_append_latency_seconds", "From append to durable and acknowledged to the"
-                    " producer.").add_histogram(m.get("append_latency"))
+        f.histogram("electric_hub_append_latency_seconds", "From append (for a chunked transaction: from its"
+                    " commit, its changes already staged) to durable and acknowledged to the producer.") \
+            .add_histogram(m.get("append_latency"))
         _add_errors(errors, m.get("errors"))
 
     def _migrations(self, f: _Families, errors: Dict[str, int]) -> None:

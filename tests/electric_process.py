@@ -113,3 +113,26 @@ class ElectricProcess:
 
     def log(self) -> str:
         return read_text(self.logfile)
+
+    # --- memory of the process (Linux /proc) ------------------------------
+
+    def _status_kb(self, field: str) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise KeyError(field)
+
+    def rss_kb(self) -> int:
+        """Resident set size now (VmRSS)."""
+        return self._status_kb("VmRSS")
+
+    def peak_rss_kb(self) -> int:
+        """Peak resident set size since start or the last `reset_peak_rss` (VmHWM)."""
+        return self._status_kb("VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        """Start a new peak (writing 5 to clear_refs resets VmHWM to the current RSS)."""
+        with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+            f.write("5")
+

@@ -45,7 +45,7 @@ class Electric:
     """Hub, registry, credentials, offsets and the publisher, in one temp dir."""
 
     def __init__(self, connectors=("postgres_1", "postgres_2"), data_dir=None, port=0, tls=None,
-                 listen_host="127.0.0.1", **publisher_kw):
+                 listen_host="127.0.0.1", hub_kw=None, **publisher_kw):
         self.tls = tls  # electric.tls.TLSFiles for port 5433, or None
         self.listen_host = listen_host
         self.own_dir = data_dir is None
@@ -53,6 +53,7 @@ class Electric:
         self.connectors = connectors
         self.port = port
         self.publisher_kw = publisher_kw
+        self.hub_kw = hub_kw or {}
         self.registry = SchemaRegistry()
         self.credentials = SubscriberCredentials(self.data_dir, connectors)
         self.credentials.startService()
@@ -63,7 +64,7 @@ class Electric:
 
     @defer.inlineCallbacks
     def start(self):
-        self.hub = EmbeddedHub(os.path.join(self.data_dir, "hub"), reactor, compact_interval=0)
+        self.hub = EmbeddedHub(os.path.join(self.data_dir, "hub"), reactor, compact_interval=0, **self.hub_kw)
         self.hub.startService()
         self.offsets = OffsetStore(os.path.join(self.data_dir, "offsets.sqlite3"))
         self.offsets.startService()
@@ -109,6 +110,16 @@ class Electric:
         ident = os.urandom(8)
         return self.hub.append(Transaction(origin, ident, ts or 1_700_000_000_000_000 + self._txn,
                                            tuple(c for group in row_changes for c in group)))
+
+    @defer.inlineCallbacks
+    def commit(self, changes, origin="postgres_9", add_size=1000):
+        """One transaction of any size through begin/add/commit; fires with `Committed`."""
+        self._txn += 1
+        buf = self.hub.begin(origin, os.urandom(8), 1_700_000_000_000_000 + self._txn)
+        for i in range(0, len(changes), add_size):
+            yield buf.add(changes[i:i + add_size])
+        result = yield buf.commit()
+        return result
 
     def upsert(self, table, row):
         return changes.insert(table, row)

@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.interface import UPSERT, RowChange, Transaction
+from tests.hub_helpers import read_snapshot
 from tests.seeds import seeded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +156,124 @@ class CrashTests(unittest.TestCase):
         self.assertEqual([r.position for r in results], [all_acked[i] for i in sample])
         self.assertEqual(hub.head(), head)
         self.assertEqual(hub.status()["row_count"], 3 * n + 1)
-        snap = yield hub.snapshot([("public", "t")])
+        snap = yield read_snapshot(hub, [("public", "t")])
         self.assertEqual(len(snap.rows), 3 * n)
         self.assertEqual(total_kills, 5)
         self.assertGreaterEqual(len(all_acked), 5)  # at least one per cycle: the kills hit a live load
+
+
+BIG_CHILD = r"""
+import sys
+from twisted.internet import defer, reactor
+from electric.hub.embedded import EmbeddedHub
+from electric.hub.interface import Transaction, RowChange, UPSERT
+
+data_dir, start, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = open(out_path, "a", buffering=1)
+hub = EmbeddedHub(data_dir, reactor, compact_interval=0.05, retain=20, chunk=100)
+hub.startService()
+
+@defer.inlineCallbacks
+def big(i):
+    while True:
+        buf = hub.begin("big", i.to_bytes(8, "big"), i)
+        for part in range(5):
+            yield buf.add([RowChange("public", "b", UPSERT, (f"{i}-{x}",), {"id": f"{i}-{x}", "v": str(i)})
+                           for x in range(part * 100, part * 100 + 100)])
+        c = yield buf.commit()
+        out.write(f"big {i} {c.position}\n")
+        i += 1
+
+@defer.inlineCallbacks
+def small(i):
+    while True:
+        r = yield hub.append(Transaction("small", i.to_bytes(8, "big"), i,
+                                         (RowChange("public", "s", UPSERT, (str(i),), {"id": str(i)}),)))
+        out.write(f"small {i} {r.position}\n")
+        i += 1
+
+big(start)
+big(start + 500_000)
+for k in range(4):
+    small(start + k * 100_000)
+reactor.run()
+"""
+
+
+class BigCrashTests(unittest.TestCase):
+    timeout = 240
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="hubcrash-big-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.data = os.path.join(self.dir, "data")
+
+    def acks(self, path):
+        out = {"big": {}, "small": {}}
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    if line.endswith("\n"):
+                        kind, i, pos = line.split()
+                        out[kind][int(i)] = int(pos)
+        return out
+
+    def check_store(self, acked):
+        db = sqlite3.connect(os.path.join(self.data, "hub.sqlite3"))
+        try:
+            applied = {(o, int.from_bytes(k, "big")): p for o, k, p in db.execute("SELECT origin, origin_id, position FROM applied")}
+            for kind in ("big", "small"):
+                for i, pos in acked[kind].items():
+                    self.assertEqual(applied.get((kind, i)), pos, f"acknowledged {kind} transaction {i} lost or moved")
+            self.assertEqual(sorted(applied.values()), list(range(1, len(applied) + 1)))
+            counts = dict(db.execute("SELECT CAST(json_extract(vals, '$.v') AS INTEGER), count(*) FROM rows "
+                                     "WHERE table_name = 'b' GROUP BY 1"))
+            bigs = {i for (o, i) in applied if o == "big"}
+            self.assertEqual(set(counts), bigs, "a big transaction is half visible or lost its rows")
+            self.assertEqual(set(counts.values()) or {500}, {500}, "a big transaction is half visible")
+            for pos, chunks, n in db.execute("SELECT position, chunks, n FROM log WHERE origin = 'big'"):
+                self.assertEqual((chunks, n), (5, 500))
+                (stored,) = db.execute("SELECT count(*) FROM log_chunk WHERE position = ?", (pos,)).fetchone()
+                self.assertEqual(stored, 4)
+            return len(bigs)
+        finally:
+            db.close()
+
+    @seeded()
+    @defer.inlineCallbacks
+    def test_sigkill_during_big_transactions(self, rnd):
+        acked = {"big": {}, "small": {}}
+        for cycle in range(4):
+            out_path = os.path.join(self.dir, f"acks-{cycle}")
+            err = os.path.join(self.dir, f"stderr-{cycle}")
+            proc = subprocess.Popen(
+                [sys.executable, "-c", BIG_CHILD, self.data, str((cycle + 1) * 1_000_000), out_path],
+                cwd=ROOT, stderr=open(err, "wb"),
+            )
+            # The kill lands at a random point: once the child has committed a random
+            # number of big transactions (the other producer is staging or committing one).
+            target = rnd.randint(1, 6)
+            deadline = time.monotonic() + 120
+            while len(self.acks(out_path)["big"]) < target:
+                self.assertIsNone(proc.poll(), open(err).read())
+                self.assertLess(time.monotonic(), deadline, f"child committed fewer than {target} big transactions")
+                yield task.deferLater(reactor, 0.02, lambda: None)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            got = self.acks(out_path)
+            for kind in got:
+                acked[kind].update(got[kind])
+            self.check_store(acked)
+        n_big = self.check_store(acked)
+        self.assertGreaterEqual(n_big, 4)
+        # The reopened hub serves every big transaction whole, and drops the staging left behind.
+        self.assertTrue(os.listdir(os.path.join(self.data, "spill")))  # kill -9 left staged changes
+        hub = EmbeddedHub(self.data, reactor, compact_interval=0, chunk=100)
+        hub.startService()
+        self.addCleanup(hub.stopService)
+        self.assertEqual(os.listdir(os.path.join(self.data, "spill")), [])
+        i, pos = sorted(acked["big"].items())[-1]
+        buf = hub.begin("big", i.to_bytes(8, "big"))
+        yield buf.add([RowChange("public", "b", UPSERT, ("x",), {"id": "x"})])
+        c = yield buf.commit()
+        self.assertEqual((c.position, c.duplicate, c.change_count), (pos, True, 500))

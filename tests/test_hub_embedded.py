@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from electric.hub.embedded import CATCH_UP_ORIGIN, EmbeddedHub
 from electric.hub.interface import UNCHANGED, HubError, IHub, ISubscription, RowChange, SubscriptionClosed, Transaction
-from tests.hub_helpers import dl, tr, txn, up
+from tests.hub_helpers import dl, read_snapshot, tr, txn, up
 from tests.polling import wait_until
 from tests.seeds import seeded
 
@@ -79,7 +79,7 @@ class AppendTests(HubTestCase):
         hub = yield self.reopen(hub)
         self.assertEqual(hub.head(), 2)
         self.assertEqual(hub.hub_id, hub_id)
-        snap = yield hub.snapshot()
+        snap = yield read_snapshot(hub)
         self.assertEqual(snap.position, 2)
         self.assertEqual([(c.key, c.row) for c in snap.rows], [(("1",), {"id": "1", "content": "a"})])
         r = yield hub.append(txn(up("items", 2, content="again")))
@@ -130,7 +130,7 @@ class AppendTests(HubTestCase):
         self.assertIn("key must be a non-empty tuple", messages[5])
         r = yield hub.append(txn(up("items", 2, content="b")))
         self.assertEqual(r.position, 2)
-        snap = yield hub.snapshot()
+        snap = yield read_snapshot(hub)
         self.assertEqual(len(snap.rows), 2)
 
     @defer.inlineCallbacks
@@ -238,7 +238,7 @@ class SubscriptionTests(HubTestCase):
         hub = self.make_hub(tail_entries=1)
         yield defer.gatherResults([hub.append(txn(up("items", i))) for i in range(200)])
         pending = [hub.subscribe(i).next(50) for i in range(0, 100, 5)]
-        snaps = [hub.snapshot() for _ in range(3)]
+        snaps = [hub.snapshot().addCallback(lambda r: r.next(100)) for _ in range(3)]
         yield hub.stopService()
         results = yield defer.DeferredList(pending + snaps, consumeErrors=True)
         for ok, value in results:
@@ -287,7 +287,7 @@ class SnapshotTests(HubTestCase):
         yield hub.append(txn(dl("items", 3)))
         # Appends racing with the snapshot.
         racing = [hub.append(txn(up("items", i, v="1"))) for i in range(20)]
-        snap = yield hub.snapshot([("public", "items")])
+        snap = yield read_snapshot(hub, [("public", "items")])
         yield defer.gatherResults(racing)
         self.assertTrue(all(c.table == "items" for c in snap.rows))
         rows = {c.key: dict(c.row) for c in snap.rows}
@@ -301,7 +301,7 @@ class SnapshotTests(HubTestCase):
                         rows.pop(c.key, None)
                     else:
                         rows[c.key] = dict(c.row)
-        full = yield hub.snapshot([("public", "items")])
+        full = yield read_snapshot(hub, [("public", "items")])
         self.assertEqual(rows, {c.key: dict(c.row) for c in full.rows})
         self.assertEqual(full.position, hub.head())
         self.assertEqual(rows[("5",)], {"id": "5", "v": "1"})
@@ -493,7 +493,7 @@ class EquivalenceTests(HubTestCase):
         while len(read) < len(txns):
             read.extend((yield sub.next(64)))
         self.assertEqual([r.changes for r in read], expected)
-        snap = yield hub.snapshot()
+        snap = yield read_snapshot(hub)
         self.assertEqual({(c.schema, c.table, c.key): dict(c.row) for c in snap.rows}, ref.live())
         self.assertEqual(hub.status()["row_count"], len(ref.live()))
         hub = yield self.reopen(hub)
@@ -512,7 +512,7 @@ class BadValueTests(HubTestCase):
         self.assertIn("value of column 'v' is not valid Unicode text (surrogates not allowed", str(f))
         r3 = yield good2
         self.assertEqual((r1.position, r3.position), (1, 2))
-        snap = yield hub.snapshot()
+        snap = yield read_snapshot(hub)
         self.assertEqual(sorted(c.key for c in snap.rows), [("1",), ("3",)])
         self.assertEqual(hub.status()["row_count"], 2)
         got = yield hub.subscribe(0).next(10)
@@ -541,7 +541,7 @@ class StorageFailureTests(HubTestCase):
         self.assertIn("injected storage failure", str(f))
         self.assertEqual((a.position, b.position), (2, 3))
         self.assertEqual(len(self.flushLoggedErrors()), 1)
-        snap = yield hub.snapshot()
+        snap = yield read_snapshot(hub)
         self.assertEqual({c.key: c.row["v"] for c in snap.rows}, {("1",): "before", ("2",): "a", ("4",): "b"})
         self.assertEqual(hub.status()["row_count"], 3)
         hub = yield self.reopen(hub)

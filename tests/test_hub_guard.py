@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.interface import DELETE, UPSERT, HubError, RowChange, Transaction, WriteGuard
 from electric.hub.resolution import InvalidTransaction, MemoryState, WriteRefused, check_transaction
+from tests.hub_helpers import read_snapshot
 
 OWNER = "electric_user_id"
 
@@ -133,7 +134,7 @@ class GuardInEmbeddedHub(unittest.TestCase):
             yield self.hub.append(refused)
         self.assertEqual(str(caught.exception), 'invalid transaction: "public"."items" (b1) belongs to another user')
         self.assertEqual(self.hub.head(), head)
-        snap = yield self.hub.snapshot()
+        snap = yield read_snapshot(self.hub)
         self.assertEqual({r.key for r in snap.rows}, {("b1",)})
         # the same identity with acceptable content is appended, not answered as a duplicate
         again = Transaction(refused.origin, refused.origin_id, refused.commit_timestamp,

@@ -121,6 +121,58 @@ class HubMetricsTests(unittest.TestCase):
         self.assertEqual(res.conflicts, 1)
 
 
+class ChunkedHubMetricsTests(unittest.TestCase):
+    """Big transactions (begin/add/commit) on a hub with a tiny chunk, so one commit spans several chunks."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="metrics-chunked-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.hub = EmbeddedHub(self.dir, reactor, compact_interval=0, chunk=4)
+        self.hub.startService()
+        self.addCleanup(self.hub.stopService)
+
+    @defer.inlineCallbacks
+    def test_a_chunked_commit_is_one_append_one_latency_and_its_conflicts_add_up(self):
+        hub = self.hub
+        # Rows 0..11 as (a, 1); then rows 1, 5 and 10 (in different chunks of the
+        # big transaction below) change to n=2 behind its back.
+        yield hub.append(txn(*[up("items", k, content="a", n="1") for k in range(12)]))
+        yield hub.append(txn(*[up("items", k, content="a", n="2") for k in (1, 5, 10)], origin="pg_b"))
+        before = hub.metrics()
+        self.assertEqual((before["appends"], before["chunked_commits"], before["conflicts"]), (2, 0, 0))
+        self.assertEqual(before["append_latency"]["count"], 2)
+        # A saw every row as (a, 1) and sets content: 12 changes in 3 chunks of 4,
+        # staged 5 at a time; 3 of them met a concurrent write.
+        changes = [up("items", k, old={"id": str(k), "content": "a", "n": "1"}, content="b", n="1")
+                   for k in range(12)]
+        buf = hub.begin("pg_a", b"big-1", 1_700_000_000_000_000)
+        for i in range(0, len(changes), 5):
+            yield buf.add(changes[i:i + 5])
+        committed = yield buf.commit()
+        self.assertEqual((committed.position, committed.change_count, committed.duplicate), (3, 12, False))
+        m = hub.metrics()
+        self.assertEqual((m["head"], m["appends"], m["chunked_commits"], m["conflicts"], m["rows"]),
+                         (3, 3, 1, 3, 12))
+        self.assertEqual(m["append_latency"]["count"], 3)  # the chunked commit is timed like an append
+        self.assertEqual(m["append_latency"]["buckets"][-1], (float("inf"), 3))
+        # The same transaction again (a resend after a reconnect): a duplicate, nothing counted twice.
+        buf = hub.begin("pg_a", b"big-1", 1_700_000_000_000_000)
+        yield buf.add(changes[:5])
+        again = yield buf.commit()
+        self.assertTrue(again.duplicate)
+        m = hub.metrics()
+        self.assertEqual((m["appends"], m["chunked_commits"], m["duplicates"], m["conflicts"]), (3, 1, 1, 3))
+        self.assertEqual(m["append_latency"]["count"], 3)
+        # A malformed big transaction is refused at begin, and counted with the rejected appends.
+        self.assertRaises(Exception, hub.begin, "")
+        self.assertEqual(hub.metrics()["errors"], {"hub_rejected": 1, "hub_append_failed": 0})
+        samples = scrape(ElectricCollector(Config(), hub=hub))
+        self.assertEqual(value(samples, "electric_hub_appends_total"), 3)
+        self.assertEqual(value(samples, "electric_hub_chunked_commits_total"), 1)
+        self.assertEqual(value(samples, "electric_hub_conflicts_resolved_total"), 3)
+        self.assertEqual(value(samples, "electric_hub_append_latency_seconds_count"), 3)
+
+
 class ConnectorLagTests(unittest.TestCase):
     def test_oldest_pending_commit_follows_the_acknowledgement_order(self):
         acks = assembly.AckTracker(0)
@@ -201,6 +253,53 @@ class SlotMetricsTests(unittest.TestCase):
         self.assertEqual(value(s, "electric_slot_acked_position", **labels), r1.position)
         self.assertEqual(value(s, "electric_slot_lag_transactions", **labels), r2.position - r1.position)
         self.assertIsNone(value(s, "electric_slot_sent_position", **labels))
+
+
+class ChunkedSlotMetricsTests(unittest.TestCase):
+    """A big hub transaction (several chunks, one position) sent to a subscriber: one entry of the slot's lag."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.clock = task.Clock()
+        self.e = Electric(keepalive_interval=3600.0, sender_timeout=0, clock=self.clock, hub_kw={"chunk": 4})
+        yield self.e.start()
+        self.addCleanup(self.e.destroy)
+        self.addCleanup(self.e.stop)
+        self.items = self.e.register(ITEMS)
+        self.collector = ElectricCollector(Config(), hub=self.e.hub, publisher=self.e.publisher)
+
+    @defer.inlineCallbacks
+    def test_lag_seconds_count_from_the_big_transactions_commit_until_it_is_confirmed(self):
+        e = self.e
+        commit_us = 1_800_000_000_000_000
+        buf = e.hub.begin("postgres_9", b"big", commit_us)
+        for k in range(0, 10, 3):
+            yield buf.add([c for i in range(k, min(k + 3, 10))
+                           for c in e.upsert(self.items, {"id": f"r{i}", "content": "x", "n": str(i)})])
+        committed = yield buf.commit()
+        c = yield connect(e.port, "postgres_1", e.password("postgres_1"))
+        self.addCleanup(lambda: c.transport.abortConnection() if c.transport is not None else None)
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        yield c.until(lambda m: isinstance(m, CopyBothResponse))
+        yield c.until(lambda m: isinstance(m, CopyData) and m.data[:1] == b"w"
+                      and isinstance(pgoutput.decode(m.replication_message().data), pgoutput.Commit))
+        stream = e.publisher.slots["postgres_1"].stream
+        self.assertEqual(list(stream._unacked), [(committed.position, commit_us)])  # one entry for 3 chunks
+        self.clock.advance(commit_us / 1_000_000 + 4.25)
+        labels = {"slot": "postgres_1", "connector": "postgres_1"}
+        s = scrape(self.collector)
+        self.assertEqual(value(s, "electric_slot_sent_position", **labels), committed.position)
+        self.assertEqual(value(s, "electric_slot_lag_transactions", **labels), 1)
+        self.assertEqual(value(s, "electric_slot_lag_seconds", **labels), 4.25)
+        end = positions.end_lsn(committed.position)
+        c.send(StandbyStatusUpdate(end, end, end, 0, False).frame())
+        yield eventually(lambda: stream.acked == committed.position)
+        s = scrape(self.collector)
+        self.assertEqual(value(s, "electric_slot_lag_transactions", **labels), 0)
+        self.assertEqual(value(s, "electric_slot_lag_seconds", **labels), 0)
+        self.assertEqual(list(stream._unacked), [])
 
 
 class SatelliteMetricsTests(unittest.TestCase):
@@ -337,6 +436,9 @@ class RouteTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_with_an_api_token_metrics_need_it_like_every_route_but_the_open_reads(self):
+        # One rule for the whole API (electric/http/auth.py, deny by default):
+        # /metrics is not an open read, so a scraper sends the token
+        # (Prometheus: `authorization: credentials_file:`, see the README).
         tmp = tempfile.mkdtemp(prefix="metrics-token-")
         self.addCleanup(shutil.rmtree, tmp, True)
         hub = EmbeddedHub(os.path.join(tmp, "hub"), reactor, compact_interval=0)
@@ -350,12 +452,24 @@ class RouteTests(unittest.TestCase):
         http.startService()
         port = yield http.listening
         self.addCleanup(http.stopService)
-        url = f"http://127.0.0.1:{port.getHost().port}/metrics".encode()
-        response = yield Agent(reactor).request(b"GET", url)
-        yield readBody(response)
-        self.assertEqual(response.code, 401)
+        base = f"http://127.0.0.1:{port.getHost().port}"
         from twisted.web.http_headers import Headers
-        response = yield Agent(reactor).request(b"GET", url, Headers({b"authorization": [f"Bearer {token}".encode()]}))
-        body = (yield readBody(response)).decode()
+        good = Headers({b"authorization": [f"Bearer {token}".encode()]})
+        for headers in (None, Headers({b"authorization": [b"Bearer not-the-token-not-the-token"]})):
+            for method in (b"GET", b"HEAD"):
+                for path in ("/metrics", "//metrics", "/metrics/"):
+                    response = yield Agent(reactor).request(method, f"{base}{path}".encode(), headers)
+                    body = yield readBody(response)
+                    self.assertEqual(response.code, 401, (method, path, headers))
+                    self.assertNotIn(b"electric_", body)
+        for method in (b"GET", b"HEAD"):
+            response = yield Agent(reactor).request(method, f"{base}/metrics".encode(), good)
+            body = (yield readBody(response)).decode()
+            self.assertEqual(response.code, 200, method)
+            if method == b"GET":
+                self.assertIn("electric_hub_head_position",
+                              [f.name for f in text_string_to_metric_families(body)])
+        # The open reads stay open on the same server.
+        response = yield Agent(reactor).request(b"GET", f"{base}/api/status".encode())
+        yield readBody(response)
         self.assertEqual(response.code, 200)
-        self.assertIn("electric_hub_head_position", [f.name for f in text_string_to_metric_families(body)])

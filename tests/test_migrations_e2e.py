@@ -38,6 +38,7 @@ from tests import pgcluster
 from tests.pgcluster import PASSWORD, USER, free_port
 from tests.test_migrations import write_migration
 from tests.polling import wait_until
+from tests.hub_helpers import read_snapshot
 
 _numbers = itertools.count(1)
 
@@ -140,7 +141,7 @@ class MigrationsAcrossReplication(unittest.TestCase):
 
         @defer.inlineCallbacks
         def diag(f):
-            snap = yield self.hub.snapshot([("public", "items")])
+            snap = yield read_snapshot(self.hub, [("public", "items")])
             print("HUB items", [(r.key, dict(r.row)) for r in snap.rows])
             for j in (0, 1):
                 print("DB", j, self.pgs[j].psql("SELECT srrelid::regclass, srsubstate FROM pg_subscription_rel", dbname=self.db))

@@ -75,8 +75,42 @@ class AssemblerTests(unittest.TestCase):
         self.assertEqual(ev.transaction.changes[0].old_values, {"id": "a", "v": "old"})
 
     def test_truncate(self):
-        [ev] = run(self.a, tx(0x100, po.Truncate((16400,), po.TRUNCATE_CASCADE | po.TRUNCATE_RESTART_IDENTITY)))
-        self.assertEqual([(c.op, c.table) for c in ev.transaction.changes], [(TRUNCATE, "items")])
+        # Handed over as a chunk at once: the hub expands it row by row, in bounded memory only when chunked.
+        chunk, ev = run(self.a, tx(0x100, po.Truncate((16400,), po.TRUNCATE_CASCADE | po.TRUNCATE_RESTART_IDENTITY)))
+        self.assertEqual([(c.op, c.table) for c in chunk.changes], [(TRUNCATE, "items")])
+        self.assertTrue(ev.chunked)
+        self.assertEqual(ev.transaction.changes, ())
+
+    def test_big_transaction_goes_out_in_chunks(self):
+        a = assembly.TransactionAssembler("pg1", lookup_with({("public", "items"): ITEMS}), chunk=3)
+        a.feed(REL)
+        body = [po.Insert(16400, (f"k{i}", "x")) for i in range(7)] + [po.Update(16400, ("z", "y"), key=("k0", None))]
+        events = run(a, tx(0x200, *body))
+        self.assertEqual([type(e).__name__ for e in events], ["Chunk", "Chunk", "Assembled"])
+        self.assertEqual([len(e.changes) for e in events[:2]] + [len(events[2].transaction.changes)], [3, 3, 3])
+        keys = [c.key for e in events[:2] for c in e.changes] + [c.key for c in events[2].transaction.changes]
+        self.assertEqual(keys, [(f"k{i}",) for i in range(7)] + [("k0",), ("z",)])
+        done = events[2]
+        self.assertTrue(done.chunked)
+        self.assertEqual((done.end_lsn, done.transaction.origin_id), (0x230, (0x230).to_bytes(8, "big")))
+        # A transaction of at most one chunk stays whole.
+        [ev] = run(a, tx(0x300, *[po.Insert(16400, (f"s{i}", "x")) for i in range(3)]))
+        self.assertFalse(ev.chunked)
+        self.assertEqual(len(ev.transaction.changes), 3)
+        # Exactly past a chunk boundary: the commit carries no changes of its own.
+        events = run(a, tx(0x400, *[po.Insert(16400, (f"e{i}", "x")) for i in range(4)]))
+        self.assertEqual([type(e).__name__ for e in events], ["Chunk", "Assembled"])
+        self.assertEqual((len(events[1].transaction.changes), events[1].chunked), (1, True))
+
+    def test_big_transaction_dropped_after_its_chunks(self):
+        a = assembly.TransactionAssembler("pg1", lookup_with({("public", "items"): ITEMS}), chunk=2)
+        a.feed(REL)
+        a.feed(MIG)
+        events = run(a, tx(0x200, *[po.Insert(16400, (f"k{i}", "x")) for i in range(5)], po.Insert(16500, ("1",)),
+                           po.Insert(16400, ("late", "x"))))
+        self.assertEqual([type(e).__name__ for e in events], ["Chunk", "Chunk", "Assembled"])
+        self.assertEqual((events[-1].transaction, events[-1].dropped, events[-1].chunked),
+                         (None, assembly.ELECTRIC_TABLES, True))
 
     def test_origin_filter_is_exact(self):
         evs = run(self.a, tx(0x100, po.Insert(16400, ("a", "x")), origin="pg_16397")

@@ -25,6 +25,7 @@ from electric.postgres.publisher.service import PublisherService
 from electric.schema import SchemaRegistry
 from tests.publisher_helpers import eventually, subscriber_errors
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster, free_port
+from tests.hub_helpers import read_snapshot
 
 SCHEMA = """
 CREATE TABLE items (id text PRIMARY KEY, content text, n int);
@@ -161,7 +162,7 @@ class ActiveActive(unittest.TestCase):
 
     @defer.inlineCallbacks
     def hub_row(self, table, key):
-        snap = yield self.hub.snapshot([("public", table)])
+        snap = yield read_snapshot(self.hub, [("public", table)])
         for ch in snap.rows:
             if ch.key == key and not ch.deleted:
                 return ch.row

@@ -465,3 +465,98 @@ class Server(unittest.TestCase):
 
 def e_stop(e):
     return e.publisher.stopService()
+
+
+class BigTransactions(unittest.TestCase):
+    """A hub with a tiny chunk, so big-transaction paths run with a few hundred rows."""
+
+    timeout = 120
+    CHUNK = 50
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.e = Electric(hub_kw={"chunk": self.CHUNK})
+        yield self.e.start()
+        self.addCleanup(self.e.destroy)
+        self.addCleanup(self.e.stop)
+        self.items = self.e.register(ITEMS)
+        self.clients = []
+        self.addCleanup(lambda: [c.transport.abortConnection() for c in self.clients if c.transport is not None])
+
+    @defer.inlineCallbacks
+    def login(self, **kw):
+        c = yield connect(self.e.port, "postgres_1", self.e.password("postgres_1"), **kw)
+        self.clients.append(c)
+        return c
+
+    def rows(self, n, tag="big"):
+        return [c for i in range(n) for c in self.e.upsert(self.items, {"id": f"{tag}{i:05d}", "content": tag, "n": str(i)})]
+
+    @defer.inlineCallbacks
+    def test_big_transaction_is_one_transaction_on_the_wire(self):
+        e = self.e
+        r1 = yield e.append(e.upsert(self.items, {"id": "small", "content": "s", "n": "0"}))
+        big = yield e.commit(self.rows(437))
+        r3 = yield e.append(e.upsert(self.items, {"id": "after", "content": "a", "n": "1"}))
+        c = yield self.login()
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        decoded = []
+        while len([d for d in decoded if isinstance(d, pgoutput.Commit)]) < 3:
+            _, seen = yield c.until(is_commit)
+            decoded += [xlog(m)[2] for m in seen if isinstance(m, CopyData) and m.data[:1] == b"w"]
+        names = [type(x).__name__ for x in decoded]
+        self.assertEqual(names, ["Begin", "Relation", "Insert", "Commit", "Begin"] + ["Insert"] * 437
+                         + ["Commit", "Begin", "Insert", "Commit"])
+        self.assertEqual(decoded[3].end_lsn, positions.end_lsn(r1.position))
+        self.assertEqual(decoded[4].final_lsn, positions.commit_lsn(big.position))
+        self.assertEqual(decoded[442].end_lsn, positions.end_lsn(big.position))
+        self.assertEqual([d.new[0] for d in decoded[5:442]], [f"big{i:05d}" for i in range(437)])
+        self.assertEqual(decoded[-1].end_lsn, positions.end_lsn(r3.position))
+        st = e.publisher.status()["slots"]["postgres_1"]
+        self.assertEqual((st["transactions_sent"], st["changes_sent"], st["in_transaction"]), (3, 439, False))
+
+    @defer.inlineCallbacks
+    def test_subscriber_lost_mid_transaction_gets_it_whole_again(self):
+        e = self.e
+        big = yield e.commit(self.rows(2000, tag="x" * 5000))  # 10 MB: more than socket buffers hold
+        c = yield self.login()
+        c.transport.pauseProducing()
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        stream = yield eventually(lambda: e.publisher.slots.get("postgres_1") and e.publisher.slots["postgres_1"].stream)
+        yield eventually(lambda: stream.paused and stream.encoder.in_transaction, timeout=30)
+        self.assertEqual(stream.encoder.position, 0)
+        c.transport.abortConnection()
+        yield eventually(lambda: not e.publisher.status()["slots"]["postgres_1"]["streaming"])
+        c = yield self.login()
+        c.send(Query(START.format(slot="postgres_1", lsn="0/0")))
+        m, seen = yield c.until(is_commit, timeout=60)
+        inserts = [x for x in seen if isinstance(x, CopyData) and x.data[:1] == b"w"
+                   and isinstance(xlog(x)[2], pgoutput.Insert)]
+        self.assertEqual(len(inserts), 2000)
+        self.assertEqual(xlog(m)[2].end_lsn, positions.end_lsn(big.position))
+
+    @defer.inlineCallbacks
+    def test_copy_reads_the_hub_only_as_fast_as_the_subscriber(self):
+        e = self.e
+        n = 3000
+        yield e.commit(self.rows(n, tag="y" * 3000))
+        app = "pg_16397_sync_16385_7712374349014268656"
+        c = yield self.login(app=app)
+        yield c.query("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ")
+        yield c.query(f"CREATE_REPLICATION_SLOT \"{app}\" LOGICAL pgoutput (SNAPSHOT 'use')")
+        c.transport.pauseProducing()  # stop reading: the server's socket buffer fills up
+        c.send(Query("COPY public.items (id, content, n) TO STDOUT"))
+        conn = yield eventually(lambda: next((p for p in e.publisher.connections if p.copy_writer), None))
+        pump = conn.copy_writer
+        yield eventually(lambda: pump.paused and not pump._pulling, timeout=30)
+        held = pump.rows
+        self.assertLess(held, n)  # 9 MB of rows: the socket buffers hold a part
+        self.assertFalse(pump._pulling)  # nothing read ahead while the subscriber does not read
+        self.assertEqual(e.hub.status()["snapshot_readers"], 1)
+        c.transport.resumeProducing()
+        _, msgs = yield c.until(lambda m: isinstance(m, ReadyForQuery), timeout=60)
+        self.assertIn(CommandComplete(f"COPY {n}"), msgs)
+        data = b"".join(m.data for m in msgs if isinstance(m, CopyData))
+        self.assertEqual(len(data.splitlines()), n)
+        self.assertEqual(e.hub.status()["snapshot_readers"], 0)
+        self.assertIsNone(conn.copy_writer)

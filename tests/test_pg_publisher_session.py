@@ -24,7 +24,6 @@ from electric.postgres.publisher.session import (
     CreateSlotRequest,
     Disconnect,
     Send,
-    SendStream,
     Session,
     StartRequest,
     StatusUpdate,
@@ -471,13 +470,14 @@ class Queries(unittest.TestCase):
         self.assertIsInstance(req, CopyRequest)
         self.assertEqual((req.command.schema, req.command.table, req.columns, req.slot),
                          ("public", "items", ("id", "content", "n"), app))
-        (stream,) = c.session.copy_rows([
+        actions = c.session.copy_start() + c.session.copy_data([
             ResolvedChange("public", "items", ("a",), {"id": "a", "content": "tab\there\nnew \\ line", "n": "1"}),
+        ]) + c.session.copy_data([]) + c.session.copy_data([
             ResolvedChange("public", "items", ("b",), {"id": "b", "content": None}),
             ResolvedChange("public", "items", ("c",), {"id": "c", "content": "gone", "n": "3"}, deleted=True),
-        ])
-        self.assertIsInstance(stream, SendStream)
-        msgs = c.take([Send(chunk) for chunk in stream.chunks])
+        ]) + c.session.copy_end()
+        self.assertTrue(all(isinstance(a, Send) for a in actions))
+        msgs = c.take(actions)
         self.assertEqual(msgs[0], CopyOutResponse(0, (0, 0, 0)))
         data = b"".join(m.data for m in of(msgs, CopyData))
         self.assertEqual(data, b"a\ttab\\there\\nnew \\\\ line\t1\nb\t\\N\t\\N\n")

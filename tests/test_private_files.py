@@ -47,7 +47,8 @@ class PrivateFiles(unittest.TestCase):
             self.assertIn("hub.sqlite3-wal", present)
             self.assertIn("subscriber_secret", present)
             for name in present:
-                self.assertEqual(mode(os.path.join(data, name)), 0o600, name)
+                path = os.path.join(data, name)  # the hub's staging directory ("spill") is private too
+                self.assertEqual(mode(path), 0o700 if os.path.isdir(path) else 0o600, name)
             for name in os.listdir(os.path.dirname(offsets_path)):
                 self.assertEqual(mode(os.path.join(os.path.dirname(offsets_path), name)), 0o600, name)
             self.assertEqual(mode(self.root), 0o755)  # a parent that already existed is not Electric's
@@ -72,7 +73,8 @@ class PrivateFiles(unittest.TestCase):
         yield hub.stopService()
         self.assertEqual(mode(data), 0o700)
         for name in os.listdir(data):
-            self.assertEqual(mode(os.path.join(data, name)), 0o600, name)
+            path = os.path.join(data, name)
+            self.assertEqual(mode(path), 0o700 if os.path.isdir(path) else 0o600, name)
 
     def test_helpers(self):
         path = os.path.join(self.root, "f")

@@ -12,6 +12,7 @@ from electric.hub.interface import DELETE, UPSERT, RowChange, Transaction
 
 from tests.node_client import NodeClient, ensure_installed
 from tests.satellite_helpers import SatelliteFixture, eventually, satellite_config
+from tests.hub_helpers import read_snapshot
 
 _n = [0]
 
@@ -55,7 +56,7 @@ class RealClient(unittest.TestCase):
 
     @defer.inlineCallbacks
     def hub_rows(self):
-        snap = yield self.fx.hub.snapshot([("public", "items")])
+        snap = yield read_snapshot(self.fx.hub, [("public", "items")])
         return {r.key[0]: dict(r.row) for r in snap.rows}
 
     @defer.inlineCallbacks
@@ -238,6 +239,6 @@ class RealClientJWT(unittest.TestCase):
         self.nodes.append(node)
         yield node.start()
         yield node.execute("INSERT INTO items (id, content) VALUES (?, ?)", "j1", "signed")
-        yield eventually(lambda: self.fx.hub.snapshot().addCallback(lambda s: any(r.key == ("j1",) for r in s.rows)),
+        yield eventually(lambda: read_snapshot(self.fx.hub).addCallback(lambda s: any(r.key == ("j1",) for r in s.rows)),
                          message="row from the JWT client in the hub")
         self.assertEqual(node.crashes(), [])

@@ -2,7 +2,7 @@
 
 from twisted.trial import unittest
 
-from electric.hub.interface import DELETE, UPSERT, ResolvedChange, ResolvedTransaction, Snapshot
+from electric.hub.interface import DELETE, UPSERT, ResolvedChange, ResolvedTransaction
 from electric.hub.positions import ClientLsnCodec
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -496,7 +496,7 @@ class Outgoing(Base):
         s = self.started()
         n = sm.SNAPSHOT_ROWS_PER_TRANSACTION + 3
         rows = [item(f"k{i}") for i in range(n)] + [item("hidden", "bob"), item("gone", deleted=True)]
-        msgs = self.decode_all(s.snapshot(Snapshot(9, rows)))
+        msgs = self.decode_all(s.initial_sync(rows[:7]) + s.initial_sync(rows[7:]) + s.initial_sync_done(9))
         self.assertEqual([codec.message_name(m) for m in msgs], ["SatRelation", "SatOpLog", "SatOpLog"])
         first, last = msgs[1], msgs[2]
         self.assertEqual(first.ops[0].begin.lsn, sm.INITIAL_SYNC_LSN)
@@ -505,9 +505,60 @@ class Outgoing(Base):
         self.assertEqual(len(first.ops) - 2 + len(last.ops) - 2, n)
         self.assertEqual(first.ops[0].begin.commit_timestamp, 1_700_000_000_000)
 
+    def test_big_transaction_reaches_the_client_in_resumable_pieces(self):
+        s = self.started(user="alice")
+        s.streaming_from(4)
+        n = sm.OPS_PER_MESSAGE + 10
+        parts = [
+            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000, (item("hidden", "bob"),), more=True),
+            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000,
+                                tuple(item(f"k{i}") for i in range(n)), more=True),
+            ResolvedTransaction(5, "pg", b"x", 1_700_000_000_000_000, (item("last"),), more=False),
+        ]
+        msgs = []
+        for part in parts:
+            msgs += self.decode_all(s.outgoing([part]))
+            self.assertTrue(s.wants_transactions)
+        names = [codec.message_name(m) for m in msgs]
+        self.assertEqual(names, ["SatRelation", "SatOpLog", "SatOpLog", "SatOpLog"])
+        # Piece 1 (nothing visible) sends nothing; piece 2 is one client transaction over two
+        # messages with the LSN of position 4 (a client dropping here resumes at the start of 5);
+        # the last piece carries position 5's LSN.
+        piece = [op for m in msgs[1:3] for op in m.ops]
+        self.assertEqual([op.WhichOneof("op") for op in piece], ["begin"] + ["update"] * n + ["commit"])
+        self.assertEqual([len(m.ops) for m in msgs[1:3]], [1 + sm.OPS_PER_MESSAGE, 10 + 1])
+        self.assertEqual(piece[0].begin.lsn, HUB.client_lsn(4))
+        last = msgs[3].ops
+        self.assertEqual([op.WhichOneof("op") for op in last], ["begin", "update", "commit"])
+        self.assertEqual(last[0].begin.lsn, HUB.client_lsn(5))
+        # The next big transaction's pieces resume from 5.
+        msgs = self.decode_all(s.outgoing([ResolvedTransaction(6, "pg", b"y", 1, (item("a"),), more=True)]))
+        self.assertEqual(msgs[-1].ops[0].begin.lsn, HUB.client_lsn(5))
+
+    def test_catch_up_pieces_resume_where_the_client_was(self):
+        s = self.started()
+        s.streaming_from(2)
+        cu = [ResolvedTransaction(40, "electric:catch-up", b"", 1, (item(f"c{i}"),), catch_up=True, more=m)
+              for i, m in enumerate((True, True, False))]
+        lsns = [self.decode_all(s.outgoing([c]))[-1].ops[0].begin.lsn for c in cu]
+        self.assertEqual(lsns, [HUB.client_lsn(2), HUB.client_lsn(2), HUB.client_lsn(40)])
+        # Without a known start, a piece makes the client restart from an initial sync.
+        s.receive(start_req(self.gen, b"0"))
+        msgs = self.decode_all(s.outgoing(cu[:1]))
+        self.assertEqual(msgs[-1].ops[0].begin.lsn, sm.INITIAL_SYNC_LSN)
+
+    def test_initial_sync_held_behind_a_pending_append(self):
+        s = self.started()
+        s.receive(relation(ORIGINAL, 0, "items", ITEMS_COLS))
+        s.receive(client_txn(ORIGINAL, b"A", 0, ["a", "x", "1", None]))
+        self.assertEqual(s.initial_sync([item("k")]) + s.initial_sync_done(3), [])
+        data = self.decode_all(s.append_done(b"A"))
+        self.assertEqual([codec.message_name(m) for m in data], ["SatPingResp", "SatRelation", "SatOpLog"])
+        self.assertEqual(data[-1].ops[0].begin.lsn, HUB.client_lsn(3))
+
     def test_empty_snapshot_sends_nothing(self):
         s = self.started()
-        self.assertEqual(s.snapshot(Snapshot(0, [])), [])
+        self.assertEqual(s.initial_sync([]) + s.initial_sync_done(0), [])
 
     def test_nothing_after_stop(self):
         s = self.started()

@@ -8,8 +8,10 @@ from twisted.trial import unittest
 from electric.hub.interface import UPSERT, RowChange, Transaction
 from electric.satellite import codec
 from electric.satellite import service as service_mod
+from electric.satellite import session as sm
 from electric.satellite.codec import ORIGINAL, V0_2
 
+from tests.hub_helpers import read_snapshot
 from tests.satellite_helpers import (
     ClientClosed, SatelliteFixture, begin, client_txn, eventually, insert, msg, oplog, relation, satellite_config,
     start_req,
@@ -39,7 +41,7 @@ class Base(unittest.TestCase):
 
     @defer.inlineCallbacks
     def rows(self):
-        snap = yield self.fx.hub.snapshot([("public", "items")])
+        snap = yield read_snapshot(self.fx.hub, [("public", "items")])
         return {r.key[0]: dict(r.row) for r in snap.rows}
 
 
@@ -238,6 +240,96 @@ class Replication(Base):
             log = yield c.recv_message(ORIGINAL)
             self.assertEqual(updates(log)[0]["id"], f"r{i}")
         self.assertFalse(conn._paused)
+
+    @defer.inlineCallbacks
+    def test_initial_sync_pulls_only_while_the_client_reads(self):
+        """A client that stalls mid initial sync holds no more than a chunk; the others are not held up."""
+        n = 6000
+        buf = self.fx.hub.begin("postgres_1", b"load")
+        for s in range(0, n, 1000):
+            yield buf.add(pg_txn(0, *[{"id": f"r{i:05d}", "content": "x" * 2000} for i in range(s, s + 1000)]).changes)
+        loaded = yield buf.commit()
+        c = yield self.fx.authed(ORIGINAL, "stall", "alice")
+        c.proto.transport.pauseProducing()  # the client stops reading its socket
+        c.send(start_req(ORIGINAL, b"0"))
+        conn = yield eventually(lambda: next((x for x in self.fx.service.connections
+                                              if x.session.client_id == "stall"), None))
+        yield eventually(lambda: conn._paused and not conn._pulling, message="server paused by its transport")
+        reader = conn._sync
+        self.assertIsNotNone(reader)
+        held = reader.rows_read
+        self.assertLess(held, n)  # 12 MB of rows: only what the socket buffers took, plus one chunk
+        self.assertEqual(self.fx.hub.status()["snapshot_readers"], 1)
+        # Another client syncs completely meanwhile.
+        other = yield self.fx.authed(ORIGINAL, "other", "bob", start_lsn=b"0")
+        got = 0
+        while got < n:
+            log = yield other.recv_message(ORIGINAL)
+            if codec.message_name(log) == "SatOpLog":
+                got += len(updates(log))
+        self.assertEqual(log.ops[-1].commit.lsn, self.fx.hub.client_lsn(loaded.position))
+        # The stalled one is still far from done: it read on only as far as its socket buffers drained.
+        self.assertLess(reader.rows_read, n)
+        c.proto.transport.resumeProducing()
+        ids = []
+        while len(ids) < n:
+            log = yield c.recv_message(ORIGINAL)
+            if codec.message_name(log) == "SatOpLog":
+                ids += [r["id"] for r in updates(log)]
+                lsns = {op.begin.lsn for op in log.ops if op.WhichOneof("op") == "begin"}
+                self.assertEqual(lsns, {self.fx.hub.client_lsn(loaded.position)} if len(ids) == n
+                                 else {sm.INITIAL_SYNC_LSN})
+        self.assertEqual(sorted(ids), [f"r{i:05d}" for i in range(n)])
+        yield eventually(lambda: self.fx.hub.status()["snapshot_readers"] == 0)
+        self.assertIsNone(conn._sync)
+        # Then live.
+        yield self.fx.hub.append(pg_txn(1, {"id": "live"}))
+        log = yield c.recv_message(ORIGINAL)
+        self.assertEqual([r["id"] for r in updates(log)], ["live"])
+
+    @defer.inlineCallbacks
+    def test_client_gone_mid_initial_sync_releases_the_reader(self):
+        buf = self.fx.hub.begin("postgres_1", b"load")
+        yield buf.add(pg_txn(0, *[{"id": f"r{i:05d}", "content": "x" * 5000} for i in range(4000)]).changes)
+        yield buf.commit()
+        c = yield self.fx.authed(ORIGINAL, "gone", "alice")
+        c.proto.transport.pauseProducing()
+        c.send(start_req(ORIGINAL, b"0"))
+        yield eventually(lambda: self.fx.hub.status()["snapshot_readers"] == 1)
+        yield c.abort()
+        yield eventually(lambda: not self.fx.service.connections)
+        self.assertEqual(self.fx.hub.status()["snapshot_readers"], 0)
+
+    @defer.inlineCallbacks
+    def test_big_transaction_in_resumable_pieces(self):
+        first = yield self.fx.hub.append(pg_txn(1, {"id": "before"}))
+        c = yield self.fx.authed(ORIGINAL, "big", "alice", start_lsn=self.fx.hub.client_lsn(first.position))
+        n = 5000
+        buf = self.fx.hub.begin("postgres_1", b"big")
+        for s in range(0, n, 1000):
+            yield buf.add(pg_txn(0, *[{"id": f"b{i:05d}", "content": "y"} for i in range(s, s + 1000)]).changes)
+        big = yield buf.commit()
+        yield self.fx.hub.append(pg_txn(2, {"id": "after"}))
+        yield c.recv_message(ORIGINAL)  # relation
+        pieces = []  # (begin lsn, ids) per client transaction
+        ids = None
+        while not pieces or pieces[-1][0] != self.fx.hub.client_lsn(big.position):
+            log = yield c.recv_message(ORIGINAL)
+            for op in log.ops:
+                kind = op.WhichOneof("op")
+                if kind == "begin":
+                    ids = []
+                    lsn = op.begin.lsn
+                elif kind == "update":
+                    ids.append(codec.decode_row(op.update.row_data, ITEMS)["id"])
+                elif kind == "commit":
+                    pieces.append((lsn, ids))
+        self.assertEqual([len(p[1]) for p in pieces], [2000, 2000, 1000])
+        self.assertEqual([p[0] for p in pieces], [self.fx.hub.client_lsn(first.position)] * 2
+                         + [self.fx.hub.client_lsn(big.position)])
+        self.assertEqual([i for p in pieces for i in p[1]], [f"b{i:05d}" for i in range(n)])
+        log = yield c.recv_message(ORIGINAL)
+        self.assertEqual([r["id"] for r in updates(log)], ["after"])
 
     @defer.inlineCallbacks
     def test_migration_notification_off_by_default(self):

@@ -17,6 +17,7 @@ from electric.satellite.codec import ORIGINAL
 from electric.satellite.transport import CLOSE_REFUSED
 from electric.schema import Column, SchemaRegistry, Table
 
+from tests.hub_helpers import read_snapshot
 from tests.satellite_helpers import (
     SatelliteFixture, begin, commit, delete, eventually, insert, msg, oplog, relation, start_req, update,
 )
@@ -68,7 +69,7 @@ class Base(unittest.TestCase):
 
     @defer.inlineCallbacks
     def rows(self, table):
-        snap = yield self.fx.hub.snapshot([("public", table)])
+        snap = yield read_snapshot(self.fx.hub, [("public", table)])
         return {r.key[0]: dict(r.row) for r in snap.rows}
 
     @defer.inlineCallbacks

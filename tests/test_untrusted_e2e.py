@@ -21,6 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from electric.satellite.service import SatelliteService
+from tests.hub_helpers import read_snapshot
 from tests.mesh import InProcessMesh
 from tests.node_client import ITEMS_SQLITE, NodeClient, ensure_installed
 from tests.pgcluster import PgCluster
@@ -108,7 +109,7 @@ class UntrustedClients(unittest.TestCase):
                                  f"log {node.log_lines[-30:]}, stderr {node.stderr_text()[-2000:]}") from None
 
     def hub_keys(self, table):
-        return self.mesh.hub.snapshot([("public", table)]).addCallback(lambda s: {r.key[0] for r in s.rows})
+        return read_snapshot(self.mesh.hub, [("public", table)]).addCallback(lambda s: {r.key[0] for r in s.rows})
 
     @defer.inlineCallbacks
     def test_a_bad_value_is_refused_and_everything_else_keeps_replicating(self):

@@ -3,10 +3,16 @@ The embedded hub: Electric's own ordered, durable log in one SQLite file.
 
 Why it is built this way:
 
-* Durability = SQLite WAL with ``synchronous=FULL``: an append's Deferred
-  fires only after the COMMIT that contains it returned, so an acknowledged
-  transaction survives kill -9 and power loss, and a transaction is never
-  half visible (each commit group is one SQLite transaction).
+* Storage, resolution and chunked reads are `electric.hub.store`; this
+  module is the *sequencer* (arrival order at this process decides the
+  position) and the reactor side (publication, the in-memory tail,
+  subscriptions, snapshot readers, append buffers).  A hub fed by another
+  ordered log can drive the same store from that log's order.
+* Durability = SQLite WAL with ``synchronous=FULL``: an append's (or a
+  commit's) Deferred fires only after the COMMIT that contains it returned,
+  so an acknowledged transaction survives kill -9 and power loss, and a
+  transaction is never half visible (each commit group is one SQLite
+  transaction, however big its transactions are).
 * Group commit: one writer thread owns the write connection.  Everything
   queued while the previous COMMIT was running goes into the next SQLite
   transaction, so under load many appends share one fsync, and the reactor
@@ -14,21 +20,27 @@ Why it is built this way:
 * Resolution (`electric.hub.resolution`) runs in the writer thread against
   the rows table inside the same SQLite transaction, so the log entry and the
   row states it produced always commit together.
+* Big transactions (`begin`): chunks are staged in `electric.hub.spill`
+  files as they come, never held in memory; the commit resolves them chunk
+  by chunk into a log entry stored in chunks.
 * Publication order: the writer hands each committed group to the reactor
   thread, which fires every append's Deferred *before* the entry becomes
-  visible to subscriptions (`head()` and `ISubscription.next`).  A producer
-  (a Satellite session) can thus send its acknowledgement before any
-  consumer sees a later transaction.
-* Subscriptions are pull-based: recent entries come from a bounded in-memory
-  tail; older ones are read from SQLite in a thread pool, at most
-  ``max_items`` per call, so no consumer makes the process buffer for it.
+  visible to subscriptions (`ISubscription.next`).  A producer (a Satellite
+  session) can thus send its acknowledgement before any consumer sees a
+  later transaction.
+* Subscriptions are pull-based and bounded: recent small entries come from
+  an in-memory tail; older ones, every chunk of a big one, catch-ups and
+  snapshots are read from SQLite in a thread pool, at most one chunk
+  (``chunk`` changes) per call, so no consumer makes the process buffer for
+  it and a consumer that stops reading costs nothing.
 * Compaction deletes log entries every durable consumer has acknowledged
   (and, beyond ``retain`` entries, when there is none).  Row states and
   tombstones stay, so a subscriber starting below the compaction horizon
-  gets one catch-up transaction with the current state of every row changed
-  since its position, then the live log.
+  gets a catch-up transaction with the current state of every row changed
+  since its position (chunked), then the live log.
 
-Files: ``<data_dir>/hub.sqlite3`` (+ SQLite's ``-wal``/``-shm``).
+Files: ``<data_dir>/hub.sqlite3`` (+ SQLite's ``-wal``/``-shm``), and
+``<data_dir>/spill/`` for staged transactions (emptied at every start).
 """
 
 from __future__ import annotations
@@ -36,7 +48,6 @@ from __future__ import annotations
 import collections
 import fcntl
 import itertools
-import json
 import os
 import queue
 import sqlite3
@@ -46,167 +57,87 @@ from typing import Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from twisted.python import threadpool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from electric import files
+from electric.hub import store
 from electric.hub.interface import (
+    CHUNK_CHANGES,
+    Committed,
     HubError,
+    IAppendBuffer,
     IHub,
+    ISnapshotReader,
     ISubscription,
-    ResolvedChange,
     ResolvedTransaction,
-    Snapshot,
     SubscriptionClosed,
+    Transaction,
 )
-from electric.hub.positions import HUB_ID_SIZE, ClientLsnCodec
-from electric.hub.resolution import InvalidTransaction, RowState, StateView, check_transaction, resolve
+from electric.hub.positions import ClientLsnCodec
+from electric.hub.resolution import InvalidTransaction, check_transaction
+from electric.hub.spill import Spill
+from electric.hub.store import CATCH_UP_ORIGIN, DB_NAME  # noqa: F401  (re-exported)
 from electric.metrics import LatencyHistogram
 
 log = Logger()
 
-DB_NAME = "hub.sqlite3"
-SCHEMA_VERSION = 1
-CATCH_UP_ORIGIN = "electric:catch-up"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS log (
-    position INTEGER PRIMARY KEY,
-    origin TEXT NOT NULL,
-    origin_id BLOB NOT NULL,
-    commit_ts INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rows (
-    schema_name TEXT NOT NULL,
-    table_name TEXT NOT NULL,
-    key TEXT NOT NULL,
-    vals TEXT NOT NULL,
-    deleted INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    PRIMARY KEY (schema_name, table_name, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS applied (
-    origin TEXT NOT NULL,
-    origin_id BLOB NOT NULL,
-    position INTEGER NOT NULL,
-    commit_ts INTEGER NOT NULL,
-    PRIMARY KEY (origin, origin_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS consumers (name TEXT PRIMARY KEY, acked INTEGER NOT NULL) WITHOUT ROWID;
+READ_THREADS = 3
+"""
+Threads reading the store (log chunks, catch-ups, snapshots, staging files).
+Few on purpose: decoding holds the GIL, so more threads buy nothing, while
+every thread that allocates gets its own malloc arena (and every reader its
+own SQLite page cache) that stays resident: with the reactor's 10 threads,
+100 clients stalled mid initial sync cost twice the memory.
 """
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_loads = json.loads
 
-
-def _encode_key(key) -> str:
-    return _dumps(list(key))
-
-
-def _decode_key(text: str) -> tuple:
-    return tuple(_loads(text))
-
-
-def _encode_changes(changes) -> bytes:
-    return _dumps([[c.schema, c.table, list(c.key), c.row, 1 if c.deleted else 0] for c in changes]).encode()
-
-
-def _decode_changes(blob) -> tuple:
-    return tuple(ResolvedChange(s, t, tuple(k), row, bool(d)) for s, t, k, row, d in _loads(bytes(blob)))
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=60000")
-        conn.execute("PRAGMA cache_size=-65536")
-        conn.execute("PRAGMA mmap_size=1073741824")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _head(conn) -> int:
-    """The last position: the newest log entry, or what compaction recorded when it emptied the log."""
-    (last,) = conn.execute("SELECT max(position) FROM log").fetchone()
-    return max(last or 0, _meta(conn, "head", 0))
-
-
-def _meta(conn, k, default=None):
-    row = conn.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
-    return default if row is None else row[0]
-
-
-_GET_MANY_CHUNK = 500  # keys per query (SQLite's default variable limit is far higher)
-
-
-class _SqliteState(StateView):
-    """Row states as the writer's open SQLite transaction sees them."""
-
-    def __init__(self, conn):
-        self.conn = conn
-        self._encoded = {}
-
-    def encode_key(self, key) -> str:
-        """A key's stored text, encoded once per commit group (lookups and writes both need it)."""
-        text = self._encoded.get(key)
-        if text is None:
-            text = self._encoded[key] = _encode_key(key)
-        return text
-
-    def get_many(self, rids):
-        """One query per table and chunk of keys instead of one per row."""
-        out = dict.fromkeys(rids)
-        by_table = {}
-        for rid in out:
-            by_table.setdefault((rid[0], rid[1]), []).append(rid[2])
-        for (schema, table), keys in by_table.items():
-            for i in range(0, len(keys), _GET_MANY_CHUNK):
-                chunk = keys[i:i + _GET_MANY_CHUNK]
-                texts = {self.encode_key(k): k for k in chunk}
-                cur = self.conn.execute(
-                    "SELECT key, vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key IN (%s)"
-                    % ",".join("?" * len(texts)),
-                    (schema, table, *texts),
-                )
-                for text, vals, deleted in cur:
-                    out[(schema, table, texts[text])] = RowState(_loads(vals), bool(deleted))
-        return out
-
-    def end_group(self) -> None:
-        self._encoded.clear()
-
-    def get(self, schema, table, key):
-        row = self.conn.execute(
-            "SELECT vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key = ?",
-            (schema, table, self.encode_key(key)),
-        ).fetchone()
-        if row is None:
-            return None
-        return RowState(_loads(row[0]), bool(row[1]))
-
-    def live_keys(self, schema, table):
-        cur = self.conn.execute(
-            "SELECT key FROM rows WHERE schema_name = ? AND table_name = ? AND deleted = 0", (schema, table)
-        )
-        return [_decode_key(k) for (k,) in cur]
+# --- writer-thread jobs ------------------------------------------------------
 
 
 class _Append:
-    __slots__ = ("transaction", "deferred", "outcome", "fresh", "queued_at")
+    __slots__ = ("transaction", "deferred", "meta", "outcome", "fresh", "applied", "queued_at")
 
-    def __init__(self, transaction, deferred):
+    def __init__(self, transaction, deferred, meta=None):
         self.transaction = transaction
         self.deferred = deferred
+        self.meta = meta
         self.outcome = None  # ResolvedTransaction or Exception
         self.fresh = False
+        self.applied: Optional[store.Applied] = None
         self.queued_at = time.monotonic()  # for the append latency histogram
+
+    @property
+    def ident(self):
+        return (self.transaction.origin, bytes(self.transaction.origin_id))
+
+    def duplicate(self, position, ts, changes, count):
+        return ResolvedTransaction(position, self.ident[0], self.ident[1], ts, changes)
+
+
+class _Commit:
+    __slots__ = ("buffer", "commit_timestamp", "deferred", "meta", "outcome", "fresh", "applied", "queued_at")
+
+    def __init__(self, buffer, commit_timestamp, deferred, meta=None):
+        self.buffer = buffer
+        self.commit_timestamp = commit_timestamp
+        self.deferred = deferred
+        self.meta = meta
+        self.outcome = None  # Committed or Exception
+        self.fresh = False
+        self.applied: Optional[store.Applied] = None
+        # For the append latency histogram: from `commit` (its changes already
+        # staged) to durable, as an `_Append` from `append`.
+        self.queued_at = time.monotonic()
+
+    @property
+    def ident(self):
+        return (self.buffer.origin, self.buffer.origin_id)
+
+    def duplicate(self, position, ts, changes, count):
+        return Committed(position, self.ident[0], self.ident[1], ts, count, duplicate=True)
 
 
 class _Stop:
@@ -219,6 +150,48 @@ class _Compact:
         self.deferred = deferred
 
 
+class _Big:
+    """Tail entry standing for a log entry stored in several chunks (read back from the store)."""
+
+    __slots__ = ("position", "origin", "origin_id", "commit_timestamp", "chunks")
+
+    def __init__(self, position, origin, origin_id, commit_timestamp, chunks):
+        self.position = position
+        self.origin = origin
+        self.origin_id = origin_id
+        self.commit_timestamp = commit_timestamp
+        self.chunks = chunks
+
+
+class _Partial:
+    """A subscription in the middle of a multi-chunk entry: the next chunk to hand out."""
+
+    __slots__ = ("position", "origin", "origin_id", "commit_timestamp", "chunks", "seq")
+
+    def __init__(self, position, origin, origin_id, commit_timestamp, chunks, seq):
+        self.position = position
+        self.origin = origin
+        self.origin_id = origin_id
+        self.commit_timestamp = commit_timestamp
+        self.chunks = chunks
+        self.seq = seq
+
+
+class _CatchUp:
+    """A subscription in the middle of a catch-up: rows written in (after, upto], read from `cursor` on."""
+
+    __slots__ = ("after", "upto", "cursor", "timestamp")
+
+    def __init__(self, after, upto, timestamp):
+        self.after = after
+        self.upto = upto
+        self.cursor = None
+        self.timestamp = timestamp
+
+
+# --- consumer-facing objects -------------------------------------------------
+
+
 @implementer(ISubscription)
 class _Subscription:
     def __init__(self, hub, from_position, consumer):
@@ -229,7 +202,8 @@ class _Subscription:
         self._d: Optional[defer.Deferred] = None
         self._max = 0
         self._busy = False  # a SQLite read is in flight for this subscription
-        self._parked: Optional[ResolvedTransaction] = None  # catch-up waiting for publication
+        self._partial: Optional[_Partial] = None
+        self._catch_up: Optional[_CatchUp] = None
 
     def next(self, max_items=100):
         if self.closed:
@@ -249,29 +223,244 @@ class _Subscription:
     def close(self):
         self._close(SubscriptionClosed("subscription closed"))
 
+    @property
+    def in_transaction(self) -> Optional[int]:
+        """The position of the transaction handed out in part (its remaining items follow), or None."""
+        if self._partial is not None:
+            return self._partial.position
+        if self._catch_up is not None and self._catch_up.cursor is not None:
+            return self._catch_up.upto
+        return None
+
     def _close(self, exc):
         if self.closed:
             return
         self.closed = True
         self._hub._subscriptions.discard(self)
         self._hub._waiting.discard(self)
-        self._parked = None
+        self._partial = None
+        self._catch_up = None
         d, self._d = self._d, None
         if d is not None:
             d.errback(Failure(exc))
 
     def _fulfil(self, items):
         d, self._d = self._d, None
-        self.position = items[-1].position
+        if not items[-1].more:
+            self.position = items[-1].position
         d.callback(items)
-
-    def _fail(self, exc):
-        d, self._d = self._d, None
-        if d is not None:
-            d.errback(Failure(exc))
 
     def __repr__(self):
         return f"<hub subscription at {self.position} consumer={self.consumer!r}>"
+
+
+@implementer(ISnapshotReader)
+class _SnapshotReader:
+    def __init__(self, hub, tables, position):
+        self._hub = hub
+        self._tables = tables
+        self.position = position
+        self._cursor = None
+        self._done = False
+        self._closed = False
+        self._d: Optional[defer.Deferred] = None
+        self.rows_read = 0
+
+    def next(self, max_rows=CHUNK_CHANGES):
+        if self._closed:
+            return defer.fail(HubError("snapshot reader is closed"))
+        try:
+            self._hub._check_open()
+        except HubError as e:
+            return defer.fail(e)
+        if self._d is not None:
+            return defer.fail(HubError("next() called while a previous next() is still outstanding"))
+        if max_rows < 1:
+            return defer.fail(HubError(f"max_rows must be ≥ 1, got {max_rows}"))
+        if self._done:
+            return defer.succeed([])
+        limit = min(max_rows, self._hub.chunk)
+        d = self._d = self._hub._read(store.read_snapshot, self._tables, self.position, self._cursor, limit)
+
+        def got(result):
+            self._d = None
+            rows, self._cursor = result
+            if self._cursor is None:
+                self._done = True
+                self._hub._snapshots.discard(self)
+            self.rows_read += len(rows)
+            if self._closed:
+                raise HubError("snapshot reader is closed")
+            return rows
+
+        def failed(f):
+            self._d = None
+            if f.check(HubError):
+                return f
+            log.failure("hub snapshot read failed", f)
+            raise HubError(f"could not read the hub snapshot: {f.getErrorMessage()}")
+
+        return d.addCallbacks(got, failed)
+
+    def close(self):
+        self._closed = True
+        self._hub._snapshots.discard(self)
+
+    def __repr__(self):
+        return f"<hub snapshot at {self.position} tables={self._tables!r} rows_read={self.rows_read}>"
+
+
+@implementer(IAppendBuffer)
+class _AppendBuffer:
+    """
+    Staging for one big transaction.  The (origin, origin_id) is looked up
+    once at `begin`: a transaction the hub already holds (a producer
+    resending after a crash) is not staged again, and its commit answers
+    duplicate=True.
+    """
+
+    def __init__(self, hub, origin, origin_id, commit_timestamp):
+        self._hub = hub
+        self.origin = origin
+        self.origin_id = origin_id
+        self.commit_timestamp = commit_timestamp
+        self.staged = 0
+        self._file = hub._spill.open()
+        self._state = "open"  # open -> committing -> done, or broken
+        self._error: Optional[HubError] = None
+        self._adding = False
+        self._known: Optional[int] = None
+        if origin_id is None:
+            self._lookup = defer.succeed(None)  # the identity comes with the commit
+        else:
+            self._lookup = hub.applied(origin, origin_id)
+            self._lookup.addCallbacks(self._looked_up, lambda f: None)
+
+    def _looked_up(self, position):
+        self._known = position
+        return None
+
+    def _usable(self) -> Optional[HubError]:
+        if self._state == "broken":
+            return self._error
+        if self._state != "open":
+            return HubError(f"append buffer of {self.origin} is {'committing' if self._state == 'committing' else 'finished'}")
+        if self._adding:
+            return HubError("add() or commit() called while a previous add() is still outstanding")
+        try:
+            self._hub._check_open()
+        except HubError as e:
+            return e
+        return None
+
+    def add(self, changes):
+        err = self._usable()
+        if err is not None:
+            return defer.fail(err)
+        changes = tuple(changes)
+        self._adding = True
+        d = defer.Deferred()
+
+        def stage(_):
+            if self._known is not None:
+                return None  # already in the hub: the commit will say duplicate
+            return self._hub._thread(self._stage, changes)
+
+        def staged(_):
+            self._adding = False
+            if self._state == "done":  # aborted meanwhile
+                self._discard()
+                raise HubError("append buffer was aborted")
+            if self._state == "broken":
+                raise self._error
+            if self._known is None:
+                self.staged += len(changes)
+            return None
+
+        def failed(f):
+            self._adding = False
+            if self._state != "broken":
+                self._state = "broken"
+                if f.check(InvalidTransaction):
+                    self._hub._stats["rejected"] += 1
+                    self._error = HubError(f"invalid transaction: {f.getErrorMessage()}")
+                elif f.check(HubError):
+                    self._error = f.value
+                else:
+                    log.failure("hub could not stage changes", f)
+                    self._error = HubError(f"hub could not stage the changes: {f.getErrorMessage()}")
+                self._discard()
+            raise self._error
+
+        # Wait for the identity lookup (usually done long before).
+        self._lookup.addBoth(lambda r: d.callback(None) or r)
+        d.addCallback(stage)
+        d.addCallbacks(staged, failed)
+        return d
+
+    def _stage(self, changes):
+        check_transaction(Transaction(self.origin, self.origin_id or b"", 0, changes))
+        self._file.write(changes)
+
+    def commit(self, commit_timestamp=None, origin_id=None):
+        err = self._usable()
+        if err is not None:
+            return defer.fail(err)
+        if origin_id is not None:
+            if not isinstance(origin_id, (bytes, bytearray)):
+                return defer.fail(HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes"))
+            if self.origin_id is not None and bytes(origin_id) != self.origin_id:
+                return defer.fail(HubError(f"commit names origin_id {bytes(origin_id).hex()}, "
+                                           f"begin named {self.origin_id.hex()}"))
+            self.origin_id = bytes(origin_id)
+        elif self.origin_id is None:
+            return defer.fail(HubError("commit needs the origin_id that begin did not give"))
+        ts = commit_timestamp if commit_timestamp is not None else self.commit_timestamp
+        if ts is None:
+            ts = int(time.time() * 1_000_000)
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            return defer.fail(HubError(f"commit_timestamp {ts!r} must be an int (µs since epoch)"))
+        self._state = "committing"
+        d = defer.Deferred()
+
+        def done(result):
+            self._state = "done"
+            self._hub._buffers.discard(self)
+            return result
+
+        d.addBoth(done)
+        self._hub._submit_commit(self, ts).chainDeferred(d)
+        return d
+
+    def abort(self):
+        if self._state in ("committing",):
+            return defer.fail(HubError("append buffer is committing; it can no longer be aborted"))
+        if self._state != "done":
+            self._state = "done"
+            self._hub._buffers.discard(self)
+            if self._adding:
+                # The staging thread still writes; discard once it is done.
+                return defer.succeed(None)
+            return self._discard()
+        return defer.succeed(None)
+
+    def _discard(self):
+        self._hub._buffers.discard(self)
+        d = self._hub._thread(self._file.discard)
+        d.addErrback(lambda f: log.failure("hub could not remove staged changes", f))
+        return d
+
+    def _break(self, exc: HubError):
+        if self._state == "open":
+            self._state = "broken"
+            self._error = exc
+
+    def __repr__(self):
+        ident = self.origin_id.hex() if self.origin_id is not None else "?"
+        return f"<hub append buffer {self.origin} {ident} {self._state} staged={self.staged}>"
+
+
+# --- the hub -----------------------------------------------------------------
 
 
 @implementer(IHub)
@@ -285,7 +474,10 @@ class EmbeddedHub(service.Service):
     this many recent log entries so a briefly disconnected client resumes
     from history rather than a catch-up.  `tail_budget` bounds the in-memory
     tail by number of resolved changes held.  `compact_interval` is in
-    seconds (0 = only when `compact()` is called).
+    seconds (0 = only when `compact()` is called).  `chunk` is the number of
+    changes in one stored chunk and one subscription answer (tests make it
+    small to exercise big-transaction paths cheaply).  `read_threads`: see
+    `READ_THREADS`.
     """
 
     name = "hub"
@@ -300,10 +492,14 @@ class EmbeddedHub(service.Service):
         tail_entries: int = 10_000,
         compact_interval: float = 30.0,
         max_group: int = 2000,
+        chunk: int = CHUNK_CHANGES,
+        read_threads: int = READ_THREADS,
         clock=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
+        if chunk < 1:
+            raise ValueError(f"chunk must be ≥ 1, got {chunk}")
         self._reactor = reactor
         # Periodic compaction runs on `clock` (an IReactorTime: the reactor
         # unless a test passes a task.Clock); everything else needs the reactor.
@@ -315,6 +511,7 @@ class EmbeddedHub(service.Service):
         self.tail_entries = tail_entries
         self.compact_interval = compact_interval
         self.max_group = max_group
+        self.chunk = chunk
 
         self.hub_id: Optional[bytes] = None
         self._open = False
@@ -327,6 +524,9 @@ class EmbeddedHub(service.Service):
         self._readers: List[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._reads = set()
+        self._pool: Optional[threadpool.ThreadPool] = None
+        self.read_threads = read_threads
+        self._spill = Spill(os.path.join(data_dir, "spill"), chunk)
 
         self._published = 0  # last position subscriptions may see
         self._durable = 0  # last committed position (head())
@@ -334,15 +534,17 @@ class EmbeddedHub(service.Service):
         self._row_count = 0
         self._consumers: Dict[str, int] = {}
         self._subscriptions = set()
+        self._snapshots = set()
+        self._buffers = set()
         self._waiting = set()
+        self._position_waiters = []
         self._served_now = 0  # next() calls answered synchronously this reactor turn
         self._reset_call = None
-        self._position_waiters = []
         self._tail = collections.deque()
         self._tail_size = 0
         self._compactor: Optional[task.LoopingCall] = None
-        self._stats = {"appends": 0, "duplicates": 0, "rejected": 0, "failed": 0, "conflicts": 0, "commit_groups": 0,
-                       "compactions": 0}
+        self._stats = {"appends": 0, "commits": 0, "duplicates": 0, "rejected": 0, "failed": 0, "conflicts": 0,
+                       "commit_groups": 0, "compactions": 0}
         self._append_latency = LatencyHistogram()
         self._codec: Optional[ClientLsnCodec] = None
 
@@ -362,45 +564,35 @@ class EmbeddedHub(service.Service):
             lock.close()
             raise HubError(f"{self.data_dir} is in use by another Electric process (hub.lock is held)") from None
         try:
-            files.private_sqlite(self.path)
-            conn = _connect(self.path)
-        except (sqlite3.Error, OSError) as e:
-            lock.close()
-            raise HubError(f"{self.path}: cannot open the hub store: {e}") from None
-        try:
-            conn.executescript(_SCHEMA)
-            conn.execute("BEGIN IMMEDIATE")
-            version = _meta(conn, "schema_version")
-            if version is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            elif version != SCHEMA_VERSION:
-                conn.execute("ROLLBACK")
-                raise HubError(f"{self.path}: schema version {version}, this Electric reads {SCHEMA_VERSION}")
-            hub_id = _meta(conn, "hub_id")
-            if hub_id is None:
-                hub_id = os.urandom(HUB_ID_SIZE)
-                conn.execute("INSERT INTO meta VALUES ('hub_id', ?)", (hub_id,))
-            conn.execute("COMMIT")
-            self.hub_id = bytes(hub_id)
-            self._codec = ClientLsnCodec(self.hub_id)
-            self._published = self._durable = _head(conn)
-            self._horizon = _meta(conn, "horizon", 0)
-            self._row_count = conn.execute("SELECT count(*) FROM rows WHERE deleted = 0").fetchone()[0]
-            self._consumers = dict(conn.execute("SELECT name, acked FROM consumers"))
-        except sqlite3.Error as e:
-            conn.close()
-            lock.close()
-            raise HubError(f"{self.path}: cannot open the hub store: {e}") from None
+            try:
+                files.private_sqlite(self.path)
+            except OSError as e:
+                raise HubError(f"{self.path}: cannot open the hub store: {e}") from None
+            conn, info = store.open_store(self.path)
         except BaseException:
-            conn.close()
             lock.close()
             raise
+        try:
+            self._spill.reset()
+            writer = store.StoreWriter(conn, info.head, self.chunk)
+        except (OSError, sqlite3.Error) as e:
+            conn.close()
+            lock.close()
+            raise HubError(f"{self.data_dir}: cannot prepare the hub store: {e}") from None
+        self.hub_id = info.hub_id
+        self._codec = ClientLsnCodec(self.hub_id)
+        self._published = self._durable = info.head
+        self._horizon = info.horizon
+        self._row_count = info.live_rows
+        self._consumers = dict(info.consumers)
         self._lock_file = lock
         self._open = True
         self._closing = False
         self._writer_done = defer.Deferred()
-        self._writer = threading.Thread(target=self._writer_main, args=(conn, self._published), name="hub-writer", daemon=True)
+        self._writer = threading.Thread(target=self._writer_main, args=(writer,), name="hub-writer", daemon=True)
         self._writer.start()
+        self._pool = threadpool.ThreadPool(0, self.read_threads, name="hub-reader")
+        self._pool.start()
         if self.compact_interval:
             self._compactor = task.LoopingCall(self._periodic_compact)
             self._compactor.clock = self._clock
@@ -418,20 +610,30 @@ class EmbeddedHub(service.Service):
         self._closing = True
         if self._compactor is not None and self._compactor.running:
             self._compactor.stop()
+        for buf in list(self._buffers):
+            buf._break(HubError("hub stopped"))
         self._queue.put(_Stop())
         yield self._writer_done
         self._writer.join()
         for sub in list(self._subscriptions):
             sub._close(SubscriptionClosed("hub stopped"))
+        self._snapshots.clear()
         waiters, self._position_waiters = self._position_waiters, []
         for _, d in waiters:
             d.errback(Failure(HubError("hub stopped")))
         while self._reads:
             yield defer.DeferredList(list(self._reads), consumeErrors=True)
+        self._pool.stop()
+        self._pool = None
         with self._readers_lock:
             for c in self._readers:
                 c.close()
             self._readers.clear()
+        self._buffers.clear()
+        try:
+            self._spill.reset()
+        except OSError:
+            pass
         if self._reset_call is not None and self._reset_call.active():
             self._reset_call.cancel()
         self._reset_call = None
@@ -447,7 +649,7 @@ class EmbeddedHub(service.Service):
         if not self._open or self._closing:
             raise HubError("hub is not running" if not self._open else "hub is closing")
 
-    # --- IHub ----------------------------------------------------------
+    # --- IHub: producers -----------------------------------------------
 
     def append(self, transaction):
         try:
@@ -458,9 +660,67 @@ class EmbeddedHub(service.Service):
             return defer.fail(HubError(f"invalid transaction: {e}"))
         except HubError as e:
             return defer.fail(e)
+        return self._submit_append(transaction)
+
+    # --- the sequencer seam ------------------------------------------------
+    #
+    # The order of submissions is the order of positions.  EmbeddedHub
+    # submits in arrival order.  A hub fed by another ordered log (Vaxine)
+    # keeps everything else of this class and submits what that log says,
+    # in its order, with `meta` (e.g. its stream offset) written in the same
+    # SQLite transaction as the entry, so a restart resumes exactly
+    # (`stored_meta`).  Submissions are assumed valid (`check_transaction`).
+
+    def _submit_append(self, transaction, meta=None):
+        """Deferred[ResolvedTransaction] once `transaction` and `meta` ({key: value}) are durable."""
         d = defer.Deferred()
-        self._queue.put(_Append(transaction, d))
+        self._queue.put(_Append(transaction, d, meta))
         return d
+
+    def _submit_commit(self, buffer, commit_timestamp, meta=None):
+        """Deferred[Committed] once the staged `buffer` and `meta` are durable as one position."""
+        d = defer.Deferred()
+        self._queue.put(_Commit(buffer, commit_timestamp, d, meta))
+        return d
+
+    def stored_meta(self, key):
+        """Deferred firing with the value last written under `key` by a submission's `meta` (None if never)."""
+        try:
+            self._check_open()
+        except HubError as e:
+            return defer.fail(e)
+        return self._read(store.read_meta, "x:" + key)
+
+    def begin(self, origin, origin_id=None, commit_timestamp=None):
+        self._check_open()
+        problem = None
+        if not isinstance(origin, str) or not origin:
+            problem = f"origin {origin!r} must be a non-empty str"
+        elif origin_id is not None and not isinstance(origin_id, (bytes, bytearray)):
+            problem = f"origin_id {origin_id!r} must be bytes"
+        elif commit_timestamp is not None and (not isinstance(commit_timestamp, int)
+                                               or isinstance(commit_timestamp, bool)):
+            problem = f"commit_timestamp {commit_timestamp!r} must be an int (µs since epoch)"
+        else:
+            try:
+                check_transaction(Transaction(origin, bytes(origin_id or b""), 0, ()))
+            except InvalidTransaction as e:
+                problem = str(e)
+        if problem is not None:
+            self._stats["rejected"] += 1
+            raise HubError(f"invalid transaction: {problem}")
+        buf = _AppendBuffer(self, origin, None if origin_id is None else bytes(origin_id), commit_timestamp)
+        self._buffers.add(buf)
+        return buf
+
+    def applied(self, origin, origin_id):
+        try:
+            self._check_open()
+        except HubError as e:
+            return defer.fail(e)
+        return self._read(store.read_applied, origin, bytes(origin_id))
+
+    # --- IHub: consumers -----------------------------------------------
 
     def subscribe(self, from_position, consumer=None):
         self._check_open()
@@ -509,10 +769,22 @@ class EmbeddedHub(service.Service):
             self._check_open()
         except HubError as e:
             return defer.fail(e)
-        wanted = None if tables is None else {(s, t) for s, t in tables}
-        d = self._read(self._read_snapshot, wanted)
-        d.addCallback(self._when_published)
-        return d
+        wanted = None if tables is None else sorted({(s, t) for s, t in tables})
+        # As of the durable head (a producer that just heard back sees its
+        # write), handed out once consumers can see that far too.  The
+        # reader leaves out rows written after it.
+        position = self._durable
+
+        def ready(_=None):
+            reader = _SnapshotReader(self, wanted, position)
+            self._snapshots.add(reader)
+            return reader
+
+        if position <= self._published:
+            return defer.succeed(ready())
+        d = defer.Deferred()
+        self._position_waiters.append((position, d))
+        return d.addCallback(ready)
 
     def status(self):
         head = self._durable
@@ -528,6 +800,8 @@ class EmbeddedHub(service.Service):
                 name: {"acked": acked, "lag": max(0, head - acked)} for name, acked in sorted(self._consumers.items())
             },
             "subscriptions": len(self._subscriptions),
+            "snapshot_readers": len(self._snapshots),
+            "staging": {"transactions": len(self._buffers), "changes": sum(b.staged for b in self._buffers)},
             "queued": self._queue.qsize(),
             "tail_entries": len(self._tail),
             **self._stats,
@@ -536,12 +810,17 @@ class EmbeddedHub(service.Service):
     def metrics(self) -> dict:
         """
         Plain numbers for /metrics (`electric.metrics`): head, log length,
-        live rows, counters since start (appends, duplicates, conflicts
-        resolved, commit groups), the append latency histogram (one
-        observation per transaction appended: from `append` to its Deferred
-        firing) and errors by kind: ``hub_rejected`` (malformed transactions
-        refused by `append`), ``hub_append_failed`` (transactions that could
-        not be resolved or stored).
+        live rows, counters since start: `appends` (every transaction made
+        durable, small appends and chunked commits alike), `chunked_commits`
+        (those of them committed through `begin`/`add`/`commit`),
+        `duplicates`, `conflicts` resolved (summed over every chunk of a
+        chunked commit), `commit_groups`; the append latency histogram (one
+        observation per transaction made durable: from `append`, or from a
+        chunked transaction's `commit` (its changes already staged), to its
+        Deferred firing) and errors by kind: ``hub_rejected`` (malformed
+        transactions refused by `append`, `begin` or `add`),
+        ``hub_append_failed`` (transactions that could not be resolved or
+        stored, a failed write guard among them).
         """
         head = self._durable
         stats = self._stats
@@ -549,7 +828,8 @@ class EmbeddedHub(service.Service):
             "head": head,
             "log_length": max(0, head - self._horizon),
             "rows": self._row_count,
-            "appends": stats["appends"],
+            "appends": stats["appends"] + stats["commits"],
+            "chunked_commits": stats["commits"],
             "duplicates": stats["duplicates"],
             "conflicts": stats["conflicts"],
             "commit_groups": stats["commit_groups"],
@@ -578,6 +858,10 @@ class EmbeddedHub(service.Service):
         floor = self._durable - self.retain
         if self._consumers:
             floor = min(floor, min(self._consumers.values()))
+        # Never delete an entry a subscription is in the middle of.
+        for sub in self._subscriptions:
+            if sub._partial is not None:
+                floor = min(floor, sub._partial.position - 1)
         if floor <= self._horizon:
             return defer.succeed(self._horizon)
         d = defer.Deferred()
@@ -588,10 +872,9 @@ class EmbeddedHub(service.Service):
         d = self.compact()
         d.addErrback(lambda f: log.failure("hub compaction failed", f))
 
-    # --- writer thread ---------------------------------------------------
+    # --- writer thread: the sequencer ------------------------------------
 
-    def _writer_main(self, conn, head):
-        state = _SqliteState(conn)
+    def _writer_main(self, writer: store.StoreWriter):
         stop = False
         try:
             while not stop:
@@ -601,130 +884,96 @@ class EmbeddedHub(service.Service):
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                appends = [b for b in batch if isinstance(b, _Append)]
+                entries = [b for b in batch if isinstance(b, (_Append, _Commit))]
                 others = [b for b in batch if isinstance(b, tuple)]
                 compacts = [b for b in batch if isinstance(b, _Compact)]
                 stop = any(isinstance(b, _Stop) for b in batch)
-                if appends or others:
-                    head = self._commit_group(conn, state, head, appends, others)
+                if entries or others:
+                    self._commit_group(writer, entries, others)
                 for c in compacts:
-                    self._compact_now(conn, c)
+                    self._compact_now(writer, c)
         except BaseException:
             log.failure("hub writer thread died")
             self._reactor.callFromThread(self._writer_died)
         finally:
-            conn.close()
+            writer.conn.close()
             self._reactor.callFromThread(self._writer_done.callback, None)
 
-    def _commit_group(self, conn, state, head, appends, others):
-        start_head = head
+    def _commit_group(self, writer, entries, others):
         live_delta = 0
         conflicts = 0
         seen = {}
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for a in appends:
-                txn = a.transaction
-                ident = (txn.origin, bytes(txn.origin_id))
+            writer.begin()
+            for job in entries:
+                ident = job.ident
                 if ident in seen:
-                    a.outcome = seen[ident]
+                    first = seen[ident]
+                    job.outcome = job.duplicate(first.position, first.ts, first.changes or (), first.count)
                     continue
-                earlier = self._earlier(conn, ident)
+                earlier = writer.earlier(ident[0], ident[1], with_changes=isinstance(job, _Append))
                 if earlier is not None:
-                    a.outcome = earlier
+                    job.outcome = job.duplicate(earlier.position, earlier.commit_timestamp, earlier.changes,
+                                                earlier.change_count)
                     continue
-                conn.execute("SAVEPOINT txn")
                 try:
-                    res = resolve(state, txn)
-                    pos = head + 1
-                    conn.execute(
-                        "INSERT INTO log VALUES (?, ?, ?, ?, ?)",
-                        (pos, txn.origin, ident[1], txn.commit_timestamp, _encode_changes(res.changes)),
-                    )
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?)",
-                        [
-                            (s, t, state.encode_key(k), _dumps(dict(st.values)), 1 if st.deleted else 0, pos)
-                            for (s, t, k), st in res.states.items()
-                        ],
-                    )
-                    conn.execute("INSERT INTO applied VALUES (?, ?, ?, ?)", (txn.origin, ident[1], pos, txn.commit_timestamp))
-                    conn.execute("RELEASE txn")
+                    if isinstance(job, _Append):
+                        txn = job.transaction
+                        ts = txn.commit_timestamp
+                        applied = writer.append(txn)
+                        job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
+                    else:
+                        ts = job.commit_timestamp
+                        applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks())
+                        job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
                 except InvalidTransaction as e:
                     # A WriteGuard failed: the producer's fault, not the hub's.
-                    conn.execute("ROLLBACK TO txn")
-                    conn.execute("RELEASE txn")
-                    a.outcome = HubError(f"invalid transaction: {e}")
+                    job.outcome = HubError(f"invalid transaction: {e}")
                     continue
                 except Exception as e:
-                    conn.execute("ROLLBACK TO txn")
-                    conn.execute("RELEASE txn")
-                    log.failure("hub rejected a transaction from {origin}", origin=txn.origin)
-                    a.outcome = HubError(f"transaction from {txn.origin} could not be applied: {e}")
+                    log.failure("hub rejected a transaction from {origin}", origin=ident[0])
+                    job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
                     continue
-                head = pos
-                live_delta += res.live_delta
-                conflicts += res.conflicts
-                a.outcome = ResolvedTransaction(pos, txn.origin, ident[1], txn.commit_timestamp, res.changes)
-                a.fresh = True
-                seen[ident] = a.outcome
+                live_delta += applied.live_delta
+                conflicts += applied.conflicts
+                job.applied = applied
+                job.fresh = True
+                seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
+                                    applied.change_count)
+            for job in entries:
+                # A submission's meta commits with it (also when it was a duplicate).
+                if job.meta and not isinstance(job.outcome, Exception):
+                    for k, v in job.meta.items():
+                        writer.set_meta("x:" + k, v)
             for item in others:
                 if item[0] == "ack":
-                    conn.execute(
-                        "INSERT INTO consumers VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET acked = excluded.acked",
-                        (item[1], item[2]),
-                    )
+                    writer.ack(item[1], item[2])
                 elif item[0] == "forget":
-                    conn.execute("DELETE FROM consumers WHERE name = ?", (item[1],))
-            conn.execute("COMMIT")
+                    writer.forget(item[1])
+            writer.commit()
         except Exception as e:
             log.failure("hub commit failed")
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            for a in appends:
-                a.outcome = HubError(f"hub could not store the transaction: {e}")
-                a.fresh = False
-            head = start_head
+            writer.rollback()
+            for job in entries:
+                job.outcome = HubError(f"hub could not store the transaction: {e}")
+                job.fresh = False
             live_delta = 0
             conflicts = 0
-        state.end_group()
-        if appends:
-            self._reactor.callFromThread(self._publish, appends, live_delta, conflicts)
-        return head
+        for job in entries:
+            if isinstance(job, _Commit):
+                try:
+                    job.buffer._file.discard()
+                except OSError:
+                    pass
+        if entries:
+            self._reactor.callFromThread(self._publish, entries, live_delta, conflicts)
 
-    def _earlier(self, conn, ident):
-        row = conn.execute("SELECT position, commit_ts FROM applied WHERE origin = ? AND origin_id = ?", ident).fetchone()
-        if row is None:
-            return None
-        pos, ts = row
-        entry = conn.execute("SELECT payload FROM log WHERE position = ?", (pos,)).fetchone()
-        # Compacted away: the position and identity are still right; the
-        # changes were delivered long ago and are part of the row state.
-        changes = _decode_changes(entry[0]) if entry is not None else ()
-        return ResolvedTransaction(pos, ident[0], ident[1], ts, changes)
-
-    def _compact_now(self, conn, job):
+    def _compact_now(self, writer, job):
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            horizon = max(_meta(conn, "horizon", 0), job.floor)
-            head = _head(conn)
-            conn.execute("DELETE FROM log WHERE position <= ?", (horizon,))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('horizon', ?)", (horizon,))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (head,))
-            conn.execute("COMMIT")
+            horizon = writer.compact(job.floor)
         except Exception as e:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             self._reactor.callFromThread(job.deferred.errback, Failure(HubError(f"compaction failed: {e}")))
             return
-        try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass
         self._reactor.callFromThread(self._compacted, horizon, job.deferred)
 
     def _writer_died(self):
@@ -735,7 +984,7 @@ class EmbeddedHub(service.Service):
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, (_Append, _Compact)):
+            if isinstance(item, (_Append, _Commit, _Compact)):
                 item.deferred.errback(Failure(HubError("hub writer stopped after an internal error")))
 
     def _compacted(self, horizon, d):
@@ -745,38 +994,43 @@ class EmbeddedHub(service.Service):
 
     # --- reactor side: publication -------------------------------------
 
-    def _publish(self, appends, live_delta, conflicts=0):
+    def _publish(self, entries, live_delta, conflicts=0):
         self._row_count += live_delta
         self._stats["commit_groups"] += 1
         self._stats["conflicts"] += conflicts
         now = time.monotonic()
-        for a in appends:
-            if a.fresh:
-                self._durable = max(self._durable, a.outcome.position)
-        for a in appends:
-            if isinstance(a.outcome, Exception):
+        for job in entries:
+            if job.fresh:
+                self._durable = max(self._durable, job.applied.position)
+        for job in entries:
+            if isinstance(job.outcome, Exception):
                 self._stats["failed"] += 1
-                a.deferred.errback(Failure(a.outcome))
+                job.deferred.errback(Failure(job.outcome))
                 continue
-            rt = a.outcome
-            if a.fresh:
-                self._stats["appends"] += 1
-                self._append_latency.observe(now - a.queued_at)
+            if job.fresh:
+                self._stats["appends" if isinstance(job, _Append) else "commits"] += 1
+                self._append_latency.observe(now - job.queued_at)
             else:
                 self._stats["duplicates"] += 1
-            a.deferred.callback(rt)
-            if a.fresh:
+            job.deferred.callback(job.outcome)
+            if job.fresh:
                 # Visible to consumers only after the producer heard back.
-                self._tail_push(rt)
-                self._published = rt.position
+                a = job.applied
+                o = job.outcome
+                if a.chunks == 1:
+                    self._tail_push(o if isinstance(o, ResolvedTransaction) else
+                                    ResolvedTransaction(a.position, o.origin, o.origin_id, o.commit_timestamp, a.changes))
+                else:
+                    self._tail_push(_Big(a.position, o.origin, o.origin_id, o.commit_timestamp, a.chunks))
+                self._published = a.position
         self._wake()
 
-    def _tail_push(self, rt):
-        self._tail.append(rt)
-        self._tail_size += len(rt.changes) + 1
+    def _tail_push(self, entry):
+        self._tail.append(entry)
+        self._tail_size += (len(entry.changes) if isinstance(entry, ResolvedTransaction) else 0) + 1
         while self._tail and (self._tail_size > self.tail_budget or len(self._tail) > self.tail_entries):
             old = self._tail.popleft()
-            self._tail_size -= len(old.changes) + 1
+            self._tail_size -= (len(old.changes) if isinstance(old, ResolvedTransaction) else 0) + 1
 
     def _wake(self):
         if self._position_waiters:
@@ -809,57 +1063,120 @@ class EmbeddedHub(service.Service):
     def _serve(self, sub):
         if sub.closed or sub._d is None or sub._busy:
             return
-        if sub._parked is not None:
-            if sub._parked.position <= self._published:
-                rt, sub._parked = sub._parked, None
-                sub._fulfil([rt])
-            else:
-                self._waiting.add(sub)
-            return
+        if sub._catch_up is not None:
+            return self._read_for(sub, self._catch_up_read, store.read_catch_up, sub._catch_up.after,
+                                  sub._catch_up.upto, sub._catch_up.cursor, self.chunk)
+        if sub._partial is not None:
+            return self._read_for(sub, self._chunk_read, store.read_chunk, sub._partial.position, sub._partial.seq)
         pos = sub.position
         if pos >= self._published:
             self._waiting.add(sub)
-            return
+            return None
+        if pos < self._horizon:
+            return self._start_catch_up(sub)
         if self._tail and pos + 1 >= self._tail[0].position:
             start = pos + 1 - self._tail[0].position
-            sub._fulfil(list(itertools.islice(self._tail, start, start + sub._max)))
-            return
-        sub._busy = True
-        d = self._read(self._read_log, pos, self._published, sub._max)
-        d.addBoth(self._log_read, sub)
+            items = []
+            total = 0
+            for entry in itertools.islice(self._tail, start, None):
+                if len(items) >= sub._max:
+                    break
+                if isinstance(entry, _Big):
+                    if items:
+                        break
+                    sub._partial = _Partial(entry.position, entry.origin, entry.origin_id, entry.commit_timestamp,
+                                            entry.chunks, 0)
+                    return self._serve(sub)
+                n = len(entry.changes)
+                if items and total + n > self.chunk:
+                    break
+                items.append(entry)
+                total += n
+            sub._fulfil(items)
+            return None
+        return self._read_for(sub, self._log_read, store.read_log, pos, self._published, sub._max, self.chunk)
 
-    def _log_read(self, result, sub):
+    def _start_catch_up(self, sub):
+        sub._catch_up = _CatchUp(sub.position, self._published, store.catch_up_timestamp())
+        self._serve(sub)
+
+    def _read_for(self, sub, handler, fn, *args):
+        sub._busy = True
+        d = self._read(fn, *args)
+        d.addBoth(self._read_done, sub, handler)
+
+    def _read_done(self, result, sub, handler):
         sub._busy = False
         if sub.closed:
             return None
         if isinstance(result, Failure):
             log.failure("hub log read failed", result)
-            sub._fail(HubError(f"could not read the hub log: {result.getErrorMessage()}"))
+            self._fail_subscription(sub, HubError(f"could not read the hub log: {result.getErrorMessage()}"))
             return None
-        if not result:
+        if sub._d is not None:
+            handler(sub, result)
+        return None
+
+    def _fail_subscription(self, sub, exc):
+        d, sub._d = sub._d, None
+        sub._close(exc)
+        if d is not None:
+            d.errback(Failure(exc))
+
+    def _log_read(self, sub, result: store.LogRead):
+        if result.behind_horizon:
+            return self._start_catch_up(sub)
+        if not result.items:
             # Nothing readable (cannot normally happen); try again on the next wake.
             self._waiting.add(sub)
             return None
-        if result[0].catch_up and result[0].position > self._published:
-            sub._parked = result[0]
-            self._waiting.add(sub)
-            return None
-        if sub._d is not None:
-            sub._fulfil(result)
+        if result.partial is not None:
+            first = result.items[0]
+            sub._partial = _Partial(first.position, first.origin, first.origin_id, first.commit_timestamp,
+                                    result.partial[1], 1)
+        sub._fulfil(result.items)
         return None
 
-    def _when_published(self, snapshot):
-        """Hold a SQLite-consistent result back until its position is announced."""
-        if snapshot.position <= self._published:
-            return snapshot
-        d = defer.Deferred()
-        self._position_waiters.append((snapshot.position, d))
-        return d.addCallback(lambda _: snapshot)
+    def _chunk_read(self, sub, changes):
+        p = sub._partial
+        if changes is None:
+            return self._fail_subscription(sub, HubError(
+                f"the transaction at position {p.position} was compacted away while being read;"
+                f" resubscribe from {sub.position}"))
+        more = p.seq < p.chunks - 1
+        item = ResolvedTransaction(p.position, p.origin, p.origin_id, p.commit_timestamp, changes, more=more)
+        if more:
+            p.seq += 1
+        else:
+            sub._partial = None
+        sub._fulfil([item])
+        return None
 
-    # --- reader threads --------------------------------------------------
+    def _catch_up_read(self, sub, result):
+        changes, cursor = result
+        c = sub._catch_up
+        item = ResolvedTransaction(c.upto, CATCH_UP_ORIGIN, b"", c.timestamp, changes, catch_up=True,
+                                   more=cursor is not None)
+        if cursor is None:
+            sub._catch_up = None
+        else:
+            c.cursor = cursor
+        sub._fulfil([item])
+        return None
+
+    # --- threads ----------------------------------------------------------
+
+    def _thread(self, fn, *args):
+        """Run blocking `fn` in the hub's thread pool; stopService waits for it."""
+        d = threads.deferToThreadPool(self._reactor, self._pool, fn, *args)
+        return self._track(d)
 
     def _read(self, fn, *args):
-        d = threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._with_reader, fn, *args)
+        """Run `fn(conn, *args)` in one read transaction on a pooled reader connection."""
+        d = threads.deferToThreadPool(self._reactor, self._pool, self._with_reader, fn, *args)
+        return self._track(d)
+
+    def _track(self, d):
         self._reads.add(d)
 
         def done(result):
@@ -873,9 +1190,7 @@ class EmbeddedHub(service.Service):
         with self._readers_lock:
             conn = self._readers.pop() if self._readers else None
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA mmap_size=1073741824")
+            conn = store.connect(self.path, writer=False)
         try:
             conn.execute("BEGIN")
             try:
@@ -886,37 +1201,12 @@ class EmbeddedHub(service.Service):
             with self._readers_lock:
                 self._readers.append(conn)
 
-    @staticmethod
-    def _read_log(conn, after, upto, limit):
-        horizon = _meta(conn, "horizon", 0)
-        if after < horizon:
-            head = _head(conn)
-            # A full scan: catch-ups are rare and mostly start from 0 anyway,
-            # and an index on position would cost every append a random write.
-            cur = conn.execute(
-                "SELECT schema_name, table_name, key, vals, deleted FROM rows WHERE position > ?", (after,)
-            )
-            changes = tuple(ResolvedChange(s, t, _decode_key(k), _loads(v), bool(dl)) for s, t, k, v, dl in cur)
-            ts = int(time.time() * 1_000_000)
-            return [ResolvedTransaction(head, CATCH_UP_ORIGIN, b"", ts, changes, catch_up=True)]
-        cur = conn.execute(
-            "SELECT position, origin, origin_id, commit_ts, payload FROM log "
-            "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?",
-            (after, upto, limit),
-        )
-        return [ResolvedTransaction(p, o, bytes(oid), ts, _decode_changes(pl)) for p, o, oid, ts, pl in cur]
 
-    @staticmethod
-    def _read_snapshot(conn, wanted):
-        head = _head(conn)
-        if wanted is None:
-            cur = conn.execute("SELECT schema_name, table_name, key, vals FROM rows WHERE deleted = 0")
-            rows = [ResolvedChange(s, t, _decode_key(k), _loads(v)) for s, t, k, v in cur]
-        else:
-            rows = []
-            for s, t in sorted(wanted):
-                cur = conn.execute(
-                    "SELECT key, vals FROM rows WHERE schema_name = ? AND table_name = ? AND deleted = 0", (s, t)
-                )
-                rows.extend(ResolvedChange(s, t, _decode_key(k), _loads(v)) for k, v in cur)
-        return Snapshot(head, tuple(rows))
+class _Seen:
+    __slots__ = ("position", "ts", "changes", "count")
+
+    def __init__(self, position, ts, changes, count):
+        self.position = position
+        self.ts = ts
+        self.changes = changes
+        self.count = count

@@ -1,15 +1,22 @@
 """
-The hub: the one place where every write meets.
+The hub: the one place where every write meets.  This module is the whole
+contract between the hub and everything else.
 
 Every producer (a Postgres connector reading pgoutput, a Satellite client
-session) turns what it saw into a `Transaction` of `RowChange`s and hands it
-to `IHub.append`.  The hub gives the transaction a place in one total order
-(its *position*), resolves each row change against the current state of that
-row (see `electric.hub.resolution` for the rule) and makes the result
-durable.  Every consumer (a Postgres subscriber on port 5433, a Satellite
-client) reads the *resolved* transactions in position order through a
-`ISubscription`, so that every replica applies the same row states in the
-same order and ends identical.
+session, a migration) turns what it saw into `RowChange`s and hands them to
+the hub: a small transaction whole (`IHub.append`), a transaction of any size
+in chunks (`IHub.begin` -> `IAppendBuffer.add`... -> `commit`).  The hub
+gives the transaction a place in one total order (its *position*), resolves
+each row change against the current state of that row (see
+`electric.hub.resolution` for the rule) and makes the result durable.  Every
+consumer (a Postgres subscriber on port 5433, a Satellite client) reads the
+*resolved* transactions in position order through an `ISubscription`, in
+items of bounded size, so that every replica applies the same row states in
+the same order and ends identical; a joining replica first reads the current
+rows through an `ISnapshotReader`, chunk by chunk.
+
+Memory is bounded by design on both sides: nothing of the contract needs a
+whole transaction, snapshot or catch-up in memory (`CHUNK_CHANGES`).
 
 Values are always the Postgres text representation (``str``) or ``None`` for
 NULL; nothing is type-converted on the way through.  `UNCHANGED` stands for a
@@ -24,8 +31,8 @@ process positions travel as LSNs or opaque byte strings
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import FrozenSet, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import FrozenSet, Mapping, Optional, Tuple, Union
 
 from twisted.application.service import IService
 from zope.interface import Attribute, Interface
@@ -55,6 +62,16 @@ Value = Optional[str]
 
 Key = Tuple[Value, ...]
 """A row's primary-key values, in the table's primary-key column order."""
+
+
+CHUNK_CHANGES = 2000
+"""
+The unit of bounded memory: the most resolved changes in one subscription
+answer (`ISubscription.next`), one stored log chunk, one snapshot chunk.  A
+producer whose transaction has at most this many changes uses
+`IHub.append`; a bigger one uses `IHub.begin` and adds chunks of about this
+size.
+"""
 
 
 UPSERT = "upsert"
@@ -161,12 +178,21 @@ class ResolvedChange:
 @dataclass(frozen=True)
 class ResolvedTransaction:
     """
-    A transaction as every replica must apply it, at its hub position.
+    A transaction as every replica must apply it, at its hub position -- or
+    one *item* of it.
+
+    A subscription hands out transactions as items of at most
+    `CHUNK_CHANGES` changes: a bigger transaction arrives as several
+    consecutive items with the same position, origin, origin_id and
+    commit_timestamp, each carrying the next slice of the changes in order,
+    with `more` True on every item but the last.  A consumer opens a
+    transaction at an item whose position differs from the one it has open
+    and closes it at the item with `more` False.
 
     `catch_up` is True for a transaction the hub synthesised for a consumer
     whose start position was older than the compacted log: it carries the
     current state (live rows and tombstones) of every row changed since that
-    position, instead of the history.
+    position, instead of the history.  It is chunked like any other.
     """
 
     position: int
@@ -175,14 +201,25 @@ class ResolvedTransaction:
     commit_timestamp: int
     changes: Tuple[ResolvedChange, ...]
     catch_up: bool = False
+    more: bool = False
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """The hub's live rows of some tables, as of `position`."""
+class Committed:
+    """
+    The outcome of `IAppendBuffer.commit`: the transaction's position.
+
+    `duplicate` is True when (origin, origin_id) had been committed before:
+    the position is the earlier one, nothing changed, and `change_count` is
+    the earlier entry's count of resolved changes (0 once it is compacted).
+    """
 
     position: int
-    rows: Sequence[ResolvedChange] = field(default_factory=tuple)
+    origin: str
+    origin_id: bytes
+    commit_timestamp: int
+    change_count: int
+    duplicate: bool = False
 
 
 class ISubscription(Interface):
@@ -190,21 +227,92 @@ class ISubscription(Interface):
     A consumer's cursor over resolved transactions, strictly after a position.
 
     Pull-based so a slow consumer never makes the hub buffer for it: the
-    consumer asks for the next batch when it is ready to send more.
+    consumer asks for the next items when it is ready to send more.
     """
 
-    position = Attribute("Position of the last transaction handed out.")
+    position = Attribute(
+        "Position of the last *complete* transaction handed out.  A consumer that stops in the middle of a"
+        " transaction resumes from here and gets that whole transaction again."
+    )
 
     def next(max_items):
         """
-        Deferred firing with a non-empty list (at most `max_items`) of
-        `ResolvedTransaction`s following the last one handed out, as soon as
-        at least one exists.  Only one call may be outstanding.  Fails with
-        `SubscriptionClosed` when the subscription or the hub is closed.
+        Deferred firing with a non-empty list of at most `max_items` items
+        (`ResolvedTransaction`s, see there for how big transactions are split)
+        following the last one handed out, as soon as at least one exists.
+        The answer holds at most `CHUNK_CHANGES` changes in all (always at
+        least one item), whatever `max_items` says.  Only one call may be
+        outstanding.  Fails with `SubscriptionClosed` when the subscription or
+        the hub is closed, and with `HubError` when it cannot continue (the
+        consumer resubscribes from `position`).
         """
 
     def close():
         """Stop; an outstanding `next` fails with `SubscriptionClosed`."""
+
+
+class ISnapshotReader(Interface):
+    """
+    The hub's live rows of some tables, read chunk by chunk.
+
+    Consistent with `position`: a consumer that applies every row it reads
+    and then subscribes from `position` ends with exactly the hub's rows,
+    misses nothing and gets nothing twice.  (Rows written after `position`
+    may be left out of the snapshot: the log after `position` carries their
+    complete state.)  A reader costs no memory between calls, however long
+    its consumer waits.
+    """
+
+    position = Attribute("The hub position this snapshot is consistent with (already published).")
+
+    def next(max_rows):
+        """
+        Deferred firing with the next list of at most `max_rows` (and at most
+        `CHUNK_CHANGES`) live rows as `ResolvedChange`s, or [] once every row
+        has been read.  Only one call may be outstanding.  Fails with
+        `HubError` once the reader or the hub is closed.
+        """
+
+    def close():
+        """Release the reader (also fine after it finished)."""
+
+
+class IAppendBuffer(Interface):
+    """
+    One producer transaction of any size, handed over in chunks
+    (`IHub.begin`).  Nothing of it is visible to anyone before `commit`, and
+    a crash before the commit is durable leaves no trace of it (every
+    producer can redo: Postgres resends from its slot, an import restarts).
+    """
+
+    origin = Attribute("The origin given to `begin`.")
+    origin_id = Attribute("The origin_id given to `begin` (or, once committed, to `commit`); None until known.")
+
+    def add(changes):
+        """
+        Stage a sequence of `RowChange`s (in order, after those added before).
+        Deferred firing with None once they are staged outside the process's
+        memory; the producer waits for it before the next `add` (that is the
+        flow control: another call while one is outstanding fails).  A
+        malformed change fails this add with `HubError`; the buffer is then
+        unusable (every later `add`/`commit` fails) and the producer aborts.
+        """
+
+    def commit(commit_timestamp=None, origin_id=None):
+        """
+        Resolve every staged change and make the result durable as ONE log
+        position, atomically.  Deferred firing with `Committed` (the
+        producer hears back before any consumer sees the transaction).
+        `commit_timestamp` (µs since the epoch) overrides the one given to
+        `begin`.  `origin_id` is required when `begin` had none (a Postgres
+        transaction's identity, its commit end LSN, is known only at its
+        Commit) and must match otherwise.  If (origin, origin_id) was
+        committed or appended before, fires with that position and
+        duplicate=True and changes nothing.
+        """
+
+    def abort():
+        """Discard the staged changes.  Deferred firing with None."""
 
 
 class IHub(IService):
@@ -219,21 +327,40 @@ class IHub(IService):
     `HubError`.
     """
 
+    hub_id = Attribute(
+        "8 random bytes naming this hub's data (made when its store is created); None until started.")
+
     def append(transaction):
         """
         Deferred firing with the `ResolvedTransaction` once `transaction` is
-        durable.  Appending a transaction whose (origin, origin_id) was
-        appended before fires with the earlier result and changes nothing.
-        Fails with `electric.hub.interface.HubError` (e.g. closed).
+        durable (for transactions of at most `CHUNK_CHANGES` changes; bigger
+        ones work, but are held whole, so producers use `begin`).  Appending a
+        transaction whose (origin, origin_id) was appended before fires with
+        the earlier result and changes nothing (its changes are those of the
+        earlier entry when it is still in the log and small, else ()).
+        Fails with `electric.hub.interface.HubError` (e.g. closed, malformed).
         """
+
+    def begin(origin, origin_id=None, commit_timestamp=None):
+        """
+        An `IAppendBuffer` for one transaction of any size from `origin`
+        (identified within it by `origin_id`, as for `append`; given here
+        when known, so a transaction the hub already holds is not staged
+        again, else to `IAppendBuffer.commit`).  Raises `HubError` when the
+        hub is not running or the identity is malformed.
+        """
+
+    def applied(origin, origin_id):
+        """Deferred firing with the position of (origin, origin_id) if it is durable in the hub, else None."""
 
     def subscribe(from_position, consumer=None):
         """
         An `ISubscription` yielding resolved transactions with position >
         `from_position`.  If that history has been compacted away the first
-        item is a catch-up transaction (see `ResolvedTransaction.catch_up`).
-        `consumer`, when given, names a durable consumer whose acknowledged
-        position holds back compaction (see `ack`).
+        items are a catch-up transaction (see `ResolvedTransaction.catch_up`),
+        read from the store chunk by chunk.  `consumer`, when given, names a
+        durable consumer whose acknowledged position holds back compaction
+        (see `ack`).
         """
 
     def ack(consumer, position):
@@ -252,20 +379,15 @@ class IHub(IService):
 
     def snapshot(tables=None):
         """
-        Deferred firing with a `Snapshot` of the live rows of `tables`
-        (an iterable of (schema, table); None = all), consistent as of its
-        position: a consumer that applies it and then subscribes from that
-        position misses nothing and gets nothing twice.
+        Deferred firing with an `ISnapshotReader` over the live rows of
+        `tables` (an iterable of (schema, table); None = all).
         """
 
     def head():
         """The position of the last durable transaction (0 if none)."""
 
     def status():
-        """A JSON-able dict: log length, row count, consumers and their lag."""
-
-    hub_id = Attribute(
-        "8 random bytes naming this hub's data (made when its store is created); None until started.")
+        """A JSON-able dict for display only (log length, row count, consumers and their lag...)."""
 
     def client_lsn(position):
         """Opaque bytes naming `position` for a Satellite client (see `electric.hub.positions`)."""

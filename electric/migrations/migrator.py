@@ -20,7 +20,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from electric.hub.interface import RESEND, RowChange, Transaction
+from electric.hub.interface import CHUNK_CHANGES, RESEND, RowChange, Transaction
 from electric.migrations.migration import (
     AlreadyMigrated,
     AppliedMigration,
@@ -43,9 +43,6 @@ log = Logger(namespace="electric.migrations.migrator")
 # refresh() copes with that).  Anything else (init, setup, backoff) means
 # setup may be introspecting right now, so a migration would race it.
 MIGRATABLE_STATES = frozenset({"ready", "streaming"})
-
-RESEND_BATCH = 5000
-"""Row keys per RESEND transaction appended after a migration widened a table."""
 
 
 class Migrator(Service):
@@ -287,18 +284,26 @@ class Migrator(Service):
         widened = sorted(t for t, cols in after.items() if t in before and not cols <= before[t])
         if self.hub is None or not widened:
             return
-        snap = yield self.hub.snapshot(widened)
-        keys = [(r.schema, r.table, tuple(r.key)) for r in snap.rows if not r.deleted]
-        for i in range(0, len(keys), RESEND_BATCH):
-            chunk = keys[i:i + RESEND_BATCH]
-            yield self.hub.append(Transaction(
-                origin="electric:migration",
-                origin_id=f"{name}:{uuid.uuid4()}".encode(),
-                commit_timestamp=int(self.reactor.seconds() * 1_000_000),
-                changes=tuple(RowChange(s, t, RESEND, k) for s, t, k in chunk),
-            ))
+        # Chunk by chunk from a snapshot reader: one small RESEND transaction
+        # per chunk, so a table of any size costs one chunk of memory.
+        reader = yield self.hub.snapshot(widened)
+        n = 0
+        try:
+            while True:
+                rows = yield reader.next(CHUNK_CHANGES)
+                if not rows:
+                    break
+                yield self.hub.append(Transaction(
+                    origin="electric:migration",
+                    origin_id=f"{name}:{uuid.uuid4()}".encode(),
+                    commit_timestamp=int(self.reactor.seconds() * 1_000_000),
+                    changes=tuple(RowChange(r.schema, r.table, RESEND, tuple(r.key)) for r in rows if not r.deleted),
+                ))
+                n += len(rows)
+        finally:
+            reader.close()
         log.info("migration on {origin}: re-sent {n} rows of {tables} whose table gained columns",
-                 origin=name, n=len(keys), tables=", ".join(f"{s}.{t}" for s, t in widened))
+                 origin=name, n=n, tables=", ".join(f"{s}.{t}" for s, t in widened))
 
     @defer.inlineCallbacks
     def _refresh(self, name, connector, migration: Migration):

@@ -39,7 +39,15 @@ CLAIM_WAIT = 1.0
 """How long a second connection with a live client id waits for the old one to go."""
 
 PULL_BATCH = 100
-"""Hub transactions asked for per subscription pull."""
+"""Most hub items asked for per subscription pull (the hub also bounds an answer to CHUNK_CHANGES changes)."""
+
+SYNC_ROWS = sm.SNAPSHOT_ROWS_PER_TRANSACTION
+"""
+Rows read from the hub per initial-sync pull: one client transaction.  The
+frames of a pull are written whole even when the socket pushes back midway
+(they wait in the transport's buffer), so this bounds what a client that
+stopped reading holds.
+"""
 
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
@@ -92,6 +100,7 @@ class ClientConnection:
             totals=owner.totals,
         )
         self._subscription = None
+        self._sync = None  # the snapshot reader while an initial sync is under way
         self._pulling = False
         self._paused = False
         self._stream_generation = 0
@@ -281,16 +290,19 @@ class ClientConnection:
                 self._log(f"start position {position} is beyond this hub's head {self.hub.head()}: initial sync instead")
                 kind = sm.FROM_START
             if kind == sm.FROM_START:
-                snapshot = yield self.hub.snapshot()
+                reader = yield self.hub.snapshot()
                 if generation != self._stream_generation or self._lost:
+                    reader.close()
                     return
-                self._run(self.session.snapshot(snapshot))
-                position = snapshot.position
+                # The initial sync is pulled chunk by chunk by `_pump`, like the live stream.
+                self._sync = reader
             elif kind == sm.FROM_HEAD:
                 position = self.hub.head()
             if generation != self._stream_generation or self._lost:
                 return
-            self._subscription = self.hub.subscribe(position)
+            if self._sync is None:
+                self._subscription = self.hub.subscribe(position)
+                self.session.streaming_from(position)
         except HubError as e:
             if generation == self._stream_generation:
                 self._run(self.session.stream_failed(str(e)))
@@ -302,10 +314,18 @@ class ClientConnection:
         sub, self._subscription = self._subscription, None
         if sub is not None:
             sub.close()
+        reader, self._sync = self._sync, None
+        if reader is not None:
+            reader.close()
 
     def _pump(self) -> None:
+        """Pull the next chunk (initial sync, then hub items) only while the session and the socket want more."""
+        if self._pulling or self._paused or self._lost or not self.session.wants_transactions:
+            return
+        if self._sync is not None:
+            return self._pull_sync(self._sync)
         sub = self._subscription
-        if sub is None or self._pulling or self._paused or self._lost or not self.session.wants_transactions:
+        if sub is None:
             return
         self._pulling = True
         try:
@@ -333,6 +353,38 @@ class ClientConnection:
 
         d.addCallbacks(got, failed)
         d.addErrback(lambda f: log.failure("satellite: delivering transactions", f))
+
+    def _pull_sync(self, reader) -> None:
+        self._pulling = True
+        d = reader.next(SYNC_ROWS)
+
+        def got(rows):
+            self._pulling = False
+            if reader is not self._sync or self._lost:
+                return
+            if rows:
+                self._run(self.session.initial_sync(rows))
+                return
+            self._sync = None
+            reader.close()
+            try:
+                self._subscription = self.hub.subscribe(reader.position)
+            except HubError as e:
+                self._run(self.session.stream_failed(str(e)))
+                return
+            self._run(self.session.initial_sync_done(reader.position))
+
+        def failed(failure):
+            self._pulling = False
+            if reader is not self._sync or self._lost:
+                return None
+            self._sync = None
+            reader.close()
+            log.failure("satellite {client}: initial sync failed", failure, client=self.session.client_id)
+            self._run(self.session.stream_failed(f"initial sync: {failure.getErrorMessage()}"))
+
+        d.addCallbacks(got, failed)
+        d.addErrback(lambda f: log.failure("satellite: delivering the initial sync", f))
 
     # --- service-initiated -------------------------------------------
 
@@ -524,7 +576,9 @@ class SatelliteService(service.Service):
         client (never per client id): open websocket `connections`,
         authenticated `clients` (each holding its client id),
         `transactions_in` (client transactions the hub made durable),
-        `transactions_out` (transactions sent, initial sync included),
+        `transactions_out` (client transactions sent, initial-sync batches
+        included; a hub transaction bigger than one chunk is sent as one
+        client transaction per chunk and counts once per chunk),
         `refused_writes` (client transactions refused by validation or the
         hub's write guards, nothing of them stored: `refused_transactions`),
         `auth_failures` (connections closed for failed or missing

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from electric.hub import positions
-from electric.hub.interface import ResolvedChange, ResolvedTransaction, Snapshot, Transaction
+from electric.hub.interface import ResolvedChange, ResolvedTransaction, Transaction
 from electric.satellite import codec, validation
 from electric.satellite.auth import AuthError
 from electric.satellite.codec import (
@@ -58,7 +58,14 @@ from electric.schema import SchemaRegistry, Table
 
 USER_COLUMN = validation.USER_COLUMN
 SNAPSHOT_ROWS_PER_TRANSACTION = 500
-"""Initial-sync rows per SatOpLog, so one frame stays far below the size limit."""
+"""Initial-sync rows per transaction (and so per SatOpLog), so one frame stays far below the size limit."""
+
+OPS_PER_MESSAGE = SNAPSHOT_ROWS_PER_TRANSACTION
+"""
+Most row ops in one SatOpLog: a bigger transaction spans several messages
+(begin in the first, commit in the last), which the client joins; one frame
+stays far below the size limit.
+"""
 
 INITIAL_SYNC_LSN = b"0"
 """
@@ -151,9 +158,27 @@ class SessionTotals:
 
     def __init__(self):
         self.transactions_in = 0  # client transactions the hub made durable
-        self.transactions_out = 0  # SatOpLog transactions sent (initial sync included)
+        # Client transactions sent (begin ... commit), initial-sync batches
+        # included: a hub transaction bigger than one item reaches a client as
+        # one client transaction per item (see `_transaction_frames`) and
+        # counts once per item, as the client applies it.
+        self.transactions_out = 0
         self.heartbeat_timeouts = 0  # clients closed for not answering a ping
         self.closed_by_error: Dict[int, int] = {}  # SatErrorResp code -> connections closed with it
+
+
+@dataclass(frozen=True)
+class _SyncRows:
+    """A chunk of initial-sync rows waiting in the outgoing queue."""
+
+    rows: Tuple[ResolvedChange, ...]
+
+
+@dataclass(frozen=True)
+class _SyncDone:
+    """The end of the initial sync at `position`, in the outgoing queue."""
+
+    position: int
 
 
 class WriteRefusal(FrameError):
@@ -224,6 +249,8 @@ class SatelliteSession:
         self._append_queue: Deque[Tuple[Transaction, bytes]] = collections.deque()
         self._append_in_flight: Optional[bytes] = None
         self._held: Deque = collections.deque()
+        self._resume_position: Optional[int] = None  # the last position the client has complete
+        self._sync_last: Optional[bytes] = None  # serialized initial-sync ops waiting to learn whether they are the last
         self._active_since_tick = False
         self._ping_outstanding = False
         self.appended = 0
@@ -406,7 +433,7 @@ class SatelliteSession:
         actions: List = []
         if self.outgoing_state == ACTIVE:
             actions.append(StopOutgoing())
-            self._held.clear()
+            self._reset_outgoing()
         self.outgoing_state = ACTIVE
         self._sent_relations.clear()
         actions.append(self._frame("SatInStartReplicationResp"))
@@ -417,8 +444,14 @@ class SatelliteSession:
         if self.outgoing_state != ACTIVE:
             raise FrameError(INVALID_REQUEST, "SatInStopReplicationReq while not replicating")
         self.outgoing_state = STOPPED
-        self._held.clear()
+        self._reset_outgoing()
         return [StopOutgoing(), self._frame("SatInStopReplicationResp")]
+
+    def _reset_outgoing(self) -> None:
+        """The outgoing stream ends: nothing held, no transaction or initial sync half sent."""
+        self._held.clear()
+        self._resume_position = None
+        self._sync_last = None
 
     # --- incoming stream -----------------------------------------------
 
@@ -572,20 +605,37 @@ class SatelliteSession:
 
     # --- outgoing: hub -> client -------------------------------------
 
-    def outgoing(self, transactions: Sequence[ResolvedTransaction]) -> List:
-        """Frames for hub transactions (held back while a client append is pending)."""
+    def outgoing(self, items: Sequence[ResolvedTransaction]) -> List:
+        """
+        Frames for hub transactions (held back while a client append is
+        pending); a big one arrives as several items (see `_transaction_frames`).
+        """
         if self.state == CLOSED or self.outgoing_state != ACTIVE:
             return []
-        self._held.extend(transactions)
+        self._held.extend(items)
         if self.appends_pending:
             return []
         return self._release_held()
 
-    def snapshot(self, snapshot: Snapshot) -> List:
-        """The initial sync: frames for the current rows the user may see."""
+    def initial_sync(self, rows: Sequence[ResolvedChange]) -> List:
+        """
+        The initial sync, one chunk at a time: frames for these current rows
+        the user may see, as transactions with `INITIAL_SYNC_LSN`.  The last
+        of them waits until the next chunk or `initial_sync_done`, which
+        sends it with the LSN of the snapshot's position.
+        """
         if self.state == CLOSED or self.outgoing_state != ACTIVE:
             return []
-        self._held.append(snapshot)
+        self._held.append(_SyncRows(tuple(rows)))
+        if self.appends_pending:
+            return []
+        return self._release_held()
+
+    def initial_sync_done(self, position: int) -> List:
+        """Every row of the snapshot at `position` was handed over: the live stream follows from `position`."""
+        if self.state == CLOSED or self.outgoing_state != ACTIVE:
+            return []
+        self._held.append(_SyncDone(position))
         if self.appends_pending:
             return []
         return self._release_held()
@@ -594,8 +644,10 @@ class SatelliteSession:
         actions: List = []
         while self._held and self.outgoing_state == ACTIVE and self.state == READY:
             item = self._held.popleft()
-            if isinstance(item, Snapshot):
-                actions.extend(self._snapshot_frames(item))
+            if isinstance(item, _SyncRows):
+                actions.extend(self._sync_frames(item.rows))
+            elif isinstance(item, _SyncDone):
+                actions.extend(self._sync_done_frames(item.position))
             else:
                 actions.extend(self._transaction_frames(item))
         return actions
@@ -619,10 +671,11 @@ class SatelliteSession:
         )
         return [Send(codec.encode(self.gen, relation))]
 
-    def _op_frames(self, changes: Sequence[ResolvedChange], lsn: bytes, timestamp_ms: int) -> List:
+    def _row_ops(self, changes: Sequence[ResolvedChange]) -> Tuple[List, List]:
+        """(relation frames, SatTransOps) for the changes this user may see, in order."""
         pb = self.gen.pb
         relations: List = []
-        ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=timestamp_ms, lsn=lsn))]
+        ops: List = []
         for change in changes:
             table = self.registry.find(change.schema, change.table)
             if table is None:
@@ -636,26 +689,104 @@ class SatelliteSession:
                 ops.append(pb.SatTransOp(delete=pb.SatOpDelete(relation_id=table.relation_id, old_row_data=row)))
             else:
                 ops.append(pb.SatTransOp(update=pb.SatOpUpdate(relation_id=table.relation_id, row_data=row)))
-        if len(ops) == 1:
+        return relations, ops
+
+    def _oplog_frames(self, ops: List, begin=None, commit=None) -> List:
+        """
+        SatOpLog messages of at most OPS_PER_MESSAGE row ops each, `begin`
+        before the first and `commit` after the last (the client joins the
+        messages of one transaction by them).
+        """
+        pb = self.gen.pb
+        groups = [ops[i:i + OPS_PER_MESSAGE] for i in range(0, len(ops), OPS_PER_MESSAGE)] or [[]]
+        if begin is not None:
+            groups[0] = [begin] + groups[0]
+        if commit is not None:
+            groups[-1] = groups[-1] + [commit]
+        return [Send(codec.encode(self.gen, pb.SatOpLog(ops=g))) for g in groups if g]
+
+    def _begin(self, lsn: bytes, timestamp_ms: int):
+        pb = self.gen.pb
+        return pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=timestamp_ms, lsn=lsn))
+
+    def _commit(self, lsn: bytes, timestamp_ms: int):
+        pb = self.gen.pb
+        return pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=timestamp_ms, lsn=lsn))
+
+    def _op_frames(self, changes: Sequence[ResolvedChange], lsn: bytes, timestamp_ms: int) -> List:
+        """One whole transaction of the changes this user may see (nothing when there are none)."""
+        relations, ops = self._row_ops(changes)
+        if not ops:
             return []  # nothing this user may see
-        ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=timestamp_ms, lsn=lsn)))
         self.delivered += 1
         self.totals.transactions_out += 1
-        return relations + [Send(codec.encode(self.gen, pb.SatOpLog(ops=ops)))]
+        return relations + self._oplog_frames(ops, self._begin(lsn, timestamp_ms), self._commit(lsn, timestamp_ms))
 
-    def _transaction_frames(self, txn: ResolvedTransaction) -> List:
-        return self._op_frames(txn.changes, self.lsn_of(txn.position), txn.commit_timestamp // 1000)
+    def _transaction_frames(self, item: ResolvedTransaction) -> List:
+        """
+        One client transaction per hub item.  A hub transaction bigger than
+        one item (`ResolvedTransaction.more`) thus reaches the client in
+        pieces of at most CHUNK_CHANGES rows: electric-sql@0.4.3 holds a
+        whole transaction in memory and applies it in one call whose
+        argument list overflows the JS stack beyond ~100,000 rows.  Every
+        piece but the last carries the LSN of the last position this client
+        was streamed to completely, so a client that drops midway resumes
+        at the start of the transaction (or of the catch-up) and re-applies
+        the pieces it had; only the last carries the transaction's own LSN.
+        """
+        timestamp_ms = item.commit_timestamp // 1000
+        if item.more:
+            resume = self._resume_position
+            lsn = self.lsn_of(resume) if resume is not None else INITIAL_SYNC_LSN
+        else:
+            lsn = self.lsn_of(item.position)
+            self._resume_position = item.position
+        return self._op_frames(item.changes, lsn, timestamp_ms)
 
-    def _snapshot_frames(self, snap: Snapshot) -> List:
-        rows = [r for r in snap.rows if not r.deleted and self._visible(r)]
-        final_lsn = self.lsn_of(snap.position)
-        now_ms = int(self.clock() * 1000)
+    def streaming_from(self, position: int) -> None:
+        """The driver subscribed this client's stream after `position` (what it has, complete)."""
+        self._resume_position = position
+
+    def _sync_frames(self, rows: Sequence[ResolvedChange]) -> List:
+        """
+        Initial-sync transactions for a chunk of rows.  The last batch is
+        held back until it is known whether it ends the sync (then it
+        carries the snapshot's LSN), as serialized row ops rather than rows:
+        a client that stopped reading keeps a few kilobytes here, not rows.
+        """
         actions: List = []
-        chunks = [rows[i : i + SNAPSHOT_ROWS_PER_TRANSACTION] for i in range(0, len(rows), SNAPSHOT_ROWS_PER_TRANSACTION)]
-        for i, chunk in enumerate(chunks):
-            lsn = final_lsn if i == len(chunks) - 1 else INITIAL_SYNC_LSN
-            actions.extend(self._op_frames(chunk, lsn, now_ms))
+        visible = [r for r in rows if not r.deleted and self._visible(r)]
+        for i in range(0, len(visible), SNAPSHOT_ROWS_PER_TRANSACTION):
+            relations, ops = self._row_ops(visible[i:i + SNAPSHOT_ROWS_PER_TRANSACTION])
+            actions.extend(relations)
+            if self._sync_last is not None:
+                actions.append(self._held_sync_frame(INITIAL_SYNC_LSN))
+            self._sync_last = self.gen.pb.SatOpLog(ops=ops).SerializeToString(deterministic=True)
         return actions
+
+    def _held_sync_frame(self, lsn: bytes) -> Send:
+        """
+        The held batch as one SatOpLog: begin + its ops + commit.  A repeated
+        field's encoding is the concatenation of its elements', so the ops
+        serialized on their own slot in between.
+        """
+        body, self._sync_last = self._sync_last, None
+        pb = self.gen.pb
+        ts = self._sync_timestamp()
+        head = codec.encode(self.gen, pb.SatOpLog(ops=[self._begin(lsn, ts)]))
+        tail = pb.SatOpLog(ops=[self._commit(lsn, ts)]).SerializeToString(deterministic=True)
+        self.delivered += 1
+        self.totals.transactions_out += 1
+        return Send(head + body + tail)
+
+    def _sync_done_frames(self, position: int) -> List:
+        self._resume_position = position
+        if self._sync_last is None:
+            return []
+        return [self._held_sync_frame(self.lsn_of(position))]
+
+    def _sync_timestamp(self) -> int:
+        return int(self.clock() * 1000)
 
     # --- timers ----------------------------------------------------------
 

@@ -18,6 +18,8 @@ accepted.
 
 from __future__ import annotations
 
+import socket
+
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
@@ -55,6 +57,15 @@ def close_reason(text: str) -> str:
     return cut + "\u2026"
 
 
+SEND_BUFFER_BYTES = 256 * 1024
+"""
+Kernel send buffer of each client socket (Linux doubles it).  Fixed rather
+than autotuned (up to 4 MB by default): a client that stops reading then
+holds at most this much kernel memory and makes Electric read and encode at
+most this much of the hub for it, so thousands of slow clients stay cheap.
+Enough to keep a client on a LAN or a fast WAN path at full speed.
+"""
+
 OPEN_HANDSHAKE_TIMEOUT = 10.0
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
@@ -89,6 +100,15 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
         if request.path != WS_PATH:
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no websocket at {request.path}; use {WS_PATH}")
         return None  # no subprotocol
+
+    def connectionMade(self):
+        super().connectionMade()
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            except OSError as e:
+                log.warn("satellite: cannot set the socket send buffer: {e}", e=e)
 
     def onOpen(self):
         peer = self.transport.getPeer()

@@ -18,8 +18,12 @@ LSNs come from `electric.hub.positions`: the transaction at hub position p
 commits at ``end_lsn(p, base)``, so a subscriber's origin progress maps back
 to a hub position exactly and no transaction is ever sent twice.
 
-Pure: no sockets, no reactor.  Frames are produced lazily so a 200k-row
-transaction can be written under flow control without building it in memory.
+A big transaction comes from the hub as several items at one position
+(`ResolvedTransaction.more`): the encoder keeps it open across items, so
+the subscriber sees one transaction, Begin to Commit, whatever its size.
+
+Pure: no sockets, no reactor.  Frames are produced lazily so a big item is
+written under flow control without building its frames in memory.
 """
 
 from __future__ import annotations
@@ -80,6 +84,20 @@ def _value(row, name):
     return None if v is UNCHANGED else v
 
 
+class _OpenTransaction:
+    """The transaction whose items are being encoded: its LSNs and how far it got."""
+
+    __slots__ = ("position", "begin_lsn", "commit_lsn", "end_lsn", "timestamp", "started", "changes")
+
+    def __init__(self, rt: ResolvedTransaction, base: int):
+        lsns = positions.transaction_lsns(rt.position, 0, base)
+        self.position = rt.position
+        self.begin_lsn, self.commit_lsn, self.end_lsn = lsns.begin, lsns.commit, lsns.end
+        self.timestamp = unix_to_pg_us(rt.commit_timestamp)
+        self.started = False  # Begin sent
+        self.changes = 0  # change messages sent
+
+
 class OutboundEncoder:
     """
     Per-connection encoder.  `wal_end` is the end LSN of the last transaction
@@ -96,6 +114,7 @@ class OutboundEncoder:
         self.wal_end = positions.end_lsn(start_position, base)
         self._clock = clock
         self._shapes: Dict[Tuple[str, str], _Shape] = {}
+        self._open: Optional[_OpenTransaction] = None
         self.skipped_changes = 0
         self.transactions_sent = 0
         self.changes_sent = 0
@@ -121,30 +140,33 @@ class OutboundEncoder:
 
     def frames(self, rt: ResolvedTransaction) -> Iterator[bytes]:
         """
-        Complete CopyData frames for `rt`: Begin, Relation as needed, one
-        Insert/Delete per resolved row, Commit.  Yields nothing (but still
-        advances `wal_end`) when none of its rows concern this database.
-        Transactions at or below the current position are dropped: a
-        subscriber must never receive a transaction twice.
+        Complete CopyData frames for `rt`, a transaction or one item of a
+        big one (`ResolvedTransaction.more`): Begin before its first change
+        for this database, Relation as needed, one Insert/Delete per resolved
+        row, Commit after the item with ``more`` False.  A transaction none
+        of whose rows concern this database yields nothing (but still
+        advances `wal_end`).  Transactions at or below the current position
+        are dropped: a subscriber must never receive a transaction twice.
         """
         if rt.position <= self.position:
             return
-        base = self.base
-        lsns = positions.transaction_lsns(rt.position, 0, base)
-        begin_lsn, commit_lsn, end_lsn = lsns.begin, lsns.commit, lsns.end
+        o = self._open
+        if o is None:
+            o = self._open = _OpenTransaction(rt, self.base)
+        elif o.position != rt.position:
+            raise ValueError(f"item of the transaction at position {rt.position} while {o.position} is open")
         now = self._clock()
-        ts = unix_to_pg_us(rt.commit_timestamp)
-        started = False
-        i = 0
+        begin_lsn, commit_lsn = o.begin_lsn, o.commit_lsn
+        i = o.changes
         for change in rt.changes:
             shape, fresh = self._shape(change.schema, change.table)
             if shape is None:
                 self.skipped_changes += 1
                 continue
-            if not started:
-                started = True
+            if not o.started:
+                o.started = True
                 xid = rt.position & 0xFFFFFFFF or 1
-                yield _xlog(begin_lsn, now, pgoutput.Begin(commit_lsn, ts, xid).encode())
+                yield _xlog(begin_lsn, now, pgoutput.Begin(commit_lsn, o.timestamp, xid).encode())
             if fresh:
                 yield _xlog(0, now, shape.message.encode())
             row = change.row
@@ -159,13 +181,22 @@ class OutboundEncoder:
                     None if v is UNCHANGED else v for v in (get(c) for c in shape.columns)])
             lsn = begin_lsn + i if begin_lsn + i < commit_lsn else commit_lsn
             i += 1
+            o.changes = i
             yield _xlog(lsn, now, payload)
-        if started:
-            yield _xlog(end_lsn, now, pgoutput.Commit(commit_lsn, end_lsn, ts).encode())
+        if rt.more:
+            return
+        self._open = None
+        if o.started:
+            yield _xlog(o.end_lsn, now, pgoutput.Commit(commit_lsn, o.end_lsn, o.timestamp).encode())
             self.transactions_sent += 1
             self.changes_sent += i
         self.position = rt.position
-        self.wal_end = end_lsn
+        self.wal_end = o.end_lsn
+
+    @property
+    def in_transaction(self) -> bool:
+        """True between the first and the last item of a transaction."""
+        return self._open is not None
 
     def encode(self, rt: ResolvedTransaction) -> List[bytes]:
         """All frames of `rt` at once (tests, small transactions)."""

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from electric.hub import positions
+from electric.hub.interface import CHUNK_CHANGES
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.postgres.publisher import catalog_answers as ca
 from electric.listener import Listener
@@ -43,7 +44,6 @@ from electric.postgres.publisher.session import (
     Disconnect,
     LoginFailed,
     Send,
-    SendStream,
     Session,
     StartRequest,
     StartTLS,
@@ -59,7 +59,10 @@ from electric.metrics import seconds_since
 log = Logger(namespace="electric.postgres.publisher.service")
 
 BATCH = 100
-"""Resolved transactions asked from the hub per pull."""
+"""Most items asked from the hub per pull (the hub also bounds an answer to CHUNK_CHANGES changes)."""
+
+COPY_ROWS = CHUNK_CHANGES
+"""Rows read from the hub per COPY chunk."""
 
 WRITE_CHUNK = 256 * 1024
 """Bytes of frames gathered into one transport.write."""
@@ -329,6 +332,7 @@ class ReplicationStream:
             "sync_worker": not self.durable,
             "start_position": self.start_position,
             "sent_position": self.encoder.position,
+            "in_transaction": self.encoder.in_transaction,
             "sent_lsn": format_lsn(self.encoder.wal_end),
             "acked_position": self.acked,
             "transactions_sent": self.encoder.transactions_sent,
@@ -339,48 +343,71 @@ class ReplicationStream:
 
 
 @implementer(IPushProducer)
-class _CopyWriter:
-    """Writes a COPY's chunks while the transport accepts them."""
+class _CopyPump:
+    """
+    Writes a table-sync COPY from a hub snapshot reader: the next chunk is
+    read only while the transport accepts more, so a subscriber that stops
+    reading costs one chunk.
+    """
 
-    def __init__(self, conn: "PublisherProtocol", chunks: Iterator[bytes]):
+    def __init__(self, conn: "PublisherProtocol", reader, describe: str):
         self.conn = conn
-        self.chunks = chunks
+        self.reader = reader
+        self.describe = describe
         self.paused = False
         self.done = False
-        self._running = False
+        self.rows = 0
+        self._pulling = False
 
     def pauseProducing(self):
         self.paused = True
 
     def resumeProducing(self):
         self.paused = False
-        self.run()
+        self._pull()
 
     def stopProducing(self):
-        self.done = True
+        self._finish()
 
-    def run(self):
-        if self._running:
+    def start(self):
+        self.conn.run(self.conn.session.copy_start())
+        self._pull()
+
+    def _pull(self):
+        if self.paused or self.done or self._pulling:
             return
-        self._running = True
-        try:
-            while not self.paused and not self.done:
-                out = []
-                size = 0
-                for chunk in self.chunks:
-                    out.append(chunk)
-                    size += len(chunk)
-                    if size >= WRITE_CHUNK:
-                        break
-                else:
-                    self.done = True
-                if out and self.conn.transport is not None:
-                    self.conn.transport.write(b"".join(out))
-        finally:
-            self._running = False
-        if self.done and self.conn.copy_writer is self:
-            self.conn.copy_writer = None
+        self._pulling = True
+        d = self.reader.next(COPY_ROWS)
+        d.addCallbacks(self._got, self._failed)
+
+    def _got(self, rows):
+        self._pulling = False
+        if self.done:
+            return
+        if not rows:
+            self._finish()
+            log.info("{what}: {n} rows copied", what=self.describe, n=self.rows)
+            self.conn.run(self.conn.session.copy_end())
             self.conn.run(self.conn.session.resume())
+            return
+        self.rows += len(rows)
+        self.conn.run(self.conn.session.copy_data(rows))
+        self._pull()
+
+    def _failed(self, failure):
+        self._pulling = False
+        if self.done:
+            return
+        self._finish()
+        log.failure("{what} failed", failure, what=self.describe)
+        self.conn.run(self.conn.session.command_failed(
+            "55000", f"could not read the hub's rows: {failure.getErrorMessage()}"))
+
+    def _finish(self):
+        self.done = True
+        self.reader.close()
+        if self.conn.copy_writer is self:
+            self.conn.copy_writer = None
 
 
 @implementer(IPushProducer)
@@ -394,7 +421,7 @@ class PublisherProtocol(protocol.Protocol):
         self.session = Session(publisher, pid, secret, publisher.auth_method,
                                tls_available=publisher.tls_context is not None)
         self.stream: Optional[ReplicationStream] = None
-        self.copy_writer: Optional[_CopyWriter] = None
+        self.copy_writer: Optional[_CopyPump] = None
         self.peer = ""
         self.paused = False  # the transport's buffer is full
         self._waiting_login = False  # counted in publisher.unauthenticated
@@ -439,8 +466,7 @@ class PublisherProtocol(protocol.Protocol):
         self.run(self.session.connection_lost())
         self._stop_stream("connection lost")
         if self.copy_writer is not None:
-            self.copy_writer.done = True
-            self.copy_writer = None
+            self.copy_writer.stopProducing()
         self.publisher.connections.discard(self)
 
     # --- IPushProducer: forward to whatever is writing -------------------------
@@ -460,7 +486,7 @@ class PublisherProtocol(protocol.Protocol):
     def stopProducing(self):
         self._stop_stream("transport closed")
         if self.copy_writer is not None:
-            self.copy_writer.done = True
+            self.copy_writer.stopProducing()
 
     # --- actions --------------------------------------------------------------------
 
@@ -469,10 +495,6 @@ class PublisherProtocol(protocol.Protocol):
             if isinstance(action, Send):
                 if self.transport is not None and not self._closed:
                     self.transport.write(action.data)
-            elif isinstance(action, SendStream):
-                self.copy_writer = _CopyWriter(self, action.chunks)
-                self.copy_writer.paused = self.paused
-                self.copy_writer.run()
             elif isinstance(action, Disconnect):
                 self._disconnect(action.reason)
             elif isinstance(action, StartTLS):
@@ -553,12 +575,21 @@ class PublisherProtocol(protocol.Protocol):
         cmd = action.command
         d = self.publisher.copy_snapshot(self.session.origin, action.slot, cmd.schema, cmd.table)
 
+        def taken(reader):
+            if self._closed:
+                reader.close()
+                return
+            what = f"slot {action.slot} ({self.session.origin}): COPY {cmd.schema}.{cmd.table}"
+            self.copy_writer = _CopyPump(self, reader, what)
+            self.copy_writer.paused = self.paused
+            self.copy_writer.start()
+
         def failed(f):
             log.failure("COPY {schema}.{table} failed", f, schema=cmd.schema, table=cmd.table)
-            return self.session.command_failed("55000", f"could not read the hub's rows: {f.getErrorMessage()}")
+            if not self._closed:
+                self.run(self.session.command_failed("55000", f"could not read the hub's rows: {f.getErrorMessage()}"))
 
-        d.addCallbacks(self.session.copy_rows, failed)
-        d.addCallback(lambda actions: None if self._closed else self.run(actions))
+        d.addCallbacks(taken, failed)
 
     def _start(self, command) -> None:
         try:
@@ -749,24 +780,23 @@ class PublisherService(service.Service):
 
     def copy_snapshot(self, origin: str, slot_name: str, schema: str, table: str) -> defer.Deferred:
         """
-        Deferred list of the live rows of one table for a table-sync COPY.
+        Deferred `ISnapshotReader` over the live rows of one table for a table-sync COPY.
         The snapshot's position becomes the sync slot's start: the catch-up
         stream then begins right after the copied state, so nothing between
         the consistent point and the snapshot arrives twice.
         """
         d = self.hub.snapshot([(schema, table)])
 
-        def taken(snap):
+        def taken(reader):
             slot = self.slots.get(slot_name)
             if slot is not None and slot.origin != origin:
                 raise ca.QueryError("42501", f'replication slot "{slot_name}" belongs to another connector')
             if slot is None:
-                slot = self.slots[slot_name] = Slot(slot_name, origin, snap.position)
-            slot.confirmed = max(slot.confirmed, snap.position)
-            rows = [r for r in snap.rows if r.schema == schema and r.table == table and not r.deleted]
-            log.info("slot {slot} ({origin}): COPY {schema}.{table}: {n} rows as of position {pos}",
-                     slot=slot_name, origin=origin, schema=schema, table=table, n=len(rows), pos=snap.position)
-            return rows
+                slot = self.slots[slot_name] = Slot(slot_name, origin, reader.position)
+            slot.confirmed = max(slot.confirmed, reader.position)
+            log.info("slot {slot} ({origin}): COPY {schema}.{table} as of position {pos}",
+                     slot=slot_name, origin=origin, schema=schema, table=table, pos=reader.position)
+            return reader
 
         return d.addCallback(taken)
 

@@ -41,7 +41,8 @@ Slots: a connector's credentials open only that connector's slots (see
 Table sync: ``CREATE_REPLICATION_SLOT ... (SNAPSHOT 'use')`` inside a
 transaction makes this connection a sync connection for that slot; its
 ``COPY`` is served from a hub snapshot of that one table, taken when the COPY
-arrives (the worker names its table only then).  The driver records the
+arrives (the worker names its table only then) and written chunk by chunk as
+the subscriber reads it.  The driver records the
 snapshot's position as the slot's start, so the catch-up stream that follows
 begins exactly after the copied state: no gap, nothing twice.
 """
@@ -50,7 +51,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Protocol, Sequence
+from typing import Iterable, List, Optional, Protocol, Sequence
 
 from electric.postgres.publisher import catalog_answers as ca
 from electric.postgres.protocol.cursor import ProtocolError
@@ -137,13 +138,6 @@ class Send:
 
 
 @dataclass(frozen=True)
-class SendStream:
-    """Write these chunks in order (under flow control), then call `Session.resume()`."""
-
-    chunks: Iterator[bytes]
-
-
-@dataclass(frozen=True)
 class Disconnect:
     reason: str
 
@@ -164,7 +158,7 @@ class CreateSlotRequest:
 
 @dataclass(frozen=True)
 class CopyRequest:
-    """Answer with `Session.copy_rows(rows)` or `Session.command_failed(...)`."""
+    """Answer with `Session.copy_start()`, `copy_data(rows)`... `copy_end()`, or `Session.command_failed(...)`."""
 
     command: ca.CopyTable
     columns: tuple
@@ -236,7 +230,7 @@ class Session:
     """
     One connection.  `feed(bytes)` returns actions; answers to requests the
     driver handles asynchronously come back through `slot_created`,
-    `copy_rows`, `start_streaming` or `command_failed`, each returning the
+    `copy_start`/`copy_data`/`copy_end`, `start_streaming` or `command_failed`, each returning the
     next actions.  The authenticated user is the connection's origin: it is
     the connector whose database subscribes, so every answer (table lists,
     column lists, COPY) describes that database's own tables.
@@ -262,6 +256,7 @@ class Session:
         self.txn = "I"  # ReadyForQuery status: I, T, E
         self.sync_slot: Optional[str] = None  # slot made with SNAPSHOT 'use' in the open transaction
         self._copy_columns: tuple = ()
+        self._copied = 0
         self._auth: Optional[ServerAuth] = None
         self._queue: List[object] = []
         self._skip_until_sync = False
@@ -625,35 +620,45 @@ class Session:
         self._copy_columns = columns
         return [CopyRequest(cmd, columns, self.sync_slot)]
 
-    def copy_rows(self, rows: Sequence) -> list:
+    def copy_start(self) -> list:
         """
-        The driver's snapshot of the table (ResolvedChanges): the COPY's output,
-        as chunks to write under flow control; call `resume()` once written.
+        The driver has the table's rows to send (a hub snapshot reader): the
+        COPY's header.  Then `copy_data` for each chunk of rows as the
+        subscriber takes them, `copy_end`, and `resume()`.
         """
         if self.state == CLOSED:
             return []
-        return [SendStream(self._copy_chunks(rows, self._copy_columns))]
+        self._copied = 0
+        return [Send(CopyOutResponse(0, tuple(0 for _ in self._copy_columns)).encode())]
 
-    def _copy_chunks(self, rows: Sequence, columns: Sequence[str]) -> Iterator[bytes]:
-        yield CopyOutResponse(0, tuple(0 for _ in columns)).encode()
+    def copy_data(self, rows: Sequence) -> list:
+        """CopyData messages for a chunk of the snapshot (ResolvedChanges; deleted ones are skipped)."""
+        if self.state == CLOSED:
+            return []
+        columns = self._copy_columns
+        out: List[bytes] = []
         buf: List[bytes] = []
         size = 0
-        n = 0
         for r in rows:
             if r.deleted:
                 continue
-            n += 1
+            self._copied += 1
             row = r.row
             line = copy_text_row([row.get(c) for c in columns])
             buf.append(line)
             size += len(line)
             if size >= COPY_CHUNK:
-                yield CopyData(b"".join(buf)).encode()
+                out.append(CopyData(b"".join(buf)).encode())
                 buf, size = [], 0
         if buf:
-            yield CopyData(b"".join(buf)).encode()
-        yield encode_all([CopyDone(), CommandComplete(f"COPY {n}"),
-                               ReadyForQuery(self.txn)])
+            out.append(CopyData(b"".join(buf)).encode())
+        return [Send(b"".join(out))] if out else []
+
+    def copy_end(self) -> list:
+        """The COPY's end; the driver then calls `resume()` to answer input queued meanwhile."""
+        if self.state == CLOSED:
+            return []
+        return [Send(encode_all([CopyDone(), CommandComplete(f"COPY {self._copied}"), ReadyForQuery(self.txn)]))]
 
     # --- streaming ------------------------------------------------------------------
 

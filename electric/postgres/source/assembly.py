@@ -4,7 +4,13 @@ From a Postgres's pgoutput stream to hub `Transaction`s (pure, no I/O).
 `TransactionAssembler` eats decoded pgoutput messages in stream order and
 says, at each Commit, what the hub must get: a `Transaction`, or nothing
 (and why), always with the commit's end LSN so the caller can acknowledge
-it in order (`AckTracker`).
+it in order (`AckTracker`).  A transaction bigger than one chunk
+(`CHUNK_CHANGES`) is handed over as it grows (`Chunk`), so no transaction is
+ever held whole: Postgres's walsender sends a committed transaction as one
+message sequence (pgoutput protocol v1), however big.  A transaction with a
+TRUNCATE takes that path too, whatever its size: the hub expands a TRUNCATE
+into one change per live row, which only the chunked path does in bounded
+memory.
 
 What is dropped, and why:
 
@@ -36,7 +42,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from twisted.logger import Logger
 
 from electric.hub import changes as hubchanges
-from electric.hub.interface import RowChange, Transaction
+from electric.hub.interface import CHUNK_CHANGES, RowChange, Transaction
 from electric.hub.changes import MissingKey
 from electric.postgres.protocol import pgoutput as po
 from electric.postgres.protocol.lsn import format_lsn, pg_to_unix_us
@@ -67,15 +73,35 @@ def own_origin_pattern(subscription_oid: Optional[int]):
 
 @dataclass(frozen=True)
 class Assembled:
-    """A committed transaction: append `transaction` (unless None), then ack `end_lsn`."""
+    """
+    A committed transaction: append `transaction` (unless None), then ack `end_lsn`.
+
+    `chunked`: the transaction was bigger than a chunk, and its first
+    changes went out as `Chunk`s; `transaction` then holds only the changes
+    after the last chunk (possibly none) and the identity and timestamp to
+    commit with, or is None when the transaction turned out to be dropped
+    (discard what the chunks staged).
+    """
 
     end_lsn: int
     transaction: Optional[Transaction]
     dropped: Optional[str] = None  # OWN_ORIGIN / ELECTRIC_TABLES / EMPTY when transaction is None
+    chunked: bool = False
 
     @property
     def rows(self) -> int:
         return len(self.transaction.changes) if self.transaction is not None else 0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """
+    The open transaction grew past one chunk: hand these changes (the next
+    in order) to the hub now; the rest follow as more `Chunk`s and the
+    commit as a chunked `Assembled`.
+    """
+
+    changes: Tuple[RowChange, ...]
 
 
 @dataclass(frozen=True)
@@ -101,6 +127,7 @@ class _Open:
     origin: Optional[str] = None
     changes: List[RowChange] = field(default_factory=list)
     drop: Optional[str] = None
+    chunked: bool = False  # changes went out as Chunks
 
 
 def relation_matches(relation: po.Relation, table: Table) -> bool:
@@ -123,8 +150,9 @@ class TransactionAssembler:
 
     def __init__(self, origin: str, lookup: Callable[[str, str], Tuple[Optional[Table], Optional[str]]],
                  subscription_oid: Optional[int] = None, clock: Callable[[], float] = time.monotonic,
-                 skipped_log_interval: float = 60.0):
+                 skipped_log_interval: float = 60.0, chunk: int = CHUNK_CHANGES):
         self.origin = origin
+        self.chunk = chunk
         self._lookup = lookup
         self._own = own_origin_pattern(subscription_oid)
         self._relations: Dict[int, _Rel] = {}
@@ -154,7 +182,11 @@ class TransactionAssembler:
     # -- feeding --
 
     def feed(self, msg):
-        """Returns None, an `Assembled` (at Commit) or a `NeedTable` (then stop feeding)."""
+        """
+        Returns None, a `Chunk` (a transaction bigger than a chunk is handed
+        over as it grows), an `Assembled` (at Commit) or a `NeedTable` (then
+        stop feeding).
+        """
         if self.pending is not None:
             raise InboundError("fed while waiting for a table lookup")
         if isinstance(msg, po.Begin):
@@ -185,7 +217,7 @@ class TransactionAssembler:
             if self._usable(rel, tx):
                 record = self._record(rel, msg.new)
                 self._add(tx, rel, lambda: hubchanges.insert(rel.table, record))
-            return None
+            return self._chunk(tx)
         if isinstance(msg, po.Update):
             rel = self._rel(msg.relation_id)
             if self._usable(rel, tx):
@@ -197,7 +229,7 @@ class TransactionAssembler:
                 else:
                     old = None
                 self._add(tx, rel, lambda: hubchanges.update(rel.table, old, new))
-            return None
+            return self._chunk(tx)
         if isinstance(msg, po.Delete):
             rel = self._rel(msg.relation_id)
             if self._usable(rel, tx):
@@ -206,7 +238,7 @@ class TransactionAssembler:
                 else:
                     old = self._key_record(rel, msg.key)
                 self._add(tx, rel, lambda: hubchanges.delete(rel.table, old))
-            return None
+            return self._chunk(tx)
         if isinstance(msg, po.Truncate):
             for relid in msg.relation_ids:
                 rel = self._rel(relid)
@@ -214,7 +246,9 @@ class TransactionAssembler:
                     self._add(tx, rel, lambda: hubchanges.truncate(rel.table))
                 if tx.drop is not None:
                     break
-            return None
+            # The hub expands a TRUNCATE into one change per live row: only the
+            # chunked path does that without holding them all.
+            return self._chunk(tx, force=True)
         raise InboundError(f"unexpected pgoutput message {type(msg).__name__} (proto_version 1 stream)")
 
     def table_resolved(self, table: Optional[Table], skipped: Optional[str]) -> None:
@@ -268,6 +302,14 @@ class TransactionAssembler:
             self._count_skipped(rel)
             return False
         return True
+
+    def _chunk(self, tx: _Open, force: bool = False) -> Optional[Chunk]:
+        """Past one chunk of changes (or `force`): hand the first chunk over, keep the rest open."""
+        if tx.drop is not None or not tx.changes or (len(tx.changes) <= self.chunk and not force):
+            return None
+        out, tx.changes = tx.changes[:self.chunk], tx.changes[self.chunk:]
+        tx.chunked = True
+        return Chunk(tuple(out))
 
     def _add(self, tx: _Open, rel: _Rel, build) -> None:
         try:
@@ -325,8 +367,8 @@ class TransactionAssembler:
                 f"Commit LSN {format_lsn(commit.commit_lsn)} does not match its Begin's "
                 f"final LSN {format_lsn(tx.begin.final_lsn)}")
         if tx.drop is not None:
-            return Assembled(commit.end_lsn, None, tx.drop)
-        if not tx.changes:
+            return Assembled(commit.end_lsn, None, tx.drop, tx.chunked)
+        if not tx.changes and not tx.chunked:
             return Assembled(commit.end_lsn, None, EMPTY)
         return Assembled(
             commit.end_lsn,
@@ -336,6 +378,7 @@ class TransactionAssembler:
                 commit_timestamp=pg_to_unix_us(commit.commit_timestamp),
                 changes=tuple(tx.changes),
             ),
+            chunked=tx.chunked,
         )
 
     def reset(self) -> None:

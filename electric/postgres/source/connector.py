@@ -24,7 +24,9 @@ starts with ``connector <name>:``; failures to connect name the sslmode.
 
 Data path: XLogData → pgoutput decode → `TransactionAssembler` →
 `hub.append` (pipelined, in commit order) → `AckTracker` → standby status
-update.  The flush position only covers transactions the hub made durable;
+update.  A transaction bigger than one chunk goes to the hub as it arrives:
+`hub.begin`, one `add` per chunk with the socket paused while an add is
+outstanding, `commit` at its Commit (one hub position, atomically).  The flush position only covers transactions the hub made durable;
 on any error the connection is dropped and Postgres resends from there (the
 hub drops the duplicates by (origin, commit end LSN)).
 """
@@ -117,6 +119,11 @@ class _Stream:
         self.appended = 0
         self.dropped = 0
         self.flow_pauses = 0
+        self.buffer = None  # the hub append buffer of the open big transaction
+        self.buffer_rows = 0  # row changes staged in it so far
+        self.big_transactions = 0
+        self.staged_rows = 0
+        self.add_pauses = 0
 
     # IStreamConsumer
 
@@ -165,7 +172,87 @@ class _Stream:
                 d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
                 d.addCallbacks(self._resolved, self._resolve_failed)
                 return
+            if isinstance(event, assembly.Chunk):
+                if self.buffer is None:
+                    self.buffer = self.hub.begin(self.name)
+                    self.buffer_rows = 0
+                    self.big_transactions += 1
+                self.buffer_rows += len(event.changes)
+                self._add(self.buffer, event.changes, None)
+                return
+            if event.chunked:
+                self._committed_chunked(event)
+                if self.waiting:
+                    return
+                continue
             self._committed(event)
+
+    # -- big transactions: staged in the hub chunk by chunk ---------------------
+
+    def _add(self, buffer, changes, then) -> None:
+        """
+        Stage a chunk of the open big transaction.  Nothing else is read
+        from the queue or the socket until the hub has it (that is the flow
+        control), then `then()` runs (or draining goes on).
+        """
+        self.waiting = True
+        self.add_pauses += 1
+        self._pause("add")
+        try:
+            d = buffer.add(changes)
+        except Exception:
+            d = defer.fail()
+
+        def added(_):
+            if self.closed:
+                return
+            self.staged_rows += len(changes)
+            self.waiting = False
+            self._resume("add")
+            if then is not None:
+                then()
+            if not self.waiting:
+                self.drain()
+
+        def failed(failure):
+            if not self.closed:
+                self.fail(f"hub could not stage a transaction: {failure.getErrorMessage()}")
+
+        d.addCallbacks(added, failed)
+
+    def _committed_chunked(self, event: assembly.Assembled) -> None:
+        """The Commit of a big transaction: stage its last changes, then commit it as one hub position."""
+        buffer = self.buffer
+        if event.transaction is None:
+            # Dropped after all (it touched Electric's bookkeeping): nothing of it may reach the hub.
+            self.dropped += 1
+            self.counters.dropped += 1
+            self.acks.add(event.end_lsn, done=True)
+            self._report()
+            self._discard_buffer()
+            return
+        txn = event.transaction
+        entry = self.acks.add(event.end_lsn, commit_timestamp=txn.commit_timestamp)
+        # Every row change of the transaction (the staged chunks' and these
+        # last ones), for the rows-in count; none of them is held in memory
+        # any more (they are staged in the hub), so none counts in flight.
+        rows = self.buffer_rows + len(txn.changes)
+
+        def commit():
+            self.buffer = None
+            self.buffer_rows = 0
+            self.inflight_tx += 1
+            try:
+                d = buffer.commit(txn.commit_timestamp, origin_id=txn.origin_id)
+            except Exception:
+                d = defer.fail()
+            d.addCallbacks(self._appended, self._append_failed,
+                           callbackArgs=(entry, rows, 0), errbackArgs=(entry, 0, event.end_lsn))
+
+        if txn.changes:
+            self._add(buffer, txn.changes, commit)
+        else:
+            commit()
 
     def _resolved(self, result):
         table, skipped = result
@@ -199,11 +286,12 @@ class _Stream:
         except Exception:
             d = defer.fail()
         d.addCallbacks(self._appended, self._append_failed,
-                       callbackArgs=(entry, rows), errbackArgs=(entry, rows, event.end_lsn))
+                       callbackArgs=(entry, rows, rows), errbackArgs=(entry, rows, event.end_lsn))
 
-    def _appended(self, _result, entry, rows):
+    def _appended(self, _result, entry, rows, held):
+        """The hub made a transaction of `rows` row changes durable; `held` of them counted in flight."""
         self.inflight_tx -= 1
-        self.inflight_rows -= rows
+        self.inflight_rows -= held
         self.appended += 1
         self.counters.transactions += 1
         self.counters.rows += rows
@@ -214,9 +302,9 @@ class _Stream:
         if self.inflight_tx <= MAX_INFLIGHT_TRANSACTIONS // 2 and self.inflight_rows <= MAX_INFLIGHT_ROWS // 2:
             self._resume("flow")
 
-    def _append_failed(self, failure, entry, rows, end_lsn):
+    def _append_failed(self, failure, entry, held, end_lsn):
         self.inflight_tx -= 1
-        self.inflight_rows -= rows
+        self.inflight_rows -= held
         self.counters.append_failures += 1
         if self.closed:
             return
@@ -238,10 +326,17 @@ class _Stream:
         if not self.paused_for and self.client is not None:
             self.client.resume()
 
+    def _discard_buffer(self) -> None:
+        buffer, self.buffer = self.buffer, None
+        self.buffer_rows = 0
+        if buffer is not None:
+            buffer.abort().addErrback(lambda f: None)
+
     def fail(self, text: str):
         if self.closed:
             return
         self.closed = True
+        self._discard_buffer()
         self.on_error(text)
         log.error("connector {connector}: replication stream error: {error}", connector=self.name, error=text)
         if self.client is not None:
@@ -249,6 +344,7 @@ class _Stream:
 
     def stop(self):
         self.closed = True
+        self._discard_buffer()
         if self.client is not None:
             self.client.close("connector stopped")
 
@@ -334,6 +430,7 @@ class ConnectorService(Service):
             "received_lsn": format_lsn(s.client.last_received) if s is not None and s.client is not None else None,
             "transactions_appended": s.appended if s is not None else 0,
             "transactions_dropped": s.dropped if s is not None else 0,
+            "big_transactions": s.big_transactions if s is not None else 0,
             "appends_in_flight": s.inflight_tx if s is not None else 0,
         }
 
