@@ -1,0 +1,230 @@
+"""
+End to end: a change one database cannot apply.  Two real clusters and a
+real `twistd electric`; database 2 has a CHECK constraint database 1 lacks,
+and database 1 writes a row violating it in the middle of a transaction.
+
+Database 2's apply worker then fails on that transaction again and again:
+Electric must say so (status, details, one log line), let the operator set
+the one change aside so the rest of the transaction and everything after it
+apply, and re-send it once the constraint is gone, after which both
+databases are identical.
+
+This is the one test where a subscriber's ERROR lines are expected: they are
+asserted precisely (that violation, from the apply worker, and nothing
+else), and none may follow the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+from twisted.trial import unittest
+
+from tests.electric_process import ElectricProcess
+from tests.pgcluster import PgCluster
+from tests.polling import poll
+from tests.publisher_helpers import subscriber_errors
+
+TOKEN = "apply-failure-e2e-test-token"
+
+SCHEMA = "CREATE TABLE items (id text PRIMARY KEY, content text, n int NOT NULL);"
+
+VIOLATION = 'new row for relation "items" violates check constraint "n_not_negative"'
+
+REPORT = "its apply worker fails on the transaction at hub position"
+
+
+def rows(pg: PgCluster) -> str:
+    return pg.psql("SELECT coalesce(string_agg(t::text, '|' ORDER BY t.id), '') FROM items t").strip()
+
+
+class ApplyFailure(unittest.TestCase):
+    timeout = 600
+
+    def setUp(self):
+        self.a = PgCluster().start()
+        self.addCleanup(self.a.destroy)
+        self.b = PgCluster().start()
+        self.addCleanup(self.b.destroy)
+        for pg in (self.a, self.b):
+            pg.psql(SCHEMA)
+        self.b.psql("ALTER TABLE items ADD CONSTRAINT n_not_negative CHECK (n >= 0)")
+        self.electric = ElectricProcess({"postgres_1": self.a.url, "postgres_2": self.b.url},
+                                        extra_env={"ELECTRIC_API_TOKEN": TOKEN})
+        self.addCleanup(self.electric.stop)
+        self.electric.start().wait_ready(timeout=120)
+
+    def api(self, method: str, path: str, body=None, token=TOKEN):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.electric.status_port}{path}", data=data,
+                                     method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def test_check_constraint_in_one_database_only(self):
+        a, b, electric = self.a, self.b, self.electric
+        a.psql("INSERT INTO items VALUES ('ok0', 'before', 0)")
+        poll(lambda: rows(b) == "(ok0,before,0)", what="the first row on b")
+        b_log_start = len(b.log())
+
+        # One transaction on a: two good rows around one b cannot take.
+        a.psql("BEGIN; INSERT INTO items VALUES ('ok1', 'same transaction', 1);"
+               " INSERT INTO items VALUES ('bad', 'negative', -5);"
+               " INSERT INTO items VALUES ('ok2', 'same transaction', 2); COMMIT")
+        status = poll(lambda: (lambda s: s if s and s["connectors"].get("postgres_2") is False else None)(
+            electric.status()), timeout=60, what="postgres_2 reported unhealthy")
+        self.assertEqual(status, {"connectors": {"postgres_1": True, "postgres_2": False}, "hub": True,
+                                  "vaxine": False})
+
+        code, details = self.api("GET", "/api/status/details")
+        self.assertEqual(code, 200)
+        failure = details["connectors"]["postgres_2"]["apply_failure"]
+        self.assertIsNone(details["connectors"]["postgres_1"]["apply_failure"])
+        self.assertEqual(failure["changes"], [{
+            "schema": "public", "table": "items", "key": ["bad"], "op": "upsert", "sqlstate": "23514",
+            "error": VIOLATION, "detail": "Failing row contains (bad, negative, -5).",
+            "constraint": "n_not_negative"}])
+        self.assertEqual(failure["transaction"]["origin"], "postgres_1")
+        self.assertEqual((failure["failing_changes"], failure["changes_replayed"]), (1, 3))
+        self.assertGreaterEqual(failure["attempts"], 2)
+        position = failure["position"]
+        self.assertRegex(failure["lsn"], r"\A[0-9A-F]+/[0-9A-F]+\Z")
+        self.assertEqual(details["apply_failures"]["failing"], ["postgres_2"])
+        # Nothing of the transaction reached b (the apply worker's transaction is rolled back each time).
+        self.assertEqual(rows(b), "(ok0,before,0)")
+
+        # A later write waits behind it, on b only.
+        a.psql("INSERT INTO items VALUES ('ok3', 'later', 3)")
+        poll(lambda: "ok3" in rows(a), what="ok3 on a")
+        # The apply worker keeps retrying; Electric said it once.
+        poll(lambda: len([e for e in log_entries(b.log()[b_log_start:])
+                          if "processing remote data" in e.context]) >= 4, what="the apply worker retrying")
+        self.assertEqual(electric.log().count(REPORT), 1, electric.log()[-3000:])
+        report = [line for line in electric.log().splitlines() if REPORT in line][0]
+        self.assertIn(f"connector postgres_2: {REPORT} {position} (LSN {failure['lsn']}, from postgres_1)", report)
+        self.assertIn(f"public.items key ['bad']: {VIOLATION} (Failing row contains (bad, negative, -5).)", report)
+
+        # The way out is closed without the token, and says what it needs.
+        code, body = self.api("POST", "/api/quarantine/postgres_2", token=None)
+        self.assertEqual((code, body), (401, {"error": "unauthorized"}))
+        code, body = self.api("POST", "/api/quarantine/postgres_1")
+        self.assertEqual(code, 409)
+        self.assertIn("connector postgres_1 has no diagnosed apply failure", body["error"])
+
+        code, body = self.api("POST", "/api/quarantine/postgres_2",
+                              {"position": position, "schema": "public", "table": "items", "key": ["nope"]})
+        self.assertEqual((code, body), (404, {"error": f"hub position {position} has no change of public.items"
+                                                        " key ['nope']"}))
+        code, body = self.api("POST", "/api/quarantine/postgres_2", {"position": "x"})
+        self.assertEqual(code, 400)
+        self.assertEqual(self.api("GET", "/api/quarantine/postgres_2")[1]["entries"], [])
+
+        # Set the change aside: the rest of its transaction and the later write apply on b.
+        code, body = self.api("POST", "/api/quarantine/postgres_2")
+        self.assertEqual(code, 200, body)
+        [entry] = body["quarantined"]
+        self.assertEqual((entry["position"], entry["table"], entry["key"], entry["state"]),
+                         (position, "items", ["bad"], "held"))
+        self.assertEqual(entry["row"], {"id": "bad", "content": "negative", "n": "-5"})
+        self.assertEqual(entry["error"]["sqlstate"], "23514")
+        poll(lambda: rows(b) == "(ok0,before,0)|(ok1,\"same transaction\",1)|(ok2,\"same transaction\",2)"
+                                "|(ok3,later,3)", timeout=60, what="the rest on b")
+        poll(lambda: electric.status()["connectors"] == {"postgres_1": True, "postgres_2": True},
+             what="postgres_2 healthy again")
+        b_after_quarantine = len(b.log())
+        code, details = self.api("GET", "/api/status/details")
+        self.assertIsNone(details["connectors"]["postgres_2"]["apply_failure"])
+        self.assertEqual(details["apply_failures"]["quarantine"], {"postgres_2": {"held": 1, "resent": 0}})
+        self.assertEqual(details["postgres_publisher"]["slots"]["postgres_2"]["changes_set_aside"], 1)
+
+        # Writes flow both ways again.
+        b.psql("INSERT INTO items VALUES ('fromb', 'b writes', 7)")
+        poll(lambda: "fromb" in rows(a), what="b's write on a")
+        a.psql("UPDATE items SET content = 'updated' WHERE id = 'ok1'")
+        poll(lambda: "(ok1,updated,1)" in rows(b), what="a's update on b")
+
+        # The quarantine lists the entry with its full row.
+        code, listing = self.api("GET", "/api/quarantine/postgres_2")
+        self.assertEqual(code, 200)
+        self.assertIsNone(listing["failure"])
+        self.assertEqual([(e["id"], e["state"], e["row"]["n"]) for e in listing["entries"]], [(entry["id"], "held", "-5")])
+
+        # The operator drops the constraint and re-sends: both databases end identical.
+        b.psql("ALTER TABLE items DROP CONSTRAINT n_not_negative")
+        code, body = self.api("POST", "/api/quarantine/postgres_2/resend")
+        self.assertEqual(code, 200, body)
+        self.assertEqual(body["resent"], [entry["id"]])
+        self.assertGreater(body["position"], position)
+        expected = ("(bad,negative,-5)|(fromb,\"b writes\",7)|(ok0,before,0)|(ok1,updated,1)"
+                    "|(ok2,\"same transaction\",2)|(ok3,later,3)")
+        poll(lambda: rows(a) == expected and rows(b) == expected, timeout=60,
+             what=f"both databases identical: a={rows(a)!r} b={rows(b)!r}")
+        code, listing = self.api("GET", "/api/quarantine/postgres_2")
+        self.assertEqual([(e["state"], e["resent_position"]) for e in listing["entries"]], [("resent", body["position"])])
+        self.assertEqual(self.api("POST", "/api/quarantine/postgres_2/resend")[1], {"resent": [], "position": None})
+        self.assertEqual(electric.status()["connectors"], {"postgres_1": True, "postgres_2": True})
+
+        # b's log: the violation, from the apply worker (each retry) and from Electric's replay (once: the
+        # batch, then that change under its own savepoint), and nothing else; nothing after the way out.
+        entries = log_entries(b.log()[b_log_start:b_after_quarantine])
+        errors = [e for e in entries if e.severity in ("ERROR", "FATAL", "PANIC")]
+        applying = [e for e in errors if "processing remote data for replication origin" in e.context]
+        replaying = [e for e in errors if e.statement.startswith("SAVEPOINT electric_replay_")]
+        self.assertEqual(len(applying) + len(replaying), len(errors), [e.text for e in errors])
+        self.assertGreaterEqual(len(applying), 4)
+        self.assertEqual(len(replaying), 2)
+        for e in errors:
+            self.assertEqual((e.severity, e.message, e.detail),
+                             ("ERROR", VIOLATION, "Failing row contains (bad, negative, -5)."))
+        for e in applying:
+            self.assertIn('during message type "INSERT" for replication target relation "public.items"', e.context)
+        self.assertEqual(subscriber_errors(b, since=b_after_quarantine), [])
+        self.assertEqual(subscriber_errors(a), [])
+        self.assertNotIn(VIOLATION, electric.log().replace(report, ""), "Electric said it more than once")
+
+
+class LogEntry:
+    """One message of a Postgres server log (default log_line_prefix: time and [pid]) with its DETAIL etc."""
+
+    def __init__(self, pid: str, severity: str, message: str):
+        self.pid = pid
+        self.severity = severity
+        self.message = message
+        self.detail = self.context = self.statement = ""
+        self.text = f"{severity}:  {message}"
+
+
+_LINE = re.compile(r"\A\S+ \S+ \S+ \[(\d+)\] ([A-Z]+):  (.*)\Z")
+
+
+def log_entries(text: str):
+    entries = []
+    field = None
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m is None:
+            if field is not None and line.startswith("\t"):
+                setattr(field[0], field[1], getattr(field[0], field[1]) + "\n" + line.strip())
+                field[0].text += "\n" + line
+            continue
+        pid, kind, rest = m.groups()
+        if kind in ("DETAIL", "CONTEXT", "STATEMENT", "HINT") and entries and entries[-1].pid == pid:
+            entry = entries[-1]
+            name = kind.lower() if kind != "HINT" else "detail"
+            setattr(entry, name, rest)
+            entry.text += f"\n{kind}:  {rest}"
+            field = (entry, name)
+            continue
+        entries.append(LogEntry(pid, kind, rest))
+        field = (entries[-1], "message")
+    return entries
