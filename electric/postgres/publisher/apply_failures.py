@@ -430,6 +430,12 @@ class ApplyFailureMonitor(service.Service):
             for f in failure.failed:
                 if (f.schema, f.table, tuple(f.key)) == (schema, table, key):
                     error = f.error_json()
+        try:
+            head = self.hub.head()
+        except HubError as e:
+            raise QuarantineError(f"the hub is not available: {e}", 503)
+        if position > head:
+            raise QuarantineError(f"hub position {position} does not exist yet (the hub is at {head})", 404)
         found = {}
 
         async def each(item):
@@ -444,8 +450,6 @@ class ApplyFailureMonitor(service.Service):
         if not found:
             raise QuarantineError(f"hub position {position} has no change of {schema}.{table} key {list(key)}", 404)
         ch, item = found["change"], found["item"]
-        if found["item"].position != position:
-            raise QuarantineError(f"hub position {position} is no longer in the hub's log", 404)
         out.append(self._add(origin, position, item.origin, bytes(item.origin_id), item.commit_timestamp,
                              schema, table, key, "delete" if ch.deleted else "upsert", dict(ch.row), error))
         return out
@@ -482,7 +486,10 @@ class ApplyFailureMonitor(service.Service):
             origin=RESEND_ORIGIN, origin_id=f"{origin}:{uuid.uuid4()}".encode(),
             commit_timestamp=int(self.reactor.seconds() * 1_000_000),
             changes=tuple(RowChange(s, t, RESEND, k) for (s, t, k) in rows))
-        resolved = await self.hub.append(txn)
+        try:
+            resolved = await self.hub.append(txn)
+        except HubError as e:
+            raise QuarantineError(f"the hub did not take the re-send: {e}", 503)
         self.quarantine.mark_resent([e.id for e in entries], resolved.position)
         self.counters["resent"] += len(entries)
         log.info("connector {origin}: re-sent {n} set-aside rows at hub position {pos} (quarantine entries {ids})",

@@ -18,6 +18,11 @@ LSNs come from `electric.hub.positions`: the transaction at hub position p
 commits at ``end_lsn(p, base)``, so a subscriber's origin progress maps back
 to a hub position exactly and no transaction is ever sent twice.
 
+Changes an operator set aside for this database (the quarantine,
+`electric.postgres.publisher.apply_failures`) are left out: the rest of
+their transaction still goes, so one change the database cannot apply does
+not hold back everything else.
+
 A big transaction comes from the hub as several items at one position
 (`ResolvedTransaction.more`): the encoder keeps it open across items, so
 the subscriber sees one transaction, Begin to Commit, whatever its size.
