@@ -95,9 +95,26 @@ class Detector(unittest.TestCase):
         self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [])
         self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [])
         self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [Suspect("pg_b", 12, 10, 6)])
+        d.inconclusive("pg_b", 12)  # and again: after twice as many failures as the last time
+        for _ in range(7):
+            self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [])
+        self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [Suspect("pg_b", 12, 10, 14)])
         # A stale verdict for another position changes nothing.
         d.inconclusive("pg_b", 99)
         self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [])
+        # Recovering after inconclusive reports (the monitor never showed a failure) is still said.
+        self.assertEqual(d.stream_started("pg_b", 13), [Recovered("pg_b", 12)])
+
+    def test_after_a_change_is_set_aside_a_failure_is_reported_afresh(self):
+        d = ApplyFailureDetector(threshold=2)
+        d.stream_ended("pg_b", 10, 12, 10)
+        self.assertEqual(len(d.stream_ended("pg_b", 10, 12, 10)), 1)
+        d.again("pg_b")  # one of its failing changes set aside
+        self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [])  # the stream that was already under way
+        self.assertEqual(d.stream_ended("pg_b", 10, 12, 10), [Suspect("pg_b", 12, 10, 2)])  # still failing
+        d.again("pg_b")
+        # It applies now: the end of the failure is news although no report is out for the new count.
+        self.assertEqual(d.stream_started("pg_b", 12), [Recovered("pg_b", 12)])
 
     def test_threshold_must_be_positive(self):
         self.assertRaises(ValueError, ApplyFailureDetector, 0)
@@ -184,5 +201,7 @@ class EncoderSetsAside(unittest.TestCase):
         inserts = [m for m in msgs if isinstance(m, pgoutput.Insert)]
         self.assertEqual([m.new[0] for m in inserts], ["good"])
         self.assertIsInstance(msgs[0], pgoutput.Begin)
+        # The table's Relation goes before its first change that is sent (the set-aside one came first).
+        self.assertIsInstance(msgs[1], pgoutput.Relation)
         self.assertIsInstance(msgs[-1], pgoutput.Commit)
         self.assertEqual((enc.set_aside_changes, enc.first_sent, enc.position), (1, 1, 1))

@@ -52,6 +52,9 @@ class ApplyFailure(unittest.TestCase):
         for pg in (self.a, self.b):
             pg.psql(SCHEMA)
         self.b.psql("ALTER TABLE items ADD CONSTRAINT n_not_negative CHECK (n >= 0)")
+        # A column only b has, NOT NULL: rows from a arrive without it.
+        self.a.psql("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        self.b.psql("CREATE TABLE notes (id int PRIMARY KEY, body text, tag text NOT NULL DEFAULT 'b')")
         self.electric = ElectricProcess({"postgres_1": self.a.url, "postgres_2": self.b.url},
                                         extra_env={"ELECTRIC_API_TOKEN": TOKEN})
         self.addCleanup(self.electric.stop)
@@ -191,6 +194,51 @@ class ApplyFailure(unittest.TestCase):
         self.assertEqual(subscriber_errors(b, since=b_after_quarantine), [])
         self.assertEqual(subscriber_errors(a), [])
         self.assertNotIn(VIOLATION, electric.log().replace(report, ""), "Electric said it more than once")
+
+
+    def test_not_null_column_one_database_lacks_two_changes_set_aside_one_by_one(self):
+        a, b, electric = self.a, self.b, self.electric
+        b_log_start = len(b.log())
+        a.psql("BEGIN; INSERT INTO notes VALUES (1, 'one'); INSERT INTO items VALUES ('fine', 'x', 1);"
+               " INSERT INTO notes VALUES (2, 'two'); COMMIT")
+        poll(lambda: electric.status()["connectors"].get("postgres_2") is False, timeout=60,
+             what="postgres_2 reported unhealthy")
+        failure = self.api("GET", "/api/status/details")[1]["connectors"]["postgres_2"]["apply_failure"]
+        message = 'null value in column "tag" of relation "notes" violates not-null constraint'
+        self.assertEqual([(c["key"], c["sqlstate"], c["error"], c["constraint"]) for c in failure["changes"]],
+                         [(["1"], "23502", message, None), (["2"], "23502", message, None)])
+        self.assertEqual(failure["failing_changes"], 2)
+
+        # One change named explicitly: the transaction still fails on the other, and says so afresh.
+        code, body = self.api("POST", "/api/quarantine/postgres_2",
+                              {"position": failure["position"], "schema": "public", "table": "notes", "key": ["1"]})
+        self.assertEqual(code, 200, body)
+        self.assertEqual([(e["key"], e["row"], e["error"]["sqlstate"]) for e in body["quarantined"]],
+                         [(["1"], {"id": "1", "body": "one"}, "23502")])
+        poll(lambda: [c["key"] for c in (self.api("GET", "/api/status/details")[1]["connectors"]["postgres_2"]
+                                         ["apply_failure"] or {"changes": []})["changes"]] == [["2"]],
+             timeout=60, what="the failure diagnosed again without the change set aside")
+        self.assertEqual(electric.status()["connectors"]["postgres_2"], False)
+        self.assertEqual(b.psql("SELECT count(*) FROM items WHERE id = 'fine'").strip(), "0")
+        code, body = self.api("POST", "/api/quarantine/postgres_2")
+        self.assertEqual((code, [e["key"] for e in body["quarantined"]]), (200, [["2"]]))
+        poll(lambda: b.psql("SELECT count(*) FROM items WHERE id = 'fine'").strip() == "1",
+             what="the rest of the transaction on b")
+        poll(lambda: electric.status()["connectors"]["postgres_2"] is True, what="postgres_2 healthy again")
+        self.assertEqual(b.psql("SELECT count(*) FROM notes").strip(), "0")
+
+        # Fix b, re-send both: b gets the rows a has.
+        b.psql("ALTER TABLE notes ALTER COLUMN tag DROP NOT NULL, ALTER COLUMN tag DROP DEFAULT")
+        code, body = self.api("POST", "/api/quarantine/postgres_2/resend")
+        self.assertEqual((code, len(body["resent"])), (200, 2))
+        poll(lambda: b.psql("SELECT string_agg(id || ':' || body || ':' || coalesce(tag, 'NULL'), ',' ORDER BY id)"
+                            " FROM notes").strip() == "1:one:NULL,2:two:NULL", what="the re-sent rows on b")
+        self.assertEqual(a.psql("SELECT string_agg(id || ':' || body, ',' ORDER BY id) FROM notes").strip(),
+                         "1:one,2:two")
+        errors = [e for e in log_entries(b.log()[b_log_start:]) if e.severity in ("ERROR", "FATAL")]
+        self.assertTrue(errors)
+        self.assertEqual({e.message for e in errors}, {message})
+        self.assertEqual(electric.log().count(REPORT), 2)  # once per diagnosis: two changes, then one
 
 
 class LogEntry:

@@ -78,14 +78,16 @@ class Recovered:
 
 
 class _Watch:
-    __slots__ = ("position", "start", "attempts", "reported", "threshold")
+    __slots__ = ("position", "start", "attempts", "reported", "was_reported", "threshold", "gap")
 
     def __init__(self, position: int, start: int, threshold: int):
         self.position = position
         self.start = start
         self.attempts = 0
-        self.reported = False
+        self.reported = False  # a Suspect is out for the current count
+        self.was_reported = False  # ... or was, at some point: its end is news (Recovered)
         self.threshold = threshold
+        self.gap = threshold  # failures from one report to the next
 
 
 class ApplyFailureDetector:
@@ -101,7 +103,8 @@ class ApplyFailureDetector:
     position the subscriber confirmed.  A stream Electric itself ended
     (shutdown, timeout) proves nothing.  `stream_started` / `acked` with a
     position past the watched transaction end the watch (`Recovered` if it
-    had been reported).  `inconclusive(origin)`: the diagnosis found nothing
+    had been reported).  `again(origin)`: a change was set aside, so a
+    transaction still failing is reported afresh.  `inconclusive(origin)`: the diagnosis found nothing
     wrong; the watch starts counting again with a doubled threshold, so a
     subscriber that keeps dropping for other reasons costs a replay ever
     more rarely.
@@ -126,7 +129,7 @@ class ApplyFailureDetector:
         if w is None or position < w.position:
             return []
         del self._watch[origin]
-        return [Recovered(origin, w.position)] if w.reported else []
+        return [Recovered(origin, w.position)] if w.was_reported else []
 
     def stream_started(self, origin: str, start: int) -> list:
         return self._progress(origin, start)
@@ -143,7 +146,7 @@ class ApplyFailureDetector:
         if w is not None and w.position != first_sent:
             # Another transaction now: whatever held the old one back is gone.
             del self._watch[origin]
-            if w.reported:
+            if w.was_reported:
                 out.append(Recovered(origin, w.position))
             w = None
         if w is None:
@@ -151,15 +154,24 @@ class ApplyFailureDetector:
         w.start = start
         w.attempts += 1
         if w.attempts >= w.threshold and not w.reported:
-            w.reported = True
+            w.reported = w.was_reported = True
             out.append(Suspect(origin, w.position, start, w.attempts))
         return out
+
+    def again(self, origin: str) -> None:
+        """Something changed (a change was set aside): count afresh, and report again if it still fails."""
+        w = self._watch.get(origin)
+        if w is not None:
+            w.attempts = 0
+            w.reported = False
+            w.threshold = w.gap = self.threshold
 
     def inconclusive(self, origin: str, position: int) -> None:
         w = self._watch.get(origin)
         if w is not None and w.position == position:
             w.reported = False
-            w.threshold = w.attempts + max(w.threshold, self.threshold) * 2
+            w.gap *= 2
+            w.threshold = w.attempts + w.gap
 
 
 # --- the monitor (IO) -------------------------------------------------------------
@@ -417,6 +429,7 @@ class ApplyFailureMonitor(service.Service):
                 out.append(self._add(origin, failure.position, failure.txn_origin, failure.txn_origin_id,
                                      failure.commit_timestamp, f.schema, f.table, f.key,
                                      "delete" if f.op == "delete" else "upsert", dict(f.row), f.error_json()))
+            self.detector.again(origin)
             if failure.failed_total > len(failure.failed):
                 log.warn("connector {origin}: {n} more failing changes at position {pos} than the diagnosis kept;"
                          " they will be diagnosed next", origin=origin, n=failure.failed_total - len(failure.failed),
@@ -452,6 +465,7 @@ class ApplyFailureMonitor(service.Service):
         ch, item = found["change"], found["item"]
         out.append(self._add(origin, position, item.origin, bytes(item.origin_id), item.commit_timestamp,
                              schema, table, key, "delete" if ch.deleted else "upsert", dict(ch.row), error))
+        self.detector.again(origin)
         return out
 
     def _add(self, origin, position, txn_origin, txn_origin_id, ts, schema, table, key, op, row, error) -> dict:

@@ -170,12 +170,13 @@ class OutboundEncoder:
         i = o.changes
         aside = self.set_aside.get(rt.position) if self.set_aside else None
         for change in rt.changes:
+            if aside and (change.schema, change.table, tuple(change.key)) in aside:
+                # Before _shape: a Relation is sent with the table's first change actually sent.
+                self.set_aside_changes += 1
+                continue
             shape, fresh = self._shape(change.schema, change.table)
             if shape is None:
                 self.skipped_changes += 1
-                continue
-            if aside and (change.schema, change.table, tuple(change.key)) in aside:
-                self.set_aside_changes += 1
                 continue
             if not o.started:
                 o.started = True
