@@ -205,3 +205,34 @@ class EncoderSetsAside(unittest.TestCase):
         self.assertIsInstance(msgs[1], pgoutput.Relation)
         self.assertIsInstance(msgs[-1], pgoutput.Commit)
         self.assertEqual((enc.set_aside_changes, enc.first_sent, enc.position), (1, 1, 1))
+
+
+class QuarantineRequests(unittest.TestCase):
+    """What the quarantine routes accept (electric.http.quarantine); the routes themselves run end to end."""
+
+    def test_one_change(self):
+        from electric.http.quarantine import _change
+        self.assertEqual(_change({}), {})
+        self.assertEqual(_change({"position": 7, "schema": "public", "table": "items", "key": ["k", 1]}),
+                         {"position": 7, "schema": "public", "table": "items", "key": ["k", 1]})
+
+    def test_refusals_say_why(self):
+        from electric.http.quarantine import _change, _ids
+        from electric.postgres.publisher.apply_failures import QuarantineError
+        cases = [
+            ({"position": 0, "schema": "s", "table": "t", "key": ["k"]}, "position must be a hub position"),
+            ({"position": True, "schema": "s", "table": "t", "key": ["k"]}, "position must be a hub position"),
+            ({"position": 1, "schema": "s", "table": 3, "key": ["k"]}, "schema and table must be strings"),
+            ({"position": 1, "schema": "s", "table": "t", "key": []}, "key must be a non-empty list"),
+            ({"position": 1, "schema": "s", "table": "t", "key": [{"x": 1}]}, "key must be a non-empty list"),
+            ({"position": 1, "rows": []}, "unknown fields ['rows']"),
+        ]
+        for body, why in cases:
+            with self.assertRaises(QuarantineError) as caught:
+                _change(body)
+            self.assertIn(why, str(caught.exception))
+            self.assertEqual(caught.exception.status, 400)
+        self.assertIsNone(_ids({}))
+        self.assertEqual(_ids({"ids": [1, 2]}), [1, 2])
+        for body in ({"ids": "1"}, {"ids": [True]}, {"id": [1]}):
+            self.assertRaises(QuarantineError, _ids, body)

@@ -416,6 +416,7 @@ class ApplyFailureMonitor(service.Service):
         """
         if origin not in self.connectors:
             raise QuarantineError(f"no connector named {origin!r}", 404)
+        self._use_hub()
         failure = self.failures.get(origin)
         out = []
         if position is None:
@@ -468,6 +469,13 @@ class ApplyFailureMonitor(service.Service):
         self.detector.again(origin)
         return out
 
+    def _use_hub(self) -> None:
+        """Quarantine entries name positions of this hub's data: no hub, no entries."""
+        hub_id = getattr(self.hub, "hub_id", None)
+        if not hub_id or not self.quarantine.running:
+            raise QuarantineError("the hub is not running", 503)
+        self.quarantine.use_hub(hub_id)
+
     def _add(self, origin, position, txn_origin, txn_origin_id, ts, schema, table, key, op, row, error) -> dict:
         entry = self.quarantine.add(origin, position, schema, table, key, op, row, txn_origin, txn_origin_id, ts,
                                     error)
@@ -485,6 +493,7 @@ class ApplyFailureMonitor(service.Service):
         """
         if origin not in self.connectors:
             raise QuarantineError(f"no connector named {origin!r}", 404)
+        self._use_hub()
         entries = self.quarantine.entries(origin, ids)
         if ids is not None:
             missing = sorted(set(ids) - {e.id for e in entries})

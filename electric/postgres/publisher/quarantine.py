@@ -169,12 +169,13 @@ class QuarantineStore(service.Service):
         """Live map position -> {(schema, table, key)} of `connector`'s entries (held or re-sent)."""
         m = self._maps.get(connector)
         if m is None:
+            if self._conn is None:
+                return {}  # not running: nothing to skip, and nothing cached that would hide entries later
             m = self._maps[connector] = {}
-            if self._conn is not None:
-                for position, schema, table, key in self._conn.execute(
-                        "SELECT position, schema_name, table_name, key FROM quarantine"
-                        " WHERE hub_id = ? AND connector = ?", (self._hub_id, connector)):
-                    m.setdefault(position, set()).add((schema, table, tuple(json.loads(key))))
+            for position, schema, table, key in self._conn.execute(
+                    "SELECT position, schema_name, table_name, key FROM quarantine"
+                    " WHERE hub_id = ? AND connector = ?", (self._hub_id, connector)):
+                m.setdefault(position, set()).add((schema, table, tuple(json.loads(key))))
         return m
 
     # -- operations ---------------------------------------------------------------
