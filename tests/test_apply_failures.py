@@ -236,3 +236,22 @@ class QuarantineRequests(unittest.TestCase):
         self.assertEqual(_ids({"ids": [1, 2]}), [1, 2])
         for body in ({"ids": "1"}, {"ids": [True]}, {"id": [1]}):
             self.assertRaises(QuarantineError, _ids, body)
+
+
+class EncoderSetsAsideInABigTransaction(unittest.TestCase):
+    def test_items_of_one_position_share_its_set_aside_changes(self):
+        registry = SchemaRegistry()
+        registry.register(ITEMS)
+        registry.set_database_tables("pg_b", [ITEMS])
+        enc = OutboundEncoder(registry, "pg_b", 0, 4, clock=lambda: 0,
+                              set_aside={5: {("public", "items", ("k3",))}})
+
+        def item(keys, more):
+            return ResolvedTransaction(5, "pg_a", b"x", 1_700_000_000_000_000, tuple(
+                ResolvedChange("public", "items", (k,), {"id": k, "content": None, "n": "1"}) for k in keys), more=more)
+
+        frames = enc.encode(item(["k1", "k2"], True)) + enc.encode(item(["k3", "k4"], False))
+        msgs = [pgoutput.decode(decode_replication(f[5:]).data) for f in frames]
+        self.assertEqual([m.new[0] for m in msgs if isinstance(m, pgoutput.Insert)], ["k1", "k2", "k4"])
+        self.assertEqual([type(m).__name__ for m in msgs].count("Commit"), 1)
+        self.assertEqual((enc.set_aside_changes, enc.first_sent, enc.position), (1, 5, 5))
