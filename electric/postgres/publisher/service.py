@@ -13,6 +13,12 @@ Positions ↔ LSNs: `electric.hub.positions` with a per-origin base kept in the
 `OffsetStore`, so a subscriber's origin LSN names exactly the last hub
 transaction it applied: a reconnecting subscriber never gets a transaction
 twice and never misses one.
+
+Apply failures: every apply-worker stream reports its start, its
+confirmations and its end (with the first transaction it began sending) to
+the `apply_monitor`, which notices a transaction a subscriber keeps failing
+on; each stream's encoder leaves out the changes set aside for its database
+(`electric.postgres.publisher.apply_failures`).
 """
 
 from __future__ import annotations
