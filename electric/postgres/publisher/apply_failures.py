@@ -281,7 +281,7 @@ class ApplyFailureMonitor(service.Service):
                 self._diagnosing[ev.origin] = d
                 d.addErrback(lambda f, o=ev.origin: None if f.check(defer.CancelledError) else log.failure(
                     "connector {origin}: diagnosing an apply failure failed", f, origin=o))
-                d.addBoth(lambda _, o=ev.origin: self._diagnosing.pop(o, None))
+                d.addBoth(lambda _, o=ev.origin: self._diagnosing.pop(o, None) and None)
 
     # -- diagnosis --------------------------------------------------------------------------
 
