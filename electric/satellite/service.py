@@ -49,6 +49,18 @@ frames of a pull are written whole even when the socket pushes back midway
 stopped reading holds.
 """
 
+SYNC_READS = 4
+"""
+Most initial-sync chunks being read or encoded at once, over all clients (a
+FIFO semaphore, so clients take turns).  A chunk's rows are decoded into
+Python objects (~300 KB for 500 rows) and live until the session has encoded
+them; without a cap a connect storm of N clients starting their sync at once
+holds N chunks in flight, and the heap keeps that high-water mark after the
+storm (freed memory scattered between live objects is not returned to the
+system: measured ~800 KB of resident memory per stalled client).  The hub
+reads with 3 threads, so one more keeps them busy while the reactor encodes.
+"""
+
 STOP_TIMEOUT = 5.0
 """stopService waits this long for connections to finish closing, then drops them."""
 
@@ -355,8 +367,19 @@ class ClientConnection:
         d.addErrback(lambda f: log.failure("satellite: delivering transactions", f))
 
     def _pull_sync(self, reader) -> None:
+        """
+        Read and send the next chunk of the initial sync, holding one of the
+        service's SYNC_READS slots from the read until its frames are written.
+        """
         self._pulling = True
-        d = reader.next(SYNC_ROWS)
+
+        def read():
+            if reader is not self._sync or self._lost:  # the sync stopped while waiting for a slot
+                self._pulling = False
+                return None
+            d = reader.next(SYNC_ROWS)
+            d.addCallbacks(got, failed)
+            return d
 
         def got(rows):
             self._pulling = False
@@ -383,7 +406,7 @@ class ClientConnection:
             log.failure("satellite {client}: initial sync failed", failure, client=self.session.client_id)
             self._run(self.session.stream_failed(f"initial sync: {failure.getErrorMessage()}"))
 
-        d.addCallbacks(got, failed)
+        d = self.owner.sync_reads.run(read)
         d.addErrback(lambda f: log.failure("satellite: delivering the initial sync", f))
 
     # --- service-initiated -------------------------------------------
@@ -444,6 +467,7 @@ class SatelliteService(service.Service):
         self.foreign_client_ids = 0
         self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
         self.totals = sm.SessionTotals()  # every session adds to it (for /metrics)
+        self.sync_reads = defer.DeferredSemaphore(SYNC_READS)  # initial-sync chunks in flight, all clients
 
     @property
     def port(self) -> int:
