@@ -850,6 +850,9 @@ class EmbeddedHub(service.Service):
                     self._commit_group(writer, entries, others)
                 for c in compacts:
                     self._compact_now(writer, c)
+                # Let go of the group before waiting for the next one: the
+                # reactor owns it now (its transactions could be big).
+                batch = entries = others = compacts = None
         except BaseException:
             log.failure("hub writer thread died")
             self._reactor.callFromThread(self._writer_died)
@@ -862,40 +865,26 @@ class EmbeddedHub(service.Service):
         seen = {}
         try:
             writer.begin()
+            # Consecutive small appends with fresh identities are resolved
+            # and stored as one run (`StoreWriter.append_many`); anything
+            # else (a big commit, a duplicate, a TRUNCATE) ends the run and
+            # is taken on its own, so positions follow the queue order.
+            known = writer.known([job.ident for job in entries if isinstance(job, _Append)])
+            run: List[_Append] = []
+            run_idents = set()
             for job in entries:
                 ident = job.ident
-                if ident in seen:
-                    first = seen[ident]
-                    job.outcome = job.duplicate(first.position, first.ts, first.changes or (), first.count)
+                if (isinstance(job, _Append) and ident not in known and ident not in seen
+                        and ident not in run_idents and writer.batchable(job.transaction)):
+                    run.append(job)
+                    run_idents.add(ident)
                     continue
-                earlier = writer.earlier(ident[0], ident[1], with_changes=isinstance(job, _Append))
-                if earlier is not None:
-                    job.outcome = job.duplicate(earlier.position, earlier.commit_timestamp, earlier.changes,
-                                                earlier.change_count)
-                    continue
-                try:
-                    if isinstance(job, _Append):
-                        txn = job.transaction
-                        ts = txn.commit_timestamp
-                        applied = writer.append(txn)
-                        job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
-                    else:
-                        ts = job.commit_timestamp
-                        applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks())
-                        job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
-                except InvalidTransaction as e:
-                    # A WriteGuard failed: the producer's fault, not the hub's.
-                    job.outcome = HubError(f"invalid transaction: {e}")
-                    continue
-                except Exception as e:
-                    log.failure("hub rejected a transaction from {origin}", origin=ident[0])
-                    job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
-                    continue
-                live_delta += applied.live_delta
-                job.applied = applied
-                job.fresh = True
-                seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
-                                    applied.change_count)
+                if run:
+                    live_delta += self._apply_run(writer, run, seen)
+                    run, run_idents = [], set()
+                live_delta += self._apply_one(writer, job, seen)
+            if run:
+                live_delta += self._apply_run(writer, run, seen)
             for job in entries:
                 # A submission's meta commits with it (also when it was a duplicate).
                 if job.meta and not isinstance(job.outcome, Exception):
@@ -922,6 +911,69 @@ class EmbeddedHub(service.Service):
                     pass
         if entries:
             self._reactor.callFromThread(self._publish, entries, live_delta)
+
+    def _apply_run(self, writer, run, seen) -> int:
+        """Store a run of fresh small appends together; if the writes fail, replay them one by one."""
+        try:
+            results = writer.append_many([job.transaction for job in run])
+        except Exception as e:
+            # Which one failed, and why, is logged as each is tried alone.
+            log.warn("hub could not store a run of {n} transactions together ({error}); storing them one by one",
+                     n=len(run), error=str(e))
+            return sum(self._apply_one(writer, job, seen) for job in run)
+        live_delta = 0
+        for job, result in zip(run, results):
+            ident = job.ident
+            if isinstance(result, InvalidTransaction):
+                job.outcome = HubError(f"invalid transaction: {result}")
+                continue
+            if isinstance(result, Exception):
+                log.failure("hub rejected a transaction from {origin}", Failure(result), origin=ident[0])
+                job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {result}")
+                continue
+            ts = job.transaction.commit_timestamp
+            job.outcome = ResolvedTransaction(result.position, ident[0], ident[1], ts, result.changes)
+            live_delta += result.live_delta
+            job.applied = result
+            job.fresh = True
+            seen[ident] = _Seen(result.position, ts, result.changes, result.change_count)
+        return live_delta
+
+    def _apply_one(self, writer, job, seen) -> int:
+        """One submission on its own (a savepoint of its own inside the group)."""
+        ident = job.ident
+        if ident in seen:
+            first = seen[ident]
+            job.outcome = job.duplicate(first.position, first.ts, first.changes or (), first.count)
+            return 0
+        earlier = writer.earlier(ident[0], ident[1], with_changes=isinstance(job, _Append))
+        if earlier is not None:
+            job.outcome = job.duplicate(earlier.position, earlier.commit_timestamp, earlier.changes,
+                                        earlier.change_count)
+            return 0
+        try:
+            if isinstance(job, _Append):
+                txn = job.transaction
+                ts = txn.commit_timestamp
+                applied = writer.append(txn)
+                job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
+            else:
+                ts = job.commit_timestamp
+                applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks())
+                job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
+        except InvalidTransaction as e:
+            # A WriteGuard failed: the producer's fault, not the hub's.
+            job.outcome = HubError(f"invalid transaction: {e}")
+            return 0
+        except Exception as e:
+            log.failure("hub rejected a transaction from {origin}", origin=ident[0])
+            job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
+            return 0
+        job.applied = applied
+        job.fresh = True
+        seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
+                            applied.change_count)
+        return applied.live_delta
 
     def _compact_now(self, writer, job):
         try:
