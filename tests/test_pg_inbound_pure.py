@@ -287,3 +287,51 @@ class WiringTests(unittest.TestCase):
             self.assertIs(svc.hub, root.getServiceNamed("hub"))
             self.assertFalse(svc.ready)
             self.assertEqual(svc.status()["state"], "init")
+
+
+class StreamSkipTests(unittest.TestCase):
+    """The connector's stream consumer does not decode the row changes of a transaction it will drop."""
+
+    def make_stream(self):
+        from twisted.internet import defer
+
+        from electric.postgres.source.connector import _Stream
+
+        appended, errors = [], []
+
+        class Hub:
+            def append(self, txn):
+                appended.append(txn)
+                return defer.succeed(None)
+
+        asm = assembly.TransactionAssembler("pg_a", lookup_with({("public", "items"): ITEMS}), subscription_oid=77)
+        stream = _Stream("pg_a", Hub(), asm, None, errors.append, 0)
+        return stream, asm, appended, errors
+
+    def feed(self, stream, msgs):
+        for m in msgs:
+            data = m if isinstance(m, bytes) else m.encode()
+            stream.xlog_data(0, 0, data)
+
+    def test_own_origin_rows_are_not_decoded_but_relations_are(self):
+        stream, asm, appended, errors = self.make_stream()
+        other = po.Relation(16401, "public", "items", "d", RC)
+        # An Insert body no decoder would accept: skipped by its tag byte.
+        garbage = b"I" + b"\xff" * 7
+        self.feed(stream, tx(0x100, REL, garbage, po.Update(16400, ("1", "x")), origin="pg_77"))
+        self.feed(stream, tx(0x200, other, po.Insert(16401, ("2", "y")), origin="pg_77_16401"))
+        self.assertEqual((errors, appended, stream.skipped_changes, stream.dropped), ([], [], 3, 2))
+        # The Relation of the skipped transaction was read: the next local change uses it.
+        self.feed(stream, tx(0x300, po.Insert(16401, ("3", "z"))))
+        self.assertEqual(errors, [])
+        [txn] = appended
+        self.assertEqual([(c.key, dict(c.values)) for c in txn.changes], [(("3",), {"id": "3", "v": "z"})])
+
+    def test_other_origins_and_local_rows_are_decoded(self):
+        stream, asm, appended, errors = self.make_stream()
+        self.feed(stream, tx(0x100, REL, po.Insert(16400, ("1", "a")), origin="someone_else"))
+        self.feed(stream, tx(0x200, b"I" + b"\xff" * 7))
+        self.assertEqual(len(appended), 1)
+        self.assertEqual(stream.skipped_changes, 0)
+        self.assertEqual(len(errors), 1)
+        self.assertIn("cannot decode pgoutput", errors[0])

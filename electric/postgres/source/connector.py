@@ -51,6 +51,9 @@ from electric.schema import Table
 
 log = Logger(namespace="electric.postgres.source.connector")
 
+_BEGIN, _COMMIT, _ORIGIN = b"BCO"
+_ROW_TAGS = frozenset(b"IUDT")  # the pgoutput messages that carry rows
+
 MAX_INFLIGHT_TRANSACTIONS = 500
 MAX_INFLIGHT_ROWS = 50_000
 FIRST_BACKOFF = 1.0
@@ -104,6 +107,8 @@ class _Stream:
         self.big_transactions = 0
         self.staged_rows = 0
         self.add_pauses = 0
+        self.skipping = False  # in a transaction of our own origin: row changes are not decoded
+        self.skipped_changes = 0
 
     # IStreamConsumer
 
@@ -119,14 +124,29 @@ class _Stream:
     def xlog_data(self, wal_start, wal_end, data):
         if self.closed:
             return
+        tag = data[0] if data else 0
+        if self.skipping:
+            # Inside a transaction the assembler will drop whole (Electric's
+            # own subscription applied it): its row changes are not even
+            # decoded.  Everything else (Relation above all) still is.
+            if tag in _ROW_TAGS:
+                self.skipped_changes += 1
+                return
         try:
             msg = self.decoder.decode(data)
         except pgoutput.PgoutputError as e:
             self.fail(f"cannot decode pgoutput at {format_lsn(wal_end)}: {e}")
             return
-        self.queue.append(msg)
-        if not self.waiting:
-            self.drain()
+        if tag == _ORIGIN:
+            self.skipping = self.assembler.is_own_origin(msg.name) and self.decoder.stream_xid is None
+        elif tag == _BEGIN or tag == _COMMIT:
+            self.skipping = False
+        if self.waiting or self.queue:
+            self.queue.append(msg)
+            if not self.waiting:
+                self.drain()
+        else:
+            self._feed(msg)
 
     def keepalive(self, wal_end):
         if not self.queue and not self.waiting and not self.assembler.in_transaction:
@@ -137,32 +157,33 @@ class _Stream:
 
     def drain(self):
         while self.queue and not self.waiting and not self.closed:
-            msg = self.queue.popleft()
-            try:
-                event = self.assembler.feed(msg)
-            except assembly.InboundError as e:
-                self.fail(str(e))
-                return
-            if event is None:
-                continue
-            if isinstance(event, assembly.NeedTable):
-                self.waiting = True
-                self._pause("lookup")
-                d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
-                d.addCallbacks(self._resolved, self._resolve_failed)
-                return
-            if isinstance(event, assembly.Chunk):
-                if self.buffer is None:
-                    self.buffer = self.hub.begin(self.name)
-                    self.big_transactions += 1
-                self._add(self.buffer, event.changes, None)
-                return
-            if event.chunked:
-                self._committed_chunked(event)
-                if self.waiting:
-                    return
-                continue
-            self._committed(event)
+            self._feed(self.queue.popleft())
+
+    def _feed(self, msg):
+        """One decoded message into the assembler, and whatever it completes to the hub."""
+        try:
+            event = self.assembler.feed(msg)
+        except assembly.InboundError as e:
+            self.fail(str(e))
+            return
+        if event is None:
+            return
+        if isinstance(event, assembly.NeedTable):
+            self.waiting = True
+            self._pause("lookup")
+            d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
+            d.addCallbacks(self._resolved, self._resolve_failed)
+            return
+        if isinstance(event, assembly.Chunk):
+            if self.buffer is None:
+                self.buffer = self.hub.begin(self.name)
+                self.big_transactions += 1
+            self._add(self.buffer, event.changes, None)
+            return
+        if event.chunked:
+            self._committed_chunked(event)
+            return
+        self._committed(event)
 
     # -- big transactions: staged in the hub chunk by chunk ---------------------
 
