@@ -335,3 +335,92 @@ class StreamSkipTests(unittest.TestCase):
         self.assertEqual(stream.skipped_changes, 0)
         self.assertEqual(len(errors), 1)
         self.assertIn("cannot decode pgoutput", errors[0])
+
+
+class StreamStagingTests(unittest.TestCase):
+    """A big transaction's chunks: the next one is assembled while the hub stages the previous one."""
+
+    def make_stream(self):
+        from twisted.internet import defer
+
+        from electric.postgres.source.connector import _Stream
+
+        log = []
+
+        class Buffer:
+            def __init__(self):
+                self.pending = []
+
+            def add(self, changes):
+                d = defer.Deferred()
+                log.append(("add", len(changes)))
+                self.pending.append(d)
+                return d
+
+            def commit(self, ts, origin_id=None):
+                log.append(("commit", origin_id))
+                return defer.succeed(None)
+
+            def abort(self):
+                log.append(("abort",))
+                return defer.succeed(None)
+
+        class Hub:
+            buffer = None
+
+            def begin(self, origin):
+                self.buffer = Buffer()
+                return self.buffer
+
+            def append(self, txn):
+                log.append(("append", txn.origin_id))
+                return defer.succeed(None)
+
+        class Client:
+            paused = 0
+
+            def pause(self):
+                self.paused += 1
+
+            def resume(self):
+                pass
+
+            def send_status(self, flushed):
+                pass
+
+        asm = assembly.TransactionAssembler("pg_a", lookup_with({("public", "items"): ITEMS}), chunk=3)
+        hub = Hub()
+        stream = _Stream("pg_a", hub, asm, None, lambda e: log.append(("error", e)), 0)
+        stream.client = Client()
+        return stream, hub, log
+
+    def feed(self, stream, msgs):
+        for m in msgs:
+            stream.xlog_data(0, 0, m.encode())
+
+    def test_one_add_outstanding_one_waiting_then_commit_in_order(self):
+        stream, hub, log = self.make_stream()
+        rows = [po.Insert(16400, (str(i), "v")) for i in range(11)]
+        self.feed(stream, tx(0x100, REL, *rows) + tx(0x200, po.Insert(16400, ("x", "after"))))
+        # First chunk staging; the second assembled and waiting; reading stopped.
+        self.assertEqual(log, [("add", 3)])
+        self.assertTrue(stream.ops_full)
+        for expected in ([("add", 3)], [("add", 3)]):
+            hub.buffer.pending.pop(0).callback(None)
+            self.assertEqual(log[-1:], expected)
+        # The rest (2 rows), then the commit, and only then the next transaction.
+        hub.buffer.pending.pop(0).callback(None)
+        self.assertEqual(log[3:], [("add", 2)])
+        self.assertTrue(stream.ops_full)
+        hub.buffer.pending.pop(0).callback(None)
+        self.assertEqual(log[4:], [("commit", assembly.origin_id_of(0x130)), ("append", assembly.origin_id_of(0x230))])
+        self.assertEqual((stream.staged_rows, stream.ops_full, stream.op_busy), (11, False, False))
+
+    def test_dropped_big_transaction_aborts_after_the_outstanding_add(self):
+        stream, hub, log = self.make_stream()
+        rows = [po.Insert(16400, (str(i), "v")) for i in range(5)]
+        self.feed(stream, tx(0x100, REL, *rows, MIG, po.Insert(16500, ("1",))))
+        self.assertEqual(log, [("add", 3)])
+        hub.buffer.pending.pop(0).callback(None)
+        self.assertEqual(log, [("add", 3), ("abort",)])
+        self.assertEqual(stream.dropped, 1)

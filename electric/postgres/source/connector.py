@@ -107,6 +107,9 @@ class _Stream:
         self.big_transactions = 0
         self.staged_rows = 0
         self.add_pauses = 0
+        self.ops = deque()  # (buffer, operation, changes) waiting to run, one at a time
+        self.op_busy = False
+        self.ops_full = False  # an operation waits behind the running one: reading stops
         self.skipping = False  # in a transaction of our own origin: row changes are not decoded
         self.skipped_changes = 0
 
@@ -141,10 +144,9 @@ class _Stream:
             self.skipping = self.assembler.is_own_origin(msg.name) and self.decoder.stream_xid is None
         elif tag == _BEGIN or tag == _COMMIT:
             self.skipping = False
-        if self.waiting or self.queue:
+        if self.waiting or self.ops_full or self.queue:
             self.queue.append(msg)
-            if not self.waiting:
-                self.drain()
+            self.drain()
         else:
             self._feed(msg)
 
@@ -156,7 +158,7 @@ class _Stream:
     # processing
 
     def drain(self):
-        while self.queue and not self.waiting and not self.closed:
+        while self.queue and not self.waiting and not self.ops_full and not self.closed:
             self._feed(self.queue.popleft())
 
     def _feed(self, msg):
@@ -178,7 +180,7 @@ class _Stream:
             if self.buffer is None:
                 self.buffer = self.hub.begin(self.name)
                 self.big_transactions += 1
-            self._add(self.buffer, event.changes, None)
+            self._add(self.buffer, event.changes)
             return
         if event.chunked:
             self._committed_chunked(event)
@@ -186,53 +188,73 @@ class _Stream:
         self._committed(event)
 
     # -- big transactions: staged in the hub chunk by chunk ---------------------
+    #
+    # The buffer's operations (add, add, ..., then commit or abort) run one
+    # after another, as IAppendBuffer requires, from `self.ops`.  Reading
+    # goes on while one is outstanding, so the next chunk is decoded and
+    # assembled while the hub stages the previous one; it stops (the socket
+    # is paused) only when a second operation would have to wait, so at most
+    # two chunks are held.
 
-    def _add(self, buffer, changes, then) -> None:
-        """
-        Stage a chunk of the open big transaction.  Nothing else is read
-        from the queue or the socket until the hub has it (that is the flow
-        control), then `then()` runs (or draining goes on).
-        """
-        self.waiting = True
-        self.add_pauses += 1
-        self._pause("add")
+    def _stage(self, buffer, op, changes=None) -> None:
+        """Queue `op()` (returning a Deferred) for `buffer`; `changes` are counted as staged when it is done."""
+        self.ops.append((buffer, op, changes))
+        if self.op_busy:
+            if not self.ops_full:
+                self.ops_full = True
+                self.add_pauses += 1
+                self._pause("add")
+        else:
+            self._next_op()
+
+    def _next_op(self) -> None:
+        if self.closed:
+            return
+        if not self.ops:
+            self.op_busy = False
+            return
+        buffer, op, changes = self.ops.popleft()
+        self.op_busy = True
+        if not self.ops and self.ops_full:
+            # Room again: read on while this one runs.
+            self.ops_full = False
+            self._resume("add")
         try:
-            d = buffer.add(changes)
+            d = op()
         except Exception:
             d = defer.fail()
 
-        def added(_):
+        def done(_):
             if self.closed:
                 return
-            self.staged_rows += len(changes)
-            self.waiting = False
-            self._resume("add")
-            if then is not None:
-                then()
-            if not self.waiting:
-                self.drain()
+            if changes is not None:
+                self.staged_rows += len(changes)
+            self._next_op()
+            self.drain()
 
         def failed(failure):
             if not self.closed:
                 self.fail(f"hub could not stage a transaction: {failure.getErrorMessage()}")
 
-        d.addCallbacks(added, failed)
+        d.addCallbacks(done, failed)
+
+    def _add(self, buffer, changes) -> None:
+        self._stage(buffer, lambda: buffer.add(changes), changes)
 
     def _committed_chunked(self, event: assembly.Assembled) -> None:
         """The Commit of a big transaction: stage its last changes, then commit it as one hub position."""
-        buffer = self.buffer
+        buffer, self.buffer = self.buffer, None
         if event.transaction is None:
             # Dropped after all (it touched Electric's bookkeeping): nothing of it may reach the hub.
             self.dropped += 1
             self.acks.add(event.end_lsn, done=True)
             self._report()
-            self._discard_buffer()
+            self._stage(buffer, lambda: buffer.abort())
             return
         txn = event.transaction
         entry = self.acks.add(event.end_lsn)
 
         def commit():
-            self.buffer = None
             self.inflight_tx += 1
             try:
                 d = buffer.commit(txn.commit_timestamp, origin_id=txn.origin_id)
@@ -240,11 +262,11 @@ class _Stream:
                 d = defer.fail()
             d.addCallbacks(self._appended, self._append_failed,
                            callbackArgs=(entry, 0), errbackArgs=(entry, 0, event.end_lsn))
+            return defer.succeed(None)  # the next operation need not wait for durability
 
         if txn.changes:
-            self._add(buffer, txn.changes, commit)
-        else:
-            commit()
+            self._add(buffer, txn.changes)
+        self._stage(buffer, commit)
 
     def _resolved(self, result):
         table, skipped = result
@@ -314,9 +336,16 @@ class _Stream:
             self.client.resume()
 
     def _discard_buffer(self) -> None:
-        buffer, self.buffer = self.buffer, None
-        if buffer is not None:
-            buffer.abort().addErrback(lambda f: None)
+        buffers = {id(b): b for b, _, _ in self.ops}
+        self.ops.clear()
+        if self.buffer is not None:
+            buffers[id(self.buffer)] = self.buffer
+        self.buffer = None
+        for buffer in buffers.values():
+            try:
+                buffer.abort().addErrback(lambda f: None)
+            except Exception:
+                pass
 
     def fail(self, text: str):
         if self.closed:
