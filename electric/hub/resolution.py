@@ -289,8 +289,11 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
         # UPSERT
         values = ch.values
         if cur is None:
-            row = _known(ch.old_values)
-            row.update(_known(values))
+            if ch.old_values:
+                row = _known(ch.old_values)
+                row.update(_known(values))
+            else:
+                row = _known(values)
         else:
             if ch.old_values is not None:
                 old = ch.old_values

@@ -54,8 +54,11 @@ log = Logger(namespace="electric.postgres.source.connector")
 _BEGIN, _COMMIT, _ORIGIN = b"BCO"
 _ROW_TAGS = frozenset(b"IUDT")  # the pgoutput messages that carry rows
 
-MAX_INFLIGHT_TRANSACTIONS = 500
-MAX_INFLIGHT_ROWS = 50_000
+# Appends handed to the hub and not yet durable.  The hub writer stores a
+# commit group's small appends together, so it keeps up with thousands in
+# flight; the row count is what bounds memory.
+MAX_INFLIGHT_TRANSACTIONS = 5000
+MAX_INFLIGHT_ROWS = 20_000
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 10.0
 
