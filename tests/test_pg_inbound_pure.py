@@ -305,7 +305,9 @@ class StreamSkipTests(unittest.TestCase):
                 return defer.succeed(None)
 
         asm = assembly.TransactionAssembler("pg_a", lookup_with({("public", "items"): ITEMS}), subscription_oid=77)
-        stream = _Stream("pg_a", Hub(), asm, None, errors.append, 0)
+        from twisted.internet.task import Clock
+
+        stream = _Stream("pg_a", Hub(), asm, None, errors.append, 0, reactor=Clock())
         return stream, asm, appended, errors
 
     def feed(self, stream, msgs):
@@ -390,7 +392,9 @@ class StreamStagingTests(unittest.TestCase):
 
         asm = assembly.TransactionAssembler("pg_a", lookup_with({("public", "items"): ITEMS}), chunk=3)
         hub = Hub()
-        stream = _Stream("pg_a", hub, asm, None, lambda e: log.append(("error", e)), 0)
+        from twisted.internet.task import Clock
+
+        stream = _Stream("pg_a", hub, asm, None, lambda e: log.append(("error", e)), 0, reactor=Clock())
         stream.client = Client()
         return stream, hub, log
 

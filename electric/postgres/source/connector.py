@@ -87,7 +87,11 @@ class _Stream:
 
     def __init__(self, name: str, hub, assembler: assembly.TransactionAssembler,
                  resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
-                 flushed: int):
+                 flushed: int, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.report_due = False  # a status update is scheduled for the end of this reactor turn
         self.name = name
         self.hub = hub
         self.assembler = assembler
@@ -325,6 +329,17 @@ class _Stream:
         self.fail(f"hub append failed: {failure.getErrorMessage()}")
 
     def _report(self):
+        """
+        Tell Postgres the new flush position, once per reactor turn however
+        many transactions completed in it (a hub commit group completes
+        hundreds at once).
+        """
+        if self.client is not None and not self.closed and not self.report_due:
+            self.report_due = True
+            self.reactor.callLater(0, self._send_report)
+
+    def _send_report(self):
+        self.report_due = False
         if self.client is not None and not self.closed:
             self.client.send_status(self.acks.flushed)
 
@@ -527,7 +542,7 @@ class ConnectorService(Service):
         self.subscription_oid = result.subscription_oid
         self.assembler.set_subscription_oid(result.subscription_oid)
         stream = _Stream(self.connector.name, self.hub, self.assembler, self._resolve_table,
-                         self._stream_failed, result.slot_confirmed_lsn)
+                         self._stream_failed, result.slot_confirmed_lsn, reactor=self.reactor)
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
             self.config.slot_for(self.connector), self.config.publication, stream, label=self.connector.name,
