@@ -188,8 +188,11 @@ class TransactionAssembler:
         """
         if self.pending is not None:
             raise InboundError("fed while waiting for a table lookup")
-        if type(msg) is po.Insert:  # the common case, without the cascade below
+        kind = type(msg)
+        if kind is po.Insert:  # the common cases first, without the cascade below
             return self._insert(msg)
+        if kind is po.Commit:
+            return self._commit(msg)
         if isinstance(msg, po.Begin):
             if self._open is not None:
                 raise InboundError(f"Begin of xid {msg.xid} inside an open transaction")
