@@ -93,6 +93,13 @@ own SQLite page cache) that stays resident: with the reactor's 10 threads,
 """
 
 
+RUN_CHANGES = 4 * CHUNK_CHANGES
+"""
+Most changes the writer resolves and stores as one run of small appends
+(`StoreWriter.append_many` holds their row states until the run's INSERTs).
+"""
+
+
 # --- writer-thread jobs ------------------------------------------------------
 
 
@@ -872,16 +879,22 @@ class EmbeddedHub(service.Service):
             known = writer.known([job.ident for job in entries if isinstance(job, _Append)])
             run: List[_Append] = []
             run_idents = set()
+            run_changes = 0
             for job in entries:
                 ident = job.ident
                 if (isinstance(job, _Append) and ident not in known and ident not in seen
                         and ident not in run_idents and writer.batchable(job.transaction)):
+                    n = len(job.transaction.changes)
+                    if run and run_changes + n > RUN_CHANGES:
+                        live_delta += self._apply_run(writer, run, seen)
+                        run, run_idents, run_changes = [], set(), 0
                     run.append(job)
                     run_idents.add(ident)
+                    run_changes += n
                     continue
                 if run:
                     live_delta += self._apply_run(writer, run, seen)
-                    run, run_idents = [], set()
+                    run, run_idents, run_changes = [], set(), 0
                 live_delta += self._apply_one(writer, job, seen)
             if run:
                 live_delta += self._apply_run(writer, run, seen)
