@@ -67,6 +67,25 @@ RowId = Tuple[str, str, tuple]
 """(schema, table, key): the identity of one row in the hub."""
 
 
+_new = object.__new__
+
+
+def resolved_change(schema, table, key, row, deleted=False) -> ResolvedChange:
+    """
+    `ResolvedChange(...)` without the frozen dataclass's __init__: the same
+    object, built several times faster (one per resolved row, and one per
+    row every time a log chunk is read back).
+    """
+    rc = _new(ResolvedChange)
+    d = rc.__dict__
+    d["schema"] = schema
+    d["table"] = table
+    d["key"] = key
+    d["row"] = row
+    d["deleted"] = deleted
+    return rc
+
+
 class RowState(NamedTuple):
     """What the hub knows about one row: its last values, and whether it is a tombstone."""
 
@@ -253,7 +272,7 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
         live_delta += (not new.deleted) - was_live
         pending.pop(rid, None)  # keep dict order = order of last touch
         pending[rid] = new
-        out.append(ResolvedChange(rid[0], rid[1], rid[2], new.values, new.deleted))
+        out.append(resolved_change(rid[0], rid[1], rid[2], new.values, new.deleted))
 
     for ch in transaction.changes:
         if ch.op == TRUNCATE:

@@ -41,7 +41,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 from electric.hub.interface import TRUNCATE, HubError, ResolvedChange, ResolvedTransaction, RowChange, Transaction
 from electric.hub.positions import HUB_ID_SIZE
-from electric.hub.resolution import RowState, StateView, resolve
+from electric.hub.resolution import RowState, StateView, resolve, resolved_change
 
 DB_NAME = "hub.sqlite3"
 SCHEMA_VERSION = 2
@@ -89,8 +89,28 @@ ALTER TABLE log ADD COLUMN chunks INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE log ADD COLUMN n INTEGER;
 """
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_slow = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _loads = json.loads
+
+
+def _unserializable(o):
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+try:
+    # The C encoder JSONEncoder.encode builds anew on every call, built
+    # once: the same text, without the per-call set-up that dominated
+    # encoding a key or a small row.
+    _c_encode = json.encoder.c_make_encoder(
+        None, _unserializable, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+except (AttributeError, TypeError):  # pragma: no cover - no C accelerator
+    _c_encode = None
+
+
+def _dumps(o) -> str:
+    if _c_encode is None or isinstance(o, str):  # pragma: no cover
+        return _dumps_slow(o)
+    return "".join(_c_encode(o, 0))
 
 
 def encode_key(key) -> str:
@@ -106,7 +126,7 @@ def encode_changes(changes) -> bytes:
 
 
 def decode_changes(blob) -> tuple:
-    return tuple(ResolvedChange(s, t, tuple(k), row, bool(d)) for s, t, k, row, d in _loads(bytes(blob)))
+    return tuple([resolved_change(s, t, tuple(k), row, bool(d)) for s, t, k, row, d in _loads(bytes(blob))])
 
 
 def key_order_bytes(text: str) -> bytes:
@@ -614,13 +634,11 @@ class StoreWriter:
         return -n
 
     def _store_states(self, states, pos) -> None:
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (s, t, self.state.encode_key(k), _dumps(dict(st.values)), 1 if st.deleted else 0, pos)
-                for (s, t, k), st in states.items()
-            ],
-        )
+        key_text = self.state.encode_key
+        _insert_rows(self.conn, "INSERT OR REPLACE INTO rows VALUES", 6, [
+            (s, t, key_text(k), _dumps(dict(st.values)), 1 if st.deleted else 0, pos)
+            for (s, t, k), st in states.items()
+        ])
 
     def _entry(self, origin, origin_id, ts, produce: Callable, keep_all: bool) -> Applied:
         pos = self.head + 1
