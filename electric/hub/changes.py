@@ -10,6 +10,8 @@ writes.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import List, Mapping, Optional
 
 from electric.hub.interface import DELETE, TRUNCATE, UNCHANGED, UPSERT, RowChange, WriteGuard
@@ -21,6 +23,8 @@ class MissingKey(ValueError):
 
 
 _new = object.__new__
+# Every field with a default, so an object built below is complete whatever fields the class gains.
+_ROW_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RowChange) if f.default is not dataclasses.MISSING}
 
 
 def row_change(schema, table, op, key, values=None, old_values=None, guard=None) -> RowChange:
@@ -31,6 +35,7 @@ def row_change(schema, table, op, key, values=None, old_values=None, guard=None)
     """
     rc = _new(RowChange)
     d = rc.__dict__
+    d.update(_ROW_DEFAULTS)
     d["schema"] = schema
     d["table"] = table
     d["op"] = op

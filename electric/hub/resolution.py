@@ -48,6 +48,8 @@ obvious and keeps a delete-old/insert-new key change in its natural order.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from electric.hub.changes import update as split_update  # noqa: F401  (re-export, see RowChange docs)
@@ -68,6 +70,9 @@ RowId = Tuple[str, str, tuple]
 
 
 _new = object.__new__
+# Every field with a default, so an object built below is complete whatever fields the class gains.
+_RESOLVED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ResolvedChange)
+                      if f.default is not dataclasses.MISSING}
 
 
 def resolved_change(schema, table, key, row, deleted=False) -> ResolvedChange:
@@ -78,6 +83,7 @@ def resolved_change(schema, table, key, row, deleted=False) -> ResolvedChange:
     """
     rc = _new(ResolvedChange)
     d = rc.__dict__
+    d.update(_RESOLVED_DEFAULTS)
     d["schema"] = schema
     d["table"] = table
     d["key"] = key

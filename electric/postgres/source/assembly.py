@@ -273,16 +273,10 @@ class TransactionAssembler:
             self._record(rel, values)  # raises, naming the table
         record = dict(zip(names, values))
         table = rel.table
-        try:
-            key = hubchanges.key_of(table, record)
-        except MissingKey as e:
-            log.error("connector {origin}: dropped a change to {schema}.{table}: {error}", origin=self.origin,
-                      schema=rel.relation.namespace, table=rel.relation.name, error=str(e))
-            self._count_dropped(rel)
-            return None
-        changes = tx.changes
-        changes.append(hubchanges.row_change(table.schema, table.name, UPSERT, key, record))
-        if len(changes) > self.chunk:
+        # Through `_add` like every other change (whatever it checks or counts per change applies here too).
+        self._add(tx, rel, lambda: (
+            hubchanges.row_change(table.schema, table.name, UPSERT, hubchanges.key_of(table, record), record),))
+        if len(tx.changes) > self.chunk:
             return self._chunk(tx)
         return None
 
