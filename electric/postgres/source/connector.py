@@ -802,6 +802,8 @@ class ConnectorService(Service):
             session.close()
             self._importing = None
             self._last_import = progress
+            if self.phase == "importing":
+                self.phase = "setup"
 
     # -- schema --
 
