@@ -24,6 +24,10 @@ What is dropped, and why:
   ``electric`` is a user table and replicates;
 * changes to tables Electric skipped (no primary key, unsupported type),
   counted and logged at most once a minute per table;
+* changes to a table imported mid-stream from transactions committed
+  before its import's snapshot (``Begin.final_lsn`` below the table's
+  *horizon*, `set_horizons`): the import holds their effect already
+  (`electric.postgres.source.importer`);
 * empty transactions (nothing for the hub; still acknowledged in order).
 
 A Relation whose columns differ from what the registry holds for this
@@ -167,6 +171,15 @@ class TransactionAssembler:
         self._skip_logged: Dict[Tuple[str, str], float] = {}
         self.dropped_changes: Dict[Tuple[str, str], int] = {}
         self.pending: Optional[NeedTable] = None
+        self._horizons: Dict[Tuple[str, str], int] = {}
+        self.before_horizon = 0
+
+    def set_horizons(self, horizons: Dict[Tuple[str, str], int]) -> None:
+        """
+        (schema, table) -> consistent point of that table's mid-stream
+        import: its changes in transactions committed before it are dropped.
+        """
+        self._horizons = dict(horizons)
 
     def set_subscription_oid(self, oid: Optional[int]) -> None:
         self._own = own_origin_pattern(oid)
@@ -335,6 +348,11 @@ class TransactionAssembler:
         if rel.table is None:
             self._count_skipped(rel)
             return False
+        if self._horizons:
+            horizon = self._horizons.get((rel.relation.namespace, rel.relation.name))
+            if horizon is not None and tx.begin.final_lsn < horizon:
+                self.before_horizon += 1
+                return False
         return True
 
     def _chunk(self, tx: _Open, force: bool = False) -> Optional[Chunk]:
