@@ -282,9 +282,8 @@ class TransactionAssembler:
         rel = self._relations.get(msg.relation_id)
         if rel is None:
             rel = self._rel(msg.relation_id)
-        if rel.table is None or rel.bookkeeping:
-            self._usable(rel, tx)
-            return None
+        if (rel.table is None or rel.bookkeeping or self._horizons) and not self._usable(rel, tx):
+            return None  # skipped, bookkeeping, or before its table's import horizon
         values = msg.new
         names = rel.names
         if len(values) != len(names):
