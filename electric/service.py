@@ -28,7 +28,7 @@ from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from electric.config import Config, ConfigError
@@ -102,6 +102,14 @@ class ElectricService(service.MultiService):
         self.failure: Optional[Failure] = None
         self.exit_on_failure = False
         self._stopping: Optional[defer.Deferred] = None
+        # Set by the twistd plugin (electric.logs.observer): handed to twistd
+        # as the application's ILogObserver when this service joins it.
+        self.log_observer = None
+
+    def setServiceParent(self, parent):
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def startService(self):
         service.Service.startService(self)

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-log = Logger()
+log = Logger(namespace="electric.satellite.transport")
 
 WS_PATH = "/ws"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -81,7 +81,7 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
         # autobahn buffers the opening handshake until the blank line, however
         # long: bound it (431, as an HTTP server answers oversized headers).
         if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
-            log.info("websocket {peer}: opening handshake larger than {n} bytes; refused",
+            log.warn("websocket: opening handshake larger than {n} bytes; refused",
                      peer=self.peer, n=MAX_HANDSHAKE_BYTES)
             self.refused = True
             self.data = b""
@@ -166,6 +166,7 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
 
 class SatelliteServerFactory(WebSocketServerFactory):
     protocol = SatelliteServerProtocol
+    noisy = False  # no "Starting factory" lines
 
     def __init__(self, service, secure: bool = False):
         super().__init__("wss://localhost/ws" if secure else "ws://localhost/ws")

@@ -42,6 +42,7 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from electric.logs import bind
 from electric.postgres.source import assembly
 from electric.postgres.protocol import pgoutput
 from electric.postgres.source import replication
@@ -83,6 +84,7 @@ class _Stream:
                  resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
                  flushed: int):
         self.name = name
+        self.log = bind(log, connector=name)
         self.hub = hub
         self.assembler = assembler
         self.assembler.reset()
@@ -274,8 +276,8 @@ class _Stream:
         self.inflight_rows -= rows
         if self.closed:
             return
-        log.error("connector {connector}: hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
-                  connector=self.name, lsn=format_lsn(end_lsn), error=failure.getErrorMessage())
+        self.log.error("hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
+                       lsn=format_lsn(end_lsn), error=failure.getErrorMessage())
         self.fail(f"hub append failed: {failure.getErrorMessage()}")
 
     def _report(self):
@@ -303,7 +305,7 @@ class _Stream:
         self.closed = True
         self._discard_buffer()
         self.on_error(text)
-        log.error("connector {connector}: replication stream error: {error}", connector=self.name, error=text)
+        self.log.error("replication stream error: {error}", error=text)
         if self.client is not None:
             self.client.close(text)
 
@@ -344,6 +346,7 @@ class ConnectorService(Service):
         self.clock = clock if clock is not None else reactor
         self.retry_delay = retry_delay if retry_delay is not None else retry_policy()
         self.name = f"connector:{connector.name}"
+        self.log = bind(log, connector=connector.name)
         self.phase = "init"
         self.subscription_enabled = False
         self.subscription_oid: Optional[int] = None
@@ -402,8 +405,7 @@ class ConnectorService(Service):
         super().startService()
         self._stopping = False
         self._loop = defer.ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: log.failure("connector {connector}: loop crashed", f,
-                                                    connector=self.connector.name))
+        self._loop.addErrback(lambda f: self.log.failure("loop crashed", f))
 
     def stopService(self):
         super().stopService()
@@ -440,7 +442,7 @@ class ConnectorService(Service):
             self.phase = "backoff"
             delay = self.retry_delay(self._failures)
             self._failures += 1
-            log.info("connector {connector}: retrying in {delay:.1f} s", connector=self.connector.name, delay=delay)
+            self.log.info("retrying in {delay:.1f} s", delay=delay)
             self._sleep = deferLater(self.clock, delay, lambda: None)
             try:
                 await self._sleep
@@ -451,7 +453,7 @@ class ConnectorService(Service):
     def _set_error(self, text: str) -> None:
         """Keep `text` for the status API and log it, both naming this connector."""
         self._last_error = f"connector {self.connector.name}: {text}"
-        log.error("{error}", error=self._last_error)
+        self.log.error("{error}", error=text)
 
     def _stream_failed(self, text: str) -> None:
         # _Stream.fail logs it already.
@@ -490,10 +492,10 @@ class ConnectorService(Service):
         except replication.ReplicationError as e:
             stream.closed = True
             raise replication.ReplicationError(f"replication connection failed: {e}") from e
-        log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn}, {tls})",
-                 connector=self.connector.name, slot=self.config.slot_for(self.connector),
-                 lsn=format_lsn(result.slot_confirmed_lsn),
-                 tls="TLS" if client.encrypted else "no TLS")
+        self.log.info("streaming from slot {pg_slot} (confirmed {lsn}, {tls})",
+                      pg_slot=self.config.slot_for(self.connector),
+                      lsn=format_lsn(result.slot_confirmed_lsn),
+                      tls="TLS" if client.encrypted else "no TLS")
         self._failures = 0
         self._last_error = None
         if not self.subscription_enabled and (self._enabler is None or self._enabler.called):
@@ -526,15 +528,15 @@ class ConnectorService(Service):
             self.skipped[key] = s.reason
             if (key, s.reason) not in self._logged_skips:
                 self._logged_skips.add((key, s.reason))
-                log.error('connector {connector}: not replicating table "{schema}"."{table}": {reason}',
-                          connector=self.connector.name, schema=s.schema, table=s.name, reason=s.reason)
+                # Skipped by design (no primary key, a type Electric cannot carry): the rest replicates.
+                self.log.warn('not replicating table "{schema}"."{table}": {reason}',
+                              schema=s.schema, table=s.name, reason=s.reason)
         setup.apply_to_registry(self.registry, self.connector.name,
                                 sorted(self.tables.values(), key=lambda t: self._oids.get(t.qualified, 0)))
 
     async def _resolve_table(self, schema: str, name: str):
         """A Relation showed a table we do not know in this shape: ask the catalog."""
-        log.info('connector {connector}: looking up "{schema}"."{table}" in the catalog',
-                 connector=self.connector.name, schema=schema, table=name)
+        self.log.info('looking up "{schema}"."{table}" in the catalog', schema=schema, table=name)
         session = setup.SetupSession(self.connector, self.reactor)
         await session.open()
         try:
@@ -593,7 +595,7 @@ class ConnectorService(Service):
             session.close()
         self.registry.allow_streaming(self.connector.name)
         self.subscription_enabled = True
-        log.info("connector {connector}: subscription enabled", connector=self.connector.name)
+        self.log.info("subscription enabled")
 
     # -- public controls (migrations call these) --
 
