@@ -28,7 +28,7 @@ from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.failure import Failure
 
 from electric.config import Config, ConfigError
@@ -162,7 +162,7 @@ class ElectricService(service.MultiService):
             except defer.TimeoutError:
                 log.warn("{name} did not stop within {t:.1f}s; abandoning it", name=child.name, t=remaining)
             except Exception:
-                log.failure("{name} failed to stop cleanly", name=child.name)
+                log.failure("{name} failed to stop cleanly", name=child.name, level=LogLevel.error)
 
 
 def build_service(config: Config, reactor=None) -> ElectricService:
