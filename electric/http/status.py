@@ -135,7 +135,7 @@ class HttpApi:
                         if header.lower() in ("location", "allow"):
                             request.setHeader(header.encode("latin-1"), str(value).encode("latin-1"))
                     return _json(request, failure.value.code, {"error": failure.value.name.lower()})
-                log.failure("{method} {uri} failed", failure, level=LogLevel.error,
+                log.failure("{method} {uri} failed", failure,
                             method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
                 return _json(request, 500, {"error": "internal error", "detail": failure.getErrorMessage()})
 

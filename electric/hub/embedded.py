@@ -58,7 +58,7 @@ from typing import Dict, List, Optional
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.python import threadpool
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -292,7 +292,7 @@ class _SnapshotReader:
             self._d = None
             if f.check(HubError):
                 return f
-            log.failure("hub snapshot read failed", f, level=LogLevel.error)
+            log.failure("hub snapshot read failed", f)
             raise HubError(f"could not read the hub snapshot: {f.getErrorMessage()}")
 
         return d.addCallbacks(got, failed)
@@ -382,7 +382,7 @@ class _AppendBuffer:
                 elif f.check(HubError):
                     self._error = f.value
                 else:
-                    log.failure("hub could not stage changes", f, level=LogLevel.error)
+                    log.failure("hub could not stage changes", f)
                     self._error = HubError(f"hub could not stage the changes: {f.getErrorMessage()}")
                 self._discard()
             raise self._error
@@ -442,7 +442,7 @@ class _AppendBuffer:
     def _discard(self):
         self._hub._buffers.discard(self)
         d = self._hub._thread(self._file.discard)
-        d.addErrback(lambda f: log.failure("hub could not remove staged changes", f, level=LogLevel.error))
+        d.addErrback(lambda f: log.failure("hub could not remove staged changes", f))
         return d
 
     def _break(self, exc: HubError):
@@ -828,7 +828,7 @@ class EmbeddedHub(service.Service):
 
     def _periodic_compact(self):
         d = self.compact()
-        d.addErrback(lambda f: log.failure("hub compaction failed", f, level=LogLevel.error))
+        d.addErrback(lambda f: log.failure("hub compaction failed", f))
 
     # --- writer thread: the sequencer ------------------------------------
 
@@ -888,7 +888,7 @@ class EmbeddedHub(service.Service):
                     job.outcome = HubError(f"invalid transaction: {e}")
                     continue
                 except Exception as e:
-                    log.failure("hub rejected a transaction from {origin}", origin=ident[0], level=LogLevel.error)
+                    log.failure("hub rejected a transaction from {origin}", origin=ident[0])
                     job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
                     continue
                 live_delta += applied.live_delta
@@ -908,7 +908,7 @@ class EmbeddedHub(service.Service):
                     writer.forget(item[1])
             writer.commit()
         except Exception as e:
-            log.failure("hub commit failed", level=LogLevel.error)
+            log.failure("hub commit failed")
             writer.rollback()
             for job in entries:
                 job.outcome = HubError(f"hub could not store the transaction: {e}")
@@ -1061,7 +1061,7 @@ class EmbeddedHub(service.Service):
         if sub.closed:
             return None
         if isinstance(result, Failure):
-            log.failure("hub log read failed", result, level=LogLevel.error)
+            log.failure("hub log read failed", result)
             self._fail_subscription(sub, HubError(f"could not read the hub log: {result.getErrorMessage()}"))
             return None
         if sub._d is not None:

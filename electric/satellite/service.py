@@ -28,7 +28,7 @@ from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
 
-log = Logger(namespace="electric.satellite.service")
+log = Logger()
 
 HEARTBEAT_INTERVAL = 5.0
 """Seconds between heartbeat ticks: ping after one silent interval, close after another."""

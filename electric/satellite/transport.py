@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-log = Logger(namespace="electric.satellite.transport")
+log = Logger()
 
 WS_PATH = "/ws"
 MAX_FRAME_BYTES = 16 * 1024 * 1024

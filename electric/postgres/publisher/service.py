@@ -118,6 +118,7 @@ class ReplicationStream:
         self.conn = conn
         self.slot = slot
         self.origin = slot.origin
+        self.log = bind(log, slot=slot.name, connector=slot.origin, peer=getattr(conn, "peer", None))
         self.base = base
         self.start_position = start
         self.durable = durable
@@ -133,7 +134,6 @@ class ReplicationStream:
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
         self.last_heard = publisher.clock.seconds()
-        self.log = bind(log, slot=slot.name, connector=slot.origin, peer=getattr(conn, "peer", None))
 
     # --- life cycle -----------------------------------------------------
 

@@ -84,11 +84,11 @@ class _Stream:
                  resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
                  flushed: int):
         self.name = name
-        self.log = bind(log, connector=name)
         self.hub = hub
         self.assembler = assembler
         self.assembler.reset()
         self.resolve_table = resolve_table
+        self.log = bind(log, connector=name)
         self.on_error = on_error
         self.decoder = pgoutput.PgoutputDecoder(1)
         self.acks = assembly.AckTracker(flushed)
