@@ -86,9 +86,9 @@ class ClientConnection:
             owner.config.regional_id,
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
+            log_at=self._log_at,
             logger=self._log,
             on_refused=self._refused,
-            log_at=self._log_at,
         )
         self._subscription = None
         self._sync = None  # the snapshot reader while an initial sync is under way

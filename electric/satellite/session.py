@@ -200,10 +200,10 @@ class SatelliteSession:
         regional_id: str,
         lsn_of: Callable[[int], bytes],
         position_of: Callable[[bytes], int],
+        log_at: Optional[Callable[[str, str], None]] = None,
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
         on_refused: Optional[Callable[[str], None]] = None,
-        log_at: Optional[Callable[[str, str], None]] = None,
     ):
         self.registry = registry
         self.authenticator = authenticator
