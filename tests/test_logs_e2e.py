@@ -28,7 +28,7 @@ from tests.electric_process import ElectricProcess
 from tests.pgcluster import PgCluster
 from tests.polling import wait_until
 from tests.publisher_helpers import connect
-from tests.satellite_helpers import WsClient, drain_autobahn_timers, msg
+from tests.satellite_helpers import WsClient, client_txn, drain_autobahn_timers, msg, relation
 from tests.tls_helpers import TestCA
 
 CONNECTOR = "logs_a"
@@ -141,6 +141,15 @@ class EverySecretStaysOut(unittest.TestCase):
         yield client.recv_message(codec.ORIGINAL)  # SatInStartReplicationReq
         client.send(msg(codec.ORIGINAL, "SatInStartReplicationResp"))
         yield client.close()
+        # Another client writes to a table nobody replicates: refused, and it says so.
+        token, _ = auth.generate("dave")
+        reply, writer = yield self.ws_auth("logs-client-2", token)
+        self.assertEqual(codec.message_name(reply), "SatAuthResp")
+        yield writer.recv_message(codec.ORIGINAL)
+        writer.send(msg(codec.ORIGINAL, "SatInStartReplicationResp"))
+        writer.send(relation(codec.ORIGINAL, 1, "nosuch", ["id"]))
+        writer.send(client_txn(codec.ORIGINAL, b"L1", 1, ["1"]))
+        self.assertEqual((yield writer.wait_closed()), 4008)
 
         # The HTTP API with a wrong and the right token.
         code, _ = yield threads.deferToThread(self.http, "/api/status/details", "Wrong-Api-Token-0000000")
@@ -212,6 +221,9 @@ class EverySecretStaysOut(unittest.TestCase):
         self.assertTrue(all(e["user_id"] == "alice" and e.get("peer") for e in client_lines), client_lines)
         [left] = [e for e in client_lines if "client disconnected" in e["message"]]
         self.assertEqual(left["level"], "info")
+        [refusal] = [e for e in events if "refused a transaction" in e["message"]]
+        self.assertEqual((refusal["level"], refusal["client_id"], refusal["user_id"]), ("warn", "logs-client-2", "dave"))
+        self.assertTrue(refusal["peer"].startswith("127.0.0.1:"), refusal)
 
         # A clean shutdown: no error, no "protocol violation"; the stream ends with the reason, at info.
         self.assertNotIn("protocol violation", text)

@@ -110,7 +110,7 @@ class ClientConnection:
         self.log.emit(LogLevel.levelWithName(level), "satellite: {text}", text=text)
 
     def _refused(self, reason: str) -> None:
-        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason)
+        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason, self.log)
 
     # --- from the transport ----------------------------------------
 
@@ -530,12 +530,12 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
-    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str) -> None:
+    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str, logger=None) -> None:
         self.refused_transactions += 1
         self._recent_refusals.append(
             {"client_id": client_id, "user_id": user_id, "reason": reason, "at": round(time.time(), 3)})
-        log.warn("satellite: refused a transaction of client {client_id} (user {user_id}): {reason}",
-                 client_id=client_id, user_id=user_id, reason=reason)
+        (logger or log).warn("satellite: refused a transaction of client {client_id} (user {user_id}): {reason}",
+                             client_id=client_id, user_id=user_id, reason=reason)
 
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""
