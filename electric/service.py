@@ -34,8 +34,10 @@ from twisted.python.failure import Failure
 from electric.config import Config, ConfigError
 from electric.http.status import HttpApi, HttpService
 from electric.http.migrations import install_routes
+from electric.http.metrics import install_routes as install_metrics_routes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
+from electric.metrics import ElectricCollector, registry_for
 from electric.migrations.migrator import Migrator
 from electric.postgres.source.connector import ConnectorService
 from electric.postgres.publisher.credentials import SubscriberCredentials
@@ -196,6 +198,9 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     api.add_component("satellite", satellite)
     api.add_component("migrations", migrator)
     install_routes(api.app, migrator)
+    collector = ElectricCollector(config, hub=hub, connectors=connectors, publisher=publisher, satellite=satellite,
+                                  migrator=migrator, api=api)
+    install_metrics_routes(api.app, registry_for(collector))
 
     for child in (hub, offsets, credentials, HttpService(config, api, reactor), publisher,
                   *connectors.values(), satellite, migrator):

@@ -156,6 +156,8 @@ class EverySecretStaysOut(unittest.TestCase):
         self.assertEqual(code, 401)
         code, details = yield threads.deferToThread(self.http, "/api/status/details", API_TOKEN)
         self.assertEqual(code, 200)
+        self.assertEqual({k: details["instance"][k] for k in ("cluster_id", "instance_id")},
+                         {"cluster_id": CLUSTER_ID, "instance_id": INSTANCE_ID})
         skipped = details["connectors"][CONNECTOR]["skipped_tables"]
         self.assertEqual([(s["table"], s["reason"]) for s in skipped], [("nokey", "table has no primary key")])
 

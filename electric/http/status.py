@@ -70,6 +70,7 @@ class HttpApi:
         self.components: Dict[str, object] = {}
         self.app = Klein()
         self._catch_all_installed = False
+        self.internal_errors = 0  # requests answered 500 (since start)
         self._install()
 
     # -- what the routes report ---------------------------------------------
@@ -85,10 +86,23 @@ class HttpApi:
         """Show `component.status()` under `name` in /api/status/details."""
         self.components[name] = component
 
+    def instance(self) -> dict:
+        """Who this Electric is: GLOBAL_CLUSTER_ID, ELECTRIC_INSTANCE_ID, ELECTRIC_REGIONAL_ID (also metric labels)."""
+        return {
+            "cluster_id": self.config.global_cluster_id,
+            "instance_id": self.config.instance_id,
+            "regional_id": self.config.regional_id,
+        }
+
+    def metrics(self) -> dict:
+        """Plain numbers for /metrics (`electric.metrics`): `errors` by kind: ``http_internal`` (answered 500)."""
+        return {"errors": {"http_internal": self.internal_errors}}
+
     def details(self) -> dict:
         out = {
             "connectors": {name: _safe_status(c) for name, c in sorted(self.connectors.items())},
             "hub": _safe_status(self.hub),
+            "instance": self.instance(),
             "running": {"hub": _is_running(self.hub)},
         }
         for name, component in sorted(self.components.items()):
@@ -135,6 +149,7 @@ class HttpApi:
                         if header.lower() in ("location", "allow"):
                             request.setHeader(header.encode("latin-1"), str(value).encode("latin-1"))
                     return _json(request, failure.value.code, {"error": failure.value.name.lower()})
+                self.internal_errors += 1
                 log.failure("{method} {uri} failed", failure,
                             method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
                 return _json(request, 500, {"error": "internal error", "detail": failure.getErrorMessage()})

@@ -55,6 +55,7 @@ from electric.postgres.publisher.session import (
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
 from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.metrics import seconds_since
 
 log = Logger(namespace="electric.postgres.publisher.service")
 
@@ -72,6 +73,13 @@ MAX_UNAUTHENTICATED = 64
 
 MAX_SLOTS_PER_CONNECTOR = 32
 """Slots one connector may hold in Electric's memory (its apply slot and its table-sync slots)."""
+
+UNACKED_COMMITS = 4096
+"""
+Commit times of sent, unconfirmed transactions a stream remembers (for its
+lag in seconds).  Past that the oldest are forgotten, which can only make
+the lag read higher than it is, never lower.
+"""
 
 
 def hub_consumer(origin: str) -> str:
@@ -96,11 +104,34 @@ class Slot:
         self.stream: Optional["ReplicationStream"] = None
         self.durable = False  # an apply worker (not a table-sync worker) has streamed from it
 
+    @property
+    def is_apply_slot(self) -> bool:
+        """The subscription's own slot (named after it, i.e. after the connector), not a table-sync slot."""
+        return self.durable or self.name == self.origin
+
     def status(self) -> dict:
         s = {"origin": self.origin, "streaming": self.active is not None, "confirmed_position": self.confirmed}
         if self.stream is not None:
             s.update(self.stream.status())
         return s
+
+    def metrics(self, head: Optional[int], now: float) -> dict:
+        """Plain numbers for /metrics (`head` None: the hub cannot say): see `PublisherService.metrics`."""
+        stream = self.stream if self.active is not None else None
+        acked = stream.acked if stream is not None else self.confirmed
+        out = {"connector": self.origin, "connected": stream is not None, "acked_position": acked}
+        if stream is not None:
+            out["sent_position"] = stream.encoder.position
+        if head is None:
+            return out
+        out["lag_transactions"] = max(0, head - acked)
+        if acked >= head:
+            out["lag_seconds"] = 0.0
+        elif stream is not None:
+            oldest = stream.oldest_unacked_commit
+            # Nothing sent unconfirmed: what is missing is being committed or pulled right now.
+            out["lag_seconds"] = 0.0 if oldest is None else seconds_since(now, oldest)
+        return out
 
 
 @implementer(IPushProducer)
@@ -134,6 +165,9 @@ class ReplicationStream:
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
         self.last_heard = publisher.clock.seconds()
+        # (position, commit timestamp µs) of transactions pulled for this
+        # subscriber and not yet confirmed, oldest first: the slot's lag.
+        self._unacked: Deque = collections.deque(maxlen=UNACKED_COMMITS)
 
     # --- life cycle -----------------------------------------------------
 
@@ -186,6 +220,9 @@ class ReplicationStream:
             if pos > self.acked:
                 self.acked = pos
                 self.slot.confirmed = max(self.slot.confirmed, pos)
+                unacked = self._unacked
+                while unacked and unacked[0][0] <= pos:
+                    unacked.popleft()
                 try:
                     self.publisher.hub.ack(hub_consumer(self.origin), pos)
                 except HubError as e:
@@ -199,6 +236,7 @@ class ReplicationStream:
         idle = self.publisher.clock.seconds() - self.last_heard
         timeout = self.publisher.sender_timeout
         if timeout and idle > timeout:
+            self.publisher.count("sender_timeouts")
             self.log.warn("no reply from the subscriber for {idle:.0f} s; closing", idle=idle)
             self.conn.abandon("terminating walsender process due to replication timeout")
             return
@@ -232,6 +270,7 @@ class ReplicationStream:
                         # say which transaction, drop the connection (the subscriber retries).
                         self.log.failure("cannot encode the transaction after position {pos}",
                                          pos=self.encoder.position, level=LogLevel.error)
+                        self.publisher.count("encode_failures")
                         self.conn.abandon(f"cannot encode the transaction after hub position"
                                           f" {self.encoder.position}: {e}")
                         return
@@ -261,6 +300,10 @@ class ReplicationStream:
         self._waiting = False
         if self.stopped:
             return
+        unacked = self._unacked
+        for item in items:
+            if not unacked or unacked[-1][0] != item.position:
+                unacked.append((item.position, item.commit_timestamp))
         self._batch.extend(items)
         self._keepalive_due = True
         self._pump()
@@ -275,6 +318,11 @@ class ReplicationStream:
             self.log.failure("hub subscription failed", failure, level=LogLevel.error)
             reason = f"Electric's hub failed: {failure.getErrorMessage()}"
         self.conn.abandon(reason)
+
+    @property
+    def oldest_unacked_commit(self) -> Optional[int]:
+        """Commit timestamp (µs) of the oldest transaction pulled for the subscriber and not confirmed."""
+        return self._unacked[0][1] if self._unacked else None
 
     def status(self) -> dict:
         return {
@@ -621,7 +669,8 @@ class PublisherService(service.Service):
         self.connections = set()
         self.unauthenticated = 0  # connections that have not logged in yet
         self.counters: Dict[str, int] = {
-            "failed_logins": 0, "auth_timeouts": 0, "too_many_unauthenticated": 0, "refused_slots": 0}
+            "failed_logins": 0, "auth_timeouts": 0, "too_many_unauthenticated": 0, "refused_slots": 0,
+            "sender_timeouts": 0, "encode_failures": 0}
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
         self._verifiers: Dict[str, tuple] = {}
@@ -871,4 +920,46 @@ class PublisherService(service.Service):
             "unauthenticated": self.unauthenticated,
             **self.counters,
             "slots": {name: slot.status() for name, slot in sorted(self.slots.items())},
+        }
+
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`): open `connections`,
+        `unauthenticated` ones, and per apply slot (each connector's
+        subscription slot; short-lived table-sync slots are left out, see
+        /api/status/details) whether its subscriber is `connected`, the
+        `sent_position` (while connected), the `acked_position` it confirmed,
+        `lag_transactions` (hub head - confirmed) and `lag_seconds` (since
+        the commit of the oldest transaction sent and not confirmed; 0 once
+        the head is confirmed; left out while disconnected and behind).  A
+        connector whose subscriber has not come yet since Electric started
+        is listed as not connected.  `errors` by kind (counted since start):
+        ``pg_failed_login``, ``pg_auth_timeout``,
+        ``pg_too_many_unauthenticated``, ``pg_refused_slot`` (see "Limits for
+        untrusted peers"), ``pg_sender_timeout`` (a subscriber silent past the
+        sender timeout was dropped), ``pg_encode_failed`` (a transaction
+        could not be encoded for a subscriber).
+        """
+        try:
+            head = self.hub.head()
+        except HubError:
+            head = None
+        now = self.clock.seconds()
+        slots = {name: slot.metrics(head, now) for name, slot in self.slots.items() if slot.is_apply_slot}
+        for origin in self.credentials.names:
+            if origin not in slots:
+                slots[origin] = {"connector": origin, "connected": False}
+        c = self.counters
+        return {
+            "connections": len(self.connections),
+            "unauthenticated": self.unauthenticated,
+            "slots": slots,
+            "errors": {
+                "pg_failed_login": c["failed_logins"],
+                "pg_auth_timeout": c["auth_timeouts"],
+                "pg_too_many_unauthenticated": c["too_many_unauthenticated"],
+                "pg_refused_slot": c["refused_slots"],
+                "pg_sender_timeout": c["sender_timeouts"],
+                "pg_encode_failed": c["encode_failures"],
+            },
         }
