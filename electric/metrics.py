@@ -140,7 +140,7 @@ class ElectricCollector:
     """
 
     def __init__(self, config, hub=None, connectors: Optional[Mapping[str, object]] = None, publisher=None,
-                 satellite=None, migrator=None, api=None):
+                 satellite=None, migrator=None, api=None, apply_monitor=None):
         self.config = config
         self.hub = hub
         self.connectors = connectors if connectors is not None else {}
@@ -148,6 +148,7 @@ class ElectricCollector:
         self.satellite = satellite
         self.migrator = migrator
         self.api = api
+        self.apply_monitor = apply_monitor
         self.collect_failures = 0
 
     def constant_labels(self) -> Dict[str, str]:
@@ -225,7 +226,10 @@ class ElectricCollector:
             lag_seconds.add(m.get("lag_seconds"), name)
             import_rows.add(m.get("import_rows"), name)
             import_progress.add(m.get("import_progress"), name)
-            apply_failures.add(m.get("apply_failures"), name)
+            failures = m.get("apply_failures")
+            if failures is None and self.apply_monitor is not None:
+                failures = self.apply_monitor.apply_failures(name)
+            apply_failures.add(failures, name)
             _add_errors(errors, m.get("errors"))
 
     def _publisher(self, f: _Families, errors: Dict[str, int]) -> None:

@@ -148,9 +148,11 @@ class MetricsOfARunningService(unittest.TestCase):
                              "the applied transactions read back and dropped, nothing pending")
         self.assertEqual(s("electric_info", regional_id="region-1.dev.electric-db", version="0.1.0"), 1)
         # Not measured by this build yet: the families are there without samples.
-        for family in ("electric_connector_import_rows", "electric_connector_import_progress_ratio",
-                       "electric_connector_apply_failures"):
+        for family in ("electric_connector_import_rows", "electric_connector_import_progress_ratio"):
             self.assertEqual(s.families[family].samples, [])
+        # No apply failure diagnosed on either database.
+        self.assertEqual(s("electric_connector_apply_failures_total", connector=a), 0)
+        self.assertEqual(s("electric_connector_apply_failures_total", connector=b), 0)
 
         # A Satellite client with a bad token, then a good one that reads and writes.
         intruder = yield self.client("intruder", "not-a-jwt")

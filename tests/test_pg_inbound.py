@@ -405,11 +405,12 @@ class BigTransactionTests(ConnectorTestBase):
         if os.environ.get("ELECTRIC_REPORT_RSS"):
             print(f"100k-row transaction: peak RSS grew by {grown_kb} kB")
         self.assertEqual(self.hub.head(), 1)
-        # One hub position, staged in chunks with the socket paused while each
-        # chunk was being staged, then resumed.
+        # One hub position, staged in chunks; the socket was paused only while
+        # a chunk waited behind the one being staged (at most two held), then resumed.
         stream = self.service._stream
         self.assertEqual((stream.big_transactions, stream.staged_rows), (1, 100000))
-        self.assertEqual(stream.add_pauses, -(-100000 // CHUNK_CHANGES))
+        self.assertLessEqual(stream.add_pauses, -(-100000 // CHUNK_CHANGES))
+        self.assertEqual((len(stream.ops), stream.op_busy, stream.ops_full), (0, False, False))
         self.assertEqual(stream.paused_for, set())
         # /metrics counts every row of it (staged chunks and the last changes), as one transaction.
         m = self.service.metrics()

@@ -68,6 +68,9 @@ class HttpApi:
         self.vaxine = vaxine
         # Other links (port 5433, Satellite, migrations) report here too.
         self.components: Dict[str, object] = {}
+        # Per-connector problems found elsewhere (key in details -> problem(name) -> dict or None);
+        # a connector with one is not healthy in /api/status.
+        self.connector_problems: Dict[str, object] = {}
         self.app = Klein()
         self._catch_all_installed = False
         self.internal_errors = 0  # requests answered 500 (since start)
@@ -75,9 +78,26 @@ class HttpApi:
 
     # -- what the routes report ---------------------------------------------
 
+    def add_connector_problems(self, key: str, problem) -> None:
+        """`problem(name)` -> dict or None: shown as connectors[name][key] in details; non-None = unhealthy."""
+        self.connector_problems[key] = problem
+
+    def _problems(self, name: str) -> dict:
+        out = {}
+        for key, problem in self.connector_problems.items():
+            try:
+                out[key] = problem(name)
+            except Exception as e:  # a broken check must not hide the others, nor pass as healthy
+                log.failure("connector problem check {key} failed", key=key)
+                out[key] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+    def _healthy(self, name: str, connector) -> bool:
+        return bool(connector.ready) and not any(v is not None for v in self._problems(name).values())
+
     def status(self) -> dict:
         return {
-            "connectors": {name: bool(c.ready) for name, c in sorted(self.connectors.items())},
+            "connectors": {name: self._healthy(name, c) for name, c in sorted(self.connectors.items())},
             "hub": _is_running(self.hub),
             "vaxine": bool(self.vaxine is not None and self.vaxine.ready),
         }
@@ -99,8 +119,14 @@ class HttpApi:
         return {"errors": {"http_internal": self.internal_errors}}
 
     def details(self) -> dict:
+        connectors = {}
+        for name, c in sorted(self.connectors.items()):
+            report = _safe_status(c)
+            if isinstance(report, dict):
+                report = {**report, **self._problems(name)}
+            connectors[name] = report
         out = {
-            "connectors": {name: _safe_status(c) for name, c in sorted(self.connectors.items())},
+            "connectors": connectors,
             "hub": _safe_status(self.hub),
             "instance": self.instance(),
             "running": {"hub": _is_running(self.hub)},

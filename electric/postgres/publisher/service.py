@@ -13,6 +13,12 @@ Positions ↔ LSNs: `electric.hub.positions` with a per-origin base kept in the
 `OffsetStore`, so a subscriber's origin LSN names exactly the last hub
 transaction it applied: a reconnecting subscriber never gets a transaction
 twice and never misses one.
+
+Apply failures: every apply-worker stream reports its start, its
+confirmations and its end (with the first transaction it began sending) to
+the `apply_monitor`, which notices a transaction a subscriber keeps failing
+on; each stream's encoder leaves out the changes set aside for its database
+(`electric.postgres.publisher.apply_failures`).
 """
 
 from __future__ import annotations
@@ -153,7 +159,10 @@ class ReplicationStream:
         self.base = base
         self.start_position = start
         self.durable = durable
-        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start)
+        monitor = publisher.apply_monitor
+        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start,
+                                       set_aside=monitor.set_aside(slot.origin) if monitor is not None else None)
+        self.by_electric = False  # Electric ended it (shutdown, timeout, hub failure): proves nothing about applying
         self.acked = start
         self.paused = False
         self.stopped = False
@@ -180,6 +189,9 @@ class ReplicationStream:
             hub.ack(consumer, self.start_position)
 
     def start(self) -> None:
+        monitor = self.publisher.apply_monitor
+        if self.durable and monitor is not None:
+            monitor.stream_started(self.origin, self.start_position)
         self._write(self.encoder.keepalive())
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = self.publisher.clock
@@ -197,6 +209,10 @@ class ReplicationStream:
         self._frames = None
         self._batch.clear()
         self.log.info("stream stopped at position {pos}: {reason}", pos=self.encoder.position, reason=reason)
+        monitor = self.publisher.apply_monitor
+        if self.durable and monitor is not None:
+            monitor.stream_ended(self.origin, self.start_position, self.encoder.first_sent, self.acked,
+                                 self.by_electric)
 
     # --- IPushProducer (forwarded by the protocol) ------------------------
 
@@ -227,6 +243,8 @@ class ReplicationStream:
                     self.publisher.hub.ack(hub_consumer(self.origin), pos)
                 except HubError as e:
                     self.log.warn("hub refused ack: {e}", e=e)
+                if self.publisher.apply_monitor is not None:
+                    self.publisher.apply_monitor.acked(self.origin, pos)
         if update.reply_requested and not self.stopped:
             self._write(self.encoder.keepalive())
 
@@ -338,6 +356,7 @@ class ReplicationStream:
             "transactions_sent": self.encoder.transactions_sent,
             "changes_sent": self.encoder.changes_sent,
             "changes_skipped": self.encoder.skipped_changes,
+            "changes_set_aside": self.encoder.set_aside_changes,
             "paused": self.paused,
         }
 
@@ -538,6 +557,8 @@ class PublisherProtocol(protocol.Protocol):
 
     def abandon(self, reason: str) -> None:
         """End this connection from our side (shutdown, hub failure, timeout)."""
+        if self.stream is not None:
+            self.stream.by_electric = True
         self.run(self.session.end_stream("57P01", f"terminating connection: {reason}"))
 
     def _leave_unauthenticated(self) -> None:
@@ -643,7 +664,7 @@ class PublisherService(service.Service):
     def __init__(self, config, hub, registry, credentials, offsets, reactor=None, *,
                  auth_method: str = "scram-sha-256", keepalive_interval: float = 10.0,
                  sender_timeout: float = 60.0, auth_timeout: float = 60.0,
-                 max_unauthenticated: int = MAX_UNAUTHENTICATED, clock=None):
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, clock=None, apply_monitor=None):
         if reactor is None:
             from twisted.internet import reactor
         if auth_method not in ("scram-sha-256", "md5"):
@@ -659,6 +680,11 @@ class PublisherService(service.Service):
         self.sender_timeout = sender_timeout
         self.auth_timeout = auth_timeout
         self.max_unauthenticated = max_unauthenticated
+        # Watches for changes a subscriber cannot apply and holds the quarantine
+        # (electric.postgres.publisher.apply_failures.ApplyFailureMonitor); None: not watched.
+        self.apply_monitor = apply_monitor
+        if apply_monitor is not None:
+            apply_monitor.base_for = self.base_for
         # Timers (login deadline, keepalives, sender timeout); a task.Clock in tests.
         self.clock = clock if clock is not None else reactor
         self.publication = config.publication

@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from twisted.logger import Logger
 
 from electric.hub import changes as hubchanges
-from electric.hub.interface import CHUNK_CHANGES, RowChange, Transaction
+from electric.hub.interface import CHUNK_CHANGES, UPSERT, RowChange, Transaction
 from electric.hub.changes import MissingKey
 from electric.postgres.protocol import pgoutput as po
 from electric.postgres.protocol.lsn import format_lsn, pg_to_unix_us
@@ -119,6 +119,10 @@ class _Rel:
     table: Optional[Table] = None  # None: skipped (see reason) or bookkeeping
     skipped: Optional[str] = None
     bookkeeping: bool = False
+    names: Tuple[str, ...] = ()  # the relation's column names, once (every row needs them)
+
+    def __post_init__(self):
+        self.names = self.relation.column_names
 
 
 @dataclass
@@ -189,6 +193,11 @@ class TransactionAssembler:
         """
         if self.pending is not None:
             raise InboundError("fed while waiting for a table lookup")
+        kind = type(msg)
+        if kind is po.Insert:  # the common cases first, without the cascade below
+            return self._insert(msg)
+        if kind is po.Commit:
+            return self._commit(msg)
         if isinstance(msg, po.Begin):
             if self._open is not None:
                 raise InboundError(f"Begin of xid {msg.xid} inside an open transaction")
@@ -250,6 +259,31 @@ class TransactionAssembler:
             # chunked path does that without holding them all.
             return self._chunk(tx, force=True)
         raise InboundError(f"unexpected pgoutput message {type(msg).__name__} (proto_version 1 stream)")
+
+    def _insert(self, msg: po.Insert):
+        tx = self._open
+        if tx is None:
+            raise InboundError("Insert outside a transaction")
+        if tx.drop is not None:
+            return None
+        rel = self._relations.get(msg.relation_id)
+        if rel is None:
+            rel = self._rel(msg.relation_id)
+        if rel.table is None or rel.bookkeeping:
+            self._usable(rel, tx)
+            return None
+        values = msg.new
+        names = rel.names
+        if len(values) != len(names):
+            self._record(rel, values)  # raises, naming the table
+        record = dict(zip(names, values))
+        table = rel.table
+        # Through `_add` like every other change (whatever it checks or counts per change applies here too).
+        self._add(tx, rel, lambda: (
+            hubchanges.row_change(table.schema, table.name, UPSERT, hubchanges.key_of(table, record), record),))
+        if len(tx.changes) > self.chunk:
+            return self._chunk(tx)
+        return None
 
     def table_resolved(self, table: Optional[Table], skipped: Optional[str]) -> None:
         """Answer to `NeedTable`: the table as the catalog has it, or why it is skipped."""
@@ -322,7 +356,7 @@ class TransactionAssembler:
 
     @staticmethod
     def _record(rel: _Rel, values) -> Dict[str, object]:
-        names = rel.relation.column_names
+        names = rel.names
         if len(values) != len(names):
             raise InboundError(
                 f"tuple of {len(values)} columns for {rel.relation.namespace}.{rel.relation.name}, "

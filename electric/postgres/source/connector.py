@@ -53,8 +53,14 @@ from electric.schema import Table
 
 log = Logger(namespace="electric.postgres.source.connector")
 
-MAX_INFLIGHT_TRANSACTIONS = 500
-MAX_INFLIGHT_ROWS = 50_000
+_BEGIN, _COMMIT, _ORIGIN = b"BCO"
+_ROW_TAGS = frozenset(b"IUDT")  # the pgoutput messages that carry rows
+
+# Appends handed to the hub and not yet durable.  The hub writer stores a
+# commit group's small appends together, so it keeps up with thousands in
+# flight; the row count is what bounds memory.
+MAX_INFLIGHT_TRANSACTIONS = 5000
+MAX_INFLIGHT_ROWS = 20_000
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 10.0
 
@@ -100,7 +106,11 @@ class _Stream:
 
     def __init__(self, name: str, hub, assembler: assembly.TransactionAssembler,
                  resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
-                 flushed: int, counters: Optional[InboundCounters] = None):
+                 flushed: int, counters: Optional[InboundCounters] = None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.report_due = False  # a status update is scheduled for the end of this reactor turn
         self.name = name
         self.counters = counters if counters is not None else InboundCounters()
         self.hub = hub
@@ -126,6 +136,11 @@ class _Stream:
         self.big_transactions = 0
         self.staged_rows = 0
         self.add_pauses = 0
+        self.ops = deque()  # (buffer, operation, changes) waiting to run, one at a time
+        self.op_busy = False
+        self.ops_full = False  # an operation waits behind the running one: reading stops
+        self.skipping = False  # in a transaction of our own origin: row changes are not decoded
+        self.skipped_changes = 0
 
     # IStreamConsumer
 
@@ -142,14 +157,28 @@ class _Stream:
         if self.closed:
             return
         self.counters.received_bytes += len(data)
+        tag = data[0] if data else 0
+        if self.skipping:
+            # Inside a transaction the assembler will drop whole (Electric's
+            # own subscription applied it): its row changes are not even
+            # decoded.  Everything else (Relation above all) still is.
+            if tag in _ROW_TAGS:
+                self.skipped_changes += 1
+                return
         try:
             msg = self.decoder.decode(data)
         except pgoutput.PgoutputError as e:
             self.fail(f"cannot decode pgoutput at {format_lsn(wal_end)}: {e}")
             return
-        self.queue.append(msg)
-        if not self.waiting:
+        if tag == _ORIGIN:
+            self.skipping = self.assembler.is_own_origin(msg.name) and self.decoder.stream_xid is None
+        elif tag == _BEGIN or tag == _COMMIT:
+            self.skipping = False
+        if self.waiting or self.ops_full or self.queue:
+            self.queue.append(msg)
             self.drain()
+        else:
+            self._feed(msg)
 
     def keepalive(self, wal_end):
         if not self.queue and not self.waiting and not self.assembler.in_transaction:
@@ -159,79 +188,102 @@ class _Stream:
     # processing
 
     def drain(self):
-        while self.queue and not self.waiting and not self.closed:
-            msg = self.queue.popleft()
-            try:
-                event = self.assembler.feed(msg)
-            except assembly.InboundError as e:
-                self.fail(str(e))
-                return
-            if event is None:
-                continue
-            if isinstance(event, assembly.NeedTable):
-                self.waiting = True
-                self._pause("lookup")
-                d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
-                d.addCallbacks(self._resolved, self._resolve_failed)
-                return
-            if isinstance(event, assembly.Chunk):
-                if self.buffer is None:
-                    self.buffer = self.hub.begin(self.name)
-                    self.buffer_rows = 0
-                    self.big_transactions += 1
-                self.buffer_rows += len(event.changes)
-                self._add(self.buffer, event.changes, None)
-                return
-            if event.chunked:
-                self._committed_chunked(event)
-                if self.waiting:
-                    return
-                continue
-            self._committed(event)
+        while self.queue and not self.waiting and not self.ops_full and not self.closed:
+            self._feed(self.queue.popleft())
+
+    def _feed(self, msg):
+        """One decoded message into the assembler, and whatever it completes to the hub."""
+        try:
+            event = self.assembler.feed(msg)
+        except assembly.InboundError as e:
+            self.fail(str(e))
+            return
+        if event is None:
+            return
+        if isinstance(event, assembly.NeedTable):
+            self.waiting = True
+            self._pause("lookup")
+            d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
+            d.addCallbacks(self._resolved, self._resolve_failed)
+            return
+        if isinstance(event, assembly.Chunk):
+            if self.buffer is None:
+                self.buffer = self.hub.begin(self.name)
+                self.buffer_rows = 0
+                self.big_transactions += 1
+            self.buffer_rows += len(event.changes)
+            self._add(self.buffer, event.changes)
+            return
+        if event.chunked:
+            self._committed_chunked(event)
+            return
+        self._committed(event)
 
     # -- big transactions: staged in the hub chunk by chunk ---------------------
+    #
+    # The buffer's operations (add, add, ..., then commit or abort) run one
+    # after another, as IAppendBuffer requires, from `self.ops`.  Reading
+    # goes on while one is outstanding, so the next chunk is decoded and
+    # assembled while the hub stages the previous one; it stops (the socket
+    # is paused) only when a second operation would have to wait, so at most
+    # two chunks are held.
 
-    def _add(self, buffer, changes, then) -> None:
-        """
-        Stage a chunk of the open big transaction.  Nothing else is read
-        from the queue or the socket until the hub has it (that is the flow
-        control), then `then()` runs (or draining goes on).
-        """
-        self.waiting = True
-        self.add_pauses += 1
-        self._pause("add")
+    def _stage(self, buffer, op, changes=None) -> None:
+        """Queue `op()` (returning a Deferred) for `buffer`; `changes` are counted as staged when it is done."""
+        self.ops.append((buffer, op, changes))
+        if self.op_busy:
+            if not self.ops_full:
+                self.ops_full = True
+                self.add_pauses += 1
+                self._pause("add")
+        else:
+            self._next_op()
+
+    def _next_op(self) -> None:
+        if self.closed:
+            return
+        if not self.ops:
+            self.op_busy = False
+            return
+        buffer, op, changes = self.ops.popleft()
+        self.op_busy = True
+        if not self.ops and self.ops_full:
+            # Room again: read on while this one runs.
+            self.ops_full = False
+            self._resume("add")
         try:
-            d = buffer.add(changes)
+            d = op()
         except Exception:
             d = defer.fail()
 
-        def added(_):
+        def done(_):
             if self.closed:
                 return
-            self.staged_rows += len(changes)
-            self.waiting = False
-            self._resume("add")
-            if then is not None:
-                then()
-            if not self.waiting:
-                self.drain()
+            if changes is not None:
+                self.staged_rows += len(changes)
+            self._next_op()
+            self.drain()
 
         def failed(failure):
             if not self.closed:
                 self.fail(f"hub could not stage a transaction: {failure.getErrorMessage()}")
 
-        d.addCallbacks(added, failed)
+        d.addCallbacks(done, failed)
+
+    def _add(self, buffer, changes) -> None:
+        self._stage(buffer, lambda: buffer.add(changes), changes)
 
     def _committed_chunked(self, event: assembly.Assembled) -> None:
         """The Commit of a big transaction: stage its last changes, then commit it as one hub position."""
-        buffer = self.buffer
+        buffer, self.buffer = self.buffer, None
         if event.transaction is None:
             # Dropped after all (it touched Electric's bookkeeping): nothing of it may reach the hub.
             self.dropped += 1
             self.counters.dropped += 1
             self.acks.add(event.end_lsn, done=True)
             self._report()
-            self._discard_buffer()
+            self.buffer_rows = 0
+            self._stage(buffer, lambda: buffer.abort())
             return
         txn = event.transaction
         entry = self.acks.add(event.end_lsn, commit_timestamp=txn.commit_timestamp)
@@ -239,10 +291,9 @@ class _Stream:
         # last ones), for the rows-in count; none of them is held in memory
         # any more (they are staged in the hub), so none counts in flight.
         rows = self.buffer_rows + len(txn.changes)
+        self.buffer_rows = 0
 
         def commit():
-            self.buffer = None
-            self.buffer_rows = 0
             self.inflight_tx += 1
             try:
                 d = buffer.commit(txn.commit_timestamp, origin_id=txn.origin_id)
@@ -250,11 +301,11 @@ class _Stream:
                 d = defer.fail()
             d.addCallbacks(self._appended, self._append_failed,
                            callbackArgs=(entry, rows, 0), errbackArgs=(entry, 0, event.end_lsn))
+            return defer.succeed(None)  # the next operation need not wait for durability
 
         if txn.changes:
-            self._add(buffer, txn.changes, commit)
-        else:
-            commit()
+            self._add(buffer, txn.changes)
+        self._stage(buffer, commit)
 
     def _resolved(self, result):
         table, skipped = result
@@ -315,6 +366,17 @@ class _Stream:
         self.fail(f"hub append failed: {failure.getErrorMessage()}")
 
     def _report(self):
+        """
+        Tell Postgres the new flush position, once per reactor turn however
+        many transactions completed in it (a hub commit group completes
+        hundreds at once).
+        """
+        if self.client is not None and not self.closed and not self.report_due:
+            self.report_due = True
+            self.reactor.callLater(0, self._send_report)
+
+    def _send_report(self):
+        self.report_due = False
         if self.client is not None and not self.closed:
             self.client.send_status(self.acks.flushed)
 
@@ -329,10 +391,17 @@ class _Stream:
             self.client.resume()
 
     def _discard_buffer(self) -> None:
-        buffer, self.buffer = self.buffer, None
+        buffers = {id(b): b for b, _, _ in self.ops}
+        self.ops.clear()
+        if self.buffer is not None:
+            buffers[id(self.buffer)] = self.buffer
+        self.buffer = None
         self.buffer_rows = 0
-        if buffer is not None:
-            buffer.abort().addErrback(lambda f: None)
+        for buffer in buffers.values():
+            try:
+                buffer.abort().addErrback(lambda f: None)
+            except Exception:
+                pass
 
     def fail(self, text: str):
         if self.closed:
@@ -557,7 +626,7 @@ class ConnectorService(Service):
         self.subscription_oid = result.subscription_oid
         self.assembler.set_subscription_oid(result.subscription_oid)
         stream = _Stream(self.connector.name, self.hub, self.assembler, self._resolve_table,
-                         self._stream_failed, result.slot_confirmed_lsn, self.counters)
+                         self._stream_failed, result.slot_confirmed_lsn, self.counters, reactor=self.reactor)
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
             self.config.slot_for(self.connector), self.config.publication, stream, label=self.connector.name,
