@@ -14,11 +14,12 @@ import shutil
 import tempfile
 
 from twisted.internet import defer, threads
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from electric.config import Config
 from electric.hub.embedded import EmbeddedHub
+from electric.logs import LogFormat
 from electric.postgres.source.connector import ConnectorService
 from electric.postgres.publisher.credentials import SubscriberCredentials
 from electric.schema import SchemaRegistry
@@ -36,14 +37,17 @@ def cluster():
 
 
 class LogCapture:
-    """Formatted text of every twisted.logger event from electric.postgres.*."""
+    """Every twisted.logger event from electric.postgres.*, and its text line (fields included)."""
 
     def __init__(self):
         self.lines = []
+        self.events = []
+        self.format = LogFormat("cluster", "instance")
 
     def __call__(self, event):
         if str(event.get("log_namespace", "")).startswith("electric.postgres"):
-            self.lines.append(formatEvent(event))
+            self.events.append(event)
+            self.lines.append(self.format.text(event))
 
 
 class ConnectorTestBase(unittest.TestCase):
@@ -238,9 +242,12 @@ class StreamTests(ConnectorTestBase):
         skipped = {s["table"]: s["reason"] for s in status["skipped_tables"]}
         self.assertEqual(skipped["nokey"], "table has no primary key")
         self.assertIn('column "m" has type mood', skipped["moody"])
-        errors = [line for line in self.logs.lines if "not replicating table" in line]
-        self.assertEqual(len(errors), 2, errors)
-        self.assertTrue(any(f"connector {self.name}" in line and '"nokey"' in line for line in errors))
+        skips = [e for e in self.logs.events if "not replicating table" in e.get("log_format", "")]
+        self.assertEqual(len(skips), 2, skips)
+        # Skipped by design: a warning naming the connector as a field, not an error.
+        self.assertEqual({(e["log_level"].name, e["connector"]) for e in skips}, {("warn", self.name)})
+        self.assertTrue(any(f"#warn] [connector={self.name} " in line and '"nokey"' in line
+                            for line in self.logs.lines), self.logs.lines)
         self.assertEqual((yield self.rows("nokey")), {})
         yield wait_until(lambda: self.service.assembler.dropped_changes.get(("public", "nokey")) == 2)
 
@@ -475,7 +482,7 @@ class WrongPasswordTests(ConnectorTestBase):
         self.assertIn('password authentication failed for user "electric"', status["last_error"])
         lines = [line for line in self.logs.lines if "password authentication failed" in line]
         self.assertTrue(lines)
-        self.assertIn(f"connector {self.name}", lines[0])
+        self.assertIn(f"[connector={self.name} ", lines[0])
 
 
 class PublisherTests(ConnectorTestBase):

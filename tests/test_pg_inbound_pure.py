@@ -165,7 +165,7 @@ class AssemblerTests(unittest.TestCase):
 
         def observe(event):
             if event.get("log_namespace") == "electric.postgres.source.assembly":
-                lines.append(formatEvent(event))
+                lines.append((event["log_level"].name, event.get("connector"), formatEvent(event)))
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
@@ -178,8 +178,8 @@ class AssemblerTests(unittest.TestCase):
             now[0] += 20
         self.assertEqual(a.dropped_changes[("public", "nokey")], 5)
         self.assertEqual(lines, [
-            "connector pg1: dropped 1 change(s) to skipped table public.nokey (table has no primary key)",
-            "connector pg1: dropped 3 change(s) to skipped table public.nokey (table has no primary key)",
+            ("warn", "pg1", "dropped 1 change(s) to skipped table public.nokey (table has no primary key)"),
+            ("warn", "pg1", "dropped 3 change(s) to skipped table public.nokey (table has no primary key)"),
         ])
 
     def test_ddl_relation_needs_lookup(self):

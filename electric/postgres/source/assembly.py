@@ -367,7 +367,7 @@ class TransactionAssembler:
             tx.changes.extend(build())
         except MissingKey as e:
             # Nothing can key this row in the hub; say so loudly, keep going.
-            log.error("connector {origin}: dropped a change to {schema}.{table}: {error}", origin=self.origin,
+            log.error("dropped a change to {schema}.{table}: {error}", connector=self.origin,
                       schema=rel.relation.namespace, table=rel.relation.name, error=str(e))
             self._count_dropped(rel)
 
@@ -403,8 +403,8 @@ class TransactionAssembler:
         last = self._skip_logged.get(key)
         if last is None or now - last >= self._skip_interval:
             log.warn(
-                "connector {origin}: dropped {count} change(s) to skipped table {schema}.{table} ({reason})",
-                origin=self.origin, count=self._skip_counts[key], schema=key[0], table=key[1], reason=rel.skipped,
+                "dropped {count} change(s) to skipped table {schema}.{table} ({reason})",
+                connector=self.origin, count=self._skip_counts[key], schema=key[0], table=key[1], reason=rel.skipped,
             )
             self._skip_logged[key] = now
             self._skip_counts[key] = 0

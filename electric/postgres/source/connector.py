@@ -47,6 +47,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from electric.logs import bind
 from electric.postgres.source import assembly
 from electric.postgres.source import importer
 from electric.postgres.protocol import pgoutput
@@ -122,6 +123,7 @@ class _Stream:
         self.assembler = assembler
         self.assembler.reset()
         self.resolve_table = resolve_table
+        self.log = bind(log, connector=name)
         self.on_error = on_error
         self.decoder = pgoutput.PgoutputDecoder(1)
         self.acks = assembly.AckTracker(flushed)
@@ -378,8 +380,8 @@ class _Stream:
         self.counters.append_failures += 1
         if self.closed:
             return
-        log.error("connector {connector}: hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
-                  connector=self.name, lsn=format_lsn(end_lsn), error=failure.getErrorMessage())
+        self.log.error("hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
+                       lsn=format_lsn(end_lsn), error=failure.getErrorMessage())
         self.fail(f"hub append failed: {failure.getErrorMessage()}")
 
     def _report(self):
@@ -426,7 +428,7 @@ class _Stream:
         self.closed = True
         self._discard_buffer()
         self.on_error(text)
-        log.error("connector {connector}: replication stream error: {error}", connector=self.name, error=text)
+        self.log.error("replication stream error: {error}", error=text)
         if self.client is not None:
             self.client.close(text)
 
@@ -485,6 +487,7 @@ class ConnectorService(Service):
         self.clock = clock if clock is not None else reactor
         self.retry_delay = retry_delay if retry_delay is not None else retry_policy()
         self.name = f"connector:{connector.name}"
+        self.log = bind(log, connector=connector.name)
         self.phase = "init"
         self.subscription_enabled = False
         self.subscription_oid: Optional[int] = None
@@ -617,8 +620,7 @@ class ConnectorService(Service):
         super().startService()
         self._stopping = False
         self._loop = defer.ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: log.failure("connector {connector}: loop crashed", f,
-                                                    connector=self.connector.name))
+        self._loop.addErrback(lambda f: self.log.failure("loop crashed", f))
 
     def stopService(self):
         super().stopService()
@@ -659,7 +661,7 @@ class ConnectorService(Service):
             self.phase = "backoff"
             delay = self.retry_delay(self._failures)
             self._failures += 1
-            log.info("connector {connector}: retrying in {delay:.1f} s", connector=self.connector.name, delay=delay)
+            self.log.info("retrying in {delay:.1f} s", delay=delay)
             self._sleep = deferLater(self.clock, delay, lambda: None)
             try:
                 await self._sleep
@@ -670,7 +672,7 @@ class ConnectorService(Service):
     def _set_error(self, text: str) -> None:
         """Keep `text` for the status API and log it, both naming this connector."""
         self._last_error = f"connector {self.connector.name}: {text}"
-        log.error("{error}", error=self._last_error)
+        self.log.error("{error}", error=text)
 
     def _stream_failed(self, text: str) -> None:
         # _Stream.fail logs it already.
@@ -738,10 +740,9 @@ class ConnectorService(Service):
                 client.close("connector stopped")
                 return
             client.start_streaming()
-        log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn}, {tls})",
-                 connector=self.connector.name, slot=slot,
-                 lsn=format_lsn(confirmed or 0),
-                 tls="TLS" if client.encrypted else "no TLS")
+        self.log.info("streaming from slot {pg_slot} (confirmed {lsn}, {tls})",
+                      pg_slot=slot, lsn=format_lsn(confirmed or 0),
+                      tls="TLS" if client.encrypted else "no TLS")
         self._failures = 0
         self._last_error = None
         if not self.subscription_enabled and (self._enabler is None or self._enabler.called):
@@ -765,7 +766,7 @@ class ConnectorService(Service):
         name = self.connector.name
         if confirmed is None:
             if state.pending is not None or state.known:
-                log.info("connector {connector}: replication slot {slot} is gone; creating it and importing the "
+                self.log.info("replication slot {slot} is gone; creating it and importing the "
                          "database's rows again", connector=name, slot=slot)
             self._start_initial(state)
             return True
@@ -775,13 +776,13 @@ class ConnectorService(Service):
             # position is still its consistent point.
             position = await self.hub.applied(name, importer.import_origin_id(confirmed))
             if position is not None:
-                log.info("connector {connector}: the import at {lsn} is in the hub (position {position})",
+                self.log.info("the import at {lsn} is in the hub (position {position})",
                          connector=name, lsn=format_lsn(confirmed), position=position)
                 state.pending = None
                 state.known = set(self.tables)
                 state.save()
                 return False
-            log.warn("connector {connector}: the import into slot {slot} was interrupted; its snapshot died with "
+            self.log.warn("the import into slot {slot} was interrupted; its snapshot died with "
                      "it, so the slot is dropped and created again and the import redone",
                      connector=name, slot=slot)
             session = setup.SetupSession(self.connector, self.reactor)
@@ -804,7 +805,7 @@ class ConnectorService(Service):
         if not state.exists:
             # A slot made before Electric imported existing rows: the tables it
             # carries are taken as they are (drop the slot to import them).
-            log.info("connector {connector}: slot {slot} predates row imports; its tables are not imported "
+            self.log.info("slot {slot} predates row imports; its tables are not imported "
                      "(drop the slot to import them)", connector=name, slot=slot)
             state.known = set(self.tables)
             state.save()
@@ -832,7 +833,7 @@ class ConnectorService(Service):
 
     async def _initial_import(self, slot: str, created) -> None:
         tables = self._ordered(self.tables.values())
-        log.info("connector {connector}: created slot {slot} at {lsn}; importing the rows of {n} table(s) in its "
+        self.log.info("created slot {slot} at {lsn}; importing the rows of {n} table(s) in its "
                  "snapshot before streaming", connector=self.connector.name, slot=slot,
                  lsn=format_lsn(created.consistent_point), n=len(tables))
         await self._copy("initial", created.consistent_point, created.snapshot, tables)
@@ -876,7 +877,7 @@ class ConnectorService(Service):
             self._import_sessions.add(temp)
             created = temp.created
             names = [list(t.qualified) for t in new]
-            log.info("connector {connector}: table(s) {tables} became replicable; importing their rows in the "
+            self.log.info("table(s) {tables} became replicable; importing their rows in the "
                      "snapshot at {lsn}", connector=self.connector.name,
                      tables=", ".join(f"{s}.{n}" for s, n in names), lsn=format_lsn(created.consistent_point))
             state.pending = {"kind": "tables", "point": created.consistent_point, "tables": names}
@@ -922,7 +923,7 @@ class ConnectorService(Service):
         progress = importer.ImportProgress(kind, point, self.clock.seconds(), clock=self.clock.seconds)
         self._importing = progress
         self.phase = "importing"
-        ticker = LoopingCall(lambda: log.info("connector {connector}: importing: {line}", connector=name,
+        ticker = LoopingCall(lambda: self.log.info("importing: {line}", connector=name,
                                               line=progress.line()))
         ticker.clock = self.clock
         ticker.start(importer.LOG_INTERVAL, now=False)
@@ -953,7 +954,7 @@ class ConnectorService(Service):
                 where = f"hub position {committed.position}" + (" (already in the hub)" if committed.duplicate else "")
             progress.state = "done"
             progress.finished_at = self.clock.seconds()
-            log.info("connector {connector}: imported {rows} row(s) of {n} table(s) in {secs:.1f} s: {where}",
+            self.log.info("imported {rows} row(s) of {n} table(s) in {secs:.1f} s: {where}",
                      connector=name, rows=progress.rows_done, n=len(tables), secs=progress.elapsed(), where=where)
             try:
                 await session.execute("COMMIT")
@@ -1001,15 +1002,15 @@ class ConnectorService(Service):
             self.skipped[key] = s.reason
             if (key, s.reason) not in self._logged_skips:
                 self._logged_skips.add((key, s.reason))
-                log.error('connector {connector}: not replicating table "{schema}"."{table}": {reason}',
-                          connector=self.connector.name, schema=s.schema, table=s.name, reason=s.reason)
+                # Skipped by design (no primary key, a type Electric cannot carry): the rest replicates.
+                self.log.warn('not replicating table "{schema}"."{table}": {reason}',
+                              schema=s.schema, table=s.name, reason=s.reason)
         setup.apply_to_registry(self.registry, self.connector.name,
                                 sorted(self.tables.values(), key=lambda t: self._oids.get(t.qualified, 0)))
 
     async def _resolve_table(self, schema: str, name: str):
         """A Relation showed a table we do not know in this shape: ask the catalog."""
-        log.info('connector {connector}: looking up "{schema}"."{table}" in the catalog',
-                 connector=self.connector.name, schema=schema, table=name)
+        self.log.info('looking up "{schema}"."{table}" in the catalog', schema=schema, table=name)
         session = setup.SetupSession(self.connector, self.reactor)
         await session.open()
         try:
@@ -1072,7 +1073,7 @@ class ConnectorService(Service):
             session.close()
         self.registry.allow_streaming(self.connector.name)
         self.subscription_enabled = True
-        log.info("connector {connector}: subscription enabled", connector=self.connector.name)
+        self.log.info("subscription enabled")
 
     # -- public controls (migrations call these) --
 

@@ -203,7 +203,7 @@ class ReplicationClient(protocol.Protocol):
                     continue
                 self._do(action)
             except Exception as e:  # a consumer bug must not wedge the stream
-                log.failure("replication {label}: failed handling {kind}", label=self.label,
+                log.failure("replication stream: failed handling {kind}", connector=self.label,
                             kind=type(action).__name__)
                 self._run(self.session.close(f"internal error: {e}"))
                 return
@@ -281,8 +281,8 @@ async def _connect(reactor, host: str, port: int, client: ReplicationClient, tim
                 if client.session.state != NEW:
                     text += f" (sslmode={client.tls.mode})"
                 raise ReplicationError(text) from None
-            log.info("replication {label}: {how} failed ({error}); trying {next} as sslmode={mode} does",
-                     label=client.label, how="TLS" if client.session.use_tls else "connecting without TLS",
+            log.info("replication stream: {how} failed ({error}); trying {next} as sslmode={mode} does",
+                     connector=client.label, how="TLS" if client.session.use_tls else "connecting without TLS",
                      error=str(e), next="without TLS" if not retry.session.use_tls else "with TLS",
                      mode=client.tls.mode)
             earlier = f"{text}; then {'with' if retry.session.use_tls else 'without'} TLS: "

@@ -438,7 +438,7 @@ class SetupSession:
         if first == ELECTRIC_SCHEMA and self.connector.name not in _told_search_path:
             _told_search_path.add(self.connector.name)
             log.info(
-                'connector {connector}: role "{user}" has schema "electric" first in its search_path, so its '
+                'role "{user}" has schema "electric" first in its search_path, so its '
                 "unqualified CREATE TABLEs land in schema electric; they replicate like tables of any schema "
                 "(a table must be in the same schema in every database)",
                 connector=self.connector.name, user=user,
@@ -450,7 +450,7 @@ class SetupSession:
         rows = yield self.query("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = %s", (publication,))
         if rows and not rows[0][0]:
             log.warn(
-                'connector {connector}: publication "{publication}" exists but is not FOR ALL TABLES; using it as it is',
+                'publication "{publication}" exists but is not FOR ALL TABLES; using it as it is',
                 connector=self.connector.name, publication=publication,
             )
         if not rows:
@@ -601,11 +601,12 @@ class SetupSession:
             rows = yield self.query(sql, (name,))
         oid, current_conninfo, publications = rows[0]
         if current_conninfo != conninfo:
-            log.info("connector {name}: subscription {name} had a stale connection string; correcting it", name=name)
+            log.info("subscription {subscription} had a stale connection string; correcting it",
+                     connector=name, subscription=name)
             yield self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} CONNECTION {quote_literal(conninfo)}")
         if list(publications or []) != [publication]:
-            log.info("connector {name}: subscription {name} had publications {old}; setting {new}",
-                     name=name, old=publications, new=publication)
+            log.info("subscription {subscription} had publications {old}; setting {new}",
+                     connector=name, subscription=name, old=publications, new=publication)
             yield self.execute(
                 f"ALTER SUBSCRIPTION {quote_ident(name)} SET PUBLICATION {quote_ident(publication)} WITH (refresh = false)"
             )
