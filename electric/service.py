@@ -28,7 +28,7 @@ from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.failure import Failure
 
 from electric.config import Config, ConfigError
@@ -107,6 +107,14 @@ class ElectricService(service.MultiService):
         self.failure: Optional[Failure] = None
         self.exit_on_failure = False
         self._stopping: Optional[defer.Deferred] = None
+        # Set by the twistd plugin (electric.logs.observer): handed to twistd
+        # as the application's ILogObserver when this service joins it.
+        self.log_observer = None
+
+    def setServiceParent(self, parent):
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def startService(self):
         service.Service.startService(self)
@@ -159,7 +167,7 @@ class ElectricService(service.MultiService):
             except defer.TimeoutError:
                 log.warn("{name} did not stop within {t:.1f}s; abandoning it", name=child.name, t=remaining)
             except Exception:
-                log.failure("{name} failed to stop cleanly", name=child.name)
+                log.failure("{name} failed to stop cleanly", name=child.name, level=LogLevel.error)
 
 
 def build_service(config: Config, reactor=None) -> ElectricService:

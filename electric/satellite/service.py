@@ -19,10 +19,11 @@ from typing import Deque, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.listener import Listener
+from electric.logs import bind
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -98,6 +99,7 @@ class ClientConnection:
         self.owner = owner
         self.transport = transport
         self.peer = peer
+        self.log = bind(log, peer=peer)
         self.reactor = owner.reactor
         self.clock = owner.clock
         self.hub = owner.hub
@@ -107,6 +109,7 @@ class ClientConnection:
             owner.config.regional_id,
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
+            log_at=self._log_at,
             logger=self._log,
             on_refused=self._refused,
             totals=owner.totals,
@@ -125,11 +128,13 @@ class ClientConnection:
         self.closed = defer.Deferred()
 
     def _log(self, text: str) -> None:
-        who = self.session.client_id if self.session.client_id is not None else self.peer
-        log.info("satellite {who}: {text}", who=who, text=text)
+        self.log.info("satellite: {text}", text=text)
+
+    def _log_at(self, level: str, text: str) -> None:
+        self.log.emit(LogLevel.levelWithName(level), "satellite: {text}", text=text)
 
     def _refused(self, reason: str) -> None:
-        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason)
+        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason, self.log)
 
     # --- from the transport ----------------------------------------
 
@@ -153,6 +158,8 @@ class ClientConnection:
         if self._lost:
             return
         self._lost = True
+        if self._claimed:
+            self.log.info("satellite: client disconnected")
         self.session.disconnected()
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
@@ -203,13 +210,14 @@ class ClientConnection:
         # The client id must be this user's (bound durably on first use)
         # before it may even wait for the id's live connection slot, so no
         # other user can hold that slot or act under the id.
+        self.log = self.log.bind(client_id=action.client_id, user_id=action.user_id)
         try:
             ours = yield threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(),
                 self.owner.offsets.claim_client, action.client_id, action.user_id,
             )
         except Exception as e:  # a broken offset store must not leave the client hanging
-            log.failure("satellite: binding client id {client} to its user failed", client=action.client_id)
+            self.log.failure("satellite: binding the client id to its user failed", level=LogLevel.error)
             if not self._lost:
                 self._run(self.session.stream_failed(f"offset store: {e}"))
             return
@@ -233,7 +241,7 @@ class ClientConnection:
         try:
             stored = yield defer.maybeDeferred(self.owner.offsets.client_lsn, action.client_id)
         except Exception as e:  # a broken offset store must not leave the client hanging
-            log.failure("satellite: reading the stored LSN of {client} failed", client=action.client_id)
+            self.log.failure("satellite: reading the client's stored LSN failed", level=LogLevel.error)
             self._run(self.session.stream_failed(f"offset store: {e}"))
             return
         if not self._lost:
@@ -255,13 +263,13 @@ class ClientConnection:
             reason = failure.getErrorMessage()
             rejected = reason.startswith("invalid transaction")
             if rejected:
-                log.info("satellite {client}: hub refused a transaction: {reason}", client=self.session.client_id, reason=reason)
+                self.log.info("satellite: hub refused a transaction: {reason}", reason=reason)
             else:
-                log.failure("satellite {client}: append failed", failure, client=self.session.client_id)
+                self.log.failure("satellite: append failed", failure, level=LogLevel.error)
             self._run(self.session.append_failed(reason, rejected=rejected))
 
         d.addCallbacks(done, failed)
-        d.addErrback(lambda f: log.failure("satellite: after append", f))
+        d.addErrback(lambda f: self.log.failure("satellite: after append", f))
 
     def _persist(self, action: sm.PersistClientLsn) -> None:
         """
@@ -283,7 +291,7 @@ class ClientConnection:
                 self.reactor, self.reactor.getThreadPool(),
                 self.owner.offsets.set_client_lsn, action.client_id, action.lsn,
             )
-            d.addErrback(lambda f: log.failure("satellite: storing the LSN of {client} failed", f, client=action.client_id))
+            d.addErrback(lambda f: self.log.failure("satellite: storing the client's LSN failed", f, level=LogLevel.error))
             self.owner._pending_writes.add(d)
             d.addBoth(lambda r: (self.owner._pending_writes.discard(d), r)[1])
             d.addCallback(write_next)
@@ -358,13 +366,13 @@ class ClientConnection:
             if failure.check(SubscriptionClosed):
                 reason = "hub subscription closed"
             else:
-                log.failure("satellite {client}: hub subscription failed", failure, client=self.session.client_id)
+                self.log.failure("satellite: hub subscription failed", failure, level=LogLevel.error)
                 reason = failure.getErrorMessage()
             self._subscription = None
             self._run(self.session.stream_failed(reason))
 
         d.addCallbacks(got, failed)
-        d.addErrback(lambda f: log.failure("satellite: delivering transactions", f))
+        d.addErrback(lambda f: self.log.failure("satellite: delivering transactions", f))
 
     def _pull_sync(self, reader) -> None:
         """
@@ -403,11 +411,11 @@ class ClientConnection:
                 return None
             self._sync = None
             reader.close()
-            log.failure("satellite {client}: initial sync failed", failure, client=self.session.client_id)
+            self.log.failure("satellite: initial sync failed", failure, level=LogLevel.error)
             self._run(self.session.stream_failed(f"initial sync: {failure.getErrorMessage()}"))
 
         d = self.owner.sync_reads.run(read)
-        d.addErrback(lambda f: log.failure("satellite: delivering the initial sync", f))
+        d.addErrback(lambda f: self.log.failure("satellite: delivering the initial sync", f))
 
     # --- service-initiated -------------------------------------------
 
@@ -559,12 +567,12 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
-    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str) -> None:
+    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str, logger=None) -> None:
         self.refused_transactions += 1
         self._recent_refusals.append(
             {"client_id": client_id, "user_id": user_id, "reason": reason, "at": round(time.time(), 3)})
-        log.warn("satellite: refused a transaction of client {client} (user {user}): {reason}",
-                 client=client_id, user=user_id, reason=reason)
+        (logger or log).warn("satellite: refused a transaction of client {client_id} (user {user_id}): {reason}",
+                             client_id=client_id, user_id=user_id, reason=reason)
 
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""
