@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import socket
 
+import autobahn.websocket.protocol as autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
+
+from electric.satellite.session import SharedFrame
 
 log = Logger()
 
@@ -70,10 +73,38 @@ OPEN_HANDSHAKE_TIMEOUT = 10.0
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
 
+class _LazyPformat:
+    """pformat(obj), computed only if a log observer ever formats it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __str__(self):
+        return _real_pformat(self.obj)
+
+    __repr__ = __str__
+
+
+_real_pformat = autobahn_protocol.pformat
+
+
 @implementer(IPushProducer)
 class SatelliteServerProtocol(WebSocketServerProtocol):
     connection = None
     refused = False
+
+    def _connectionMade(self):
+        # autobahn formats its whole configuration with pformat for a debug
+        # log line on every new connection, whether or not debug logging is
+        # on: in a connect storm of thousands of clients a large share of the
+        # reactor.  Here that argument is lazy (the same text if ever logged).
+        autobahn_protocol.pformat = _LazyPformat
+        try:
+            super()._connectionMade()
+        finally:
+            autobahn_protocol.pformat = _real_pformat
 
     def dataReceived(self, data):
         if self.refused:
@@ -131,7 +162,15 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
     # --- used by ClientConnection ---------------------------------
 
     def send_frame(self, data: bytes) -> None:
-        if self.state == self.STATE_OPEN:
+        if self.state != self.STATE_OPEN:
+            return
+        if type(data) is SharedFrame:
+            # The same frame goes to many clients: framed once, then only written.
+            prepared = data.__dict__.get("ws")
+            if prepared is None:
+                prepared = data.ws = self.factory.prepareMessage(bytes(data), isBinary=True, doNotCompress=True)
+            self.sendPreparedMessage(prepared)
+        else:
             self.sendMessage(data, isBinary=True)
 
     def close_connection(self, abort: bool, reason: str = "") -> None:
