@@ -1,0 +1,152 @@
+"""
+The shared hub cursor (`electric.satellite.fanout`) over real websockets:
+caught-up clients share one hub subscription and one encoding of each
+transaction; a client whose socket pushes back leaves it, goes on at its own
+pace without losing or repeating a row, and joins again once caught up.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from electric.hub.interface import UPSERT, RowChange, Transaction
+from electric.satellite import codec
+from electric.satellite.codec import ORIGINAL, V0_2
+
+from tests.satellite_helpers import SatelliteFixture, eventually
+
+ITEMS = ["id", "content", "n", "electric_user_id"]
+
+
+def pg_txn(n, *rows, origin="postgres_1"):
+    changes = tuple(
+        RowChange("public", "items", UPSERT, (r["id"],), {"content": None, "n": None, "electric_user_id": None, **r})
+        for r in rows
+    )
+    return Transaction(origin, n.to_bytes(8, "big"), 1_700_000_000_000_000 + n, changes)
+
+
+def updates(log):
+    return [codec.decode_row(op.update.row_data, ITEMS) for op in log.ops if op.WhichOneof("op") == "update"]
+
+
+class SharedCursor(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.fx = yield SatelliteFixture(self).start()
+
+    def conn(self, client_id):
+        return next(c for c in self.fx.service.connections if c.session.client_id == client_id)
+
+    @defer.inlineCallbacks
+    def pieces(self, client, until_lsn):
+        """(begin lsn, ids) per client transaction until the one committing with `until_lsn`."""
+        pieces = []
+        while not pieces or pieces[-1][0] != until_lsn:
+            log = yield client.recv_message(ORIGINAL)
+            if codec.message_name(log) != "SatOpLog":
+                continue
+            for op in log.ops:
+                kind = op.WhichOneof("op")
+                if kind == "begin":
+                    ids, lsn = [], op.begin.lsn
+                elif kind == "update":
+                    ids.append(codec.decode_row(op.update.row_data, ITEMS)["id"])
+                elif kind == "commit":
+                    pieces.append((lsn, ids))
+        return pieces
+
+    @defer.inlineCallbacks
+    def test_caught_up_clients_share_one_subscription_and_one_encoding(self):
+        a = yield self.fx.authed(ORIGINAL, "a", "alice", start_lsn=b"eof")
+        b = yield self.fx.authed(ORIGINAL, "b", "bob", start_lsn=b"eof")
+        c = yield self.fx.authed(V0_2, "c", "carol", start_lsn=b"eof")
+        fanout = self.fx.service.fanout
+        yield eventually(lambda: fanout.attached == 3, message="three clients on the shared cursor")
+        self.assertEqual(self.fx.hub.status()["subscriptions"], 1)
+        # One transaction, rows for everyone and for alice only: alice sees both, the others one.
+        yield self.fx.hub.append(pg_txn(1, {"id": "all"}, {"id": "mine", "electric_user_id": "alice"}))
+        got = {}
+        for name, client, gen in (("a", a, ORIGINAL), ("b", b, ORIGINAL), ("c", c, V0_2)):
+            yield client.recv_message(gen)  # relation
+            log = yield client.recv_message(gen)
+            got[name] = [r["id"] for r in updates(log)]
+        self.assertEqual(got, {"a": ["all", "mine"], "b": ["all"], "c": ["all"]})
+        self.assertEqual(fanout.attached, 3)
+        self.assertEqual([self.conn(x).session.delivered for x in "abc"], [1, 1, 1])
+
+    @defer.inlineCallbacks
+    def test_stalled_client_leaves_the_shared_cursor_and_catches_up_alone(self):
+        fast = yield self.fx.authed(ORIGINAL, "fast", "alice", start_lsn=b"eof")
+        slow = yield self.fx.authed(ORIGINAL, "slow", "alice", start_lsn=b"eof")
+        fanout = self.fx.service.fanout
+        yield eventually(lambda: fanout.attached == 2)
+        slow.proto.transport.pauseProducing()  # the client stops reading its socket
+        n = 400
+        big = "x" * 20_000
+        for i in range(n):
+            yield self.fx.hub.append(pg_txn(i + 1, {"id": f"r{i}", "content": big}))
+        conn = self.conn("slow")
+        yield eventually(lambda: conn._paused, message="server paused by the slow client's transport")
+        self.assertFalse(conn._attached)
+        self.assertIsNotNone(conn._subscription)
+        self.assertLess(conn.session.delivered, n)  # read no further than its socket took
+        # The other one is not held up.
+        yield fast.recv_message(ORIGINAL)  # relation
+        for i in range(n):
+            log = yield fast.recv_message(ORIGINAL)
+            self.assertEqual(updates(log)[0]["id"], f"r{i}")
+        slow.proto.transport.resumeProducing()
+        yield slow.recv_message(ORIGINAL)  # relation
+        for i in range(n):
+            log = yield slow.recv_message(ORIGINAL)
+            self.assertEqual(updates(log)[0]["id"], f"r{i}")
+        # Caught up: it joins the shared cursor again (at the latest with the next transaction).
+        yield self.fx.hub.append(pg_txn(n + 1, {"id": "next"}))
+        for client in (fast, slow):
+            log = yield client.recv_message(ORIGINAL)
+            self.assertEqual([r["id"] for r in updates(log)], ["next"])
+        yield eventually(lambda: conn._attached and conn._subscription is None, message="slow client rejoined")
+        self.assertEqual(fanout.attached, 2)
+
+    @defer.inlineCallbacks
+    def test_client_stalled_inside_a_big_transaction_gets_the_rest_once(self):
+        first = yield self.fx.hub.append(pg_txn(1, {"id": "before"}))
+        lsn = self.fx.hub.client_lsn(first.position)
+        fast = yield self.fx.authed(ORIGINAL, "fast", "alice", start_lsn=lsn)
+        slow = yield self.fx.authed(ORIGINAL, "slow", "alice", start_lsn=lsn)
+        fanout = self.fx.service.fanout
+        yield eventually(lambda: fanout.attached == 2)
+        slow.proto.transport.pauseProducing()
+        n = 5000  # three hub items of at most 2,000 rows, 4 MB each: far beyond the socket buffers
+        buf = self.fx.hub.begin("postgres_1", b"big")
+        for s in range(0, n, 1000):
+            yield buf.add(pg_txn(0, *[{"id": f"b{i:05d}", "content": "y" * 2000} for i in range(s, s + 1000)]).changes)
+        big = yield buf.commit()
+        conn = self.conn("slow")
+        yield eventually(lambda: conn._paused and not conn._attached, message="slow client left the shared cursor")
+        # It left with the first piece written: its own subscription re-reads the transaction and drops that piece.
+        self.assertEqual((conn._skip_pos, conn._skip_n), (big.position, 2000))
+        fast_pieces = yield self.pieces(fast, self.fx.hub.client_lsn(big.position))
+        slow.proto.transport.resumeProducing()
+        slow_pieces = yield self.pieces(slow, self.fx.hub.client_lsn(big.position))
+        expected_ids = [f"b{i:05d}" for i in range(n)]
+        for pieces in (fast_pieces, slow_pieces):
+            self.assertEqual([len(p[1]) for p in pieces], [2000, 2000, 1000])
+            self.assertEqual([p[0] for p in pieces], [lsn, lsn, self.fx.hub.client_lsn(big.position)])
+            self.assertEqual([i for p in pieces for i in p[1]], expected_ids)
+        yield self.fx.hub.append(pg_txn(2, {"id": "after"}))
+        for client in (fast, slow):
+            log = yield client.recv_message(ORIGINAL)
+            self.assertEqual([r["id"] for r in updates(log)], ["after"])
+
+    @defer.inlineCallbacks
+    def test_last_client_gone_closes_the_shared_subscription(self):
+        a = yield self.fx.authed(ORIGINAL, "a", "alice", start_lsn=b"eof")
+        fanout = self.fx.service.fanout
+        yield eventually(lambda: fanout.attached == 1)
+        yield a.close()
+        yield eventually(lambda: not self.fx.service.connections)
+        self.assertEqual(fanout.attached, 0)
+        self.assertEqual(self.fx.hub.status()["subscriptions"], 0)
