@@ -150,3 +150,75 @@ class SharedCursor(unittest.TestCase):
         yield eventually(lambda: not self.fx.service.connections)
         self.assertEqual(fanout.attached, 0)
         self.assertEqual(self.fx.hub.status()["subscriptions"], 0)
+
+
+def masked(payload: bytes, key: bytes, opcode: int = 2) -> bytes:
+    """A client frame (FIN, `opcode`) masked with `key`."""
+    n = len(payload)
+    head = bytes((0x80 | opcode, 0x80 | n)) if n <= 125 else bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class SmallMessages(unittest.TestCase):
+    """The transport's fast path for small client messages, beside autobahn's own for everything else."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.fx = yield SatelliteFixture(self).start()
+
+    @defer.inlineCallbacks
+    def test_small_and_large_frames_and_a_ping_in_one_segment(self):
+        import socket
+
+        from twisted.internet import threads
+
+        ping = codec.encode(ORIGINAL, ORIGINAL.pb.SatPingReq())
+        rel = codec.encode(ORIGINAL, ORIGINAL.pb.SatRelation(
+            schema_name="public", table_name="items", relation_id=7,
+            columns=[ORIGINAL.pb.SatRelationColumn(name="c" * 40 + str(i), type="TEXT") for i in range(4)]))
+        self.assertGreater(len(rel), 125)  # goes through autobahn's parser
+        segment = (masked(ping, b"\x01\x02\x03\x04") + masked(b"hi", b"\x05\x06\x07\x08", opcode=9)
+                   + masked(rel, b"\x09\x0a\x0b\x0c") + masked(ping, b"\x00\x00\x00\x00")
+                   + masked(ping, b"\xff\xfe\xfd\xfc"))
+
+        def go():
+            s = socket.create_connection(("127.0.0.1", self.fx.port), timeout=20)
+            try:
+                s.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += s.recv(4096)
+                data = data.split(b"\r\n\r\n", 1)[1]
+                s.sendall(masked(codec.auth_request(ORIGINAL, "raw-1", "alice"), b"\x11\x22\x33\x44"))
+                frames = []
+
+                def read(count):
+                    nonlocal data
+                    while len(frames) < count:
+                        while len(data) >= 2 and len(data) >= 2 + (data[1] & 0x7F):
+                            n = data[1] & 0x7F
+                            frames.append((data[0] & 0x0F, data[2:2 + n]))
+                            data = data[2 + n:]
+                        if len(frames) >= count:
+                            break
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+
+                read(2)  # SatAuthResp, SatInStartReplicationReq
+                s.sendall(segment)
+                read(6)
+                return frames
+            finally:
+                s.close()
+
+        frames = yield threads.deferToThread(go)
+        self.assertEqual([f[1][:1] for f in frames[:2]], [b"\x02", b"\x07"])
+        pong = codec.encode(ORIGINAL, ORIGINAL.pb.SatPingResp(lsn=b""))
+        self.assertEqual(frames[2:], [(2, pong), (10, b"hi"), (2, pong), (2, pong)])
+        conn = self.fx.service.connections[0]
+        self.assertEqual(conn.session._client_relations[7].table_name, "items")
