@@ -240,6 +240,16 @@ def electric_rounds(swarm, first_k, rounds, commit):
     return per, last
 
 
+def server_state(service) -> str:
+    """What the server thinks of its clients (printed when a round times out)."""
+    conns = service.connections
+    f = service.fanout
+    return (f"{len(conns)} connections, {f.attached} on the shared cursor at {f.position},"
+            f" {sum(1 for c in conns if c._subscription is not None)} on their own subscription,"
+            f" {sum(1 for c in conns if c._paused)} paused, {sum(1 for c in conns if c._pulling)} pulling,"
+            f" delivered {sorted(set(c.session.delivered for c in conns))[:10]}")
+
+
 def line(label, got, ref, what="raw ws"):
     ratio = got / ref if ref else float("nan")
     print(f"     {label}: satellite {ms(got)}   {what} {ms(ref)}   ratio {ratio:6.1f}x")
@@ -280,7 +290,11 @@ def main(args):
                   f" (+{rss_mb() - idle:.0f} MB, {(rss_mb() - idle) * 1024 / n:.1f} KB per client)")
             k = 0
             yield hub.append(hub_txn())  # warm-up: the first transaction also carries the SatRelation
-            yield swarm.txn(k)
+            try:
+                yield swarm.txn(k)
+            except defer.TimeoutError:
+                print(f"   warm-up did not reach every client: {server_state(service)}")
+                raise
             k += 1
             hub_per, hub_last = yield electric_rounds(swarm, k, args.rounds, lambda: hub.append(hub_txn()))
             k += args.rounds

@@ -68,6 +68,13 @@ real client, see tests/test_satellite_e2e.py).  The real peer wins.
 """
 
 
+LISTEN_BACKLOG = 1024
+"""
+Connections the kernel queues before Electric accepts them (Twisted's
+default is 50): when thousands of clients reconnect at once, a full queue
+drops their SYNs and each waits a second or more to retry.
+"""
+
 OPEN_FILES_WANTED = 16384
 """Open files (sockets) Electric asks for at start: room for 10,000 clients and everything else."""
 
@@ -130,7 +137,7 @@ class ClientConnection:
         self._skip_n = 0
         self._paused = False
         self._stream_generation = 0
-        self._heartbeat: Optional[task.LoopingCall] = None
+        self._heartbeat = None  # the next heartbeat tick (an IDelayedCall)
         self._auth_timer = None
         self._lost = False
         self._claimed = False
@@ -149,9 +156,15 @@ class ClientConnection:
 
     def opened(self) -> None:
         self._auth_timer = self.clock.callLater(AUTH_DEADLINE, self._auth_deadline)
-        self._heartbeat = task.LoopingCall(lambda: self._run(self.session.tick()))
-        self._heartbeat.clock = self.clock
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        self._heartbeat = self.clock.callLater(HEARTBEAT_INTERVAL, self._beat)
+
+    def _beat(self) -> None:
+        # A plain timer rather than a LoopingCall: with thousands of clients
+        # the Deferred machinery of a LoopingCall tick is a visible share of the reactor.
+        self._heartbeat = self.clock.callLater(HEARTBEAT_INTERVAL, self._beat)
+        actions = self.session.tick()
+        if actions:
+            self._run(actions)
 
     def frame(self, data: bytes, binary: bool) -> None:
         self._run(self.session.receive(data, binary))
@@ -170,8 +183,8 @@ class ClientConnection:
         self.session.disconnected()
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
         self._stop_stream()
         if self._claimed:
             self.owner._release(self.session.client_id, self)
@@ -577,7 +590,8 @@ class SatelliteService(service.Service):
             SEND_MIGRATION_NOTIFICATIONS if migration_notifications is None else migration_notifications
         )
         self.listener = Listener(reactor, "Satellite websocket", "wss" if config.websocket_tls else "ws",
-                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls)
+                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls,
+                                 backlog=LISTEN_BACKLOG)
         self.connections: List[ClientConnection] = []
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
