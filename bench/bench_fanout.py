@@ -134,11 +134,14 @@ class Swarm(protocol.ProcessProtocol):
         yield self.exited
 
 
+WINDOW = [200]
+
+
 def spawn(port, n, mode):
     swarm = Swarm(n)
     reactor.spawnProcess(swarm, sys.executable,
                          [sys.executable, os.path.join(HERE, "fanout_clients.py"), "--port", str(port), "--n", str(n),
-                          "--mode", mode], env=os.environ.copy())
+                          "--mode", mode, "--window", str(WINDOW[0])], env=os.environ.copy())
     return swarm
 
 
@@ -341,10 +344,13 @@ def run():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1000,10000", help="comma-separated client counts")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--window", type=int, default=200,
+                        help="opening handshakes the client process keeps in flight at once (the connect storm)")
     parser.add_argument("--no-postgres", dest="postgres", action="store_false",
                         help="skip the Postgres commit rounds (no PG 15 cluster needed)")
     args = parser.parse_args()
     args.clients = [int(x) for x in args.clients.split(",")]
+    WINDOW[0] = args.window
     failure = []
 
     def go():
