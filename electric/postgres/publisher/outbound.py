@@ -29,6 +29,7 @@ written under flow control without building its frames in memory.
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from electric.hub import positions
@@ -55,7 +56,7 @@ def _xlog(start: int, now: int, payload: bytes) -> bytes:
 class _Shape:
     """What this connection told the subscriber about one table."""
 
-    __slots__ = ("table", "relation_id", "columns", "key_index", "message", "insert_head", "delete_head")
+    __slots__ = ("table", "relation_id", "columns", "key_index", "message", "insert_head", "delete_head", "signature")
 
     def __init__(self, table: Table, relation_id: int):
         self.table = table
@@ -65,6 +66,9 @@ class _Shape:
         self.key_index = [i for i, name in enumerate(self.columns) if name in keys]
         self.insert_head = b"I" + _REL.pack(relation_id) + b"N"
         self.delete_head = b"D" + _REL.pack(relation_id) + b"K"
+        # Everything a change message depends on besides the change: equal
+        # signatures, equal bytes (whichever subscriber they go to).
+        self.signature = (relation_id, self.columns, tuple(self.key_index))
         self.message = pgoutput.Relation(
             relation_id=relation_id,
             namespace=table.schema,
@@ -75,6 +79,46 @@ class _Shape:
                 for c in table.columns
             ),
         )
+
+
+class PayloadCache:
+    """
+    Change messages (Insert/Delete) of the items being sent, shared by every
+    port-5433 stream: the subscribers whose databases define a table alike
+    get the same bytes, encoded once; only the XLogData headers (LSNs, send
+    time) are each stream's own.  Keyed by the item object, which the hub's
+    in-memory tail hands to every subscriber; an entry goes when its item is
+    freed, so the cache holds no more than what the items are kept for.
+    """
+
+    def __init__(self):
+        self._items: Dict[int, Tuple[weakref.ref, Dict]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def for_item(self, rt: ResolvedTransaction) -> Dict:
+        """signature -> list of the item's change messages (None until encoded)."""
+        key = id(rt)
+        entry = self._items.get(key)
+        if entry is not None and entry[0]() is rt:
+            return entry[1]
+        payloads: Dict = {}
+        self._items[key] = (weakref.ref(rt, lambda _ref, key=key, items=self._items: items.pop(key, None)), payloads)
+        return payloads
+
+    def __len__(self):
+        return len(self._items)
+
+
+def _payload(shape: "_Shape", change) -> bytes:
+    row = change.row
+    if change.deleted:
+        key = [None] * len(shape.columns)
+        for k in shape.key_index:
+            key[k] = _value(row, shape.columns[k])
+        return shape.delete_head + encode_tuple(key)
+    get = row.get
+    return shape.insert_head + encode_tuple([None if v is UNCHANGED else v for v in (get(c) for c in shape.columns)])
 
 
 def _value(row, name):
@@ -106,8 +150,9 @@ class OutboundEncoder:
     """
 
     def __init__(self, registry: SchemaRegistry, origin: str, base: int, start_position: int = 0,
-                 clock=pg_now):
+                 clock=pg_now, payloads: Optional[PayloadCache] = None):
         self.registry = registry
+        self.payloads = payloads
         self.origin = origin
         self.base = base
         self.position = start_position
@@ -158,8 +203,16 @@ class OutboundEncoder:
         now = self._clock()
         begin_lsn, commit_lsn = o.begin_lsn, o.commit_lsn
         i = o.changes
-        for change in rt.changes:
-            shape, fresh = self._shape(change.schema, change.table)
+        shapes: Dict[Tuple[str, str], Optional[_Shape]] = {}  # looked up once per table per item
+        shared = self.payloads.for_item(rt) if self.payloads is not None else None
+        changes = rt.changes
+        for index, change in enumerate(changes):
+            table = (change.schema, change.table)
+            if table in shapes:
+                shape, fresh = shapes[table], False
+            else:
+                shape, fresh = self._shape(*table)
+                shapes[table] = shape
             if shape is None:
                 self.skipped_changes += 1
                 continue
@@ -169,16 +222,18 @@ class OutboundEncoder:
                 yield _xlog(begin_lsn, now, pgoutput.Begin(commit_lsn, o.timestamp, xid).encode())
             if fresh:
                 yield _xlog(0, now, shape.message.encode())
-            row = change.row
-            if change.deleted:
-                key = [None] * len(shape.columns)
-                for k in shape.key_index:
-                    key[k] = _value(row, shape.columns[k])
-                payload = shape.delete_head + encode_tuple(key)
+            if shared is None:
+                payload = _payload(shape, change)
             else:
-                get = row.get
-                payload = shape.insert_head + encode_tuple([
-                    None if v is UNCHANGED else v for v in (get(c) for c in shape.columns)])
+                encoded = shared.get(shape.signature)
+                if encoded is None:
+                    encoded = shared[shape.signature] = [None] * len(changes)
+                payload = encoded[index]
+                if payload is None:
+                    payload = encoded[index] = _payload(shape, change)
+                    self.payloads.misses += 1
+                else:
+                    self.payloads.hits += 1
             lsn = begin_lsn + i if begin_lsn + i < commit_lsn else commit_lsn
             i += 1
             o.changes = i

@@ -53,7 +53,7 @@ from electric.postgres.publisher.session import (
 )
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
-from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.postgres.publisher.outbound import OutboundEncoder, PayloadCache
 
 log = Logger(namespace="electric.postgres.publisher.service")
 
@@ -120,7 +120,7 @@ class ReplicationStream:
         self.base = base
         self.start_position = start
         self.durable = durable
-        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start)
+        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start, payloads=publisher.payloads)
         self.acked = start
         self.paused = False
         self.stopped = False
@@ -595,6 +595,7 @@ class PublisherService(service.Service):
         self.config = config
         self.hub = hub
         self.registry = registry
+        self.payloads = PayloadCache()  # change messages shared by the streams (`outbound.PayloadCache`)
         self.credentials = credentials
         self.offsets = offsets
         self.reactor = reactor
