@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import gc
 import hashlib
 import os
 import resource
@@ -243,6 +244,29 @@ def electric_rounds(swarm, first_k, rounds, commit):
     return per, last
 
 
+class GcPauses:
+    """Garbage collector passes in this process (a full one over 10,000 connections' objects is long)."""
+
+    def __init__(self):
+        self.pauses = []
+        self._t = {}
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase, info):
+        if phase == "start":
+            self._t[info["generation"]] = time.monotonic()
+        else:
+            t0 = self._t.pop(info["generation"], None)
+            if t0 is not None:
+                self.pauses.append((info["generation"], time.monotonic() - t0))
+
+    def take(self) -> str:
+        p, self.pauses = self.pauses, []
+        full = [d for g, d in p if g == 2]
+        return (f"{len(p)} GC passes, {sum(d for _, d in p) * 1000:.0f} ms in all; {len(full)} full,"
+                f" longest {max(full, default=0) * 1000:.0f} ms")
+
+
 def server_state(service) -> str:
     """What the server thinks of its clients (printed when a round times out)."""
     conns = service.connections
@@ -281,6 +305,7 @@ def main(args):
             pgside = bench_satellite.PostgresSide(tmp, hub, registry, offsets)
             yield pgside.start()
         idle = rss_mb()
+        gcs = GcPauses()
         print(f"Electric RSS idle: {idle:.0f} MB")
         for n in args.clients:
             print()
@@ -299,14 +324,17 @@ def main(args):
                 print(f"   warm-up did not reach every client: {server_state(service)}")
                 raise
             k += 1
+            gcs.take()
             hub_per, hub_last = yield electric_rounds(swarm, k, args.rounds, lambda: hub.append(hub_txn()))
+            gc_hub = gcs.take()
             k += args.rounds
-            pg_per = pg_last = None
+            pg_per = pg_last = gc_pg = None
             if pgside is not None:
                 def pg_commit():
                     _seq[0] += 1
                     return threads.deferToThread(pgside.insert, f"pg{_seq[0]}")
                 pg_per, pg_last = yield electric_rounds(swarm, k, args.rounds, pg_commit)
+                gc_pg = gcs.take()
                 k += args.rounds
             rss_live = rss_mb()
             load_live = load()
@@ -317,12 +345,12 @@ def main(args):
                 yield task.deferLater(reactor, 0.1, lambda: None)
             ref_per, ref_last = yield raw_reference(n, args.rounds)
             print(f"   after the rounds: Electric RSS {rss_live:.0f} MB ({load_live})")
-            print(f"   hub commit -> client ({args.rounds} rounds)")
+            print(f"   hub commit -> client ({args.rounds} rounds; {gc_hub})")
             line("each delivery p50", pct(hub_per, 50), pct(ref_per, 50))
             line("each delivery p99", pct(hub_per, 99), pct(ref_per, 99))
             line("last of N     p99", pct(hub_last, 99), pct(ref_last, 99))
             if pg_per is not None:
-                print(f"   Postgres COMMIT -> client ({args.rounds} rounds)")
+                print(f"   Postgres COMMIT -> client ({args.rounds} rounds; {gc_pg})")
                 line("each delivery p50", pct(pg_per, 50), pct(ref_per, 50))
                 line("each delivery p99", pct(pg_per, 99), pct(ref_per, 99))
                 line("last of N     p99", pct(pg_last, 99), pct(ref_last, 99))
