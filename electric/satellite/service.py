@@ -8,7 +8,10 @@ For every websocket it runs a `ClientConnection`, which owns one sans-IO
 results back into the session.  The outgoing stream is pulled from the hub
 subscription only while the session wants more *and* the socket is not
 pushing back (the transport pauses us as its producer when the kernel buffer
-is full), so a slow client never makes Electric buffer for it.
+is full), so a slow client never makes Electric buffer for it.  Clients
+that are caught up are fed by one shared hub cursor instead of pulling each
+(`electric.satellite.fanout`); a client leaves it the moment it cannot take
+more and goes on with its own subscription.
 """
 
 from __future__ import annotations
