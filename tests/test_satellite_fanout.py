@@ -75,6 +75,9 @@ class SharedCursor(unittest.TestCase):
         self.assertEqual(got, {"a": ["all", "mine"], "b": ["all"], "c": ["all"]})
         self.assertEqual(fanout.attached, 3)
         self.assertEqual([self.conn(x).session.delivered for x in "abc"], [1, 1, 1])
+        # Plain TCP: shared frames go straight to the socket (SatelliteServerProtocol._write_now).
+        from twisted.internet import tcp
+        self.assertIs(type(self.conn("a").transport.transport), tcp.Server)
 
     @defer.inlineCallbacks
     def test_stalled_client_leaves_the_shared_cursor_and_catches_up_alone(self):

@@ -23,6 +23,7 @@ import socket
 import autobahn.websocket.protocol as autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import tcp
 from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
@@ -199,9 +200,34 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
             prepared = data.__dict__.get("ws")
             if prepared is None:
                 prepared = data.ws = self.factory.prepareMessage(bytes(data), isBinary=True, doNotCompress=True)
-            self.sendPreparedMessage(prepared)
+            if self.send_queue or self.logOctets:
+                self.sendPreparedMessage(prepared)
+            else:  # what sendPreparedMessage does, without its per-call debug formatting
+                wire = prepared.payloadHybi
+                self._write_now(wire)
+                self.trafficStats.outgoingOctetsWireLevel += len(wire)
         else:
             self.sendMessage(data, isBinary=True)
+
+    def _write_now(self, data: bytes) -> None:
+        """
+        `transport.write(data)`, but on a plain TCP connection with nothing
+        buffered the bytes go to the socket at once: no write buffering, no
+        epoll registration and deregistration, no separate reactor pass per
+        client.  Whatever the socket does not take is buffered as usual (and
+        pauses us as its producer when there is too much).
+        """
+        t = self.transport
+        if (type(t) is tcp.Server and not t.TLS and t.connected and not t.disconnecting
+                and not t._writeDisconnected and not t._tempDataLen and len(t.dataBuffer) == t.offset):
+            try:
+                sent = t.socket.send(data)
+            except OSError:
+                sent = 0  # would block, or broken: the ordinary path buffers it or reports the error
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def close_connection(self, abort: bool, reason: str = "") -> None:
         """
