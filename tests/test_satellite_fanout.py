@@ -225,3 +225,49 @@ class SmallMessages(unittest.TestCase):
         self.assertEqual(frames[2:], [(2, pong), (10, b"hi"), (2, pong), (2, pong)])
         conn = self.fx.service.connections[0]
         self.assertEqual(conn.session._client_relations[7].table_name, "items")
+
+
+class ProcessLimits(unittest.TestCase):
+    """What the service sets up for many clients at start: open files, GC."""
+
+    def test_open_files_limit_raised_to_the_hard_limit(self):
+        import resource
+
+        from electric.satellite import service as service_mod
+
+        soft, hard = service_mod.raise_open_files_limit()
+        self.assertEqual(soft, hard)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE), (hard, hard))
+
+    def test_a_low_limit_is_reported(self):
+        import resource
+
+        from twisted.logger import globalLogPublisher
+
+        from electric.satellite import service as service_mod
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard == resource.RLIM_INFINITY:
+            raise unittest.SkipTest("no hard limit on open files here: nothing can be too low")
+        service_mod.raise_open_files_limit(wanted=hard + 1)
+        texts = [e.get("log_format", "") for e in events if "open files limit" in e.get("log_format", "")]
+        self.assertEqual(len(texts), 1, texts)
+        events.clear()
+        service_mod.raise_open_files_limit(wanted=hard)
+        self.assertFalse([e for e in events if "open files limit" in e.get("log_format", "")])
+
+    def test_young_gc_generation_collected_less_often(self):
+        import gc
+
+        from electric.satellite import service as service_mod
+
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        gc.set_threshold(700, 10, 10)
+        service_mod.raise_gc_threshold()
+        self.assertEqual(gc.get_threshold(), (service_mod.GC_YOUNG_THRESHOLD, 10, 10))
+        gc.set_threshold(0, 10, 10)  # collection switched off by whoever runs us: left so
+        service_mod.raise_gc_threshold()
+        self.assertEqual(gc.get_threshold(), (0, 10, 10))
