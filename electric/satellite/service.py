@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gc
 import resource
 import time
 from typing import Deque, Dict, List, Optional
@@ -102,23 +101,6 @@ def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED):
         log.warn("satellite: the open files limit is {n} (hard limit); fewer than {n} clients can connect"
                  " -- raise it (ulimit -n, LimitNOFILE=) to {wanted} or more", n=soft, wanted=wanted)
     return soft, hard
-
-
-GC_YOUNG_THRESHOLD = 50_000
-"""
-Allocations between two collections of Python's youngest generation (the
-default is 700).  Each transaction delivered to thousands of clients makes
-tens of thousands of short-lived objects; at the default the collector runs
-many times per delivery and, with the objects of 10,000 connections alive,
-now and then a full pass of over half a second lands in the middle of one.
-"""
-
-
-def raise_gc_threshold(young: int = GC_YOUNG_THRESHOLD) -> None:
-    """Collect the youngest generation less often (never more often than it is set to already)."""
-    t0, t1, t2 = gc.get_threshold()
-    if 0 < t0 < young:
-        gc.set_threshold(young, t1, t2)
 
 
 class ClientConnection:
@@ -637,7 +619,6 @@ class SatelliteService(service.Service):
 
         service.Service.startService(self)
         raise_open_files_limit()
-        raise_gc_threshold()
         tls = self.config.websocket_tls
         self.listener.factory = SatelliteServerFactory(self, secure=tls is not None)
         self.listener.startService()

@@ -110,11 +110,6 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
     def dataReceived(self, data):
         if self.refused:
             return
-        if (self.state == self.STATE_OPEN and self.current_frame is None and not self.data
-                and not self.inside_message and self._perMessageCompress is None):
-            data = self._small_messages(data)
-            if not data:
-                return
         # autobahn buffers the opening handshake until the blank line, however
         # long: bound it (431, as an HTTP server answers oversized headers).
         if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
@@ -127,31 +122,6 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
             self.transport.loseConnection()
             return
         super().dataReceived(data)
-
-    def _small_messages(self, data: bytes) -> bytes:
-        """
-        Deliver the complete, small (<= 125 bytes), masked, unfragmented
-        binary messages at the start of `data` -- a client's acknowledgements,
-        one per transaction it receives -- without autobahn's general frame
-        machinery, which costs several times more per message; return the
-        rest (from the first frame of any other kind) for autobahn.
-        """
-        pos, end = 0, len(data)
-        while end - pos >= 6:
-            b0, b1 = data[pos], data[pos + 1]
-            n = b1 & 0x7F
-            if b0 != 0x82 or not b1 & 0x80 or n > 125 or end - pos < 6 + n:
-                break
-            mask = data[pos + 2:pos + 6]
-            payload = data[pos + 6:pos + 6 + n]
-            pos += 6 + n
-            if mask != b"\0\0\0\0" and n:
-                key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-                payload = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
-            self.onMessage(payload, True)
-            if self.state != self.STATE_OPEN:
-                break
-        return data[pos:] if pos else data
 
     def authenticated(self) -> None:
         """The session authenticated: from now on full-size messages are accepted."""
