@@ -47,12 +47,19 @@ from electric.postgres.protocol import pgoutput
 from electric.postgres.source import replication
 from electric.postgres.source import setup
 from electric.postgres.protocol.lsn import format_lsn
+from electric.metrics import seconds_since
 from electric.schema import Table
 
 log = Logger(namespace="electric.postgres.source.connector")
 
-MAX_INFLIGHT_TRANSACTIONS = 500
-MAX_INFLIGHT_ROWS = 50_000
+_BEGIN, _COMMIT, _ORIGIN = b"BCO"
+_ROW_TAGS = frozenset(b"IUDT")  # the pgoutput messages that carry rows
+
+# Appends handed to the hub and not yet durable.  The hub writer stores a
+# commit group's small appends together, so it keeps up with thousands in
+# flight; the row count is what bounds memory.
+MAX_INFLIGHT_TRANSACTIONS = 5000
+MAX_INFLIGHT_ROWS = 20_000
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 10.0
 
@@ -67,6 +74,23 @@ def retry_policy(jitter: Optional[Callable[[], float]] = None) -> Callable[[int]
     return backoffPolicy(initialDelay=FIRST_BACKOFF, maxDelay=MAX_BACKOFF, factor=2.0, **kwargs)
 
 
+class InboundCounters:
+    """
+    What one connector took from its database since Electric started, over
+    every replication connection (a `_Stream` lives for one): plain integers
+    bumped on the data path, read by `ConnectorService.metrics`.
+    """
+
+    __slots__ = ("transactions", "rows", "dropped", "received_bytes", "append_failures")
+
+    def __init__(self):
+        self.transactions = 0  # appended to the hub and durable
+        self.rows = 0  # row changes in those
+        self.dropped = 0  # read and not forwarded (own origin, bookkeeping tables, empty)
+        self.received_bytes = 0  # pgoutput payload bytes
+        self.append_failures = 0  # hub appends that failed (the stream is then dropped and resumed)
+
+
 class _Stream:
     """
     The consumer side of one replication connection.
@@ -75,14 +99,19 @@ class _Stream:
     it appends to, the connector's `assembler` (reset here: a new connection
     resends from the flushed position), `resolve_table(schema, name)`
     (a coroutine asking the catalog about a table) and `on_error(text)`,
-    told once why the stream failed.  Its own `acks.flushed` is the flush
-    position the connector reports.
+    told once why the stream failed, and the connector's `counters`.  Its
+    own `acks.flushed` is the flush position the connector reports.
     """
 
     def __init__(self, name: str, hub, assembler: assembly.TransactionAssembler,
                  resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
-                 flushed: int):
+                 flushed: int, counters: Optional[InboundCounters] = None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.report_due = False  # a status update is scheduled for the end of this reactor turn
         self.name = name
+        self.counters = counters if counters is not None else InboundCounters()
         self.hub = hub
         self.assembler = assembler
         self.assembler.reset()
@@ -101,9 +130,15 @@ class _Stream:
         self.dropped = 0
         self.flow_pauses = 0
         self.buffer = None  # the hub append buffer of the open big transaction
+        self.buffer_rows = 0  # row changes staged in it so far
         self.big_transactions = 0
         self.staged_rows = 0
         self.add_pauses = 0
+        self.ops = deque()  # (buffer, operation, changes) waiting to run, one at a time
+        self.op_busy = False
+        self.ops_full = False  # an operation waits behind the running one: reading stops
+        self.skipping = False  # in a transaction of our own origin: row changes are not decoded
+        self.skipped_changes = 0
 
     # IStreamConsumer
 
@@ -119,14 +154,29 @@ class _Stream:
     def xlog_data(self, wal_start, wal_end, data):
         if self.closed:
             return
+        self.counters.received_bytes += len(data)
+        tag = data[0] if data else 0
+        if self.skipping:
+            # Inside a transaction the assembler will drop whole (Electric's
+            # own subscription applied it): its row changes are not even
+            # decoded.  Everything else (Relation above all) still is.
+            if tag in _ROW_TAGS:
+                self.skipped_changes += 1
+                return
         try:
             msg = self.decoder.decode(data)
         except pgoutput.PgoutputError as e:
             self.fail(f"cannot decode pgoutput at {format_lsn(wal_end)}: {e}")
             return
-        self.queue.append(msg)
-        if not self.waiting:
+        if tag == _ORIGIN:
+            self.skipping = self.assembler.is_own_origin(msg.name) and self.decoder.stream_xid is None
+        elif tag == _BEGIN or tag == _COMMIT:
+            self.skipping = False
+        if self.waiting or self.ops_full or self.queue:
+            self.queue.append(msg)
             self.drain()
+        else:
+            self._feed(msg)
 
     def keepalive(self, wal_end):
         if not self.queue and not self.waiting and not self.assembler.in_transaction:
@@ -136,94 +186,124 @@ class _Stream:
     # processing
 
     def drain(self):
-        while self.queue and not self.waiting and not self.closed:
-            msg = self.queue.popleft()
-            try:
-                event = self.assembler.feed(msg)
-            except assembly.InboundError as e:
-                self.fail(str(e))
-                return
-            if event is None:
-                continue
-            if isinstance(event, assembly.NeedTable):
-                self.waiting = True
-                self._pause("lookup")
-                d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
-                d.addCallbacks(self._resolved, self._resolve_failed)
-                return
-            if isinstance(event, assembly.Chunk):
-                if self.buffer is None:
-                    self.buffer = self.hub.begin(self.name)
-                    self.big_transactions += 1
-                self._add(self.buffer, event.changes, None)
-                return
-            if event.chunked:
-                self._committed_chunked(event)
-                if self.waiting:
-                    return
-                continue
-            self._committed(event)
+        while self.queue and not self.waiting and not self.ops_full and not self.closed:
+            self._feed(self.queue.popleft())
+
+    def _feed(self, msg):
+        """One decoded message into the assembler, and whatever it completes to the hub."""
+        try:
+            event = self.assembler.feed(msg)
+        except assembly.InboundError as e:
+            self.fail(str(e))
+            return
+        if event is None:
+            return
+        if isinstance(event, assembly.NeedTable):
+            self.waiting = True
+            self._pause("lookup")
+            d = defer.ensureDeferred(self.resolve_table(event.schema, event.name))
+            d.addCallbacks(self._resolved, self._resolve_failed)
+            return
+        if isinstance(event, assembly.Chunk):
+            if self.buffer is None:
+                self.buffer = self.hub.begin(self.name)
+                self.buffer_rows = 0
+                self.big_transactions += 1
+            self.buffer_rows += len(event.changes)
+            self._add(self.buffer, event.changes)
+            return
+        if event.chunked:
+            self._committed_chunked(event)
+            return
+        self._committed(event)
 
     # -- big transactions: staged in the hub chunk by chunk ---------------------
+    #
+    # The buffer's operations (add, add, ..., then commit or abort) run one
+    # after another, as IAppendBuffer requires, from `self.ops`.  Reading
+    # goes on while one is outstanding, so the next chunk is decoded and
+    # assembled while the hub stages the previous one; it stops (the socket
+    # is paused) only when a second operation would have to wait, so at most
+    # two chunks are held.
 
-    def _add(self, buffer, changes, then) -> None:
-        """
-        Stage a chunk of the open big transaction.  Nothing else is read
-        from the queue or the socket until the hub has it (that is the flow
-        control), then `then()` runs (or draining goes on).
-        """
-        self.waiting = True
-        self.add_pauses += 1
-        self._pause("add")
+    def _stage(self, buffer, op, changes=None) -> None:
+        """Queue `op()` (returning a Deferred) for `buffer`; `changes` are counted as staged when it is done."""
+        self.ops.append((buffer, op, changes))
+        if self.op_busy:
+            if not self.ops_full:
+                self.ops_full = True
+                self.add_pauses += 1
+                self._pause("add")
+        else:
+            self._next_op()
+
+    def _next_op(self) -> None:
+        if self.closed:
+            return
+        if not self.ops:
+            self.op_busy = False
+            return
+        buffer, op, changes = self.ops.popleft()
+        self.op_busy = True
+        if not self.ops and self.ops_full:
+            # Room again: read on while this one runs.
+            self.ops_full = False
+            self._resume("add")
         try:
-            d = buffer.add(changes)
+            d = op()
         except Exception:
             d = defer.fail()
 
-        def added(_):
+        def done(_):
             if self.closed:
                 return
-            self.staged_rows += len(changes)
-            self.waiting = False
-            self._resume("add")
-            if then is not None:
-                then()
-            if not self.waiting:
-                self.drain()
+            if changes is not None:
+                self.staged_rows += len(changes)
+            self._next_op()
+            self.drain()
 
         def failed(failure):
             if not self.closed:
                 self.fail(f"hub could not stage a transaction: {failure.getErrorMessage()}")
 
-        d.addCallbacks(added, failed)
+        d.addCallbacks(done, failed)
+
+    def _add(self, buffer, changes) -> None:
+        self._stage(buffer, lambda: buffer.add(changes), changes)
 
     def _committed_chunked(self, event: assembly.Assembled) -> None:
         """The Commit of a big transaction: stage its last changes, then commit it as one hub position."""
-        buffer = self.buffer
+        buffer, self.buffer = self.buffer, None
         if event.transaction is None:
             # Dropped after all (it touched Electric's bookkeeping): nothing of it may reach the hub.
             self.dropped += 1
+            self.counters.dropped += 1
             self.acks.add(event.end_lsn, done=True)
             self._report()
-            self._discard_buffer()
+            self.buffer_rows = 0
+            self._stage(buffer, lambda: buffer.abort())
             return
         txn = event.transaction
-        entry = self.acks.add(event.end_lsn)
+        entry = self.acks.add(event.end_lsn, commit_timestamp=txn.commit_timestamp)
+        # Every row change of the transaction (the staged chunks' and these
+        # last ones), for the rows-in count; none of them is held in memory
+        # any more (they are staged in the hub), so none counts in flight.
+        rows = self.buffer_rows + len(txn.changes)
+        self.buffer_rows = 0
 
         def commit():
-            self.buffer = None
             self.inflight_tx += 1
             try:
                 d = buffer.commit(txn.commit_timestamp, origin_id=txn.origin_id)
             except Exception:
                 d = defer.fail()
             d.addCallbacks(self._appended, self._append_failed,
-                           callbackArgs=(entry, 0), errbackArgs=(entry, 0, event.end_lsn))
+                           callbackArgs=(entry, rows, 0), errbackArgs=(entry, 0, event.end_lsn))
+            return defer.succeed(None)  # the next operation need not wait for durability
 
         if txn.changes:
-            self._add(buffer, txn.changes, commit)
-        else:
-            commit()
+            self._add(buffer, txn.changes)
+        self._stage(buffer, commit)
 
     def _resolved(self, result):
         table, skipped = result
@@ -240,10 +320,11 @@ class _Stream:
     def _committed(self, event: assembly.Assembled):
         if event.transaction is None:
             self.dropped += 1
+            self.counters.dropped += 1
             self.acks.add(event.end_lsn, done=True)
             self._report()
             return
-        entry = self.acks.add(event.end_lsn)
+        entry = self.acks.add(event.end_lsn, commit_timestamp=event.transaction.commit_timestamp)
         rows = event.rows
         self.inflight_tx += 1
         self.inflight_rows += rows
@@ -256,12 +337,15 @@ class _Stream:
         except Exception:
             d = defer.fail()
         d.addCallbacks(self._appended, self._append_failed,
-                       callbackArgs=(entry, rows), errbackArgs=(entry, rows, event.end_lsn))
+                       callbackArgs=(entry, rows, rows), errbackArgs=(entry, rows, event.end_lsn))
 
-    def _appended(self, _result, entry, rows):
+    def _appended(self, _result, entry, rows, held):
+        """The hub made a transaction of `rows` row changes durable; `held` of them counted in flight."""
         self.inflight_tx -= 1
-        self.inflight_rows -= rows
+        self.inflight_rows -= held
         self.appended += 1
+        self.counters.transactions += 1
+        self.counters.rows += rows
         if self.closed:
             return
         if self.acks.done(entry):
@@ -269,9 +353,10 @@ class _Stream:
         if self.inflight_tx <= MAX_INFLIGHT_TRANSACTIONS // 2 and self.inflight_rows <= MAX_INFLIGHT_ROWS // 2:
             self._resume("flow")
 
-    def _append_failed(self, failure, entry, rows, end_lsn):
+    def _append_failed(self, failure, entry, held, end_lsn):
         self.inflight_tx -= 1
-        self.inflight_rows -= rows
+        self.inflight_rows -= held
+        self.counters.append_failures += 1
         if self.closed:
             return
         log.error("connector {connector}: hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
@@ -279,6 +364,17 @@ class _Stream:
         self.fail(f"hub append failed: {failure.getErrorMessage()}")
 
     def _report(self):
+        """
+        Tell Postgres the new flush position, once per reactor turn however
+        many transactions completed in it (a hub commit group completes
+        hundreds at once).
+        """
+        if self.client is not None and not self.closed and not self.report_due:
+            self.report_due = True
+            self.reactor.callLater(0, self._send_report)
+
+    def _send_report(self):
+        self.report_due = False
         if self.client is not None and not self.closed:
             self.client.send_status(self.acks.flushed)
 
@@ -293,9 +389,17 @@ class _Stream:
             self.client.resume()
 
     def _discard_buffer(self) -> None:
-        buffer, self.buffer = self.buffer, None
-        if buffer is not None:
-            buffer.abort().addErrback(lambda f: None)
+        buffers = {id(b): b for b, _, _ in self.ops}
+        self.ops.clear()
+        if self.buffer is not None:
+            buffers[id(self.buffer)] = self.buffer
+        self.buffer = None
+        self.buffer_rows = 0
+        for buffer in buffers.values():
+            try:
+                buffer.abort().addErrback(lambda f: None)
+            except Exception:
+                pass
 
     def fail(self, text: str):
         if self.closed:
@@ -360,6 +464,9 @@ class ConnectorService(Service):
         self._sleep_enable: Optional[defer.Deferred] = None
         self._failures = 0  # setup/stream failures since the stream was last up
         self.assembler = assembly.TransactionAssembler(connector.name, self._lookup)
+        self.counters = InboundCounters()
+        # Failures since start by kind (see `metrics`).
+        self.failures = {"setup": 0, "connect": 0, "stream": 0, "subscription": 0, "internal": 0}
 
     # -- status --
 
@@ -395,6 +502,45 @@ class ConnectorService(Service):
             "big_transactions": s.big_transactions if s is not None else 0,
             "appends_in_flight": s.inflight_tx if s is not None else 0,
         }
+
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`), counted since start
+        over every replication connection: `state`; `transactions` and
+        `rows` the hub made durable, `transactions_dropped`,
+        `received_bytes` (pgoutput); while streaming, `appends_in_flight`,
+        `lag_bytes` (received LSN - flushed LSN) and `lag_seconds` (since the
+        commit of the oldest transaction received and not yet durable; 0 when
+        none is); and `errors` by kind: ``connector_setup`` (set-up of the
+        database failed), ``connector_connect`` (the replication connection
+        could not be opened), ``connector_stream`` (a live stream ended),
+        ``connector_hub_append`` (the hub failed an append),
+        ``connector_subscription`` (enabling the subscription back to
+        Electric failed), ``connector_internal``.
+
+        Keys for figures this build does not measure yet are left out (the
+        import of existing rows: ``import_rows``, ``import_progress``; the
+        apply worker's failures: ``apply_failures``), never reported as 0.
+        """
+        c = self.counters
+        out = {
+            "state": self.state,
+            "transactions": c.transactions,
+            "rows": c.rows,
+            "transactions_dropped": c.dropped,
+            "received_bytes": c.received_bytes,
+            "errors": {f"connector_{kind}": n for kind, n in self.failures.items()},
+        }
+        out["errors"]["connector_hub_append"] = c.append_failures
+        s = self._stream
+        if self.ready:
+            out["appends_in_flight"] = s.inflight_tx
+            out["lag_bytes"] = max(0, s.client.last_received - s.acks.flushed)
+            oldest = s.acks.oldest_pending_commit
+            if oldest is None:
+                oldest = self.assembler.open_commit_timestamp
+            out["lag_seconds"] = 0.0 if oldest is None else seconds_since(self.clock.seconds(), oldest)
+        return out
 
     # -- Service --
 
@@ -434,6 +580,8 @@ class ConnectorService(Service):
             except Exception as e:
                 if self._stopping:
                     break
+                if not isinstance(e, (setup.SetupError, replication.ReplicationError)):
+                    self.failures["internal"] += 1
                 self._set_error(self._describe(e))
             if self._stopping:
                 break
@@ -467,6 +615,8 @@ class ConnectorService(Service):
         try:
             result = await setup.run_setup(self.config, self.connector, self.credentials, self.reactor)
         except Exception as e:
+            if not self._stopping:
+                self.failures["setup"] += 1
             raise setup.SetupError(f"setup failed: {self._describe(e)}") from e
         if self._stopping:
             return
@@ -474,7 +624,7 @@ class ConnectorService(Service):
         self.subscription_oid = result.subscription_oid
         self.assembler.set_subscription_oid(result.subscription_oid)
         stream = _Stream(self.connector.name, self.hub, self.assembler, self._resolve_table,
-                         self._stream_failed, result.slot_confirmed_lsn)
+                         self._stream_failed, result.slot_confirmed_lsn, self.counters, reactor=self.reactor)
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
             self.config.slot_for(self.connector), self.config.publication, stream, label=self.connector.name,
@@ -489,6 +639,8 @@ class ConnectorService(Service):
                                                timeout)
         except replication.ReplicationError as e:
             stream.closed = True
+            if not self._stopping:
+                self.failures["connect"] += 1
             raise replication.ReplicationError(f"replication connection failed: {e}") from e
         log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn}, {tls})",
                  connector=self.connector.name, slot=self.config.slot_for(self.connector),
@@ -502,6 +654,7 @@ class ConnectorService(Service):
         stream.closed = True
         if self._stopping:
             return
+        self.failures["stream"] += 1
         raise replication.ReplicationError(f"replication stream ended: {client.error or reason}")
 
     # -- schema --
@@ -569,6 +722,7 @@ class ConnectorService(Service):
                 except defer.CancelledError:
                     raise
                 except Exception as e:
+                    self.failures["subscription"] += 1
                     self._set_error(f"enabling subscription failed: {self._describe(e)}")
                 self._sleep_enable = deferLater(self.clock, self.retry_delay(attempt), lambda: None)
                 attempt += 1

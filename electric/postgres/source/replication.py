@@ -182,8 +182,13 @@ class ReplicationClient(protocol.Protocol):
     # -- running the session's actions --
 
     def _run(self, actions) -> None:
+        session = self.session
         for action in actions:
             try:
+                if type(action) is Deliver:  # nearly every action while streaming
+                    if session.state not in (FAILED, CLOSED):
+                        self.consumer.xlog_data(*action)
+                    continue
                 self._do(action)
             except Exception as e:  # a consumer bug must not wedge the stream
                 log.failure("replication {label}: failed handling {kind}", label=self.label,

@@ -31,7 +31,8 @@ for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+import struct
+from typing import Callable, List, NamedTuple, Optional
 
 from electric.postgres.protocol import auth
 from electric.postgres.protocol.cursor import ProtocolError
@@ -86,9 +87,12 @@ class Streaming:
     system: tuple
 
 
-@dataclass(frozen=True)
-class Deliver:
-    """One XLogData: a pgoutput message ending at WAL position `wal_end`."""
+class Deliver(NamedTuple):
+    """
+    One XLogData: a pgoutput message ending at WAL position `wal_end`.  A
+    tuple, not a dataclass: there is one per WAL record, and building it
+    must cost next to nothing.
+    """
 
     wal_start: int
     wal_end: int
@@ -112,6 +116,11 @@ class Fail:
     """Drop the connection; `reason` says why (also kept in `ReplicationSession.error`)."""
 
     reason: str
+
+
+_XLOG_HEAD = struct.Struct("!QQ")  # wal_start, wal_end after the 'w' (then the send time)
+_XLOG_MIN = 1 + 8 + 8 + 8
+_new_deliver = tuple.__new__
 
 
 def start_replication_command(slot: str, publication: str, proto_version: int = 1) -> str:
@@ -175,6 +184,8 @@ class ReplicationSession:
 
     def feed(self, data: bytes) -> list:
         """Bytes from the server (decrypted, once TLS is up) → actions."""
+        if self.state == STREAMING:
+            return self._feed_stream(data)
         if self.state in (FAILED, CLOSED, NEW):
             return []
         try:
@@ -343,6 +354,41 @@ class ReplicationSession:
                 return self._fail(str(e))
             return [Send(reply.encode()) for reply in replies]
         raise ProtocolError(f"unexpected {type(msg).__name__} during authentication")
+
+    def _feed_stream(self, data: bytes) -> list:
+        """
+        `feed` while streaming: XLogData payloads are split off the
+        CopyData straight into `Deliver` tuples (no CopyData, no XLogData
+        object, one copy of the bytes); everything else takes the general path.
+        """
+        try:
+            messages = self._parser.feed_copy_both(data)
+        except ProtocolError as e:
+            return self._fail(f"protocol error from server: {e}")
+        out: list = []
+        append = out.append
+        last = self.last_received
+        new_deliver = _new_deliver
+        unpack = _XLOG_HEAD.unpack_from
+        for msg in messages:
+            if type(msg) is bytes and len(msg) >= _XLOG_MIN and msg[0] == 0x77:  # 'w' XLogData
+                start, end = unpack(msg, 1)
+                if end > last:
+                    last = end
+                append(new_deliver(Deliver, (start, end, msg[_XLOG_MIN:])))
+                continue
+            self.last_received = last
+            if type(msg) is bytes:
+                msg = CopyData(msg)
+            try:
+                out += self._handle(msg)
+            except ProtocolError as e:
+                out += self._fail(f"protocol error: {e}")
+            last = self.last_received
+            if self.state != STREAMING:
+                break
+        self.last_received = last
+        return out
 
     def _stream(self, msg) -> List:
         if isinstance(msg, CopyData):
