@@ -24,7 +24,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
 from electric.config import VARIABLES, Config, ConfigError
-from electric.service import VAXINE_UNAVAILABLE, ElectricService, build_service
+from electric.service import ElectricService, build_service
 from tests.pgcluster import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -326,11 +326,18 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertEqual(names, ["hub", "offsets", "subscriber-credentials", "http", "postgres-publisher",
                                  "satellite", "migrations"])
 
-    def test_vaxine_host_is_refused(self):
-        config = Config(vaxine_host="vaxine")
-        with self.assertRaises(ConfigError) as caught:
-            build_service(config, reactor)
-        self.assertEqual(caught.exception.problems, [VAXINE_UNAVAILABLE])
+    def test_vaxine_host_selects_the_vaxine_hub(self):
+        from electric.vaxine.hub import VaxineHub
+        config = Config(vaxine_host="vaxine.example", vaxine_api_port=18087, vaxine_replication_port=18088,
+                        vaxine_connection_timeout_ms=1500, data_dir=self.config.data_dir)
+        root = build_service(config, reactor)
+        hub = root.getServiceNamed("hub")
+        self.assertIsInstance(hub, VaxineHub)
+        self.assertEqual((hub.host, hub.api_port, hub.replication_port, hub.connect_timeout),
+                         ("vaxine.example", 18087, 18088, 1.5))
+        self.assertIs(root.getServiceNamed("http").api.vaxine, hub)
+        self.assertFalse(any(s.running for s in root))
+        self.assertEqual(os.listdir(self.workdir), [])  # nothing connects or touches the disk before start
 
     @defer.inlineCallbacks
     def test_start_serve_stop(self):

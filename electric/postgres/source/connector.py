@@ -365,9 +365,10 @@ class ConnectorService(Service):
 
     @property
     def ready(self) -> bool:
-        """True only while the replication stream is live."""
+        """True only while the replication stream is live and the hub takes writes (`IHub.ready`)."""
         s = self._stream
-        return s is not None and not s.closed and s.client is not None and s.client.state == "streaming"
+        return (s is not None and not s.closed and s.client is not None and s.client.state == "streaming"
+                and bool(getattr(self.hub, "ready", True)))
 
     @property
     def state(self) -> str:
