@@ -51,7 +51,7 @@ import random
 import time
 from typing import Dict, List, Optional, Tuple
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -88,6 +88,114 @@ class _Staging:
         self.resume = resume  # the offset to restart from to see its first chunk again
         self.next_seq = 0
         self.broken: Optional[str] = None
+
+
+class _Write:
+    __slots__ = ("ops", "what", "deferred", "done")
+
+    def __init__(self, ops, what):
+        self.ops = ops
+        self.what = what
+        self.deferred = defer.Deferred()
+        self.done = False
+
+
+class _OrderedWriter:
+    """
+    Vaxine writes in call order, pipelined, retried whole in that order.
+
+    Order matters: two transactions of one origin must reach the stream in
+    the order the origin committed them (the later one wins a conflict).  On
+    one PB connection pipelined interactive transactions commit in request
+    order.  When one fails (the connection went away), new writes wait;
+    once every write in flight has settled, all that did not commit are
+    issued again, in order, after a backoff (10 ms doubling, up to 1 s, with
+    jitter).  After `write_retry_budget` seconds of failures every waiting
+    write fails with HubError -- the later ones too, so that none overtakes
+    a failed one -- and their producers resend them.  A write that committed
+    but whose reply was lost is written again; its copy in the stream is
+    dropped by (origin, origin_id).
+    """
+
+    def __init__(self, hub: "VaxineHub"):
+        self.hub = hub
+        self.queue: "collections.deque[_Write]" = collections.deque()
+        self.inflight = 0
+        self.recovering = False
+        self.first_failure: Optional[float] = None
+        self.delay = 0.01
+        self.last_error = ""
+        self._timer = None
+
+    def write(self, ops, what) -> defer.Deferred:
+        w = _Write(ops, what)
+        self.queue.append(w)
+        if not self.recovering:
+            self._issue(w)
+        return w.deferred
+
+    def _issue(self, w: _Write) -> None:
+        self.inflight += 1
+        self.hub.pb.write(w.ops).addCallbacks(self._ok, self._failed, (w,), None, (w,))
+
+    def _ok(self, _, w: _Write) -> None:
+        self.inflight -= 1
+        w.done = True
+        self.first_failure = None
+        self.delay = 0.01
+        while self.queue and self.queue[0].done:
+            self.queue.popleft()
+        self.hub._vstats["writes"] += 1
+        w.deferred.callback(None)
+        self._settled()
+
+    def _failed(self, failure: Failure, w: _Write) -> None:
+        self.inflight -= 1
+        self.last_error = failure.getErrorMessage()
+        if not failure.check(VaxineError):
+            log.failure("Vaxine hub: unexpected write failure", failure)
+        if not self.recovering:
+            self.recovering = True
+            if self.first_failure is None:
+                self.first_failure = self.hub._clock.seconds()
+        self._settled()
+
+    def _settled(self) -> None:
+        if self.hub._closing or not self.hub._open:
+            return
+        if self.recovering and self.inflight == 0 and self._timer is None:
+            wait = min(self.delay * (1 + self.hub._rng.random()), 1.0)
+            self.delay *= 2
+            self._timer = self.hub._clock.callLater(wait, self._reissue)
+
+    def _reissue(self) -> None:
+        self._timer = None
+        pending = [w for w in self.queue if not w.done]
+        stopped = not self.hub._open or self.hub._closing
+        spent = self.hub._clock.seconds() - (self.first_failure or self.hub._clock.seconds())
+        if stopped or spent >= self.hub.write_retry_budget:
+            self.queue.clear()
+            self.recovering = False
+            self.first_failure = None
+            self.delay = 0.01
+            for w in pending:
+                why = "the hub stopped" if stopped else f"Vaxine did not take it for {spent:.0f} s: {self.last_error}"
+                w.deferred.errback(Failure(HubError(f"{w.what} was not written: {why}")))
+            return
+        self.recovering = False
+        self.hub._vstats["write_retries"] += len(pending)
+        for w in pending:
+            self._issue(w)
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        pending = [w for w in self.queue if not w.done]
+        self.queue.clear()
+        self.recovering = False
+        for w in pending:
+            w.deferred.errback(Failure(HubError(f"{w.what} was not written: the hub stopped")))
 
 
 @implementer(IAppendBuffer)
@@ -176,10 +284,7 @@ class _VaxineAppendBuffer:
         hub = self._hub
 
         async def run():
-            known = await hub.applied(self.origin, self.origin_id)
-            if known is not None:
-                hub._abort_attempt(self.origin, self.attempt, self._seq)
-                return Committed(known, self.origin, self.origin_id, ts, 0, duplicate=True)
+            # A transaction the hub holds already comes back as a duplicate (see `VaxineHub.append`).
             result = await hub._write_and_wait(
                 (self.origin, self.origin_id), Committed,
                 R.commit_ops(self.origin, self.origin_id, self.attempt, self._seq, ts),
@@ -237,6 +342,7 @@ class VaxineHub(EmbeddedHub):
         self.write_retry_budget = write_retry_budget
         self._retry_policy = retry_policy
         self._rng = rng or random.Random()
+        self._vwriter = _OrderedWriter(self)
         self.pb = AntidoteClient(host, api_port, connect_timeout=connect_timeout, reactor=self._reactor,
                                  clock=self._clock, retry_policy=retry_policy)
         self.stream: Optional[ReplicationClient] = None
@@ -293,6 +399,7 @@ class VaxineHub(EmbeddedHub):
         for ws in waiters.values():
             for d, _ in ws:
                 d.errback(Failure(HubError("hub stopped")))
+        self._vwriter.stop()
         if self._wal is not None:
             self._wal.close()
         if self.stream is not None:
@@ -312,23 +419,13 @@ class VaxineHub(EmbeddedHub):
 
     # --- writing: into Vaxine ------------------------------------------
 
-    async def _write(self, ops, what: str):
-        """One Vaxine transaction with `ops`, retried whole with backoff; HubError when it cannot be written."""
-        delay, spent = 0.01, 0.0
-        while True:
+    def _write(self, ops, what: str) -> defer.Deferred:
+        """Deferred[None] once one Vaxine transaction with `ops` committed (in call order; see `_OrderedWriter`)."""
+        try:
             self._check_open()
-            try:
-                await self.pb.write(ops)
-                self._vstats["writes"] += 1
-                return
-            except VaxineError as e:
-                if spent >= self.write_retry_budget:
-                    raise HubError(f"Vaxine did not take {what}: {e}") from None
-                self._vstats["write_retries"] += 1
-                wait = min(delay * (1 + self._rng.random()), 1.0)
-                await task.deferLater(self._clock, wait, lambda: None)
-                spent += wait
-                delay *= 2
+        except HubError as e:
+            return defer.fail(e)
+        return self._vwriter.write(ops, what)
 
     async def _write_and_wait(self, ident, want, ops, what):
         d = defer.Deferred()
@@ -355,15 +452,11 @@ class VaxineHub(EmbeddedHub):
             return defer.fail(e)
         ident = (transaction.origin, bytes(transaction.origin_id))
 
-        async def run():
-            known = await self.applied(*ident)
-            if known is not None:
-                # Already in the log: the embedded sequencer answers with the earlier entry.
-                return await EmbeddedHub._submit_append(self, transaction)
-            return await self._write_and_wait(ident, ResolvedTransaction, ops,
-                                              f"a transaction from {transaction.origin}")
-
-        return defer.ensureDeferred(run())
+        # Written even when the hub holds it already (a producer resending): asking first would
+        # let a later write overtake this one.  The copy that comes back is dropped by
+        # (origin, origin_id) and this append answers with the earlier entry.
+        return defer.ensureDeferred(self._write_and_wait(ident, ResolvedTransaction, ops,
+                                                         f"a transaction from {transaction.origin}"))
 
     def begin(self, origin, origin_id=None, commit_timestamp=None):
         self._check_open()
@@ -389,8 +482,8 @@ class VaxineHub(EmbeddedHub):
         """Tell every reader to drop the chunks of `attempt` (best effort; only if any were written)."""
         if chunks_written <= 0 or not self._open or self._closing:
             return
-        d = defer.ensureDeferred(self._write(R.abort_ops(origin, attempt, int(time.time() * 1_000_000)),
-                                             f"the abort of a transaction from {origin}"))
+        d = self._write(R.abort_ops(origin, attempt, int(time.time() * 1_000_000)),
+                        f"the abort of a transaction from {origin}")
         d.addErrback(lambda f: log.warn("Vaxine hub: could not write the abort of {origin} attempt {attempt}: {e}",
                                         origin=origin, attempt=attempt, e=f.getErrorMessage()))
 
