@@ -83,8 +83,9 @@ class TwoElectricsOneVaxine(unittest.TestCase):
             yield threads.deferToThread(pg.wait_for, "SELECT content FROM items WHERE id = 'c1'", "from the client", 120)
         # concurrent writes to the same rows on both sides converge everywhere
         for i in range(1, 6):
-            self.a.psql(f"INSERT INTO conflict_t VALUES ({i}, 'a{i}', 'a{i}')")
-            self.b.psql(f"INSERT INTO conflict_t VALUES ({i}, 'b{i}', 'b{i}')")
+            for pg, who in ((self.a, "a"), (self.b, "b")):
+                pg.psql(f"INSERT INTO conflict_t VALUES ({i}, '{who}{i}', '{who}{i}') "
+                        "ON CONFLICT (id) DO UPDATE SET a = excluded.a, b = excluded.b")
         for i in range(1, 6):
             self.a.psql(f"UPDATE conflict_t SET a = 'a-late{i}' WHERE id = {i}")
             self.b.psql(f"UPDATE conflict_t SET b = 'b-late{i}' WHERE id = {i}")
