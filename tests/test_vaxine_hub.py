@@ -23,7 +23,7 @@ from electric.vaxine.hub import VaxineHub
 from electric.vaxine.pb_client import AntidoteClient
 from electric.vaxine import datamodel as D
 from tests.polling import wait_until
-from tests.vaxine_helpers import fast_retry, start_vaxine
+from tests.vaxine_helpers import REAL_MISSING_REASON, fast_retry, real_available, start_vaxine
 
 
 def seeded():
@@ -253,3 +253,72 @@ class Records(unittest.TestCase):
             with self.assertRaises(D.InvalidWalTransaction) as caught:
                 R.decode_changes(blob)
             self.assertIn(text, str(caught.exception))
+
+
+class WritesKeepTheirOrder(Base):
+    @defer.inlineCallbacks
+    def test_pipelined_writes_survive_vaxine_going_away_in_order(self):
+        """Appends in flight when Vaxine goes away are retried in their order: the last write wins."""
+        hub = self.hub(write_retry_budget=120.0)
+        yield hub.append(self.txn("postgres_1", 0, [(1, {"v": "first"})]))
+        pending = [hub.append(self.txn("postgres_1", i, [(1, {"v": f"v{i}"})])) for i in range(1, 21)]
+        yield self.node.kill()
+        yield self.node.start()
+        results = yield defer.gatherResults(pending, consumeErrors=True)
+        self.assertEqual([r.position for r in results], sorted(r.position for r in results))
+        log = yield self.read_all(hub)
+        ids = [int.from_bytes(i, "big") for _, _, i, _ in log]
+        self.assertEqual(ids, list(range(21)))
+        self.assertEqual((yield self.rows(hub)), {("1",): {"id": "1", "v": "v20"}})
+        if not self.node.is_real:
+            # the fake drops every connection at once: the writes in flight were retried
+            self.assertGreater(hub.status()["vaxine"]["write_retries"], 0)
+
+    @defer.inlineCallbacks
+    def test_a_write_that_cannot_be_made_fails_and_so_do_the_later_ones(self):
+        hub = self.hub(write_retry_budget=0.5)
+        yield hub.append(self.txn("postgres_1", 0, [(1, {"v": "first"})]))
+        yield self.node.kill()
+        yield wait_until(lambda: not hub.ready, what="links down")
+        pending = [hub.append(self.txn("postgres_1", i, [(1, {"v": f"v{i}"})])) for i in range(1, 4)]
+        for d in pending:
+            with self.assertRaises(HubError) as caught:
+                yield d
+            self.assertIn("was not written: Vaxine did not take it", str(caught.exception))
+        self.assertEqual(hub.head(), 1)
+
+
+class FakeMatchesReal(unittest.TestCase):
+    """The same IHub script on the real node and on the fake gives the same resolved log and rows."""
+
+    timeout = 240
+    if not real_available():
+        skip = REAL_MISSING_REASON
+
+    @defer.inlineCallbacks
+    def run_script(self, real):
+        case = Base()
+        case.addCleanup = self.addCleanup
+        case.node = yield start_vaxine(self, real=real)
+        case.table = "conformance"
+        a, b = case.hub(), case.hub()
+        yield a.append(case.txn("postgres_a", 1, [(1, {"v": "a", "w": "a"}), (2, {"v": "x"})]))
+        yield b.append(case.txn("postgres_b", 1, [(1, None)], op=DELETE))
+        yield a.append(case.txn("postgres_a", 2, [(1, {"v": "back"})]))
+        buf = b.begin("postgres_b", (2).to_bytes(8, "big"))
+        yield buf.add(case.txn("postgres_b", 0, [(k, {"v": f"big{k}"}) for k in range(3, 10)]).changes)
+        yield buf.add([RowChange("public", "conformance", TRUNCATE)])
+        yield buf.commit(1_700_000_000_000_002)
+        yield a.append(case.txn("postgres_a", 3, [(4, {"v": "after"})]))
+        yield wait_until(lambda: a.head() == 5 and b.head() == 5, what="both hubs at 5")
+        log = yield case.read_all(a)
+        self.assertEqual(log, (yield case.read_all(b)))
+        rows = yield case.rows(a)
+        return log, rows
+
+    @defer.inlineCallbacks
+    def test_same_resolution(self):
+        real = yield self.run_script(True)
+        fake = yield self.run_script(False)
+        self.assertEqual(real, fake)
+        self.assertEqual(real[1], {("4",): {"id": "4", "v": "after"}})
