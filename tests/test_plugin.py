@@ -176,12 +176,22 @@ class TwistdTests(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.workdir, "data")))
 
     @defer.inlineCallbacks
-    def test_vaxine_host_is_a_clear_startup_error(self):
-        run, _ = self.spawn(_env(self.workdir, VAXINE_HOST="vaxine"))
-        code = yield _with_timeout(run.ended, 60)
-        self.assertNotEqual(code, 0)
-        self.assertIn("unset VAXINE_HOST to use the embedded hub", run.err.decode())
+    def test_vaxine_host_unreachable_runs_not_ready_and_stops_cleanly(self):
+        """VAXINE_HOST selects the Vaxine hub; with nothing listening there it runs, says vaxine false and keeps retrying."""
+        closed = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        port = closed.getHost().port
+        yield closed.stopListening()
+        env = _env(self.workdir, VAXINE_HOST="127.0.0.1", VAXINE_API_PORT=str(port),
+                   VAXINE_REPLICATION_PORT=str(port), VAXINE_CONNECTION_TIMEOUT="500")
+        run, transport = self.spawn(env)
+        response, body = yield self.get_status(env["STATUS_PORT"], run)
+        self.assertEqual(body, b'{"connectors":{},"hub":true,"vaxine":false}')
+        self.assertTrue(os.path.exists(os.path.join(self.workdir, "data", "hub.sqlite3")))  # the local copy
+        transport.signalProcess("TERM")
+        code = yield _with_timeout(run.ended, 10)
+        self.assertEqual(code, 0, run.text)
         self.assertNotIn("Traceback", run.text)
+        self.assertIn(f"Vaxine hub: 127.0.0.1 PB {port} stream {port}", run.text)
 
     @defer.inlineCallbacks
     def test_status_port_in_use_exits_nonzero(self):
