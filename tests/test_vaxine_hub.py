@@ -109,6 +109,18 @@ class HubOnVaxine(Base):
         self.assertEqual((yield hub.applied("postgres_1", (2).to_bytes(8, "big"))), 2)
         log = yield self.read_all(hub)
         self.assertEqual([(p, o) for p, o, _, _ in log], [(1, "postgres_1"), (2, "postgres_1")])
+        # Vaxine holds the rows in the spec's data model too (one RRMAP per row)
+        pb = AntidoteClient(self.node.host, self.node.pb_port, retry_policy=fast_retry)
+        pb.startService()
+        self.addCleanup(pb.stopService)
+        values = yield pb.static_read([D.row_object("public", self.table, ("1",)), D.row_object("public", self.table, ("2",))])
+        from electric.vaxine import antidote as A
+        row1, row2 = values
+        self.assertEqual(row2, {(b"deleted?", A.FLAG_DW): False, (b"id", A.LWWREG): f"public:{self.table}:2".encode(),
+                                (b"schema", A.LWWREG): b"public", (b"table", A.LWWREG): self.table.encode(),
+                                (b"row", A.RRMAP): {(b"id", A.LWWREG): D.encode_value("2"),
+                                                    (b"v", A.LWWREG): D.encode_value("b")}})
+        self.assertTrue(row1[(b"deleted?", A.FLAG_DW)], row1)
         status = hub.status()
         self.assertEqual(status["hub"], "vaxine")
         self.assertTrue(status["vaxine"]["ready"])

@@ -283,8 +283,20 @@ class _VaxineAppendBuffer:
         self._state = "committing"
         hub = self._hub
 
+        ident = (self.origin, self.origin_id)
+        if hub._known(ident) or ident in hub._waiters:
+            # Already stored or on its way: no commit marker; the staged chunks are dropped.
+            hub._abort_attempt(self.origin, self.attempt, self._seq)
+            self._state = "done"
+            hub._buffers.discard(self)
+            if ident in hub._waiters:
+                d = defer.Deferred()
+                hub._waiters[ident].append((d, Committed))
+                return d
+            return hub.applied(*ident).addCallback(
+                lambda pos: Committed(pos, self.origin, self.origin_id, ts, 0, duplicate=True))
+
         async def run():
-            # A transaction the hub holds already comes back as a duplicate (see `VaxineHub.append`).
             result = await hub._write_and_wait(
                 (self.origin, self.origin_id), Committed,
                 R.commit_ops(self.origin, self.origin_id, self.attempt, self._seq, ts),
@@ -356,6 +368,7 @@ class VaxineHub(EmbeddedHub):
         self._vstats = {"stream_transactions": 0, "skipped": 0, "chunks": 0, "write_retries": 0,
                         "writes": 0, "refused": 0}
         self._last_skip: Optional[str] = None
+        self._probe = None  # a read connection to the local store, for `_known`
 
     @classmethod
     def from_config(cls, config, reactor=None, **kwargs) -> "VaxineHub":
@@ -368,11 +381,8 @@ class VaxineHub(EmbeddedHub):
         if self._open:
             return
         super().startService()
-        conn = store.connect(self.path, writer=False)
-        try:
-            stored = store.read_meta(conn, "x:" + OFFSET_META)
-        finally:
-            conn.close()
+        self._probe = store.connect(self.path, writer=False)
+        stored = store.read_meta(self._probe, "x:" + OFFSET_META)
         try:
             self._offset = offset_from_bytes(stored) if stored is not None else BEGINNING
         except ValueError as e:
@@ -410,6 +420,9 @@ class VaxineHub(EmbeddedHub):
         self._closing = False  # let the embedded hub's stop run its course
         yield super().stopService()
         self._stagings.clear()
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     @property
     def ready(self) -> bool:
@@ -452,11 +465,24 @@ class VaxineHub(EmbeddedHub):
             return defer.fail(e)
         ident = (transaction.origin, bytes(transaction.origin_id))
 
-        # Written even when the hub holds it already (a producer resending): asking first would
-        # let a later write overtake this one.  The copy that comes back is dropped by
-        # (origin, origin_id) and this append answers with the earlier entry.
+        if self._known(ident):
+            # Already stored: the embedded sequencer answers with the earlier entry, nothing is written.
+            return EmbeddedHub._submit_append(self, transaction)
+        if ident in self._waiters:
+            # The same transaction is on its way (a producer resending): wait for that copy.
+            d = defer.Deferred()
+            self._waiters[ident].append((d, ResolvedTransaction))
+            return d
         return defer.ensureDeferred(self._write_and_wait(ident, ResolvedTransaction, ops,
                                                          f"a transaction from {transaction.origin}"))
+
+    def _known(self, ident) -> bool:
+        """
+        Whether the local copy holds (origin, origin_id): one primary-key
+        lookup, made right here (not in a thread) so that no later write can
+        overtake this one on its way to Vaxine.
+        """
+        return store.read_applied(self._probe, ident[0], ident[1]) is not None
 
     def begin(self, origin, origin_id=None, commit_timestamp=None):
         self._check_open()
