@@ -73,6 +73,9 @@ log = Logger(namespace="electric.vaxine.hub")
 OFFSET_META = "vaxine_offset"
 """Key (in the local store's meta) of the stream offset to resume from."""
 
+WAL_QUEUE = 16
+"""Decoded stream transactions held between the stream and the reader before the stream is paused."""
+
 MAX_PENDING = 2000
 """Stream transactions submitted to the local store and not yet durable, before the reader waits."""
 
@@ -388,10 +391,11 @@ class VaxineHub(EmbeddedHub):
         except ValueError as e:
             raise HubError(f"{self.path}: stored Vaxine offset is unreadable ({e})") from None
         self._stagings.clear()
-        self._wal = WalQueue(high_water=64)
+        # A stream transaction may be a whole chunk (2,000 rows with their states): hold few.
+        self._wal = WalQueue(high_water=WAL_QUEUE)
         self.stream = ReplicationClient(self._wal, self.host, self.replication_port, offset=self._offset,
                                         connect_timeout=self.connect_timeout, reactor=self._reactor,
-                                        clock=self._clock, retry_policy=self._retry_policy)
+                                        clock=self._clock, retry_policy=self._retry_policy, raw_values=True)
         self.pb.startService()
         self.stream.startService()
         self._reader = defer.ensureDeferred(self._read_stream())

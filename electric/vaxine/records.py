@@ -34,8 +34,11 @@ as one hub position: atomic, since the marker is one Vaxine transaction.
 
 A stream transaction without a ``kind`` register (written by the original
 service, or by an Electric writing only the data model) is read from its row
-objects' states instead (`datamodel.from_wal`): each row becomes an UPSERT
-of the converged row (or a DELETE of it).
+objects instead: each row becomes an UPSERT of the row (or a DELETE of it) --
+the converged row when the stream carries states (`datamodel.from_wal`), the
+columns the transaction wrote when it carries only effects (the Vaxine hub
+starts the stream with ``raw_values``: decoding states costs four times as
+much, and Electric's own records need only the effects).
 
 Errors: `electric.vaxine.datamodel.InvalidWalTransaction` (and its
 `ForeignTransaction`) for anything that cannot be read; the caller logs and
@@ -53,7 +56,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 from electric.hub.interface import (
     DELETE, RESEND, TRUNCATE, UNCHANGED, UPSERT, RowChange, Transaction, WriteGuard,
 )
-from electric.vaxine import datamodel as D
+from electric.vaxine import crdt, datamodel as D
 from electric.vaxine.pb import antidote_pb2 as pb
 from electric.vaxine.stream import WalTransaction
 
@@ -305,30 +308,61 @@ def _attempt(data: Optional[bytes]) -> str:
     return data.decode()
 
 
-def _from_states(wal: WalTransaction) -> Whole:
-    w = D.from_wal(wal)
+def _from_effects(wal: WalTransaction, fields) -> Whole:
+    """A record-less transaction streamed with ``raw_values`` (no states): its rows from their effects."""
+    if D.M_ORIGIN not in fields or D.M_COMMIT_TIMESTAMP not in fields:
+        raise D.InvalidWalTransaction(f"transaction at {wal.offset}: metadata lacks origin or commit_timestamp")
+    try:
+        ts = D.parse_timestamp(D._text("commit_timestamp", fields[D.M_COMMIT_TIMESTAMP]))
+    except ValueError as e:
+        raise D.InvalidWalTransaction(f"transaction at {wal.offset}: {e}") from None
+    effects = {}
+    for op in wal.ops:
+        if op.key.startswith(D.ROWS_PREFIX):
+            effects.setdefault(op.key, []).extend(op.effects)
+    rows = []
+    try:
+        for key, effs in effects.items():
+            row = D.row_from_state(crdt.make_dict([]), effs)
+            if row is not None:
+                rows.append(row)
+    except crdt.CrdtError as e:
+        raise D.InvalidWalTransaction(f"transaction at {wal.offset}: {e}") from None
+    return _as_whole(D._text("origin", fields[D.M_ORIGIN]), fields.get(D.M_ORIGIN_ID, b""), ts, rows)
+
+
+def _as_whole(origin, origin_id, ts, rows) -> Whole:
     changes = []
-    for c in w.changes:
+    for c in rows:
         if c.deleted:
             changes.append(RowChange(c.schema, c.table, DELETE, c.key, dict(c.row)))
         else:
             changes.append(RowChange(c.schema, c.table, UPSERT, c.key, dict(c.row)))
-    return Whole(Transaction(w.origin, w.origin_id, w.commit_timestamp, tuple(changes)), from_states=True)
+    return Whole(Transaction(origin, origin_id, ts, tuple(changes)), from_states=True)
+
+
+def _from_states(wal: WalTransaction) -> Whole:
+    w = D.from_wal(wal)
+    return _as_whole(w.origin, w.origin_id, w.commit_timestamp, w.changes)
 
 
 def parse(wal: WalTransaction) -> Record:
     """What one stream transaction means to the Vaxine hub (see the module docstring)."""
+    # (with raw_values each update of an object is an op of its own: gather them by key)
     found = [op for op in wal.ops if op.key.startswith(D.METADATA_PREFIX)]
     if not found:
         raise D.ForeignTransaction(f"transaction at {wal.offset} has no metadata object: not Electric's")
-    if len(found) > 1:
-        raise D.InvalidWalTransaction(f"transaction at {wal.offset} has {len(found)} metadata objects")
+    keys = {op.key for op in found}
+    if len(keys) > 1:
+        raise D.InvalidWalTransaction(f"transaction at {wal.offset} has {len(keys)} metadata objects")
     try:
-        fields = D.metadata_from_effects(found[0].effects)
+        fields = D.metadata_from_effects([e for op in found for e in op.effects])
     except ValueError as e:
         raise D.InvalidWalTransaction(f"transaction at {wal.offset}: {e}") from None
     kind = fields.get(M_KIND)
     if kind is None:
+        if any(op.state is None for op in wal.ops):
+            return _from_effects(wal, fields)
         return _from_states(wal)
     if D.M_ORIGIN not in fields or D.M_COMMIT_TIMESTAMP not in fields:
         raise D.InvalidWalTransaction(f"transaction at {wal.offset}: metadata lacks origin or commit_timestamp")
