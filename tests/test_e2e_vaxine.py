@@ -95,7 +95,13 @@ class TwoElectricsOneVaxine(unittest.TestCase):
         for i in range(2, 6):
             self.assertIn(f"({i},a-late{i},b-late{i})", text)
         self.assertTrue('(1,"a says",b-late1)' in text or '(1,"b says",b-late1)' in text, text)
-        yield threads.deferToThread(wait_same, self.a, self.b, "items", 120, 2)
+        # a transaction bigger than one hub chunk goes through Vaxine in chunks and lands whole
+        self.b.psql("INSERT INTO items SELECT 'big' || i, 'one big transaction', i, NULL FROM generate_series(1, 4500) i")
+        yield threads.deferToThread(self.a.wait_for, "SELECT count(*) FROM items WHERE content = 'one big transaction'",
+                                    "4500", 300)
+        details = self.e2.details()
+        self.assertEqual(details["connectors"]["postgres_b"]["big_transactions"], 1)
+        yield threads.deferToThread(wait_same, self.a, self.b, "items", 120, 4502)
         yield wait_until(lambda: self.e1.hub_head() == self.e2.hub_head(), timeout=60, what="the same head")
 
     def test_restart_resumes_from_the_stored_offset(self):
