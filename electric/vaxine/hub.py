@@ -339,8 +339,10 @@ class VaxineHub(EmbeddedHub):
     IHub over Vaxine (see the module docstring).  `data_dir` holds the local
     copy (the embedded hub's store, fed only by the stream); `host`,
     `api_port`, `replication_port`, `connect_timeout` (seconds) are the
-    ``VAXINE_*`` settings.  `pb`/`stream_endpoint` replace the links'
-    defaults (tests); other keyword arguments go to `EmbeddedHub`.
+    ``VAXINE_*`` settings; `write_retry_budget` (seconds) bounds how long a
+    write is retried (see `_OrderedWriter`); `retry_policy` is the links'
+    reconnect backoff (tests make it short); `rng` draws the retry jitter.
+    Other keyword arguments go to `EmbeddedHub`.
     """
 
     name = "hub"
