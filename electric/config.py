@@ -86,7 +86,7 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "POSTGRES_SLOT": ("all_changes", "logical replication slot Electric creates in every Postgres"),
     "WEBSOCKET_PORT": ("5133", "Satellite websocket port (path /ws)"),
     "STATUS_PORT": ("5050", "HTTP status and migrations API port"),
-    "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations and /api/status/details (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
+    "ELECTRIC_API_TOKEN": (None, "bearer token the HTTP API requires for migrations, /api/status/details and /metrics (>= 16 characters of A-Z a-z 0-9 - . _ ~ + /); unset = no token (/api/status is always open)"),
     "LISTEN_HOST": ("0.0.0.0", "address Electric's listeners bind to: an IPv4 or IPv6 address (:: = every interface, IPv4 too where the system allows)"),
     "POSTGRES_REPLICATION_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for TLS on port 5433; set with the key, port 5433 then accepts TLS connections only and the subscriptions ask for TLS; unset = no TLS"),
     "POSTGRES_REPLICATION_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of POSTGRES_REPLICATION_TLS_CERT_FILE"),
@@ -99,10 +99,12 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "OFFSET_STORAGE_FILE": ("./offset_storage_data.dat", "file keeping each subscriber's LSN <-> hub position map and client positions"),
     "MIGRATIONS_DIR": ("./migrations", "directory holding one folder per migration"),
     "MIGRATIONS_FILE_NAME_SUFFIX": ("/postgres.sql", "appended to a migration name to find its SQL file"),
+    "LOG_FORMAT": ("text", "log output: text (one readable line per event, fields as [connector=... instance_id=...]) or json (one JSON object per line, every field a key)"),
+    "LOG_LEVEL": ("info", "lowest level logged: debug, info, warn, error or critical"),
     "SATELLITE_AUTH_SIGNING_KEY": (None, "HS256 key (>= 32 bytes) for client JWTs; unset = insecure auth (token is the user id)"),
     "SATELLITE_AUTH_SIGNING_ISS": (None, "required JWT issuer (needs the signing key)"),
-    "GLOBAL_CLUSTER_ID": ("dev.electric-db", "cluster identifier (logging)"),
-    "ELECTRIC_INSTANCE_ID": ("instance-1.region-1.dev.electric-db", "instance identifier (logging)"),
+    "GLOBAL_CLUSTER_ID": ("dev.electric-db", "cluster identifier: on every log line (cluster_id), in /api/status/details (instance) and as label cluster_id of every metric"),
+    "ELECTRIC_INSTANCE_ID": ("instance-1.region-1.dev.electric-db", "identifier of this Electric instance: on every log line (instance_id), in /api/status/details (instance) and as label instance_id of every metric"),
     "ELECTRIC_REGIONAL_ID": ("region-1.dev.electric-db", "server id sent to Satellite clients"),
     "VAXINE_HOST": (None, "Vaxine host: set = the hub is Vaxine (several Electrics may share one); unset = embedded hub"),
     "VAXINE_API_PORT": ("8087", "Vaxine protocol-buffers API port"),
@@ -282,6 +284,8 @@ class Config:
     global_cluster_id: str = "dev.electric-db"
     instance_id: str = "instance-1.region-1.dev.electric-db"
     regional_id: str = "region-1.dev.electric-db"
+    log_format: str = "text"
+    log_level: str = "info"
     vaxine_host: Optional[str] = None
     vaxine_api_port: int = 8087
     vaxine_replication_port: int = 8088
@@ -383,6 +387,12 @@ class Config:
                 problems.append(
                     f"POSTGRES_REPLICATION_SSLROOTCERT={sslrootcert!r}: needs POSTGRES_REPLICATION_TLS_CERT_FILE and "
                     "POSTGRES_REPLICATION_TLS_KEY_FILE (port 5433 has no TLS without them)")
+        log_format = get("LOG_FORMAT").strip().lower()
+        if log_format not in ("text", "json"):
+            problems.append(f"LOG_FORMAT={get('LOG_FORMAT')!r}: expected text or json")
+        log_level = get("LOG_LEVEL").strip().lower()
+        if log_level not in ("debug", "info", "warn", "warning", "error", "critical"):
+            problems.append(f"LOG_LEVEL={get('LOG_LEVEL')!r}: expected debug, info, warn, error or critical")
         suffix = get("MIGRATIONS_FILE_NAME_SUFFIX")
         electric_host = get("ELECTRIC_HOST")
         if not electric_host or any(ch.isspace() or ch in "'\\" for ch in electric_host):
@@ -411,6 +421,8 @@ class Config:
             global_cluster_id=get("GLOBAL_CLUSTER_ID"),
             instance_id=get("ELECTRIC_INSTANCE_ID"),
             regional_id=get("ELECTRIC_REGIONAL_ID"),
+            log_format=log_format,
+            log_level="warn" if log_level == "warning" else log_level,
             vaxine_host=get("VAXINE_HOST"),
             vaxine_api_port=port("VAXINE_API_PORT"),
             vaxine_replication_port=port("VAXINE_REPLICATION_PORT"),

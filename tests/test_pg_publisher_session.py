@@ -532,6 +532,22 @@ class Queries(unittest.TestCase):
         self.assertIsInstance(c.actions[-1], StreamStopped)
         self.assertIsNotNone(c.disconnected)
 
+    def test_ending_a_stream_ourselves_is_not_a_protocol_violation(self):
+        # Shutdown or a timeout: the stop reason (what the log says) is ours; a client's bad message is a violation.
+        c = self.c
+        c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        c.take(c.session.start_streaming(c.actions[-1].command))
+        actions = c.session.end_stream("57P01", "terminating connection: Electric is shutting down")
+        self.assertEqual([a for a in actions if isinstance(a, StreamStopped)],
+                         [StreamStopped("terminating connection: Electric is shutting down")])
+        c2 = Client(new_session(backend=self.backend))
+        c2.login()
+        c2.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        c2.take(c2.session.start_streaming(c2.actions[-1].command))
+        c2.query("IDENTIFY_SYSTEM")
+        self.assertEqual([a.reason for a in c2.actions if isinstance(a, StreamStopped)],
+                         ["protocol violation: unexpected message type b'Q' during COPY"])
+
     def test_query_while_streaming_is_fatal(self):
         c = self.c
         c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")

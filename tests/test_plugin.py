@@ -333,7 +333,8 @@ class ServiceTreeTests(unittest.TestCase):
         api = root.getServiceNamed("http").api
         self.assertIs(api.hub, root.getServiceNamed("hub"))
         self.assertEqual(dict(api.connectors), {})
-        self.assertEqual(names, ["hub", "offsets", "subscriber-credentials", "http", "postgres-publisher",
+        self.assertEqual(names, ["hub", "offsets", "subscriber-credentials", "quarantine", "apply-failures", "http",
+                                 "postgres-publisher",
                                  "satellite", "migrations"])
 
     def test_vaxine_host_selects_the_vaxine_hub(self):

@@ -80,6 +80,7 @@ from electric.hub.positions import ClientLsnCodec
 from electric.hub.resolution import InvalidTransaction, check_transaction
 from electric.hub.spill import Spill
 from electric.hub.store import CATCH_UP_ORIGIN, DB_NAME  # noqa: F401  (re-exported)
+from electric.metrics import LatencyHistogram
 
 log = Logger()
 
@@ -93,11 +94,18 @@ own SQLite page cache) that stays resident: with the reactor's 10 threads,
 """
 
 
+RUN_CHANGES = 4 * CHUNK_CHANGES
+"""
+Most changes the writer resolves and stores as one run of small appends
+(`StoreWriter.append_many` holds their row states until the run's INSERTs).
+"""
+
+
 # --- writer-thread jobs ------------------------------------------------------
 
 
 class _Append:
-    __slots__ = ("transaction", "deferred", "meta", "outcome", "fresh", "applied")
+    __slots__ = ("transaction", "deferred", "meta", "outcome", "fresh", "applied", "queued_at")
 
     def __init__(self, transaction, deferred, meta=None):
         self.transaction = transaction
@@ -106,6 +114,7 @@ class _Append:
         self.outcome = None  # ResolvedTransaction or Exception
         self.fresh = False
         self.applied: Optional[store.Applied] = None
+        self.queued_at = time.monotonic()  # for the append latency histogram
 
     @property
     def ident(self):
@@ -116,7 +125,7 @@ class _Append:
 
 
 class _Commit:
-    __slots__ = ("buffer", "commit_timestamp", "deferred", "meta", "outcome", "fresh", "applied")
+    __slots__ = ("buffer", "commit_timestamp", "deferred", "meta", "outcome", "fresh", "applied", "queued_at")
 
     def __init__(self, buffer, commit_timestamp, deferred, meta=None):
         self.buffer = buffer
@@ -126,6 +135,9 @@ class _Commit:
         self.outcome = None  # Committed or Exception
         self.fresh = False
         self.applied: Optional[store.Applied] = None
+        # For the append latency histogram: from `commit` (its changes already
+        # staged) to durable, as an `_Append` from `append`.
+        self.queued_at = time.monotonic()
 
     @property
     def ident(self):
@@ -538,8 +550,9 @@ class EmbeddedHub(service.Service):
         self._tail = collections.deque()
         self._tail_size = 0
         self._compactor: Optional[task.LoopingCall] = None
-        self._stats = {"appends": 0, "commits": 0, "duplicates": 0, "rejected": 0, "commit_groups": 0,
-                       "compactions": 0}
+        self._stats = {"appends": 0, "commits": 0, "duplicates": 0, "rejected": 0, "failed": 0, "conflicts": 0,
+                       "commit_groups": 0, "compactions": 0}
+        self._append_latency = LatencyHistogram()
         self._codec: Optional[ClientLsnCodec] = None
 
     # --- life cycle ----------------------------------------------------
@@ -691,16 +704,22 @@ class EmbeddedHub(service.Service):
 
     def begin(self, origin, origin_id=None, commit_timestamp=None):
         self._check_open()
+        problem = None
         if not isinstance(origin, str) or not origin:
-            raise HubError(f"invalid transaction: origin {origin!r} must be a non-empty str")
-        if origin_id is not None and not isinstance(origin_id, (bytes, bytearray)):
-            raise HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes")
-        if commit_timestamp is not None and (not isinstance(commit_timestamp, int) or isinstance(commit_timestamp, bool)):
-            raise HubError(f"invalid transaction: commit_timestamp {commit_timestamp!r} must be an int (µs since epoch)")
-        try:
-            check_transaction(Transaction(origin, bytes(origin_id or b""), 0, ()))
-        except InvalidTransaction as e:
-            raise HubError(f"invalid transaction: {e}") from None
+            problem = f"origin {origin!r} must be a non-empty str"
+        elif origin_id is not None and not isinstance(origin_id, (bytes, bytearray)):
+            problem = f"origin_id {origin_id!r} must be bytes"
+        elif commit_timestamp is not None and (not isinstance(commit_timestamp, int)
+                                               or isinstance(commit_timestamp, bool)):
+            problem = f"commit_timestamp {commit_timestamp!r} must be an int (µs since epoch)"
+        else:
+            try:
+                check_transaction(Transaction(origin, bytes(origin_id or b""), 0, ()))
+            except InvalidTransaction as e:
+                problem = str(e)
+        if problem is not None:
+            self._stats["rejected"] += 1
+            raise HubError(f"invalid transaction: {problem}")
         buf = _AppendBuffer(self, origin, None if origin_id is None else bytes(origin_id), commit_timestamp)
         self._buffers.add(buf)
         return buf
@@ -799,6 +818,36 @@ class EmbeddedHub(service.Service):
             **self._stats,
         }
 
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`): head, log length,
+        live rows, counters since start: `appends` (every transaction made
+        durable, small appends and chunked commits alike), `chunked_commits`
+        (those of them committed through `begin`/`add`/`commit`),
+        `duplicates`, `conflicts` resolved (summed over every chunk of a
+        chunked commit), `commit_groups`; the append latency histogram (one
+        observation per transaction made durable: from `append`, or from a
+        chunked transaction's `commit` (its changes already staged), to its
+        Deferred firing) and errors by kind: ``hub_rejected`` (malformed
+        transactions refused by `append`, `begin` or `add`),
+        ``hub_append_failed`` (transactions that could not be resolved or
+        stored, a failed write guard among them).
+        """
+        head = self._durable
+        stats = self._stats
+        return {
+            "head": head,
+            "log_length": max(0, head - self._horizon),
+            "rows": self._row_count,
+            "appends": stats["appends"] + stats["commits"],
+            "chunked_commits": stats["commits"],
+            "duplicates": stats["duplicates"],
+            "conflicts": stats["conflicts"],
+            "commit_groups": stats["commit_groups"],
+            "append_latency": self._append_latency.snapshot(),
+            "errors": {"hub_rejected": stats["rejected"], "hub_append_failed": stats["failed"]},
+        }
+
     # --- positions for the outside world --------------------------------
 
     def client_lsn(self, position: int) -> bytes:
@@ -854,6 +903,9 @@ class EmbeddedHub(service.Service):
                     self._commit_group(writer, entries, others)
                 for c in compacts:
                     self._compact_now(writer, c)
+                # Let go of the group before waiting for the next one: the
+                # reactor owns it now (its transactions could be big).
+                batch = entries = others = compacts = None
         except BaseException:
             log.failure("hub writer thread died")
             self._reactor.callFromThread(self._writer_died)
@@ -863,43 +915,36 @@ class EmbeddedHub(service.Service):
 
     def _commit_group(self, writer, entries, others):
         live_delta = 0
+        conflicts = 0
         seen = {}
         try:
             writer.begin()
+            # Consecutive small appends with fresh identities are resolved
+            # and stored as one run (`StoreWriter.append_many`); anything
+            # else (a big commit, a duplicate, a TRUNCATE) ends the run and
+            # is taken on its own, so positions follow the queue order.
+            known = writer.known([job.ident for job in entries if isinstance(job, _Append)])
+            run: List[_Append] = []
+            run_idents = set()
+            run_changes = 0
             for job in entries:
                 ident = job.ident
-                if ident in seen:
-                    first = seen[ident]
-                    job.outcome = job.duplicate(first.position, first.ts, first.changes or (), first.count)
+                if (isinstance(job, _Append) and ident not in known and ident not in seen
+                        and ident not in run_idents and writer.batchable(job.transaction)):
+                    n = len(job.transaction.changes)
+                    if run and run_changes + n > RUN_CHANGES:
+                        live_delta, conflicts = _plus((live_delta, conflicts), self._apply_run(writer, run, seen))
+                        run, run_idents, run_changes = [], set(), 0
+                    run.append(job)
+                    run_idents.add(ident)
+                    run_changes += n
                     continue
-                earlier = writer.earlier(ident[0], ident[1], with_changes=isinstance(job, _Append))
-                if earlier is not None:
-                    job.outcome = job.duplicate(earlier.position, earlier.commit_timestamp, earlier.changes,
-                                                earlier.change_count)
-                    continue
-                try:
-                    if isinstance(job, _Append):
-                        txn = job.transaction
-                        ts = txn.commit_timestamp
-                        applied = writer.append(txn)
-                        job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
-                    else:
-                        ts = job.commit_timestamp
-                        applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks())
-                        job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
-                except InvalidTransaction as e:
-                    # A WriteGuard failed: the producer's fault, not the hub's.
-                    job.outcome = HubError(f"invalid transaction: {e}")
-                    continue
-                except Exception as e:
-                    log.failure("hub rejected a transaction from {origin}", origin=ident[0])
-                    job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
-                    continue
-                live_delta += applied.live_delta
-                job.applied = applied
-                job.fresh = True
-                seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
-                                    applied.change_count)
+                if run:
+                    live_delta, conflicts = _plus((live_delta, conflicts), self._apply_run(writer, run, seen))
+                    run, run_idents, run_changes = [], set(), 0
+                live_delta, conflicts = _plus((live_delta, conflicts), self._apply_one(writer, job, seen))
+            if run:
+                live_delta, conflicts = _plus((live_delta, conflicts), self._apply_run(writer, run, seen))
             for job in entries:
                 # A submission's meta commits with it (also when it was a duplicate).
                 if job.meta and not isinstance(job.outcome, Exception):
@@ -918,6 +963,7 @@ class EmbeddedHub(service.Service):
                 job.outcome = HubError(f"hub could not store the transaction: {e}")
                 job.fresh = False
             live_delta = 0
+            conflicts = 0
         for job in entries:
             if isinstance(job, _Commit):
                 try:
@@ -925,7 +971,77 @@ class EmbeddedHub(service.Service):
                 except OSError:
                     pass
         if entries:
-            self._reactor.callFromThread(self._publish, entries, live_delta)
+            self._reactor.callFromThread(self._publish, entries, live_delta, conflicts)
+
+    def _apply_run(self, writer, run, seen):
+        """
+        Store a run of fresh small appends together; if the writes fail,
+        replay them one by one.  (live rows delta, conflicts) of what was stored.
+        """
+        try:
+            results = writer.append_many([job.transaction for job in run])
+        except Exception as e:
+            # Which one failed, and why, is logged as each is tried alone.
+            log.warn("hub could not store a run of {n} transactions together ({error}); storing them one by one",
+                     n=len(run), error=str(e))
+            total = (0, 0)
+            for job in run:
+                total = _plus(total, self._apply_one(writer, job, seen))
+            return total
+        live_delta = conflicts = 0
+        for job, result in zip(run, results):
+            ident = job.ident
+            if isinstance(result, InvalidTransaction):
+                job.outcome = HubError(f"invalid transaction: {result}")
+                continue
+            if isinstance(result, Exception):
+                log.failure("hub rejected a transaction from {origin}", Failure(result), origin=ident[0])
+                job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {result}")
+                continue
+            ts = job.transaction.commit_timestamp
+            job.outcome = ResolvedTransaction(result.position, ident[0], ident[1], ts, result.changes)
+            live_delta += result.live_delta
+            conflicts += result.conflicts
+            job.applied = result
+            job.fresh = True
+            seen[ident] = _Seen(result.position, ts, result.changes, result.change_count)
+        return live_delta, conflicts
+
+    def _apply_one(self, writer, job, seen):
+        """One submission on its own (a savepoint of its own inside the group): (live rows delta, conflicts)."""
+        ident = job.ident
+        if ident in seen:
+            first = seen[ident]
+            job.outcome = job.duplicate(first.position, first.ts, first.changes or (), first.count)
+            return 0, 0
+        earlier = writer.earlier(ident[0], ident[1], with_changes=isinstance(job, _Append))
+        if earlier is not None:
+            job.outcome = job.duplicate(earlier.position, earlier.commit_timestamp, earlier.changes,
+                                        earlier.change_count)
+            return 0, 0
+        try:
+            if isinstance(job, _Append):
+                txn = job.transaction
+                ts = txn.commit_timestamp
+                applied = writer.append(txn)
+                job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
+            else:
+                ts = job.commit_timestamp
+                applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks())
+                job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
+        except InvalidTransaction as e:
+            # A WriteGuard failed: the producer's fault, not the hub's.
+            job.outcome = HubError(f"invalid transaction: {e}")
+            return 0, 0
+        except Exception as e:
+            log.failure("hub rejected a transaction from {origin}", origin=ident[0])
+            job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
+            return 0, 0
+        job.applied = applied
+        job.fresh = True
+        seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
+                            applied.change_count)
+        return applied.live_delta, applied.conflicts
 
     def _compact_now(self, writer, job):
         try:
@@ -953,18 +1069,22 @@ class EmbeddedHub(service.Service):
 
     # --- reactor side: publication -------------------------------------
 
-    def _publish(self, entries, live_delta):
+    def _publish(self, entries, live_delta, conflicts=0):
         self._row_count += live_delta
         self._stats["commit_groups"] += 1
+        self._stats["conflicts"] += conflicts
+        now = time.monotonic()
         for job in entries:
             if job.fresh:
                 self._durable = max(self._durable, job.applied.position)
         for job in entries:
             if isinstance(job.outcome, Exception):
+                self._stats["failed"] += 1
                 job.deferred.errback(Failure(job.outcome))
                 continue
             if job.fresh:
                 self._stats["appends" if isinstance(job, _Append) else "commits"] += 1
+                self._append_latency.observe(now - job.queued_at)
             else:
                 self._stats["duplicates"] += 1
             job.deferred.callback(job.outcome)
@@ -1155,6 +1275,10 @@ class EmbeddedHub(service.Service):
         finally:
             with self._readers_lock:
                 self._readers.append(conn)
+
+
+def _plus(a, b):
+    return a[0] + b[0], a[1] + b[1]
 
 
 class _Seen:

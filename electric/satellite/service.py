@@ -19,10 +19,11 @@ from typing import Deque, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.listener import Listener
+from electric.logs import bind
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
@@ -65,6 +66,17 @@ real client, see tests/test_satellite_e2e.py).  The real peer wins.
 """
 
 
+_ERROR_KINDS = {
+    codec.INTERNAL: "internal",
+    codec.AUTH_REQUIRED: "auth_required",
+    codec.AUTH_FAILED: "auth_failed",
+    codec.REPLICATION_FAILED: "replication_failed",
+    codec.INVALID_REQUEST: "invalid_request",
+    codec.PROTO_VSN_MISSMATCH: "protocol_version",
+}
+"""Error kind (in /metrics) of each SatErrorResp code a session closes with."""
+
+
 class ClientConnection:
     """
     Drives one session.  `transport` is the websocket protocol; it must offer
@@ -75,6 +87,7 @@ class ClientConnection:
         self.owner = owner
         self.transport = transport
         self.peer = peer
+        self.log = bind(log, peer=peer)
         self.reactor = owner.reactor
         self.clock = owner.clock
         self.hub = owner.hub
@@ -84,8 +97,10 @@ class ClientConnection:
             owner.config.regional_id,
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
+            log_at=self._log_at,
             logger=self._log,
             on_refused=self._refused,
+            totals=owner.totals,
         )
         self._subscription = None
         self._sync = None  # the snapshot reader while an initial sync is under way
@@ -101,11 +116,13 @@ class ClientConnection:
         self.closed = defer.Deferred()
 
     def _log(self, text: str) -> None:
-        who = self.session.client_id if self.session.client_id is not None else self.peer
-        log.info("satellite {who}: {text}", who=who, text=text)
+        self.log.info("satellite: {text}", text=text)
+
+    def _log_at(self, level: str, text: str) -> None:
+        self.log.emit(LogLevel.levelWithName(level), "satellite: {text}", text=text)
 
     def _refused(self, reason: str) -> None:
-        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason)
+        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason, self.log)
 
     # --- from the transport ----------------------------------------
 
@@ -129,6 +146,8 @@ class ClientConnection:
         if self._lost:
             return
         self._lost = True
+        if self._claimed:
+            self.log.info("satellite: client disconnected")
         self.session.disconnected()
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
@@ -179,13 +198,14 @@ class ClientConnection:
         # The client id must be this user's (bound durably on first use)
         # before it may even wait for the id's live connection slot, so no
         # other user can hold that slot or act under the id.
+        self.log = self.log.bind(client_id=action.client_id, user_id=action.user_id)
         try:
             ours = yield threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(),
                 self.owner.offsets.claim_client, action.client_id, action.user_id,
             )
         except Exception as e:  # a broken offset store must not leave the client hanging
-            log.failure("satellite: binding client id {client} to its user failed", client=action.client_id)
+            self.log.failure("satellite: binding the client id to its user failed", level=LogLevel.error)
             if not self._lost:
                 self._run(self.session.stream_failed(f"offset store: {e}"))
             return
@@ -209,7 +229,7 @@ class ClientConnection:
         try:
             stored = yield defer.maybeDeferred(self.owner.offsets.client_lsn, action.client_id)
         except Exception as e:  # a broken offset store must not leave the client hanging
-            log.failure("satellite: reading the stored LSN of {client} failed", client=action.client_id)
+            self.log.failure("satellite: reading the client's stored LSN failed", level=LogLevel.error)
             self._run(self.session.stream_failed(f"offset store: {e}"))
             return
         if not self._lost:
@@ -231,13 +251,13 @@ class ClientConnection:
             reason = failure.getErrorMessage()
             rejected = reason.startswith("invalid transaction")
             if rejected:
-                log.info("satellite {client}: hub refused a transaction: {reason}", client=self.session.client_id, reason=reason)
+                self.log.info("satellite: hub refused a transaction: {reason}", reason=reason)
             else:
-                log.failure("satellite {client}: append failed", failure, client=self.session.client_id)
+                self.log.failure("satellite: append failed", failure, level=LogLevel.error)
             self._run(self.session.append_failed(reason, rejected=rejected))
 
         d.addCallbacks(done, failed)
-        d.addErrback(lambda f: log.failure("satellite: after append", f))
+        d.addErrback(lambda f: self.log.failure("satellite: after append", f))
 
     def _persist(self, action: sm.PersistClientLsn) -> None:
         """
@@ -259,7 +279,7 @@ class ClientConnection:
                 self.reactor, self.reactor.getThreadPool(),
                 self.owner.offsets.set_client_lsn, action.client_id, action.lsn,
             )
-            d.addErrback(lambda f: log.failure("satellite: storing the LSN of {client} failed", f, client=action.client_id))
+            d.addErrback(lambda f: self.log.failure("satellite: storing the client's LSN failed", f, level=LogLevel.error))
             self.owner._pending_writes.add(d)
             d.addBoth(lambda r: (self.owner._pending_writes.discard(d), r)[1])
             d.addCallback(write_next)
@@ -334,13 +354,13 @@ class ClientConnection:
             if failure.check(SubscriptionClosed):
                 reason = "hub subscription closed"
             else:
-                log.failure("satellite {client}: hub subscription failed", failure, client=self.session.client_id)
+                self.log.failure("satellite: hub subscription failed", failure, level=LogLevel.error)
                 reason = failure.getErrorMessage()
             self._subscription = None
             self._run(self.session.stream_failed(reason))
 
         d.addCallbacks(got, failed)
-        d.addErrback(lambda f: log.failure("satellite: delivering transactions", f))
+        d.addErrback(lambda f: self.log.failure("satellite: delivering transactions", f))
 
     def _pull_sync(self, reader) -> None:
         self._pulling = True
@@ -368,11 +388,11 @@ class ClientConnection:
                 return None
             self._sync = None
             reader.close()
-            log.failure("satellite {client}: initial sync failed", failure, client=self.session.client_id)
+            self.log.failure("satellite: initial sync failed", failure, level=LogLevel.error)
             self._run(self.session.stream_failed(f"initial sync: {failure.getErrorMessage()}"))
 
         d.addCallbacks(got, failed)
-        d.addErrback(lambda f: log.failure("satellite: delivering the initial sync", f))
+        d.addErrback(lambda f: self.log.failure("satellite: delivering the initial sync", f))
 
     # --- service-initiated -------------------------------------------
 
@@ -431,6 +451,7 @@ class SatelliteService(service.Service):
         self.refused_transactions = 0
         self.foreign_client_ids = 0
         self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.totals = sm.SessionTotals()  # every session adds to it (for /metrics)
 
     @property
     def port(self) -> int:
@@ -522,12 +543,12 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
-    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str) -> None:
+    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str, logger=None) -> None:
         self.refused_transactions += 1
         self._recent_refusals.append(
             {"client_id": client_id, "user_id": user_id, "reason": reason, "at": round(time.time(), 3)})
-        log.warn("satellite: refused a transaction of client {client} (user {user}): {reason}",
-                 client=client_id, user=user_id, reason=reason)
+        (logger or log).warn("satellite: refused a transaction of client {client_id} (user {user_id}): {reason}",
+                             client_id=client_id, user_id=user_id, reason=reason)
 
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""
@@ -555,6 +576,41 @@ class SatelliteService(service.Service):
                 for c in self.connections
                 if c.session.client_id is not None
             ],
+        }
+
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`), totals over every
+        client (never per client id): open websocket `connections`,
+        authenticated `clients` (each holding its client id),
+        `transactions_in` (client transactions the hub made durable),
+        `transactions_out` (client transactions sent, initial-sync batches
+        included; a hub transaction bigger than one chunk is sent as one
+        client transaction per chunk and counts once per chunk),
+        `refused_writes` (client transactions refused by validation or the
+        hub's write guards, nothing of them stored: `refused_transactions`),
+        `auth_failures` (connections closed for failed or missing
+        authentication, the deadline included), and `errors` by kind:
+        ``satellite_<reason>`` for each SatErrorResp reason a connection was
+        closed with (``auth_required``, ``auth_failed``, ``invalid_request``
+        (refused writes and foreign client ids among them),
+        ``protocol_version``, ``replication_failed``, ``internal``),
+        ``satellite_foreign_client_id`` (a client id bound to another user)
+        and ``satellite_heartbeat_timeout``.
+        """
+        t = self.totals
+        closed = t.closed_by_error
+        errors = {f"satellite_{kind}": closed.get(code, 0) for code, kind in _ERROR_KINDS.items()}
+        errors["satellite_heartbeat_timeout"] = t.heartbeat_timeouts
+        errors["satellite_foreign_client_id"] = self.foreign_client_ids
+        return {
+            "connections": len(self.connections),
+            "clients": sum(1 for conn in self._clients.values() if conn is not None),
+            "transactions_in": t.transactions_in,
+            "transactions_out": t.transactions_out,
+            "refused_writes": self.refused_transactions,
+            "auth_failures": closed.get(codec.AUTH_REQUIRED, 0) + closed.get(codec.AUTH_FAILED, 0),
+            "errors": errors,
         }
 
     def connected_clients(self) -> List[str]:

@@ -147,6 +147,26 @@ class PersistClientLsn:
     lsn: bytes
 
 
+class SessionTotals:
+    """
+    Counters every session of one service adds to (the service hands the
+    same object to each): totals since start over connections that come and
+    go, for /metrics.  Plain integers, no client ids.
+    """
+
+    __slots__ = ("transactions_in", "transactions_out", "heartbeat_timeouts", "closed_by_error")
+
+    def __init__(self):
+        self.transactions_in = 0  # client transactions the hub made durable
+        # Client transactions sent (begin ... commit), initial-sync batches
+        # included: a hub transaction bigger than one item reaches a client as
+        # one client transaction per item (see `_transaction_frames`) and
+        # counts once per item, as the client applies it.
+        self.transactions_out = 0
+        self.heartbeat_timeouts = 0  # clients closed for not answering a ping
+        self.closed_by_error: Dict[int, int] = {}  # SatErrorResp code -> connections closed with it
+
+
 @dataclass(frozen=True)
 class _SyncRows:
     """A chunk of initial-sync rows waiting in the outgoing queue."""
@@ -186,8 +206,12 @@ class SatelliteSession:
     `authenticator`: `.authenticate(token) -> user_id` (raises AuthError).
     `lsn_of(position) -> bytes` and `position_of(lsn) -> int` (ValueError when
     the bytes are not an LSN of this hub) translate hub positions.
-    `logger(text)` receives one line per notable event (never a token).
+    `logger(text)` receives one line per notable event (never a token);
+    `log_at(level, text)`, when given, receives them instead with a level
+    name (debug, info, warn, error: a client misbehaving is a warning, a
+    client refused by design or leaving is info, a failure of ours an error).
     `on_refused(reason)` hears of every client transaction refused.
+    `totals`: the service's `SessionTotals` this session adds to.
     """
 
     def __init__(
@@ -197,9 +221,11 @@ class SatelliteSession:
         regional_id: str,
         lsn_of: Callable[[int], bytes],
         position_of: Callable[[bytes], int],
+        log_at: Optional[Callable[[str, str], None]] = None,
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
         on_refused: Optional[Callable[[str], None]] = None,
+        totals: Optional[SessionTotals] = None,
     ):
         self.registry = registry
         self.authenticator = authenticator
@@ -207,9 +233,11 @@ class SatelliteSession:
         self.lsn_of = lsn_of
         self.position_of = position_of
         self.log = logger or (lambda text: None)
+        self._log_at = log_at
         self.clock = clock
         self.on_refused = on_refused or (lambda reason: None)
         self.checker = validation.WriteChecker(registry)
+        self.totals = totals if totals is not None else SessionTotals()
 
         self.state = AWAIT_AUTH
         self.gen = ORIGINAL
@@ -259,11 +287,19 @@ class SatelliteSession:
     def _frame(self, name: str, **fields) -> Send:
         return Send(codec.encode(self.gen, getattr(self.gen.pb, name)(**fields)))
 
-    def _fail(self, code: int, reason: str, detail: str = "") -> List:
+    def _say(self, level: str, text: str) -> None:
+        if self._log_at is not None:
+            self._log_at(level, text)
+        else:
+            self.log(text)
+
+    def _fail(self, code: int, reason: str, detail: str = "", level: str = "warn") -> List:
         if self.state == CLOSED:
             return []
         self.state = CLOSED
-        self.log(f"closing: {reason}")
+        closed = self.totals.closed_by_error
+        closed[code] = closed.get(code, 0) + 1
+        self._say(level, f"closing: {reason}")
         return [self._frame("SatErrorResp", error_type=code), Close(reason, detail=detail)]
 
     def _refuse(self, reason: str) -> List:
@@ -274,7 +310,7 @@ class SatelliteSession:
         self._open = None
         self._append_queue.clear()
         self.on_refused(reason)
-        return self._fail(INVALID_REQUEST, reason, detail=reason)
+        return self._fail(INVALID_REQUEST, reason, detail=reason, level="info")  # the driver warns of refusals
 
     # --- input: frames -------------------------------------------------
 
@@ -335,7 +371,7 @@ class SatelliteSession:
         if self.state != CLAIMING:
             return []
         self.state = READY
-        self.log(f"client {self.client_id!r} (user {self.user_id!r}) authenticated, protocol {self.gen.name}")
+        self._say("info", f"client {self.client_id!r} (user {self.user_id!r}) authenticated, protocol {self.gen.name}")
         actions = [self._frame("SatAuthResp", id=self.regional_id)]
         actions.append(
             self._frame(
@@ -354,7 +390,7 @@ class SatelliteSession:
     def claim_refused(self) -> List:
         if self.state != CLAIMING:
             return []
-        return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected")
+        return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected", level="info")
 
     def claim_refused_other_user(self) -> List:
         """The client id is bound to another user: refused (its positions and transactions are that user's)."""
@@ -369,7 +405,7 @@ class SatelliteSession:
 
     def _on_SatErrorResp(self, message) -> List:
         self.state = CLOSED
-        self.log(f"client sent SatErrorResp {message.error_type}")
+        self._say("info", f"client sent SatErrorResp {message.error_type}")
         return [Close("client error")]
 
     def _on_SatPingReq(self, message) -> List:
@@ -401,7 +437,7 @@ class SatelliteSession:
                     raise FrameError(INVALID_REQUEST, f"bad start lsn: {e}") from None
                 # A well-formed LSN of another hub (data directory replaced):
                 # the client's data is from a history this hub does not have.
-                self.log(f"start lsn from another hub ({e}); doing an initial sync instead")
+                self._say("info", f"start lsn from another hub ({e}); doing an initial sync instead")
                 start = StartOutgoing(FROM_START)
             else:
                 start = StartOutgoing(FROM_POSITION, position)
@@ -448,7 +484,7 @@ class SatelliteSession:
 
     def _on_SatOpLog(self, message) -> List:
         if self.incoming_state != ACTIVE:
-            self.log("SatOpLog while incoming replication is not active: dropped")
+            self._say("warn", "SatOpLog while incoming replication is not active: dropped")
             return []
         actions: List = []
         for op in message.ops:
@@ -549,6 +585,7 @@ class SatelliteSession:
             return []
         self._append_in_flight = None
         self.appended += 1
+        self.totals.transactions_in += 1
         if self.state == CLOSED:
             return [PersistClientLsn(self.client_id, lsn)]
         actions: List = [self._frame("SatPingResp", lsn=lsn), PersistClientLsn(self.client_id, lsn)]
@@ -567,12 +604,12 @@ class SatelliteSession:
         self._append_queue.clear()
         if rejected:
             return self._refuse(reason.removeprefix("invalid transaction: "))
-        return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
+        return self._fail(INTERNAL, f"could not store a client transaction: {reason}", level="error")
 
     def disconnected(self) -> None:
         """The connection is gone: an open client transaction is dropped, nothing more is appended."""
         if self._open is not None:
-            self.log(f"client {self.client_id!r} disconnected inside a transaction: dropped")
+            self._say("info", f"client {self.client_id!r} disconnected inside a transaction: dropped")
         self._open = None
         self._append_queue.clear()
         self.state = CLOSED
@@ -653,7 +690,7 @@ class SatelliteSession:
         for change in changes:
             table = self.registry.find(change.schema, change.table)
             if table is None:
-                self.log(f'change of unknown table "{change.schema}"."{change.table}" not sent')
+                self._say("debug", f'change of unknown table "{change.schema}"."{change.table}" not sent')
                 continue
             if not self._visible(change):
                 continue
@@ -693,6 +730,7 @@ class SatelliteSession:
         if not ops:
             return []  # nothing this user may see
         self.delivered += 1
+        self.totals.transactions_out += 1
         return relations + self._oplog_frames(ops, self._begin(lsn, timestamp_ms), self._commit(lsn, timestamp_ms))
 
     def _transaction_frames(self, item: ResolvedTransaction) -> List:
@@ -749,6 +787,7 @@ class SatelliteSession:
         head = codec.encode(self.gen, pb.SatOpLog(ops=[self._begin(lsn, ts)]))
         tail = pb.SatOpLog(ops=[self._commit(lsn, ts)]).SerializeToString(deterministic=True)
         self.delivered += 1
+        self.totals.transactions_out += 1
         return Send(head + body + tail)
 
     def _sync_done_frames(self, position: int) -> List:
@@ -776,7 +815,8 @@ class SatelliteSession:
             return []
         if self._ping_outstanding:
             self.state = CLOSED
-            self.log(f"client {self.client_id!r} did not answer a ping: closing")
+            self.totals.heartbeat_timeouts += 1
+            self._say("info", f"client {self.client_id!r} did not answer a ping: closing")
             return [Close("heartbeat timeout", abort=True)]
         self._ping_outstanding = True
         return [self._frame("SatPingReq")]
@@ -785,13 +825,13 @@ class SatelliteSession:
         """The auth deadline passed: a connection that has not authenticated is closed."""
         if self.state != AWAIT_AUTH:
             return []
-        return self._fail(AUTH_REQUIRED, "no SatAuthReq before the deadline")
+        return self._fail(AUTH_REQUIRED, "no SatAuthReq before the deadline", level="info")
 
     def stream_failed(self, reason: str) -> List:
         """The hub side of the outgoing stream broke (e.g. the hub stopped)."""
         if self.state == CLOSED:
             return []
-        return self._fail(INTERNAL, f"replication stream failed: {reason}")
+        return self._fail(INTERNAL, f"replication stream failed: {reason}", level="error")
 
 
 def _looks_issued(lsn: bytes) -> bool:

@@ -81,8 +81,9 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
         # autobahn buffers the opening handshake until the blank line, however
         # long: bound it (431, as an HTTP server answers oversized headers).
         if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
-            log.info("websocket {peer}: opening handshake larger than {n} bytes; refused",
-                     peer=self.peer, n=MAX_HANDSHAKE_BYTES)
+            peer = self.transport.getPeer()
+            log.warn("websocket: opening handshake larger than {n} bytes; refused",
+                     peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", n=MAX_HANDSHAKE_BYTES)
             self.refused = True
             self.data = b""
             self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -166,6 +167,7 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
 
 class SatelliteServerFactory(WebSocketServerFactory):
     protocol = SatelliteServerProtocol
+    noisy = False  # no "Starting factory" lines
 
     def __init__(self, service, secure: bool = False):
         super().__init__("wss://localhost/ws" if secure else "ws://localhost/ws")

@@ -13,6 +13,12 @@ Positions ↔ LSNs: `electric.hub.positions` with a per-origin base kept in the
 `OffsetStore`, so a subscriber's origin LSN names exactly the last hub
 transaction it applied: a reconnecting subscriber never gets a transaction
 twice and never misses one.
+
+Apply failures: every apply-worker stream reports its start, its
+confirmations and its end (with the first transaction it began sending) to
+the `apply_monitor`, which notices a transaction a subscriber keeps failing
+on; each stream's encoder leaves out the changes set aside for its database
+(`electric.postgres.publisher.apply_failures`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Deque, Dict, Iterator, List, Optional
 from twisted.application import service
 from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from electric.hub import positions
@@ -33,6 +39,7 @@ from electric.hub.interface import CHUNK_CHANGES
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.postgres.publisher import catalog_answers as ca
 from electric.listener import Listener
+from electric.logs import bind
 from electric.postgres.protocol.messages import ErrorResponse
 from electric.postgres.publisher.session import (
     AUTH,
@@ -54,6 +61,7 @@ from electric.postgres.publisher.session import (
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
 from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.metrics import seconds_since
 
 log = Logger(namespace="electric.postgres.publisher.service")
 
@@ -71,6 +79,13 @@ MAX_UNAUTHENTICATED = 64
 
 MAX_SLOTS_PER_CONNECTOR = 32
 """Slots one connector may hold in Electric's memory (its apply slot and its table-sync slots)."""
+
+UNACKED_COMMITS = 4096
+"""
+Commit times of sent, unconfirmed transactions a stream remembers (for its
+lag in seconds).  Past that the oldest are forgotten, which can only make
+the lag read higher than it is, never lower.
+"""
 
 
 def hub_consumer(origin: str) -> str:
@@ -95,11 +110,34 @@ class Slot:
         self.stream: Optional["ReplicationStream"] = None
         self.durable = False  # an apply worker (not a table-sync worker) has streamed from it
 
+    @property
+    def is_apply_slot(self) -> bool:
+        """The subscription's own slot (named after it, i.e. after the connector), not a table-sync slot."""
+        return self.durable or self.name == self.origin
+
     def status(self) -> dict:
         s = {"origin": self.origin, "streaming": self.active is not None, "confirmed_position": self.confirmed}
         if self.stream is not None:
             s.update(self.stream.status())
         return s
+
+    def metrics(self, head: Optional[int], now: float) -> dict:
+        """Plain numbers for /metrics (`head` None: the hub cannot say): see `PublisherService.metrics`."""
+        stream = self.stream if self.active is not None else None
+        acked = stream.acked if stream is not None else self.confirmed
+        out = {"connector": self.origin, "connected": stream is not None, "acked_position": acked}
+        if stream is not None:
+            out["sent_position"] = stream.encoder.position
+        if head is None:
+            return out
+        out["lag_transactions"] = max(0, head - acked)
+        if acked >= head:
+            out["lag_seconds"] = 0.0
+        elif stream is not None:
+            oldest = stream.oldest_unacked_commit
+            # Nothing sent unconfirmed: what is missing is being committed or pulled right now.
+            out["lag_seconds"] = 0.0 if oldest is None else seconds_since(now, oldest)
+        return out
 
 
 @implementer(IPushProducer)
@@ -117,10 +155,14 @@ class ReplicationStream:
         self.conn = conn
         self.slot = slot
         self.origin = slot.origin
+        self.log = bind(log, slot=slot.name, connector=slot.origin, peer=getattr(conn, "peer", None))
         self.base = base
         self.start_position = start
         self.durable = durable
-        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start)
+        monitor = publisher.apply_monitor
+        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start,
+                                       set_aside=monitor.set_aside(slot.origin) if monitor is not None else None)
+        self.by_electric = False  # Electric ended it (shutdown, timeout, hub failure): proves nothing about applying
         self.acked = start
         self.paused = False
         self.stopped = False
@@ -132,6 +174,9 @@ class ReplicationStream:
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
         self.last_heard = publisher.clock.seconds()
+        # (position, commit timestamp µs) of transactions pulled for this
+        # subscriber and not yet confirmed, oldest first: the slot's lag.
+        self._unacked: Deque = collections.deque(maxlen=UNACKED_COMMITS)
 
     # --- life cycle -----------------------------------------------------
 
@@ -144,6 +189,9 @@ class ReplicationStream:
             hub.ack(consumer, self.start_position)
 
     def start(self) -> None:
+        monitor = self.publisher.apply_monitor
+        if self.durable and monitor is not None:
+            monitor.stream_started(self.origin, self.start_position)
         self._write(self.encoder.keepalive())
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = self.publisher.clock
@@ -160,8 +208,11 @@ class ReplicationStream:
             self._sub.close()
         self._frames = None
         self._batch.clear()
-        log.info("slot {slot} ({origin}): stream stopped at position {pos}: {reason}",
-                 slot=self.slot.name, origin=self.origin, pos=self.encoder.position, reason=reason)
+        self.log.info("stream stopped at position {pos}: {reason}", pos=self.encoder.position, reason=reason)
+        monitor = self.publisher.apply_monitor
+        if self.durable and monitor is not None:
+            monitor.stream_ended(self.origin, self.start_position, self.encoder.first_sent, self.acked,
+                                 self.by_electric)
 
     # --- IPushProducer (forwarded by the protocol) ------------------------
 
@@ -185,10 +236,15 @@ class ReplicationStream:
             if pos > self.acked:
                 self.acked = pos
                 self.slot.confirmed = max(self.slot.confirmed, pos)
+                unacked = self._unacked
+                while unacked and unacked[0][0] <= pos:
+                    unacked.popleft()
                 try:
                     self.publisher.hub.ack(hub_consumer(self.origin), pos)
                 except HubError as e:
-                    log.warn("slot {slot}: hub refused ack: {e}", slot=self.slot.name, e=e)
+                    self.log.warn("hub refused ack: {e}", e=e)
+                if self.publisher.apply_monitor is not None:
+                    self.publisher.apply_monitor.acked(self.origin, pos)
         if update.reply_requested and not self.stopped:
             self._write(self.encoder.keepalive())
 
@@ -198,8 +254,8 @@ class ReplicationStream:
         idle = self.publisher.clock.seconds() - self.last_heard
         timeout = self.publisher.sender_timeout
         if timeout and idle > timeout:
-            log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
-                     slot=self.slot.name, origin=self.origin, idle=idle)
+            self.publisher.count("sender_timeouts")
+            self.log.warn("no reply from the subscriber for {idle:.0f} s; closing", idle=idle)
             self.conn.abandon("terminating walsender process due to replication timeout")
             return
         self._write(self.encoder.keepalive(bool(timeout) and idle > timeout / 2))
@@ -230,8 +286,9 @@ class ReplicationStream:
                     except Exception as e:
                         # A row we cannot encode must not wedge the stream silently:
                         # say which transaction, drop the connection (the subscriber retries).
-                        log.failure("slot {slot}: cannot encode the transaction after position {pos}",
-                                    slot=self.slot.name, pos=self.encoder.position)
+                        self.log.failure("cannot encode the transaction after position {pos}",
+                                         pos=self.encoder.position, level=LogLevel.error)
+                        self.publisher.count("encode_failures")
                         self.conn.abandon(f"cannot encode the transaction after hub position"
                                           f" {self.encoder.position}: {e}")
                         return
@@ -261,6 +318,10 @@ class ReplicationStream:
         self._waiting = False
         if self.stopped:
             return
+        unacked = self._unacked
+        for item in items:
+            if not unacked or unacked[-1][0] != item.position:
+                unacked.append((item.position, item.commit_timestamp))
         self._batch.extend(items)
         self._keepalive_due = True
         self._pump()
@@ -272,9 +333,14 @@ class ReplicationStream:
         if failure.check(SubscriptionClosed):
             reason = "Electric's hub is shutting down"
         else:
-            log.failure("slot {slot}: hub subscription failed", failure, slot=self.slot.name)
+            self.log.failure("hub subscription failed", failure, level=LogLevel.error)
             reason = f"Electric's hub failed: {failure.getErrorMessage()}"
         self.conn.abandon(reason)
+
+    @property
+    def oldest_unacked_commit(self) -> Optional[int]:
+        """Commit timestamp (µs) of the oldest transaction pulled for the subscriber and not confirmed."""
+        return self._unacked[0][1] if self._unacked else None
 
     def status(self) -> dict:
         return {
@@ -290,6 +356,7 @@ class ReplicationStream:
             "transactions_sent": self.encoder.transactions_sent,
             "changes_sent": self.encoder.changes_sent,
             "changes_skipped": self.encoder.skipped_changes,
+            "changes_set_aside": self.encoder.set_aside_changes,
             "paused": self.paused,
         }
 
@@ -302,7 +369,8 @@ class _CopyPump:
     reading costs one chunk.
     """
 
-    def __init__(self, conn: "PublisherProtocol", reader, describe: str):
+    def __init__(self, conn: "PublisherProtocol", reader, describe: str, logger=None):
+        self.log = logger if logger is not None else log
         self.conn = conn
         self.reader = reader
         self.describe = describe
@@ -338,7 +406,7 @@ class _CopyPump:
             return
         if not rows:
             self._finish()
-            log.info("{what}: {n} rows copied", what=self.describe, n=self.rows)
+            self.log.info("{what}: {n} rows copied", what=self.describe, n=self.rows)
             self.conn.run(self.conn.session.copy_end())
             self.conn.run(self.conn.session.resume())
             return
@@ -351,7 +419,7 @@ class _CopyPump:
         if self.done:
             return
         self._finish()
-        log.failure("{what} failed", failure, what=self.describe)
+        self.log.failure("{what} failed", failure, what=self.describe, level=LogLevel.error)
         self.conn.run(self.conn.session.command_failed(
             "55000", f"could not read the hub's rows: {failure.getErrorMessage()}"))
 
@@ -375,6 +443,7 @@ class PublisherProtocol(protocol.Protocol):
         self.stream: Optional[ReplicationStream] = None
         self.copy_writer: Optional[_CopyPump] = None
         self.peer = ""
+        self.log = log
         self.paused = False  # the transport's buffer is full
         self._waiting_login = False  # counted in publisher.unauthenticated
         self._auth_timer = None
@@ -385,6 +454,7 @@ class PublisherProtocol(protocol.Protocol):
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.log = bind(log, peer=self.peer)
         if hasattr(self.transport, "setTcpKeepAlive"):
             self.transport.setTcpKeepAlive(True)
         self.transport.registerProducer(self, True)
@@ -392,8 +462,8 @@ class PublisherProtocol(protocol.Protocol):
         if self.publisher.unauthenticated >= self.publisher.max_unauthenticated:
             # As Postgres past max_connections: refuse at once, before reading anything.
             self.publisher.count("too_many_unauthenticated")
-            log.warn("5433 connection from {peer} refused: {n} connections are already waiting to log in",
-                     peer=self.peer, n=self.publisher.unauthenticated)
+            self.log.warn("5433 connection refused: {n} connections are already waiting to log in",
+                          n=self.publisher.unauthenticated)
             self._closed = True
             self.transport.write(ErrorResponse.build(
                 "FATAL", "53300", f"too many connections waiting to log in to Electric's port 5433 (at most"
@@ -454,13 +524,16 @@ class PublisherProtocol(protocol.Protocol):
                 self.run(self.session.tls_started())
             elif isinstance(action, LoginFailed):
                 self.publisher.count("failed_logins")
-                log.warn("5433 login failed from {peer}: user {user!r}: {reason}",
-                         peer=self.peer, user=action.user[:80], reason=action.reason)
+                self.log.warn("5433 login failed: user {user!r}: {reason}",
+                              user=action.user[:80], reason=action.reason)
             elif isinstance(action, Authenticated):
                 self._cancel_auth_timer()
                 self._leave_unauthenticated()
-                log.info("5433 connection from {peer}: user {user} application {app} authenticated",
-                         peer=self.peer, user=action.user, app=action.application_name)
+                self.log = self.log.bind(connector=self.session.origin)
+                # A table-sync worker connects once per table: chatter next to its apply worker's.
+                self.log.emit(LogLevel.debug if self.session.is_sync_worker else LogLevel.info,
+                              "5433 connection: user {user} application {app} authenticated",
+                              user=action.user, app=action.application_name)
             elif isinstance(action, CreateSlotRequest):
                 self._create_slot(action.command)
             elif isinstance(action, CopyRequest):
@@ -484,6 +557,8 @@ class PublisherProtocol(protocol.Protocol):
 
     def abandon(self, reason: str) -> None:
         """End this connection from our side (shutdown, hub failure, timeout)."""
+        if self.stream is not None:
+            self.stream.by_electric = True
         self.run(self.session.end_stream("57P01", f"terminating connection: {reason}"))
 
     def _leave_unauthenticated(self) -> None:
@@ -501,8 +576,7 @@ class PublisherProtocol(protocol.Protocol):
         self._auth_timer = None
         if self.session.state in (STARTUP, AUTH):
             self.publisher.count("auth_timeouts")
-            log.warn("5433 connection from {peer}: no authentication within {t} s; closing",
-                     peer=self.peer, t=self.publisher.auth_timeout)
+            self.log.warn("5433 connection: no authentication within {t} s; closing", t=self.publisher.auth_timeout)
             self.run(self.session.end_stream("08006", "canceling authentication due to timeout"))
 
     def _stop_stream(self, reason: str) -> None:
@@ -518,7 +592,7 @@ class PublisherProtocol(protocol.Protocol):
             self.run(self.session.command_failed(e.sqlstate, e.message))
             return
         except Exception as e:
-            log.failure("CREATE_REPLICATION_SLOT {name} failed", name=command.name)
+            self.log.failure("CREATE_REPLICATION_SLOT {slot} failed", slot=command.name, level=LogLevel.error)
             self.run(self.session.command_failed("55000", f"could not create replication slot: {e}"))
             return
         self.run(self.session.slot_created(command.name, lsn, command.snapshot == "use"))
@@ -531,13 +605,14 @@ class PublisherProtocol(protocol.Protocol):
             if self._closed:
                 reader.close()
                 return
-            what = f"slot {action.slot} ({self.session.origin}): COPY {cmd.schema}.{cmd.table}"
-            self.copy_writer = _CopyPump(self, reader, what)
+            what = f"COPY {cmd.schema}.{cmd.table}"
+            self.copy_writer = _CopyPump(self, reader, what, self.log.bind(slot=action.slot))
             self.copy_writer.paused = self.paused
             self.copy_writer.start()
 
         def failed(f):
-            log.failure("COPY {schema}.{table} failed", f, schema=cmd.schema, table=cmd.table)
+            self.log.failure("COPY {schema}.{table} failed", f, schema=cmd.schema, table=cmd.table,
+                             slot=action.slot, level=LogLevel.error)
             if not self._closed:
                 self.run(self.session.command_failed("55000", f"could not read the hub's rows: {f.getErrorMessage()}"))
 
@@ -553,7 +628,7 @@ class PublisherProtocol(protocol.Protocol):
             self.run(self.session.command_failed("55000", f"Electric's hub is not available: {e}"))
             return
         except Exception as e:
-            log.failure("START_REPLICATION {slot} failed", slot=command.slot)
+            self.log.failure("START_REPLICATION {slot} failed", slot=command.slot, level=LogLevel.error)
             self.run(self.session.command_failed("XX000", f"could not start replication: {e}"))
             return
         self.stream = stream
@@ -566,6 +641,8 @@ class _Factory(protocol.Factory):
     def __init__(self, publisher: "PublisherService"):
         self.publisher = publisher
         self._pids = itertools.count(random.randint(10_000, 20_000))
+
+    noisy = False  # no "Starting factory" lines
 
     def buildProtocol(self, addr):
         return PublisherProtocol(self.publisher, next(self._pids), random.randint(1, 2**31 - 1))
@@ -587,7 +664,7 @@ class PublisherService(service.Service):
     def __init__(self, config, hub, registry, credentials, offsets, reactor=None, *,
                  auth_method: str = "scram-sha-256", keepalive_interval: float = 10.0,
                  sender_timeout: float = 60.0, auth_timeout: float = 60.0,
-                 max_unauthenticated: int = MAX_UNAUTHENTICATED, clock=None):
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, clock=None, apply_monitor=None):
         if reactor is None:
             from twisted.internet import reactor
         if auth_method not in ("scram-sha-256", "md5"):
@@ -603,6 +680,11 @@ class PublisherService(service.Service):
         self.sender_timeout = sender_timeout
         self.auth_timeout = auth_timeout
         self.max_unauthenticated = max_unauthenticated
+        # Watches for changes a subscriber cannot apply and holds the quarantine
+        # (electric.postgres.publisher.apply_failures.ApplyFailureMonitor); None: not watched.
+        self.apply_monitor = apply_monitor
+        if apply_monitor is not None:
+            apply_monitor.base_for = self.base_for
         # Timers (login deadline, keepalives, sender timeout); a task.Clock in tests.
         self.clock = clock if clock is not None else reactor
         self.publication = config.publication
@@ -613,7 +695,8 @@ class PublisherService(service.Service):
         self.connections = set()
         self.unauthenticated = 0  # connections that have not logged in yet
         self.counters: Dict[str, int] = {
-            "failed_logins": 0, "auth_timeouts": 0, "too_many_unauthenticated": 0, "refused_slots": 0}
+            "failed_logins": 0, "auth_timeouts": 0, "too_many_unauthenticated": 0, "refused_slots": 0,
+            "sender_timeouts": 0, "encode_failures": 0}
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
         self._verifiers: Dict[str, tuple] = {}
@@ -673,11 +756,11 @@ class PublisherService(service.Service):
         """
         slot = self.slots.get(name)
         if (slot is not None and slot.origin != origin) or slot_refusal(origin, name, self.credentials.names):
-            log.warn("slot {name}: connector {origin} asked to drop a slot that is not its own; ignored",
-                     name=name[:80], origin=origin)
+            log.warn("connector {connector} asked to drop slot {slot}, which is not its own; ignored",
+                     slot=name[:80], connector=origin)
             return
         if slot is not None and slot.active is not None:
-            log.info("slot {name} ({origin}): drop requested while streaming; kept", name=name, origin=origin)
+            log.info("slot {slot}: drop requested while streaming; kept", slot=name, connector=origin)
             return
         self.slots.pop(name, None)
         apply_slot = (slot.durable if slot is not None else name == origin)
@@ -686,8 +769,10 @@ class PublisherService(service.Service):
             try:
                 self.hub.forget(hub_consumer(origin))
             except HubError as e:
-                log.warn("slot {name}: hub could not forget {origin}: {e}", name=name, origin=origin, e=e)
-        log.info("slot {name} ({origin}) dropped", name=name, origin=origin)
+                log.warn("slot {slot}: hub could not forget {connector}: {e}", slot=name, connector=origin, e=e)
+        # Table-sync slots come and go with every table a subscriber copies.
+        log.emit(LogLevel.info if name == origin else LogLevel.debug, "slot {slot} dropped", slot=name,
+                 connector=origin)
 
     # --- slots -------------------------------------------------------------------------
 
@@ -709,7 +794,7 @@ class PublisherService(service.Service):
                     " (drop unused table-sync slots)")
         if refusal is not None:
             self.count("refused_slots")
-            log.warn("slot {name}: refused for connector {origin}: {why}", name=name[:80], origin=origin,
+            log.warn("slot {slot}: refused for connector {connector}: {why}", slot=name[:80], connector=origin,
                      why=refusal.message)
             raise refusal
         return slot
@@ -725,8 +810,9 @@ class PublisherService(service.Service):
         if slot is None or slot.active is None:
             self.slots[command.name] = Slot(command.name, origin, position)
         lsn = positions.end_lsn(position, self.base_for(origin))
-        log.info("slot {name} ({origin}) created at {lsn} (position {pos})",
-                 name=command.name, origin=origin, lsn=format_lsn(lsn), pos=position)
+        log.emit(LogLevel.info if command.name == origin else LogLevel.debug,
+                 "slot {slot} created at {lsn} (position {pos})",
+                 slot=command.name, connector=origin, lsn=format_lsn(lsn), pos=position)
         return lsn
 
     def copy_snapshot(self, origin: str, slot_name: str, schema: str, table: str) -> defer.Deferred:
@@ -745,8 +831,8 @@ class PublisherService(service.Service):
             if slot is None:
                 slot = self.slots[slot_name] = Slot(slot_name, origin, reader.position)
             slot.confirmed = max(slot.confirmed, reader.position)
-            log.info("slot {slot} ({origin}): COPY {schema}.{table} as of position {pos}",
-                     slot=slot_name, origin=origin, schema=schema, table=table, pos=reader.position)
+            log.debug("COPY {schema}.{table} as of position {pos}",
+                      slot=slot_name, connector=origin, schema=schema, table=table, pos=reader.position)
             return reader
 
         return d.addCallback(taken)
@@ -781,9 +867,9 @@ class PublisherService(service.Service):
         if requested > head or stranger:
             new_base = positions.rebased(command.lsn, 0)
             log.warn(
-                "slot {slot} ({origin}) asks for {lsn}, which this hub never issued (head {head} = {head_lsn}{why});"
+                "slot {slot} ({connector}) asks for {lsn}, which this hub never issued (head {head} = {head_lsn}{why});"
                 " the hub's data was replaced: raising the LSN base to {base} and streaming from the start",
-                slot=command.slot, origin=origin, lsn=format_lsn(command.lsn), head=head,
+                slot=command.slot, connector=origin, peer=conn.peer, lsn=format_lsn(command.lsn), head=head,
                 head_lsn=format_lsn(positions.end_lsn(head, base)), base=format_lsn(new_base),
                 why="" if requested > head else ", and no subscriber of this origin ever streamed from it")
             self.offsets.set_slot_base(origin, new_base)
@@ -796,8 +882,8 @@ class PublisherService(service.Service):
         slot.active = conn
         slot.stream = stream
         slot.durable = slot.durable or durable
-        log.info("slot {slot} ({origin}) streaming from {lsn} (position {pos}) to {peer}",
-                 slot=command.slot, origin=origin, lsn=format_lsn(positions.end_lsn(start, base)),
+        log.info("slot {slot} streaming from {lsn} (position {pos}) to {peer}",
+                 slot=command.slot, connector=origin, lsn=format_lsn(positions.end_lsn(start, base)),
                  pos=start, peer=conn.peer)
         return stream
 
@@ -860,4 +946,46 @@ class PublisherService(service.Service):
             "unauthenticated": self.unauthenticated,
             **self.counters,
             "slots": {name: slot.status() for name, slot in sorted(self.slots.items())},
+        }
+
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`): open `connections`,
+        `unauthenticated` ones, and per apply slot (each connector's
+        subscription slot; short-lived table-sync slots are left out, see
+        /api/status/details) whether its subscriber is `connected`, the
+        `sent_position` (while connected), the `acked_position` it confirmed,
+        `lag_transactions` (hub head - confirmed) and `lag_seconds` (since
+        the commit of the oldest transaction sent and not confirmed; 0 once
+        the head is confirmed; left out while disconnected and behind).  A
+        connector whose subscriber has not come yet since Electric started
+        is listed as not connected.  `errors` by kind (counted since start):
+        ``pg_failed_login``, ``pg_auth_timeout``,
+        ``pg_too_many_unauthenticated``, ``pg_refused_slot`` (see "Limits for
+        untrusted peers"), ``pg_sender_timeout`` (a subscriber silent past the
+        sender timeout was dropped), ``pg_encode_failed`` (a transaction
+        could not be encoded for a subscriber).
+        """
+        try:
+            head = self.hub.head()
+        except HubError:
+            head = None
+        now = self.clock.seconds()
+        slots = {name: slot.metrics(head, now) for name, slot in self.slots.items() if slot.is_apply_slot}
+        for origin in self.credentials.names:
+            if origin not in slots:
+                slots[origin] = {"connector": origin, "connected": False}
+        c = self.counters
+        return {
+            "connections": len(self.connections),
+            "unauthenticated": self.unauthenticated,
+            "slots": slots,
+            "errors": {
+                "pg_failed_login": c["failed_logins"],
+                "pg_auth_timeout": c["auth_timeouts"],
+                "pg_too_many_unauthenticated": c["too_many_unauthenticated"],
+                "pg_refused_slot": c["refused_slots"],
+                "pg_sender_timeout": c["sender_timeouts"],
+                "pg_encode_failed": c["encode_failures"],
+            },
         }
