@@ -50,10 +50,6 @@ from electric.schema import SchemaRegistry
 
 log = Logger(namespace="electric")
 
-VAXINE_UNAVAILABLE = (
-    "VAXINE_HOST is set: Vaxine hub is not available in this build; unset VAXINE_HOST to use the embedded hub"
-)
-
 # Total time stopService may take before the remaining children are abandoned
 # (SIGTERM must end the process within 5 s).
 STOP_BUDGET = 4.0
@@ -173,17 +169,21 @@ class ElectricService(service.MultiService):
 def build_service(config: Config, reactor=None) -> ElectricService:
     """
     The whole service for `config`.  Raises ConfigError for configurations
-    this build cannot run (VAXINE_HOST set).
+    this build cannot run.  VAXINE_HOST set selects the Vaxine hub
+    (`electric.vaxine.hub.VaxineHub`, its local copy in ELECTRIC_DATA_DIR),
+    unset the embedded hub.
 
     Each part is built with the parts it uses and added to the root in
     start order; the root keeps nothing else.
     """
-    if not config.embedded_hub:
-        raise ConfigError([VAXINE_UNAVAILABLE])
     root = ElectricService(reactor)
     reactor = root.reactor
 
-    hub = EmbeddedHub(config.data_dir, reactor)
+    if config.embedded_hub:
+        hub = EmbeddedHub(config.data_dir, reactor)
+    else:
+        from electric.vaxine.hub import VaxineHub
+        hub = VaxineHub.from_config(config, reactor)
     offsets = OffsetStore(config.offset_storage_file)
     credentials = SubscriberCredentials(config.data_dir, [c.name for c in config.connectors])
     registry = SchemaRegistry()
@@ -198,7 +198,7 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     satellite = SatelliteService(config, hub, registry, offsets, reactor)
     migrator = Migrator(config, connectors, notify_migration=satellite.notify_migration,
                         reactor=reactor, hub=hub, registry=registry)
-    api = HttpApi(config, hub, connectors)
+    api = HttpApi(config, hub, connectors, vaxine=None if config.embedded_hub else hub)
     api.add_component("postgres_publisher", publisher)
     api.add_component("satellite", satellite)
     api.add_component("migrations", migrator)

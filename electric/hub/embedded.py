@@ -652,6 +652,10 @@ class EmbeddedHub(service.Service):
         self._tail.clear()
         self._tail_size = 0
 
+    @property
+    def ready(self) -> bool:
+        return self._open and not self._closing
+
     def _check_open(self):
         if not self._open or self._closing:
             raise HubError("hub is not running" if not self._open else "hub is closing")

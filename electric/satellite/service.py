@@ -8,12 +8,17 @@ For every websocket it runs a `ClientConnection`, which owns one sans-IO
 results back into the session.  The outgoing stream is pulled from the hub
 subscription only while the session wants more *and* the socket is not
 pushing back (the transport pauses us as its producer when the kernel buffer
-is full), so a slow client never makes Electric buffer for it.
+is full), so a slow client never makes Electric buffer for it.  Clients
+that are caught up are fed by one shared hub cursor instead of pulling each
+(`electric.satellite.fanout`); a client leaves it the moment it cannot take
+more and goes on with its own subscription.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import resource
 import time
 from typing import Deque, Dict, List, Optional
 
@@ -27,6 +32,7 @@ from electric.logs import bind
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
+from electric.satellite.fanout import Fanout
 
 log = Logger()
 
@@ -78,6 +84,38 @@ real client, see tests/test_satellite_e2e.py).  The real peer wins.
 """
 
 
+LISTEN_BACKLOG = 1024
+"""
+Connections the kernel queues before Electric accepts them (Twisted's
+default is 50): when thousands of clients reconnect at once, a full queue
+drops their SYNs and each waits a second or more to retry.
+"""
+
+OPEN_FILES_WANTED = 16384
+"""Open files (sockets) Electric asks for at start: room for 10,000 clients and everything else."""
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED):
+    """
+    Raise the soft RLIMIT_NOFILE to the hard limit (each client is a socket;
+    the usual soft default of 1024 would refuse connections long before
+    memory or CPU run out) and say so when even the hard limit is low.
+    Returns the (soft, hard) limits in force.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    except (ValueError, OSError) as e:
+        log.warn("satellite: cannot raise the open files limit: {e}", e=e)
+        return None
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warn("satellite: the open files limit is {n} (hard limit); fewer than {n} clients can connect"
+                 " -- raise it (ulimit -n, LimitNOFILE=) to {wanted} or more", n=soft, wanted=wanted)
+    return soft, hard
+
+
 _ERROR_KINDS = {
     codec.INTERNAL: "internal",
     codec.AUTH_REQUIRED: "auth_required",
@@ -114,12 +152,22 @@ class ClientConnection:
             on_refused=self._refused,
             totals=owner.totals,
         )
-        self._subscription = None
+        self._subscription = None  # this client's own hub subscription, while it is not fed by the shared cursor
         self._sync = None  # the snapshot reader while an initial sync is under way
         self._pulling = False
+        # The live stream: `_at` is the last complete transaction handed to the
+        # session; `_part` the position and number of changes of one handed
+        # in part; `_skip` the same, still to be dropped from a re-read of it.
+        self._live = False
+        self._attached = False  # fed by the service's shared cursor (`Fanout`)
+        self._at = 0
+        self._part_pos: Optional[int] = None
+        self._part_n = 0
+        self._skip_pos: Optional[int] = None
+        self._skip_n = 0
         self._paused = False
         self._stream_generation = 0
-        self._heartbeat: Optional[task.LoopingCall] = None
+        self._heartbeat = None  # the next heartbeat tick (an IDelayedCall)
         self._auth_timer = None
         self._lost = False
         self._claimed = False
@@ -140,9 +188,15 @@ class ClientConnection:
 
     def opened(self) -> None:
         self._auth_timer = self.clock.callLater(AUTH_DEADLINE, self._auth_deadline)
-        self._heartbeat = task.LoopingCall(lambda: self._run(self.session.tick()))
-        self._heartbeat.clock = self.clock
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        self._heartbeat = self.clock.callLater(HEARTBEAT_INTERVAL, self._beat)
+
+    def _beat(self) -> None:
+        # A plain timer rather than a LoopingCall: with thousands of clients
+        # the Deferred machinery of a LoopingCall tick is a visible share of the reactor.
+        self._heartbeat = self.clock.callLater(HEARTBEAT_INTERVAL, self._beat)
+        actions = self.session.tick()
+        if actions:
+            self._run(actions)
 
     def frame(self, data: bytes, binary: bool) -> None:
         self._run(self.session.receive(data, binary))
@@ -163,8 +217,8 @@ class ClientConnection:
         self.session.disconnected()
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
         self._stop_stream()
         if self._claimed:
             self.owner._release(self.session.client_id, self)
@@ -321,16 +375,31 @@ class ClientConnection:
             if generation != self._stream_generation or self._lost:
                 return
             if self._sync is None:
-                self._subscription = self.hub.subscribe(position)
                 self.session.streaming_from(position)
+                self._go_live(position)
         except HubError as e:
             if generation == self._stream_generation:
                 self._run(self.session.stream_failed(str(e)))
             return
         self._pump()
 
+    def _go_live(self, position: int) -> None:
+        """The live stream starts after `position`: from the shared cursor if it is there, else pulled on our own."""
+        self._live = True
+        self._at = position
+        self._part_pos = self._skip_pos = None
+        self._part_n = self._skip_n = 0
+        if not self.owner.fanout.attach(self, position):
+            self._subscription = self.hub.subscribe(position)
+
     def _stop_stream(self) -> None:
         self._stream_generation += 1
+        self._live = False
+        self._part_pos = self._skip_pos = None
+        if self._attached:
+            self._attached = False
+            self.owner.fanout.detach(self)
+        self.owner.fanout.unwatch(self)
         sub, self._subscription = self._subscription, None
         if sub is not None:
             sub.close()
@@ -347,7 +416,10 @@ class ClientConnection:
         sub = self._subscription
         if sub is None:
             return
+        if self._join():
+            return
         self._pulling = True
+        self.owner.fanout.watch(self)
         try:
             d = sub.next(PULL_BATCH)
         except Exception as e:
@@ -357,12 +429,19 @@ class ClientConnection:
             self._pulling = False
             if sub is not self._subscription or self._lost:
                 return
-            self._run(self.session.outgoing(items))
+            self.owner.fanout.unwatch(self)
+            items = self._trim(items)
+            self._handed(items)
+            if items:
+                self._run(self.session.outgoing(items))
+            else:
+                self._pump()
 
         def failed(failure):
             self._pulling = False
             if sub is not self._subscription or self._lost:
                 return None
+            self.owner.fanout.unwatch(self)
             if failure.check(SubscriptionClosed):
                 reason = "hub subscription closed"
             else:
@@ -374,12 +453,99 @@ class ClientConnection:
         d.addCallbacks(got, failed)
         d.addErrback(lambda f: self.log.failure("satellite: delivering transactions", f))
 
+    # --- the shared cursor (`Fanout`) --------------------------------
+
+    def _join(self) -> bool:
+        """Caught up with the shared cursor, at a transaction boundary: close our own subscription and join it."""
+        if not self._live or self._part_pos is not None or self._skip_pos is not None:
+            return False
+        sub, pulling = self._subscription, self._pulling
+        self._subscription, self._pulling = None, False
+        if not self.owner.fanout.attach(self, self._at):
+            self._subscription, self._pulling = sub, pulling
+            return False
+        if sub is not None:
+            sub.close()  # an outstanding next() fails; its handlers see it is no longer ours
+        return True
+
+    def join_if_caught_up(self) -> None:
+        """Called by the shared cursor after a delivery while our own pull waits."""
+        if self._pulling and not self._lost and not self._paused:
+            self._join()
+
+    def shared(self, items, cache: sm.FrameCache) -> None:
+        """Items from the shared cursor; a client that cannot take them now goes on on its own."""
+        if self._lost or not self._attached:
+            return
+        if self._paused or not self.session.wants_transactions:
+            return self._detach()
+        self._handed(items)
+        self._run(self.session.outgoing(items, cache))
+        if self._attached and (self._paused or not self.session.wants_transactions):
+            self._detach()
+
+    def shared_failed(self, reason: str) -> None:
+        self._attached = False
+        if self._lost:
+            return
+        self._live = False
+        self._run(self.session.stream_failed(reason))
+
+    def _detach(self) -> None:
+        """Leave the shared cursor: our own subscription from the last complete transaction we were handed."""
+        self._attached = False
+        self.owner.fanout.detach(self)
+        if self._part_pos is not None:
+            self._skip_pos, self._skip_n = self._part_pos, self._part_n
+        try:
+            self._subscription = self.hub.subscribe(self._at)
+        except HubError as e:
+            self._live = False
+            self._run(self.session.stream_failed(str(e)))
+            return
+        self._pump()
+
+    def _handed(self, items) -> None:
+        for item in items:
+            if item.more:
+                if self._part_pos != item.position:
+                    self._part_pos, self._part_n = item.position, 0
+                self._part_n += len(item.changes)
+            else:
+                self._at = item.position
+                self._part_pos, self._part_n = None, 0
+
+    def _trim(self, items):
+        """
+        Drop what this client already has of a transaction it was handed in
+        part before it left the shared cursor: its own subscription hands the
+        whole transaction again, in the same order (a catch-up is not
+        re-read identically, so it goes again whole, as after a reconnect).
+        """
+        if self._skip_pos is None:
+            return items
+        out = []
+        for item in items:
+            if self._skip_pos is not None:
+                if item.position != self._skip_pos or item.catch_up:
+                    self._skip_pos = None
+                else:
+                    n = len(item.changes)
+                    if n <= self._skip_n and item.more:
+                        self._skip_n -= n
+                        continue
+                    item = dataclasses.replace(item, changes=item.changes[min(n, self._skip_n):])
+                    self._skip_pos = None
+            out.append(item)
+        return out
+
     def _pull_sync(self, reader) -> None:
         """
         Read and send the next chunk of the initial sync, holding one of the
         service's SYNC_READS slots from the read until its frames are written.
         """
         self._pulling = True
+        generation = self._stream_generation
 
         def read():
             if reader is not self._sync or self._lost:  # the sync stopped while waiting for a slot
@@ -398,12 +564,16 @@ class ClientConnection:
                 return
             self._sync = None
             reader.close()
+            # The end of the sync goes to the session before any live item can.
+            self._run(self.session.initial_sync_done(reader.position))
+            if self._lost or generation != self._stream_generation:
+                return
             try:
-                self._subscription = self.hub.subscribe(reader.position)
+                self._go_live(reader.position)
             except HubError as e:
                 self._run(self.session.stream_failed(str(e)))
                 return
-            self._run(self.session.initial_sync_done(reader.position))
+            self._pump()
 
         def failed(failure):
             self._pulling = False
@@ -466,7 +636,8 @@ class SatelliteService(service.Service):
             SEND_MIGRATION_NOTIFICATIONS if migration_notifications is None else migration_notifications
         )
         self.listener = Listener(reactor, "Satellite websocket", "wss" if config.websocket_tls else "ws",
-                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls)
+                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls,
+                                 backlog=LISTEN_BACKLOG)
         self.connections: List[ClientConnection] = []
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
@@ -474,6 +645,7 @@ class SatelliteService(service.Service):
         self.refused_transactions = 0
         self.foreign_client_ids = 0
         self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.fanout = Fanout(hub, PULL_BATCH)
         self.totals = sm.SessionTotals()  # every session adds to it (for /metrics)
         self.sync_reads = defer.DeferredSemaphore(SYNC_READS)  # initial-sync chunks in flight, all clients
 
@@ -491,6 +663,7 @@ class SatelliteService(service.Service):
         from electric.satellite.transport import SatelliteServerFactory
 
         service.Service.startService(self)
+        raise_open_files_limit()
         tls = self.config.websocket_tls
         self.listener.factory = SatelliteServerFactory(self, secure=tls is not None)
         self.listener.startService()
@@ -512,6 +685,7 @@ class SatelliteService(service.Service):
             yield done
             if timer.active():
                 timer.cancel()
+        self.fanout.close()
         while self._pending_writes:  # client LSNs being stored: let them land before the store closes
             yield defer.DeferredList(list(self._pending_writes), consumeErrors=True)
 

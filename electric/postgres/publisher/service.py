@@ -60,7 +60,7 @@ from electric.postgres.publisher.session import (
 )
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
-from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.postgres.publisher.outbound import OutboundEncoder, PayloadCache
 from electric.metrics import seconds_since
 
 log = Logger(namespace="electric.postgres.publisher.service")
@@ -161,7 +161,8 @@ class ReplicationStream:
         self.durable = durable
         monitor = publisher.apply_monitor
         self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start,
-                                       set_aside=monitor.set_aside(slot.origin) if monitor is not None else None)
+                                       set_aside=monitor.set_aside(slot.origin) if monitor is not None else None,
+                                       payloads=publisher.payloads)
         self.by_electric = False  # Electric ended it (shutdown, timeout, hub failure): proves nothing about applying
         self.acked = start
         self.paused = False
@@ -672,6 +673,7 @@ class PublisherService(service.Service):
         self.config = config
         self.hub = hub
         self.registry = registry
+        self.payloads = PayloadCache()  # change messages shared by the streams (`outbound.PayloadCache`)
         self.credentials = credentials
         self.offsets = offsets
         self.reactor = reactor

@@ -518,9 +518,10 @@ class ConnectorService(Service):
 
     @property
     def ready(self) -> bool:
-        """True only while the replication stream is live (never while importing)."""
+        """True only while the replication stream is live (never while importing) and the hub takes writes (`IHub.ready`)."""
         s = self._stream
-        return self._importing is None and s is not None and not s.closed and s.client is not None and s.client.state == "streaming"
+        return (self._importing is None and s is not None and not s.closed and s.client is not None
+                and s.client.state == "streaming" and bool(getattr(self.hub, "ready", True)))
 
     @property
     def state(self) -> str:
