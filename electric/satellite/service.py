@@ -550,6 +550,7 @@ class ClientConnection:
         def read():
             if reader is not self._sync or self._lost:  # the sync stopped while waiting for a slot
                 self._pulling = False
+                self._pump()  # a stream started meanwhile waited for this pull to end
                 return None
             d = reader.next(SYNC_ROWS)
             d.addCallbacks(got, failed)
