@@ -12,7 +12,6 @@ import atexit
 import json
 import random
 import subprocess
-import time
 import urllib.request
 
 from twisted.trial import unittest
@@ -60,15 +59,17 @@ def table_text(pg: PgCluster, table: str) -> str:
 
 
 def wait_same(a: PgCluster, b: PgCluster, table: str, timeout: float = 60.0, expect_rows=None) -> str:
-    deadline = time.monotonic() + timeout
-    ta = tb = None
-    while time.monotonic() < deadline:
-        ta, tb = table_text(a, table), table_text(b, table)
-        if ta == tb and (expect_rows is None or
-                         int(a.psql(f"SELECT count(*) FROM {table}").strip()) == expect_rows):
-            return ta
-        time.sleep(0.2)
-    raise AssertionError(f"{table} did not converge:\nA={ta[:2000]!r}\nB={tb[:2000]!r}")
+    seen = {"a": "", "b": ""}
+
+    def converged():
+        ta, tb = seen["a"], seen["b"] = table_text(a, table), table_text(b, table)
+        return ta == tb and (expect_rows is None or
+                             int(a.psql(f"SELECT count(*) FROM {table}").strip()) == expect_rows) and (ta,)
+
+    try:
+        return poll(converged, timeout=timeout, what=f"{table} identical on both", interval=0.2)[0]
+    except AssertionError:
+        raise AssertionError(f"{table} did not converge:\nA={seen['a'][:2000]!r}\nB={seen['b'][:2000]!r}") from None
 
 
 def random_workload(rng: random.Random, who: str, transactions: int = 150, keys: int = 40) -> str:

@@ -6,7 +6,6 @@ with copy_data — the data still converges, nothing is lost or applied twice.
 from __future__ import annotations
 
 import subprocess
-import time
 
 from twisted.trial import unittest
 
@@ -14,6 +13,7 @@ from tests.electric_process import ElectricProcess
 from tests.pgcluster import PgCluster
 from tests.seeds import seeded
 from tests.test_e2e_postgres import random_workload, run_psql_script, wait_for_writes_while_disabled, wait_same
+from tests.polling import poll
 
 SCHEMA = """
 CREATE TABLE items (id int PRIMARY KEY, content text NOT NULL, n int);
@@ -50,11 +50,8 @@ class KillAndJoin(unittest.TestCase):
              "-U", "electric", "-d", "electric", "-c", sql],
             env={"PGPASSWORD": "password", "PATH": "/usr/bin:/bin"})
         # Kill once part of the load has gone through Electric.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if int(self.b.psql("SELECT count(*) FROM items").strip() or 0) > n // 10:
-                break
-            time.sleep(0.05)
+        poll(lambda: int(self.b.psql("SELECT count(*) FROM items").strip() or 0) > n // 10, timeout=120,
+             what="part of the load through Electric", interval=0.05)
         e.kill()
         self.assertEqual(load.wait(300), 0)
         # Same ports, same data directory: a plain restart.

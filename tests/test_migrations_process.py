@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -19,6 +18,7 @@ from twisted.trial import unittest
 
 from tests.electric_process import ROOT, ElectricProcess
 from tests import pgcluster
+from tests.polling import poll
 
 BASE_SCHEMA = """
 CREATE TABLE entries (id text PRIMARY KEY, content text NOT NULL);
@@ -66,14 +66,7 @@ def stack():
 
 
 def wait_until(check, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    return poll(check, timeout=timeout, what=what, interval=0.2)
 
 
 class ThroughTheService(unittest.TestCase):

@@ -52,6 +52,7 @@ from electric.postgres.protocol.auth import (
 )
 from electric.postgres.protocol.cursor import ProtocolError
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster
+from tests.polling import poll
 
 
 class QueryError(Exception):
@@ -467,8 +468,7 @@ class RealPostgresTests(unittest.TestCase):
         until the server's first authentication request is the one expected.
         Runs in a thread.
         """
-        deadline = time.monotonic() + 30
-        while True:
+        def asks_as_expected():
             conn = BlockingPgConnection(self.cluster.port)
             try:
                 conn.connect()
@@ -476,9 +476,10 @@ class RealPostgresTests(unittest.TestCase):
                 pass
             finally:
                 conn.close()
-            if conn.auth_trace[:1] == [first_request] or time.monotonic() > deadline:
-                return
-            time.sleep(0.05)
+            return conn.auth_trace[:1] == [first_request]
+
+        poll(asks_as_expected, timeout=30, what=f"the server's first authentication request to be {first_request!r}",
+             interval=0.05)
 
     def login(self, password=PASSWORD, **kw):
         conn = BlockingPgConnection(self.cluster.port, password=password, **kw)

@@ -28,6 +28,7 @@ from tests.test_pg_setup import CLUSTER_KEY
 from tests.polling import wait_until
 from electric.hub.interface import CHUNK_CHANGES
 from tests.hub_helpers import read_snapshot
+from tests.polling import poll
 
 _counter = itertools.count(1)
 
@@ -556,11 +557,5 @@ class PublisherTests(ConnectorTestBase):
         self.assertEqual(self.hub.status()["appends"], 2)
 
     def _wait_db(self, sql, expected, timeout=30.0):
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sql(sql, check=False).strip() == expected:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {sql!r} == {expected!r}")
+        poll(lambda: self.sql(sql, check=False).strip() == expected, timeout=timeout,
+             what=f"{sql!r} == {expected!r}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
@@ -26,6 +25,7 @@ from electric.schema import SchemaRegistry
 from tests.publisher_helpers import eventually, subscriber_errors
 from tests.pgcluster import PASSWORD, PGBIN, USER, PgCluster, free_port
 from tests.hub_helpers import read_snapshot
+from tests.polling import poll
 
 SCHEMA = """
 CREATE TABLE items (id text PRIMARY KEY, content text, n int);
@@ -41,14 +41,17 @@ def table_text(pg, table):
 
 def same(a, b, table, expect=None, timeout=60.0):
     """Blocking (run in a thread): wait until `table` is identical on both (and equals `expect`)."""
-    deadline = time.monotonic() + timeout
-    ta = tb = None
-    while time.monotonic() < deadline:
-        ta, tb = table_text(a, table), table_text(b, table)
-        if ta == tb and (expect is None or ta == expect):
-            return ta
-        time.sleep(0.2)
-    raise AssertionError(f"{table} did not converge:\nA={ta[:1500]!r}\nB={tb[:1500]!r}\nexpected={expect!r}")
+    seen = {"a": "", "b": ""}
+
+    def converged():
+        ta, tb = seen["a"], seen["b"] = table_text(a, table), table_text(b, table)
+        return ta == tb and (expect is None or ta == expect) and (ta,)
+
+    try:
+        return poll(converged, timeout=timeout, what=f"{table} identical on both", interval=0.2)[0]
+    except AssertionError:
+        raise AssertionError(f"{table} did not converge:\nA={seen['a'][:1500]!r}\nB={seen['b'][:1500]!r}"
+                             f"\nexpected={expect!r}") from None
 
 
 def pgbench(pg, script, transactions, clients=2):
