@@ -123,63 +123,78 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
     return results
 
 
-def two_clusters():
+def two_clusters(schema: str = SCHEMA):
     # synchronous_commit on (fsync stays off): with it off, WAL reaches a WAL sender only when the
     # WAL writer flushes, every 200 ms, and both paths would mostly measure that cadence.
     conf = ["synchronous_commit = on"]
     a = PgCluster(extra_conf=conf).start()
     b = PgCluster(extra_conf=conf).start()
     for pg in (a, b):
-        pg.psql(SCHEMA)
+        pg.psql(schema)
     return a, b
+
+
+def subscribe_native(a: PgCluster, b: PgCluster) -> None:
+    """Blocking: native logical replication of all of A's tables to B, running when this returns."""
+    a.psql("CREATE PUBLICATION bench FOR ALL TABLES")
+    b.psql(f"CREATE SUBSCRIPTION bench CONNECTION 'host=127.0.0.1 port={a.port} user={USER}"
+           f" password={PASSWORD} dbname=electric' PUBLICATION bench WITH (copy_data = false)")
+    b.wait_for("SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL", "1", 60)
 
 
 @defer.inlineCallbacks
 def native(single: int, big: int, timeout: float):
     a, b = yield threads.deferToThread(two_clusters)
     try:
-        yield threads.deferToThread(a.psql, "CREATE PUBLICATION bench FOR ALL TABLES")
-        yield threads.deferToThread(
-            b.psql, f"CREATE SUBSCRIPTION bench CONNECTION 'host=127.0.0.1 port={a.port} user={USER}"
-                    f" password={PASSWORD} dbname=electric' PUBLICATION bench WITH (copy_data = false)")
-        yield threads.deferToThread(
-            b.wait_for, "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL", "1", 60)
+        yield threads.deferToThread(subscribe_native, a, b)
         return (yield measure(a, b, single, big, timeout))
     finally:
         yield threads.deferToThread(a.destroy)
         yield threads.deferToThread(b.destroy)
 
 
-@defer.inlineCallbacks
-def through_electric(reactor, single: int, big: int, timeout: float):
-    from electric.config import Config, parse_connectors
-    from electric.hub.embedded import EmbeddedHub
-    from electric.hub.offsets import OffsetStore
-    from electric.postgres.source.connector import ConnectorService
-    from electric.postgres.publisher.credentials import SubscriberCredentials
-    from electric.postgres.publisher.service import PublisherService
-    from electric.schema import SchemaRegistry
+class ElectricBetween:
+    """
+    Electric wired from its components between two running clusters (A as pg_a, B as pg_b):
+    EmbeddedHub, a ConnectorService per database and the port-5433 PublisherService.
+    `start()` fires once both connectors are ready and both subscriptions are streaming.
+    """
 
-    a, b = yield threads.deferToThread(two_clusters)
-    data_dir = tempfile.mkdtemp(prefix="electric-bench-pg-")
-    problems = []
-    connectors = parse_connectors(f"pg_a={a.url};pg_b={b.url}", problems)
-    assert not problems, problems
-    config = Config(connectors=connectors, electric_host="127.0.0.1", postgres_replication_port=free_port(),
-                    listen_host="127.0.0.1", data_dir=data_dir,
-                    offset_storage_file=os.path.join(data_dir, "offsets.sqlite3"))
-    hub = EmbeddedHub(os.path.join(data_dir, "hub"), reactor)
-    registry = SchemaRegistry()
-    credentials = SubscriberCredentials(data_dir, [c.name for c in connectors])
-    offsets = OffsetStore(config.offset_storage_file)
-    publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
-    connector_services = [
-        ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.when_listening,
-                         reactor=reactor)
-        for c in connectors]
-    services = [hub, offsets, credentials, publisher] + connector_services
-    try:
-        for s in services:
+    def __init__(self, reactor, a: PgCluster, b: PgCluster):
+        self.reactor, self.a, self.b = reactor, a, b
+        self.services = []
+        self.hub = self.publisher = None
+        self.data_dir = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        from electric.config import Config, parse_connectors
+        from electric.hub.embedded import EmbeddedHub
+        from electric.hub.offsets import OffsetStore
+        from electric.postgres.source.connector import ConnectorService
+        from electric.postgres.publisher.credentials import SubscriberCredentials
+        from electric.postgres.publisher.service import PublisherService
+        from electric.schema import SchemaRegistry
+
+        reactor, a, b = self.reactor, self.a, self.b
+        self.data_dir = data_dir = tempfile.mkdtemp(prefix="electric-bench-pg-")
+        problems = []
+        connectors = parse_connectors(f"pg_a={a.url};pg_b={b.url}", problems)
+        assert not problems, problems
+        config = Config(connectors=connectors, electric_host="127.0.0.1", postgres_replication_port=free_port(),
+                        listen_host="127.0.0.1", data_dir=data_dir,
+                        offset_storage_file=os.path.join(data_dir, "offsets.sqlite3"))
+        self.hub = hub = EmbeddedHub(os.path.join(data_dir, "hub"), reactor)
+        registry = SchemaRegistry()
+        credentials = SubscriberCredentials(data_dir, [c.name for c in connectors])
+        offsets = OffsetStore(config.offset_storage_file)
+        self.publisher = publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
+        connector_services = [
+            ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.when_listening,
+                             reactor=reactor)
+            for c in connectors]
+        self.services = [hub, offsets, credentials, publisher] + connector_services
+        for s in self.services:
             s.startService()
         deadline = time.monotonic() + 120
         while not all(s.state == "ready" for s in connector_services):
@@ -191,6 +206,23 @@ def through_electric(reactor, single: int, big: int, timeout: float):
                 pg.wait_for, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", "0", 60)
             yield threads.deferToThread(
                 pg.wait_for, "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL", "1", 60)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for s in reversed(self.services):
+            yield defer.maybeDeferred(s.stopService)
+        self.services = []
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@defer.inlineCallbacks
+def through_electric(reactor, single: int, big: int, timeout: float):
+    a, b = yield threads.deferToThread(two_clusters)
+    electric = ElectricBetween(reactor, a, b)
+    try:
+        yield electric.start()
+        hub, publisher = electric.hub, electric.publisher
         stages = Stages(reactor, hub, publisher, "pg_b")
         try:
             result = yield measure(a, b, single, big, timeout, stages)
@@ -200,11 +232,9 @@ def through_electric(reactor, single: int, big: int, timeout: float):
         result["publisher"] = publisher.status()
         return result
     finally:
-        for s in reversed(services):
-            yield defer.maybeDeferred(s.stopService)
+        yield electric.stop()
         yield threads.deferToThread(a.destroy)
         yield threads.deferToThread(b.destroy)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @defer.inlineCallbacks
