@@ -824,6 +824,7 @@ class SatelliteSession:
         if not frames:
             return []
         self.delivered += 1
+        self.totals.transactions_out += 1
         actions: List = []
         for table in tables:
             actions.extend(self._relation_frames(table))
