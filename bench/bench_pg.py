@@ -73,10 +73,14 @@ def run_pgbench(pg: PgCluster, transactions: int, clients: int = 4) -> None:
 
 
 class Stages:
-    """Electric runs only: when the hub had the load durable, and when port 5433 had sent it to B."""
+    """
+    Electric runs only: when the hub had the load durable, when port 5433 had
+    sent it to B, and when A had confirmed the stream back to it (its echo,
+    or the positions Electric did not need to echo) up to the load.
+    """
 
-    def __init__(self, reactor, hub, publisher, slot):
-        self.hub, self.publisher, self.slot = hub, publisher, slot
+    def __init__(self, reactor, hub, publisher, slot, origin_slot=None):
+        self.hub, self.publisher, self.slot, self.origin_slot = hub, publisher, slot, origin_slot
         self.target = None
         self.t0 = 0.0
         self.seen = {}
@@ -96,6 +100,10 @@ class Stages:
         slot = self.publisher.status()["slots"].get(self.slot, {})
         if "sent" not in self.seen and slot.get("sent_position", 0) >= self.target:
             self.seen["sent"] = now
+        if self.origin_slot is not None and "origin" not in self.seen:
+            back = self.publisher.status()["slots"].get(self.origin_slot, {})
+            if back.get("acked_position", 0) >= self.target:
+                self.seen["origin"] = now
 
     def stop(self) -> None:
         if self.loop.running:
@@ -108,19 +116,47 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
     results = {}
     if stages:
         stages.arm(stages.hub.head() + single)
+        echo0 = _echo_counts(stages)
     t0 = time.monotonic()
     yield threads.deferToThread(run_pgbench, a, single)
     loaded = time.monotonic()
     t1 = yield threads.deferToThread(wait_rows, b, "bench_single", single, timeout)
-    results["single"] = (single / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {})
+    if stages:
+        yield _settle(stages)
+    results["single"] = (single / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {},
+                         _echo_delta(stages, echo0) if stages else None)
     if stages:
         stages.arm(stages.hub.head() + 1)
+        echo0 = _echo_counts(stages)
     t0 = time.monotonic()
     yield threads.deferToThread(a.psql, BIG_SQL.format(n=big))
     loaded = time.monotonic()
     t1 = yield threads.deferToThread(wait_rows, b, "bench_big", big, timeout)
-    results["big"] = (big / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {})
+    if stages:
+        yield _settle(stages)
+    results["big"] = (big / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {},
+                      _echo_delta(stages, echo0) if stages else None)
     return results
+
+
+def _echo_counts(stages):
+    """(changes sent, changes not echoed) so far on the stream back to A."""
+    s = stages.publisher.status()["slots"].get(stages.origin_slot, {})
+    return s.get("changes_sent", 0), s.get("changes_not_echoed", 0)
+
+
+def _echo_delta(stages, before):
+    after = _echo_counts(stages)
+    return after[0] - before[0], after[1] - before[1]
+
+
+@defer.inlineCallbacks
+def _settle(stages, timeout=300.0):
+    """Wait until A has confirmed the stream back to it up to the load (the echo stage)."""
+    from twisted.internet import reactor
+    deadline = time.monotonic() + timeout
+    while "origin" not in stages.seen and time.monotonic() < deadline:
+        yield task.deferLater(reactor, 0.02, lambda: None)
 
 
 def two_clusters():
@@ -191,7 +227,7 @@ def through_electric(reactor, single: int, big: int, timeout: float):
                 pg.wait_for, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", "0", 60)
             yield threads.deferToThread(
                 pg.wait_for, "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL", "1", 60)
-        stages = Stages(reactor, hub, publisher, "pg_b")
+        stages = Stages(reactor, hub, publisher, "pg_b", "pg_a")
         try:
             result = yield measure(a, b, single, big, timeout, stages)
         finally:
@@ -215,7 +251,7 @@ def main(reactor, argv):
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for B to catch up")
     args = p.parse_args(argv)
     print(f"PG A → PG B: {args.single} single-row transactions (pgbench, 4 clients), "
-          f"then one {args.big}-row transaction", flush=True)
+          f"then one {args.big}-row transaction; load average {os.getloadavg()}", flush=True)
     nat = yield native(args.single, args.big, args.timeout)
     print("native logical replication done", flush=True)
     ele = yield through_electric(reactor, args.single, args.big, args.timeout)
@@ -231,9 +267,13 @@ def main(reactor, argv):
         print(f"{label}: load on A took {nat[key][1]:.2f} s (native run) / {ele[key][1]:.2f} s (Electric run);"
               f" rows on B after {nat[key][2]:.2f} s / {ele[key][2]:.2f} s")
         print(f"    Electric run: durable in the hub after {seen.get('hub', float('nan')):.2f} s,"
-              f" sent to B by port 5433 after {seen.get('sent', float('nan')):.2f} s")
+              f" sent to B by port 5433 after {seen.get('sent', float('nan')):.2f} s,"
+              f" confirmed back by A after {seen.get('origin', float('nan')):.2f} s")
+        sent, skipped = ele[key][4]
+        print(f"    stream back to A: {sent} changes echoed, {skipped} not echoed (redundant)")
     hub = ele["hub"]
     print(f"hub: head {hub.get('head')}, commit groups {hub.get('commit_groups')}, appends {hub.get('appends')}")
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
