@@ -211,7 +211,7 @@ def through_electric(reactor, single: int, big: int, timeout: float):
     publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
     connector_services = [
         ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.when_listening,
-                         reactor=reactor)
+                         reactor=reactor, echo=getattr(publisher, "echo", None))
         for c in connectors]
     services = [hub, offsets, credentials, publisher] + connector_services
     try:

@@ -22,6 +22,14 @@ A big transaction comes from the hub as several items at one position
 (`ResolvedTransaction.more`): the encoder keeps it open across items, so
 the subscriber sees one transaction, Begin to Commit, whatever its size.
 
+Echo: a change of a transaction that came from this very database is left
+out when the hub decided the database holds it already
+(`ResolvedChange.origin_holds`) under the marker `echo_marker()` gives now
+(see `electric.postgres.echo`).  A transaction left out whole produces no
+frames, like one that concerns no table of this database: `wal_end` still
+moves past it, so the next keepalive reports it and the subscriber confirms
+it (its flush position, and so the hub's ack for it, moves on).
+
 Pure: no sockets, no reactor.  Frames are produced lazily so a big item is
 written under flow control without building its frames in memory.
 """
@@ -29,7 +37,7 @@ written under flow control without building its frames in memory.
 from __future__ import annotations
 
 import struct
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from electric.hub import positions
 from electric.hub.interface import UNCHANGED, ResolvedTransaction
@@ -106,9 +114,11 @@ class OutboundEncoder:
     """
 
     def __init__(self, registry: SchemaRegistry, origin: str, base: int, start_position: int = 0,
-                 clock=pg_now):
+                 clock=pg_now, echo_marker: Optional[Callable[[], Optional[str]]] = None):
         self.registry = registry
         self.origin = origin
+        self.echo_marker = echo_marker  # None: every change goes out (table sync streams, other hubs)
+        self.changes_not_echoed = 0
         self.base = base
         self.position = start_position
         self.wal_end = positions.end_lsn(start_position, base)
@@ -158,7 +168,11 @@ class OutboundEncoder:
         now = self._clock()
         begin_lsn, commit_lsn = o.begin_lsn, o.commit_lsn
         i = o.changes
+        marker = self.echo_marker() if self.echo_marker is not None and rt.origin == self.origin else None
         for change in rt.changes:
+            if marker is not None and change.origin_holds == marker:
+                self.changes_not_echoed += 1
+                continue
             shape, fresh = self._shape(change.schema, change.table)
             if shape is None:
                 self.skipped_changes += 1

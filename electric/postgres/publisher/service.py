@@ -53,6 +53,7 @@ from electric.postgres.publisher.session import (
 )
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.echo import EchoLedger
 from electric.postgres.publisher.outbound import OutboundEncoder
 
 log = Logger(namespace="electric.postgres.publisher.service")
@@ -120,7 +121,13 @@ class ReplicationStream:
         self.base = base
         self.start_position = start
         self.durable = durable
-        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start)
+        marker = None
+        if durable:
+            # Only the apply worker's stream leaves echoes out: a table-sync
+            # worker applies its catch-up after copying an older snapshot.
+            def marker(ledger=publisher.echo, origin=slot.origin, base=base):
+                return ledger.marker(origin, base)
+        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start, echo_marker=marker)
         self.acked = start
         self.paused = False
         self.stopped = False
@@ -289,6 +296,7 @@ class ReplicationStream:
             "acked_position": self.acked,
             "transactions_sent": self.encoder.transactions_sent,
             "changes_sent": self.encoder.changes_sent,
+            "changes_not_echoed": self.encoder.changes_not_echoed,
             "changes_skipped": self.encoder.skipped_changes,
             "paused": self.paused,
         }
@@ -617,6 +625,8 @@ class PublisherService(service.Service):
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
         self._verifiers: Dict[str, tuple] = {}
+        # What the connectors learn from their WAL about what each database applied (echo skipping).
+        self.echo = EchoLedger(self.base_for)
 
     @property
     def listening(self) -> defer.Deferred:
@@ -791,6 +801,8 @@ class PublisherService(service.Service):
             requested = positions.position_for_lsn(command.lsn, base)
             slot.confirmed = 0
         start = max(requested, min(slot.confirmed, head))
+        if durable:
+            self.echo.stream_starting(origin, command.lsn)
         stream = ReplicationStream(self, conn, slot, base, start, durable)
         stream.open()
         slot.active = conn
