@@ -12,7 +12,14 @@ the native figure is the reference for this machine.  Electric is wired from
 its components: EmbeddedHub, a ConnectorService per database and the
 port-5433 PublisherService.
 
-    .venv/bin/python bench/bench_pg.py [--single N] [--big N]
+    .venv/bin/python bench/bench_pg.py [--single N] [--big N] [--echo-all]
+
+Besides rows/s it prints, per workload, the CPU seconds the Electric
+process and PG A's server spent (the origin's share of the echo: its
+walsender decoding Electric's stream back, its apply worker applying it).
+`--echo-all` runs Electric without echo skipping (every resolved
+transaction goes back to its origin), for an A/B comparison in one run of
+the machine's conditions; `--skip-native` leaves the native reference out.
 """
 
 from __future__ import annotations
@@ -57,6 +64,43 @@ def wait_rows(pg: PgCluster, table: str, n: int, timeout: float) -> float:
             time.sleep(0.01)
     finally:
         conn.close()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pg: PgCluster) -> float:
+    """CPU seconds of `pg`'s postmaster and every process it started (live and reaped)."""
+    try:
+        with open(os.path.join(pg.datadir, "postmaster.pid")) as f:
+            pm = int(f.readline())
+    except (OSError, ValueError):
+        return float("nan")
+
+    def stat(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    try:
+        fields = stat(pm)
+    except OSError:
+        return float("nan")
+    total = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pm:
+            continue
+        try:
+            f = stat(entry)
+        except OSError:
+            continue
+        if int(f[1]) == pm:  # ppid
+            total += int(f[11]) + int(f[12])
+    return total / _TICK
+
+
+def self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def run_pgbench(pg: PgCluster, transactions: int, clients: int = 4) -> None:
@@ -117,6 +161,7 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
     if stages:
         stages.arm(stages.hub.head() + single)
         echo0 = _echo_counts(stages)
+    cpu0 = (self_cpu(), server_cpu(a))
     t0 = time.monotonic()
     yield threads.deferToThread(run_pgbench, a, single)
     loaded = time.monotonic()
@@ -124,10 +169,12 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
     if stages:
         yield _settle(stages)
     results["single"] = (single / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {},
-                         _echo_delta(stages, echo0) if stages else None)
+                         _echo_delta(stages, echo0) if stages else None,
+                         (self_cpu() - cpu0[0], server_cpu(a) - cpu0[1]))
     if stages:
         stages.arm(stages.hub.head() + 1)
         echo0 = _echo_counts(stages)
+    cpu0 = (self_cpu(), server_cpu(a))
     t0 = time.monotonic()
     yield threads.deferToThread(a.psql, BIG_SQL.format(n=big))
     loaded = time.monotonic()
@@ -135,7 +182,8 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
     if stages:
         yield _settle(stages)
     results["big"] = (big / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {},
-                      _echo_delta(stages, echo0) if stages else None)
+                      _echo_delta(stages, echo0) if stages else None,
+                      (self_cpu() - cpu0[0], server_cpu(a) - cpu0[1]))
     return results
 
 
@@ -187,7 +235,7 @@ def native(single: int, big: int, timeout: float):
 
 
 @defer.inlineCallbacks
-def through_electric(reactor, single: int, big: int, timeout: float):
+def through_electric(reactor, single: int, big: int, timeout: float, echo_all: bool = False):
     from electric.config import Config, parse_connectors
     from electric.hub.embedded import EmbeddedHub
     from electric.hub.offsets import OffsetStore
@@ -211,7 +259,7 @@ def through_electric(reactor, single: int, big: int, timeout: float):
     publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
     connector_services = [
         ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.when_listening,
-                         reactor=reactor, echo=getattr(publisher, "echo", None))
+                         reactor=reactor, echo=None if echo_all else publisher.echo)
         for c in connectors]
     services = [hub, offsets, credentials, publisher] + connector_services
     try:
@@ -249,12 +297,17 @@ def main(reactor, argv):
     p.add_argument("--single", type=int, default=20_000, help="single-row transactions (default 20000)")
     p.add_argument("--big", type=int, default=200_000, help="rows in the one big transaction (default 200000)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for B to catch up")
+    p.add_argument("--echo-all", action="store_true", help="Electric without echo skipping (A/B comparison)")
+    p.add_argument("--skip-native", action="store_true", help="leave out the native reference run")
     args = p.parse_args(argv)
     print(f"PG A → PG B: {args.single} single-row transactions (pgbench, 4 clients), "
           f"then one {args.big}-row transaction; load average {os.getloadavg()}", flush=True)
-    nat = yield native(args.single, args.big, args.timeout)
+    if args.skip_native:
+        nat = {k: (float("nan"), float("nan"), float("nan")) for k in ("single", "big")}
+    else:
+        nat = yield native(args.single, args.big, args.timeout)
     print("native logical replication done", flush=True)
-    ele = yield through_electric(reactor, args.single, args.big, args.timeout)
+    ele = yield through_electric(reactor, args.single, args.big, args.timeout, args.echo_all)
     print("through Electric done", flush=True)
     print()
     print(f"{'workload':<28}{'native rows/s':>15}{'Electric rows/s':>17}{'Electric/native':>17}")
@@ -270,7 +323,10 @@ def main(reactor, argv):
               f" sent to B by port 5433 after {seen.get('sent', float('nan')):.2f} s,"
               f" confirmed back by A after {seen.get('origin', float('nan')):.2f} s")
         sent, skipped = ele[key][4]
-        print(f"    stream back to A: {sent} changes echoed, {skipped} not echoed (redundant)")
+        print(f"    stream back to A: {sent} changes echoed, {skipped} not echoed (redundant)"
+              f"{' [--echo-all]' if args.echo_all else ''}")
+        cpu_e, cpu_a = ele[key][5]
+        print(f"    CPU until A confirmed: Electric process {cpu_e:.2f} s, PG A server {cpu_a:.2f} s")
     hub = ele["hub"]
     print(f"hub: head {hub.get('head')}, commit groups {hub.get('commit_groups')}, appends {hub.get('appends')}")
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
