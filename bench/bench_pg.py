@@ -123,8 +123,9 @@ class Stages:
     or the positions Electric did not need to echo) up to the load.
     """
 
-    def __init__(self, reactor, hub, publisher, slot, origin_slot=None):
+    def __init__(self, reactor, hub, publisher, slot, origin_slot=None, origin_connector=None):
         self.hub, self.publisher, self.slot, self.origin_slot = hub, publisher, slot, origin_slot
+        self.origin_connector = origin_connector
         self.target = None
         self.t0 = 0.0
         self.seen = {}
@@ -167,7 +168,7 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
     loaded = time.monotonic()
     t1 = yield threads.deferToThread(wait_rows, b, "bench_single", single, timeout)
     if stages:
-        yield _settle(stages)
+        yield _settle(stages, echo0)
     results["single"] = (single / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {},
                          _echo_delta(stages, echo0) if stages else None,
                          (self_cpu() - cpu0[0], server_cpu(a) - cpu0[1]))
@@ -180,7 +181,7 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
     loaded = time.monotonic()
     t1 = yield threads.deferToThread(wait_rows, b, "bench_big", big, timeout)
     if stages:
-        yield _settle(stages)
+        yield _settle(stages, echo0)
     results["big"] = (big / (t1 - t0), loaded - t0, t1 - t0, dict(stages.seen) if stages else {},
                       _echo_delta(stages, echo0) if stages else None,
                       (self_cpu() - cpu0[0], server_cpu(a) - cpu0[1]))
@@ -188,9 +189,14 @@ def measure(a: PgCluster, b: PgCluster, single: int, big: int, timeout: float, s
 
 
 def _echo_counts(stages):
-    """(changes sent, changes not echoed) so far on the stream back to A."""
+    """
+    (changes sent, changes not echoed, transactions sent) so far on the
+    stream back to A, and the transactions A's connector dropped as A's own
+    applies of that stream.
+    """
     s = stages.publisher.status()["slots"].get(stages.origin_slot, {})
-    return s.get("changes_sent", 0), s.get("changes_not_echoed", 0)
+    return (s.get("changes_sent", 0), s.get("changes_not_echoed", 0), s.get("transactions_sent", 0),
+            stages.origin_connector.status()["transactions_dropped"])
 
 
 def _echo_delta(stages, before):
@@ -199,11 +205,20 @@ def _echo_delta(stages, before):
 
 
 @defer.inlineCallbacks
-def _settle(stages, timeout=300.0):
-    """Wait until A has confirmed the stream back to it up to the load (the echo stage)."""
+def _settle(stages, before, timeout=300.0):
+    """
+    Wait until A has confirmed the stream back to it up to the load (the
+    echo stage), and A's connector has read back every transaction A applied
+    from it: the whole echo's cost is then in the CPU figures.
+    """
     from twisted.internet import reactor
     deadline = time.monotonic() + timeout
-    while "origin" not in stages.seen and time.monotonic() < deadline:
+
+    def done():
+        now = _echo_counts(stages)
+        return "origin" in stages.seen and now[3] - before[3] >= now[2] - before[2]
+
+    while not done() and time.monotonic() < deadline:
         yield task.deferLater(reactor, 0.02, lambda: None)
 
 
@@ -275,7 +290,7 @@ def through_electric(reactor, single: int, big: int, timeout: float, echo_all: b
                 pg.wait_for, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'", "0", 60)
             yield threads.deferToThread(
                 pg.wait_for, "SELECT count(*) FROM pg_stat_subscription WHERE pid IS NOT NULL", "1", 60)
-        stages = Stages(reactor, hub, publisher, "pg_b", "pg_a")
+        stages = Stages(reactor, hub, publisher, "pg_b", "pg_a", connector_services[0])
         try:
             result = yield measure(a, b, single, big, timeout, stages)
         finally:
@@ -326,7 +341,8 @@ def main(reactor, argv):
         print(f"    stream back to A: {sent} changes echoed, {skipped} not echoed (redundant)"
               f"{' [--echo-all]' if args.echo_all else ''}")
         cpu_e, cpu_a = ele[key][5]
-        print(f"    CPU until A confirmed: Electric process {cpu_e:.2f} s, PG A server {cpu_a:.2f} s")
+        print(f"    CPU until A confirmed and its applies were read back: Electric process {cpu_e:.2f} s,"
+              f" PG A server {cpu_a:.2f} s")
     hub = ele["hub"]
     print(f"hub: head {hub.get('head')}, commit groups {hub.get('commit_groups')}, appends {hub.get('appends')}")
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")

@@ -48,7 +48,7 @@ from electric.postgres.source import assembly
 from electric.postgres.protocol import pgoutput
 from electric.postgres.source import replication
 from electric.postgres.source import setup
-from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.protocol.lsn import format_lsn, parse_lsn
 from electric.schema import Table
 
 log = Logger(namespace="electric.postgres.source.connector")
@@ -623,6 +623,16 @@ class ConnectorService(Service):
         """
         if self.echo is None or self.subscription_oid is None:
             return
+        try:
+            await self._read_ready(session)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            # Only costs echoes (tables stay untrusted); never stops replication.
+            log.info("connector {connector}: could not read the subscription's table states: {e}",
+                     connector=self.connector.name, e=setup.error_text(e))
+
+    async def _read_ready(self, session) -> None:
         own = session is None
         if own:
             session = setup.SetupSession(self.connector, self.reactor)
@@ -636,8 +646,7 @@ class ConnectorService(Service):
             if own:
                 session.close()
         lsn_text, relids = rows[0]
-        hi, lo = lsn_text.split("/")
-        since = (int(hi, 16) << 32) | int(lo, 16)
+        since = parse_lsn(lsn_text)
         ready = {}
         for relid in relids or ():
             # Kept from before when it was READY then too; else from now.
@@ -656,9 +665,7 @@ class ConnectorService(Service):
                 or (self._ready_check is not None and not self._ready_check.called)):
             return
         self._ready_check = defer.ensureDeferred(self._check_ready())
-        self._ready_check.addErrback(lambda f: log.info(
-            "connector {connector}: could not read the subscription's table states: {e}",
-            connector=self.connector.name, e=f.getErrorMessage()))
+        self._ready_check.addErrback(lambda f: None)  # _check_ready logs; a cancelled check is fine
 
     # -- the subscription back to Electric --
 
