@@ -34,11 +34,16 @@ from twisted.python.failure import Failure
 from electric.config import Config, ConfigError
 from electric.http.status import HttpApi, HttpService
 from electric.http.migrations import install_routes
+from electric.http.metrics import install_routes as install_metrics_routes
+from electric.http import quarantine as quarantine_routes
 from electric.hub.embedded import EmbeddedHub
 from electric.hub.offsets import OffsetStore
+from electric.metrics import ElectricCollector, registry_for
 from electric.migrations.migrator import Migrator
 from electric.postgres.source.connector import ConnectorService
+from electric.postgres.publisher.apply_failures import ApplyFailureMonitor
 from electric.postgres.publisher.credentials import SubscriberCredentials
+from electric.postgres.publisher.quarantine import QuarantineStore
 from electric.postgres.publisher.service import PublisherService
 from electric.satellite.service import SatelliteService
 from electric.schema import SchemaRegistry
@@ -174,7 +179,9 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     offsets = OffsetStore(config.offset_storage_file)
     credentials = SubscriberCredentials(config.data_dir, [c.name for c in config.connectors])
     registry = SchemaRegistry()
-    publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
+    quarantine = QuarantineStore(config.data_dir)
+    apply_monitor = ApplyFailureMonitor(config, hub, registry, quarantine, reactor)
+    publisher = PublisherService(config, hub, registry, credentials, offsets, reactor, apply_monitor=apply_monitor)
     connectors = {
         c.name: ConnectorService(config, c, hub, registry, credentials,
                                  publisher_ready=publisher.when_listening, reactor=reactor, echo=publisher.echo)
@@ -187,9 +194,15 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     api.add_component("postgres_publisher", publisher)
     api.add_component("satellite", satellite)
     api.add_component("migrations", migrator)
+    api.add_component("apply_failures", apply_monitor)
+    api.add_connector_problems("apply_failure", apply_monitor.problem)
     install_routes(api.app, migrator)
+    collector = ElectricCollector(config, hub=hub, connectors=connectors, publisher=publisher, satellite=satellite,
+                                  migrator=migrator, api=api, apply_monitor=apply_monitor)
+    install_metrics_routes(api.app, registry_for(collector))
+    quarantine_routes.install_routes(api.app, apply_monitor)
 
-    for child in (hub, offsets, credentials, HttpService(config, api, reactor), publisher,
+    for child in (hub, offsets, credentials, quarantine, apply_monitor, HttpService(config, api, reactor), publisher,
                   *connectors.values(), satellite, migrator):
         child.setServiceParent(root)
     return root

@@ -404,8 +404,13 @@ class BigTransactionTests(ConnectorTestBase):
         self.assertEqual((stream.big_transactions, stream.staged_rows), (1, 100000))
         self.assertEqual(stream.add_pauses, -(-100000 // CHUNK_CHANGES))
         self.assertEqual(stream.paused_for, set())
+        # /metrics counts every row of it (staged chunks and the last changes), as one transaction.
+        m = self.service.metrics()
+        self.assertEqual((m["transactions"], m["rows"], m["appends_in_flight"]), (1, 100000, 0))
         self.sql("INSERT INTO big VALUES (0, 'after')")
         yield wait_until(lambda: self.hub.head() == 2, what="stream resumed after the pause")
+        yield wait_until(lambda: self.service.metrics()["rows"] == 100001, what="the small one counted")
+        self.assertEqual(self.service.metrics()["transactions"], 2)
 
 
 class BigTransactionRecoveryTests(ConnectorTestBase):
@@ -440,6 +445,7 @@ class BigTransactionRecoveryTests(ConnectorTestBase):
         self.sql("CREATE TABLE big (id int PRIMARY KEY, v text)")
         yield self.start()
         stream = self.service._stream
+        dropped = self.service.metrics()["transactions_dropped"]
         yield threads.deferToThread(self.sql, f"""
             BEGIN;
             INSERT INTO big SELECT g, 'x' FROM generate_series(1, {CHUNK_CHANGES * 2 + 10}) g;
@@ -452,6 +458,9 @@ class BigTransactionRecoveryTests(ConnectorTestBase):
         self.assertEqual(list(rows), [("0",)])
         self.assertEqual(stream.big_transactions, 1)
         self.assertEqual(self.hub.status()["staging"], {"transactions": 0, "changes": 0})
+        yield wait_until(lambda: self.service.metrics()["rows"] == 1, what="the transaction after counted")
+        m = self.service.metrics()
+        self.assertEqual((m["transactions"], m["rows"], m["transactions_dropped"]), (1, 1, dropped + 1))
 
 
 class WrongPasswordTests(ConnectorTestBase):

@@ -323,7 +323,8 @@ class ServiceTreeTests(unittest.TestCase):
         api = root.getServiceNamed("http").api
         self.assertIs(api.hub, root.getServiceNamed("hub"))
         self.assertEqual(dict(api.connectors), {})
-        self.assertEqual(names, ["hub", "offsets", "subscriber-credentials", "http", "postgres-publisher",
+        self.assertEqual(names, ["hub", "offsets", "subscriber-credentials", "quarantine", "apply-failures", "http",
+                                 "postgres-publisher",
                                  "satellite", "migrations"])
 
     def test_vaxine_host_is_refused(self):

@@ -5,8 +5,10 @@ With ELECTRIC_API_TOKEN set, every request needs ``Authorization: Bearer
 <token>`` except the open reads: ``GET``/``HEAD`` of ``/api/status``
 (health checks) and of ``/api/migrations`` (which migrations ran).  Applying
 a migration changes every database, and ``/api/status/details`` lists
-users, client ids and positions, so both are closed; so is any route added
-later unless it is added to the open reads here (deny by default).  The
+users, client ids and positions, so both are closed; so is ``/metrics``
+(connector names, positions and error counts: a Prometheus scrape job sends
+the token, see the README's Metrics section) and any route added later
+unless it is added to the open reads here (deny by default).  The
 token is compared in constant time.  Without a token the API is open, as
 the original's was.
 """

@@ -68,15 +68,36 @@ class HttpApi:
         self.vaxine = vaxine
         # Other links (port 5433, Satellite, migrations) report here too.
         self.components: Dict[str, object] = {}
+        # Per-connector problems found elsewhere (key in details -> problem(name) -> dict or None);
+        # a connector with one is not healthy in /api/status.
+        self.connector_problems: Dict[str, object] = {}
         self.app = Klein()
         self._catch_all_installed = False
+        self.internal_errors = 0  # requests answered 500 (since start)
         self._install()
 
     # -- what the routes report ---------------------------------------------
 
+    def add_connector_problems(self, key: str, problem) -> None:
+        """`problem(name)` -> dict or None: shown as connectors[name][key] in details; non-None = unhealthy."""
+        self.connector_problems[key] = problem
+
+    def _problems(self, name: str) -> dict:
+        out = {}
+        for key, problem in self.connector_problems.items():
+            try:
+                out[key] = problem(name)
+            except Exception as e:  # a broken check must not hide the others, nor pass as healthy
+                log.failure("connector problem check {key} failed", key=key)
+                out[key] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+    def _healthy(self, name: str, connector) -> bool:
+        return bool(connector.ready) and not any(v is not None for v in self._problems(name).values())
+
     def status(self) -> dict:
         return {
-            "connectors": {name: bool(c.ready) for name, c in sorted(self.connectors.items())},
+            "connectors": {name: self._healthy(name, c) for name, c in sorted(self.connectors.items())},
             "hub": _is_running(self.hub),
             "vaxine": bool(self.vaxine is not None and self.vaxine.ready),
         }
@@ -85,10 +106,29 @@ class HttpApi:
         """Show `component.status()` under `name` in /api/status/details."""
         self.components[name] = component
 
+    def instance(self) -> dict:
+        """Who this Electric is: GLOBAL_CLUSTER_ID, ELECTRIC_INSTANCE_ID, ELECTRIC_REGIONAL_ID (also metric labels)."""
+        return {
+            "cluster_id": self.config.global_cluster_id,
+            "instance_id": self.config.instance_id,
+            "regional_id": self.config.regional_id,
+        }
+
+    def metrics(self) -> dict:
+        """Plain numbers for /metrics (`electric.metrics`): `errors` by kind: ``http_internal`` (answered 500)."""
+        return {"errors": {"http_internal": self.internal_errors}}
+
     def details(self) -> dict:
+        connectors = {}
+        for name, c in sorted(self.connectors.items()):
+            report = _safe_status(c)
+            if isinstance(report, dict):
+                report = {**report, **self._problems(name)}
+            connectors[name] = report
         out = {
-            "connectors": {name: _safe_status(c) for name, c in sorted(self.connectors.items())},
+            "connectors": connectors,
             "hub": _safe_status(self.hub),
+            "instance": self.instance(),
             "running": {"hub": _is_running(self.hub)},
         }
         for name, component in sorted(self.components.items()):
@@ -135,6 +175,7 @@ class HttpApi:
                         if header.lower() in ("location", "allow"):
                             request.setHeader(header.encode("latin-1"), str(value).encode("latin-1"))
                     return _json(request, failure.value.code, {"error": failure.value.name.lower()})
+                self.internal_errors += 1
                 log.failure("{method} {uri} failed", failure,
                             method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
                 return _json(request, 500, {"error": "internal error", "detail": failure.getErrorMessage()})

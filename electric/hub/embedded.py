@@ -80,6 +80,7 @@ from electric.hub.positions import ClientLsnCodec
 from electric.hub.resolution import InvalidTransaction, check_origin_applied, check_transaction
 from electric.hub.spill import Spill
 from electric.hub.store import CATCH_UP_ORIGIN, DB_NAME  # noqa: F401  (re-exported)
+from electric.metrics import LatencyHistogram
 
 log = Logger()
 
@@ -97,7 +98,7 @@ own SQLite page cache) that stays resident: with the reactor's 10 threads,
 
 
 class _Append:
-    __slots__ = ("transaction", "deferred", "meta", "outcome", "fresh", "applied")
+    __slots__ = ("transaction", "deferred", "meta", "outcome", "fresh", "applied", "queued_at")
 
     def __init__(self, transaction, deferred, meta=None):
         self.transaction = transaction
@@ -106,6 +107,7 @@ class _Append:
         self.outcome = None  # ResolvedTransaction or Exception
         self.fresh = False
         self.applied: Optional[store.Applied] = None
+        self.queued_at = time.monotonic()  # for the append latency histogram
 
     @property
     def ident(self):
@@ -116,7 +118,7 @@ class _Append:
 
 
 class _Commit:
-    __slots__ = ("buffer", "commit_timestamp", "deferred", "meta", "outcome", "fresh", "applied")
+    __slots__ = ("buffer", "commit_timestamp", "deferred", "meta", "outcome", "fresh", "applied", "queued_at")
 
     def __init__(self, buffer, commit_timestamp, deferred, meta=None):
         self.buffer = buffer
@@ -126,6 +128,9 @@ class _Commit:
         self.outcome = None  # Committed or Exception
         self.fresh = False
         self.applied: Optional[store.Applied] = None
+        # For the append latency histogram: from `commit` (its changes already
+        # staged) to durable, as an `_Append` from `append`.
+        self.queued_at = time.monotonic()
 
     @property
     def ident(self):
@@ -544,8 +549,9 @@ class EmbeddedHub(service.Service):
         self._tail = collections.deque()
         self._tail_size = 0
         self._compactor: Optional[task.LoopingCall] = None
-        self._stats = {"appends": 0, "commits": 0, "duplicates": 0, "rejected": 0, "commit_groups": 0,
-                       "compactions": 0}
+        self._stats = {"appends": 0, "commits": 0, "duplicates": 0, "rejected": 0, "failed": 0, "conflicts": 0,
+                       "commit_groups": 0, "compactions": 0}
+        self._append_latency = LatencyHistogram()
         self._codec: Optional[ClientLsnCodec] = None
 
     # --- life cycle ----------------------------------------------------
@@ -693,16 +699,22 @@ class EmbeddedHub(service.Service):
 
     def begin(self, origin, origin_id=None, commit_timestamp=None):
         self._check_open()
+        problem = None
         if not isinstance(origin, str) or not origin:
-            raise HubError(f"invalid transaction: origin {origin!r} must be a non-empty str")
-        if origin_id is not None and not isinstance(origin_id, (bytes, bytearray)):
-            raise HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes")
-        if commit_timestamp is not None and (not isinstance(commit_timestamp, int) or isinstance(commit_timestamp, bool)):
-            raise HubError(f"invalid transaction: commit_timestamp {commit_timestamp!r} must be an int (µs since epoch)")
-        try:
-            check_transaction(Transaction(origin, bytes(origin_id or b""), 0, ()))
-        except InvalidTransaction as e:
-            raise HubError(f"invalid transaction: {e}") from None
+            problem = f"origin {origin!r} must be a non-empty str"
+        elif origin_id is not None and not isinstance(origin_id, (bytes, bytearray)):
+            problem = f"origin_id {origin_id!r} must be bytes"
+        elif commit_timestamp is not None and (not isinstance(commit_timestamp, int)
+                                               or isinstance(commit_timestamp, bool)):
+            problem = f"commit_timestamp {commit_timestamp!r} must be an int (µs since epoch)"
+        else:
+            try:
+                check_transaction(Transaction(origin, bytes(origin_id or b""), 0, ()))
+            except InvalidTransaction as e:
+                problem = str(e)
+        if problem is not None:
+            self._stats["rejected"] += 1
+            raise HubError(f"invalid transaction: {problem}")
         buf = _AppendBuffer(self, origin, None if origin_id is None else bytes(origin_id), commit_timestamp)
         self._buffers.add(buf)
         return buf
@@ -801,6 +813,36 @@ class EmbeddedHub(service.Service):
             **self._stats,
         }
 
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`): head, log length,
+        live rows, counters since start: `appends` (every transaction made
+        durable, small appends and chunked commits alike), `chunked_commits`
+        (those of them committed through `begin`/`add`/`commit`),
+        `duplicates`, `conflicts` resolved (summed over every chunk of a
+        chunked commit), `commit_groups`; the append latency histogram (one
+        observation per transaction made durable: from `append`, or from a
+        chunked transaction's `commit` (its changes already staged), to its
+        Deferred firing) and errors by kind: ``hub_rejected`` (malformed
+        transactions refused by `append`, `begin` or `add`),
+        ``hub_append_failed`` (transactions that could not be resolved or
+        stored, a failed write guard among them).
+        """
+        head = self._durable
+        stats = self._stats
+        return {
+            "head": head,
+            "log_length": max(0, head - self._horizon),
+            "rows": self._row_count,
+            "appends": stats["appends"] + stats["commits"],
+            "chunked_commits": stats["commits"],
+            "duplicates": stats["duplicates"],
+            "conflicts": stats["conflicts"],
+            "commit_groups": stats["commit_groups"],
+            "append_latency": self._append_latency.snapshot(),
+            "errors": {"hub_rejected": stats["rejected"], "hub_append_failed": stats["failed"]},
+        }
+
     # --- positions for the outside world --------------------------------
 
     def client_lsn(self, position: int) -> bytes:
@@ -865,6 +907,7 @@ class EmbeddedHub(service.Service):
 
     def _commit_group(self, writer, entries, others):
         live_delta = 0
+        conflicts = 0
         seen = {}
         try:
             writer.begin()
@@ -899,6 +942,7 @@ class EmbeddedHub(service.Service):
                     job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
                     continue
                 live_delta += applied.live_delta
+                conflicts += applied.conflicts
                 job.applied = applied
                 job.fresh = True
                 seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
@@ -921,6 +965,7 @@ class EmbeddedHub(service.Service):
                 job.outcome = HubError(f"hub could not store the transaction: {e}")
                 job.fresh = False
             live_delta = 0
+            conflicts = 0
         for job in entries:
             if isinstance(job, _Commit):
                 try:
@@ -928,7 +973,7 @@ class EmbeddedHub(service.Service):
                 except OSError:
                     pass
         if entries:
-            self._reactor.callFromThread(self._publish, entries, live_delta)
+            self._reactor.callFromThread(self._publish, entries, live_delta, conflicts)
 
     def _compact_now(self, writer, job):
         try:
@@ -956,18 +1001,22 @@ class EmbeddedHub(service.Service):
 
     # --- reactor side: publication -------------------------------------
 
-    def _publish(self, entries, live_delta):
+    def _publish(self, entries, live_delta, conflicts=0):
         self._row_count += live_delta
         self._stats["commit_groups"] += 1
+        self._stats["conflicts"] += conflicts
+        now = time.monotonic()
         for job in entries:
             if job.fresh:
                 self._durable = max(self._durable, job.applied.position)
         for job in entries:
             if isinstance(job.outcome, Exception):
+                self._stats["failed"] += 1
                 job.deferred.errback(Failure(job.outcome))
                 continue
             if job.fresh:
                 self._stats["appends" if isinstance(job, _Append) else "commits"] += 1
+                self._append_latency.observe(now - job.queued_at)
             else:
                 self._stats["duplicates"] += 1
             job.deferred.callback(job.outcome)

@@ -95,6 +95,8 @@ class Resolution(NamedTuple):
     """The new state of every touched row (final state if touched twice)."""
     live_delta: int
     """How the number of live rows changed (for status counters)."""
+    conflicts: int = 0
+    """Changes whose origin saw the row otherwise than the hub had it (see `resolve`): for /metrics."""
 
 
 class StateView:
@@ -256,10 +258,22 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
 
     Pure: the same state and transaction always give the same result.  The
     caller stores `Resolution.states` to move the hub forward.
+
+    `Resolution.conflicts` counts the changes that met a concurrent write:
+    an UPSERT or DELETE that carries the row as its origin saw it
+    (``old_values`` of an upsert, the old row of a delete) while the hub holds
+    a different value in a column both know (another origin's write came
+    first: the columns merge, or the later write wins), and an upsert with
+    ``old_values`` of a row the hub has deleted (the update wins).  Values
+    are compared as text, so a replica that prints a value differently (a
+    timestamptz under another TimeZone) counts too; writes that carry no old
+    values (REPLICA IDENTITY DEFAULT updates) cannot be told apart from
+    fresh ones and never count.
     """
     pending: Dict[RowId, RowState] = {}
     out: List[ResolvedChange] = []
     live_delta = 0
+    conflicts = 0
 
     fetched: Dict[RowId, Optional[RowState]] = state.get_many(
         {(ch.schema, ch.table, tuple(ch.key)): None for ch in transaction.changes if ch.op != TRUNCATE}
@@ -315,6 +329,8 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
         if ch.op == DELETE:
             if ch.guard is not None:
                 _check_guard(ch, cur, None)
+            if cur is not None and not cur.deleted and ch.values and _differs(ch.values, cur.values):
+                conflicts += 1
             # The hub's last values win; the delete's old row only fills gaps.
             row = dict(cur.values) if cur is not None else {}
             for c, v in _known(ch.values).items():
@@ -329,6 +345,8 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
             row = _known(ch.old_values)
             row.update(_known(values))
         else:
+            if ch.old_values is not None and (cur.deleted or _differs(ch.old_values, cur.values)):
+                conflicts += 1
             if ch.old_values is not None:
                 old = ch.old_values
                 sets = {
@@ -349,7 +367,15 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
 
     if holds is not None:
         out = _mark_held(out, out_rids, holds, fetched, applied)
-    return Resolution(tuple(out), pending, live_delta)
+    return Resolution(tuple(out), pending, live_delta, conflicts)
+
+
+def _differs(seen: Mapping, current: Mapping) -> bool:
+    """True when a column known to both (and sent) has another value in `current` than the origin saw."""
+    for c, v in seen.items():
+        if v is not UNCHANGED and c in current and current[c] != v:
+            return True
+    return False
 
 
 def _mark_held(out: List[ResolvedChange], rids: List[RowId], exact: Dict[RowId, bool],

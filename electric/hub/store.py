@@ -41,7 +41,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 
 from electric.hub.interface import TRUNCATE, HubError, ResolvedChange, ResolvedTransaction, RowChange, Transaction
 from electric.hub.positions import HUB_ID_SIZE
-from electric.hub.resolution import RowState, StateView, resolve
+from electric.hub.resolution import Resolution, RowState, StateView, resolve
 
 DB_NAME = "hub.sqlite3"
 SCHEMA_VERSION = 2
@@ -285,6 +285,8 @@ class Applied(NamedTuple):
     change_count: int
     chunks: int
     live_delta: int
+    conflicts: int = 0
+    """Changes that met a concurrent write (`Resolution.conflicts`), summed over every chunk: for /metrics."""
 
 
 class Earlier(NamedTuple):
@@ -425,7 +427,7 @@ class StoreWriter:
             self._undo_entry()
             raise
         self.head = pos
-        return Applied(pos, changes, len(changes), chunks, res.live_delta)
+        return Applied(pos, changes, len(changes), chunks, res.live_delta, res.conflicts)
 
     def apply_chunks(self, origin: str, origin_id: bytes, commit_timestamp: int,
                      chunks: Iterable[Sequence[RowChange]], origin_applied=None) -> Applied:
@@ -441,31 +443,40 @@ class StoreWriter:
         """
 
         def produce(pos, out):
-            live = 0
+            live = conflicts = 0
             for chunk in chunks:
                 segment: List[RowChange] = []
                 for ch in chunk:
                     if ch.op == TRUNCATE:
                         if segment:
-                            live += self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
-                                                          origin_applied)
+                            res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
+                                                        origin_applied)
+                            live += res.live_delta
+                            conflicts += res.conflicts
                             segment = []
                         live += self._truncate(ch.schema, ch.table, pos, out)
                     else:
                         segment.append(ch)
                 if segment:
-                    live += self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
-                                                  origin_applied)
+                    res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
+                                                origin_applied)
+                    live += res.live_delta
+                    conflicts += res.conflicts
                 self.state.forget_keys()
-            return live
+            return live, conflicts
 
         return self._entry(origin, bytes(origin_id), commit_timestamp, produce, keep_all=False)
 
-    def _resolve_segment(self, origin, origin_id, ts, segment, pos, out, origin_applied=None) -> int:
+    def _resolve_segment(self, origin, origin_id, ts, segment, pos, out, origin_applied=None) -> Resolution:
+        """
+        Resolve one segment against the rows stored so far (earlier segments
+        of the same entry included), so live rows and conflicts add up over
+        the segments as if the whole transaction were resolved at once.
+        """
         res = resolve(self.state, Transaction(origin, origin_id, ts, tuple(segment), origin_applied))
         self._store_states(res.states, pos)
         out.extend(res.changes)
-        return res.live_delta
+        return res
 
     def _truncate(self, schema: str, table: str, pos: int, out: _LogWriter) -> int:
         """
@@ -511,14 +522,14 @@ class StoreWriter:
         self.conn.execute("SAVEPOINT entry")
         try:
             out = _LogWriter(self.conn, pos, self.chunk, keep_all)
-            live = produce(pos, out)
+            live, conflicts = produce(pos, out)
             payload, chunks = out.finish()
             self._finish_entry(pos, origin, origin_id, ts, payload, chunks, out.n)
         except BaseException:
             self._undo_entry()
             raise
         self.head = pos
-        return Applied(pos, out.changes(), out.n, chunks, live)
+        return Applied(pos, out.changes(), out.n, chunks, live, conflicts)
 
     def _finish_entry(self, pos, origin, origin_id, ts, payload, chunks, n) -> None:
         self.conn.execute(

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from electric.hub.interface import CHUNK_CHANGES, RESEND, RowChange, Transaction
 from electric.migrations.migration import (
+    AlreadyMigrated,
     AppliedMigration,
     ApplyResult,
     InvalidState,
@@ -86,6 +87,7 @@ class Migrator(Service):
         self._notified: set = set()
         self._loop: Optional[task.LoopingCall] = None
         self._loop_done: Optional[defer.Deferred] = None
+        self.failed_applies = 0  # migrations a database refused or failed (since start)
 
     # -- service --
 
@@ -176,6 +178,19 @@ class Migrator(Service):
             }
         return out
 
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`): per connector the
+        number of `pending` migrations (applied elsewhere, not in its
+        database), and `errors` by kind: ``migration_failed`` (a migration
+        a database did not apply; asking again for one it has is not
+        counted).
+        """
+        return {
+            "pending": {name: len(self.pending_migrations(name)) for name in self.names()},
+            "errors": {"migration_failed": self.failed_applies},
+        }
+
     def _entry(self, name: str):
         rows = self._applied.get(name)
         pending = self.pending_migrations(name)
@@ -234,6 +249,8 @@ class Migrator(Service):
         try:
             result = yield self.database(name).apply(migration)
         except MigrationError as e:
+            if not isinstance(e, AlreadyMigrated):  # applying it again is an answer, not a failure
+                self.failed_applies += 1
             e.vsn = e.vsn or migration.version
             e.origin = e.origin or name
             log.warn("migration {vsn} not applied to {origin}: {error}",

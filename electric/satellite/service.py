@@ -65,6 +65,17 @@ real client, see tests/test_satellite_e2e.py).  The real peer wins.
 """
 
 
+_ERROR_KINDS = {
+    codec.INTERNAL: "internal",
+    codec.AUTH_REQUIRED: "auth_required",
+    codec.AUTH_FAILED: "auth_failed",
+    codec.REPLICATION_FAILED: "replication_failed",
+    codec.INVALID_REQUEST: "invalid_request",
+    codec.PROTO_VSN_MISSMATCH: "protocol_version",
+}
+"""Error kind (in /metrics) of each SatErrorResp code a session closes with."""
+
+
 class ClientConnection:
     """
     Drives one session.  `transport` is the websocket protocol; it must offer
@@ -86,6 +97,7 @@ class ClientConnection:
             position_of=self.hub.position_from_client_lsn,
             logger=self._log,
             on_refused=self._refused,
+            totals=owner.totals,
         )
         self._subscription = None
         self._sync = None  # the snapshot reader while an initial sync is under way
@@ -431,6 +443,7 @@ class SatelliteService(service.Service):
         self.refused_transactions = 0
         self.foreign_client_ids = 0
         self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.totals = sm.SessionTotals()  # every session adds to it (for /metrics)
 
     @property
     def port(self) -> int:
@@ -555,6 +568,41 @@ class SatelliteService(service.Service):
                 for c in self.connections
                 if c.session.client_id is not None
             ],
+        }
+
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`), totals over every
+        client (never per client id): open websocket `connections`,
+        authenticated `clients` (each holding its client id),
+        `transactions_in` (client transactions the hub made durable),
+        `transactions_out` (client transactions sent, initial-sync batches
+        included; a hub transaction bigger than one chunk is sent as one
+        client transaction per chunk and counts once per chunk),
+        `refused_writes` (client transactions refused by validation or the
+        hub's write guards, nothing of them stored: `refused_transactions`),
+        `auth_failures` (connections closed for failed or missing
+        authentication, the deadline included), and `errors` by kind:
+        ``satellite_<reason>`` for each SatErrorResp reason a connection was
+        closed with (``auth_required``, ``auth_failed``, ``invalid_request``
+        (refused writes and foreign client ids among them),
+        ``protocol_version``, ``replication_failed``, ``internal``),
+        ``satellite_foreign_client_id`` (a client id bound to another user)
+        and ``satellite_heartbeat_timeout``.
+        """
+        t = self.totals
+        closed = t.closed_by_error
+        errors = {f"satellite_{kind}": closed.get(code, 0) for code, kind in _ERROR_KINDS.items()}
+        errors["satellite_heartbeat_timeout"] = t.heartbeat_timeouts
+        errors["satellite_foreign_client_id"] = self.foreign_client_ids
+        return {
+            "connections": len(self.connections),
+            "clients": sum(1 for conn in self._clients.values() if conn is not None),
+            "transactions_in": t.transactions_in,
+            "transactions_out": t.transactions_out,
+            "refused_writes": self.refused_transactions,
+            "auth_failures": closed.get(codec.AUTH_REQUIRED, 0) + closed.get(codec.AUTH_FAILED, 0),
+            "errors": errors,
         }
 
     def connected_clients(self) -> List[str]:

@@ -147,6 +147,26 @@ class PersistClientLsn:
     lsn: bytes
 
 
+class SessionTotals:
+    """
+    Counters every session of one service adds to (the service hands the
+    same object to each): totals since start over connections that come and
+    go, for /metrics.  Plain integers, no client ids.
+    """
+
+    __slots__ = ("transactions_in", "transactions_out", "heartbeat_timeouts", "closed_by_error")
+
+    def __init__(self):
+        self.transactions_in = 0  # client transactions the hub made durable
+        # Client transactions sent (begin ... commit), initial-sync batches
+        # included: a hub transaction bigger than one item reaches a client as
+        # one client transaction per item (see `_transaction_frames`) and
+        # counts once per item, as the client applies it.
+        self.transactions_out = 0
+        self.heartbeat_timeouts = 0  # clients closed for not answering a ping
+        self.closed_by_error: Dict[int, int] = {}  # SatErrorResp code -> connections closed with it
+
+
 @dataclass(frozen=True)
 class _SyncRows:
     """A chunk of initial-sync rows waiting in the outgoing queue."""
@@ -188,6 +208,7 @@ class SatelliteSession:
     the bytes are not an LSN of this hub) translate hub positions.
     `logger(text)` receives one line per notable event (never a token).
     `on_refused(reason)` hears of every client transaction refused.
+    `totals`: the service's `SessionTotals` this session adds to.
     """
 
     def __init__(
@@ -200,6 +221,7 @@ class SatelliteSession:
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
         on_refused: Optional[Callable[[str], None]] = None,
+        totals: Optional[SessionTotals] = None,
     ):
         self.registry = registry
         self.authenticator = authenticator
@@ -210,6 +232,7 @@ class SatelliteSession:
         self.clock = clock
         self.on_refused = on_refused or (lambda reason: None)
         self.checker = validation.WriteChecker(registry)
+        self.totals = totals if totals is not None else SessionTotals()
 
         self.state = AWAIT_AUTH
         self.gen = ORIGINAL
@@ -263,6 +286,8 @@ class SatelliteSession:
         if self.state == CLOSED:
             return []
         self.state = CLOSED
+        closed = self.totals.closed_by_error
+        closed[code] = closed.get(code, 0) + 1
         self.log(f"closing: {reason}")
         return [self._frame("SatErrorResp", error_type=code), Close(reason, detail=detail)]
 
@@ -549,6 +574,7 @@ class SatelliteSession:
             return []
         self._append_in_flight = None
         self.appended += 1
+        self.totals.transactions_in += 1
         if self.state == CLOSED:
             return [PersistClientLsn(self.client_id, lsn)]
         actions: List = [self._frame("SatPingResp", lsn=lsn), PersistClientLsn(self.client_id, lsn)]
@@ -693,6 +719,7 @@ class SatelliteSession:
         if not ops:
             return []  # nothing this user may see
         self.delivered += 1
+        self.totals.transactions_out += 1
         return relations + self._oplog_frames(ops, self._begin(lsn, timestamp_ms), self._commit(lsn, timestamp_ms))
 
     def _transaction_frames(self, item: ResolvedTransaction) -> List:
@@ -749,6 +776,7 @@ class SatelliteSession:
         head = codec.encode(self.gen, pb.SatOpLog(ops=[self._begin(lsn, ts)]))
         tail = pb.SatOpLog(ops=[self._commit(lsn, ts)]).SerializeToString(deterministic=True)
         self.delivered += 1
+        self.totals.transactions_out += 1
         return Send(head + body + tail)
 
     def _sync_done_frames(self, position: int) -> List:
@@ -776,6 +804,7 @@ class SatelliteSession:
             return []
         if self._ping_outstanding:
             self.state = CLOSED
+            self.totals.heartbeat_timeouts += 1
             self.log(f"client {self.client_id!r} did not answer a ping: closing")
             return [Close("heartbeat timeout", abort=True)]
         self._ping_outstanding = True

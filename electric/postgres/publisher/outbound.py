@@ -18,6 +18,11 @@ LSNs come from `electric.hub.positions`: the transaction at hub position p
 commits at ``end_lsn(p, base)``, so a subscriber's origin progress maps back
 to a hub position exactly and no transaction is ever sent twice.
 
+Changes an operator set aside for this database (the quarantine,
+`electric.postgres.publisher.apply_failures`) are left out: the rest of
+their transaction still goes, so one change the database cannot apply does
+not hold back everything else.
+
 A big transaction comes from the hub as several items at one position
 (`ResolvedTransaction.more`): the encoder keeps it open across items, so
 the subscriber sees one transaction, Begin to Commit, whatever its size.
@@ -37,7 +42,7 @@ written under flow control without building its frames in memory.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import AbstractSet, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from electric.hub import positions
 from electric.hub.interface import UNCHANGED, ResolvedTransaction
@@ -114,8 +119,14 @@ class OutboundEncoder:
     """
 
     def __init__(self, registry: SchemaRegistry, origin: str, base: int, start_position: int = 0,
-                 clock=pg_now, echo_marker: Optional[Callable[[], Optional[str]]] = None):
+                 clock=pg_now, set_aside: Optional[Mapping[int, AbstractSet[tuple]]] = None,
+                 echo_marker: Optional[Callable[[], Optional[str]]] = None):
         self.registry = registry
+        # Changes an operator set aside for this database (the quarantine):
+        # position -> {(schema, table, key)}, read live, never sent.
+        self.set_aside = set_aside if set_aside is not None else {}
+        self.first_sent: Optional[int] = None  # position of the first transaction begun on this connection
+        self.set_aside_changes = 0
         self.origin = origin
         self.echo_marker = echo_marker  # None: every change goes out (table sync streams, other hubs)
         self.changes_not_echoed = 0
@@ -168,8 +179,13 @@ class OutboundEncoder:
         now = self._clock()
         begin_lsn, commit_lsn = o.begin_lsn, o.commit_lsn
         i = o.changes
+        aside = self.set_aside.get(rt.position) if self.set_aside else None
         marker = self.echo_marker() if self.echo_marker is not None and rt.origin == self.origin else None
         for change in rt.changes:
+            if aside and (change.schema, change.table, tuple(change.key)) in aside:
+                # Before _shape: a Relation is sent with the table's first change actually sent.
+                self.set_aside_changes += 1
+                continue
             if marker is not None and change.origin_holds == marker:
                 self.changes_not_echoed += 1
                 continue
@@ -179,6 +195,8 @@ class OutboundEncoder:
                 continue
             if not o.started:
                 o.started = True
+                if self.first_sent is None:
+                    self.first_sent = rt.position
                 xid = rt.position & 0xFFFFFFFF or 1
                 yield _xlog(begin_lsn, now, pgoutput.Begin(commit_lsn, o.timestamp, xid).encode())
             if fresh:

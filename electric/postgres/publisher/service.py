@@ -13,6 +13,12 @@ Positions ↔ LSNs: `electric.hub.positions` with a per-origin base kept in the
 `OffsetStore`, so a subscriber's origin LSN names exactly the last hub
 transaction it applied: a reconnecting subscriber never gets a transaction
 twice and never misses one.
+
+Apply failures: every apply-worker stream reports its start, its
+confirmations and its end (with the first transaction it began sending) to
+the `apply_monitor`, which notices a transaction a subscriber keeps failing
+on; each stream's encoder leaves out the changes set aside for its database
+(`electric.postgres.publisher.apply_failures`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
 from electric.postgres.echo import EchoLedger
 from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.metrics import seconds_since
 
 log = Logger(namespace="electric.postgres.publisher.service")
 
@@ -72,6 +79,13 @@ MAX_UNAUTHENTICATED = 64
 
 MAX_SLOTS_PER_CONNECTOR = 32
 """Slots one connector may hold in Electric's memory (its apply slot and its table-sync slots)."""
+
+UNACKED_COMMITS = 4096
+"""
+Commit times of sent, unconfirmed transactions a stream remembers (for its
+lag in seconds).  Past that the oldest are forgotten, which can only make
+the lag read higher than it is, never lower.
+"""
 
 
 def hub_consumer(origin: str) -> str:
@@ -96,11 +110,34 @@ class Slot:
         self.stream: Optional["ReplicationStream"] = None
         self.durable = False  # an apply worker (not a table-sync worker) has streamed from it
 
+    @property
+    def is_apply_slot(self) -> bool:
+        """The subscription's own slot (named after it, i.e. after the connector), not a table-sync slot."""
+        return self.durable or self.name == self.origin
+
     def status(self) -> dict:
         s = {"origin": self.origin, "streaming": self.active is not None, "confirmed_position": self.confirmed}
         if self.stream is not None:
             s.update(self.stream.status())
         return s
+
+    def metrics(self, head: Optional[int], now: float) -> dict:
+        """Plain numbers for /metrics (`head` None: the hub cannot say): see `PublisherService.metrics`."""
+        stream = self.stream if self.active is not None else None
+        acked = stream.acked if stream is not None else self.confirmed
+        out = {"connector": self.origin, "connected": stream is not None, "acked_position": acked}
+        if stream is not None:
+            out["sent_position"] = stream.encoder.position
+        if head is None:
+            return out
+        out["lag_transactions"] = max(0, head - acked)
+        if acked >= head:
+            out["lag_seconds"] = 0.0
+        elif stream is not None:
+            oldest = stream.oldest_unacked_commit
+            # Nothing sent unconfirmed: what is missing is being committed or pulled right now.
+            out["lag_seconds"] = 0.0 if oldest is None else seconds_since(now, oldest)
+        return out
 
 
 @implementer(IPushProducer)
@@ -127,7 +164,11 @@ class ReplicationStream:
             # worker applies its catch-up after copying an older snapshot.
             def marker(ledger=publisher.echo, origin=slot.origin, base=base):
                 return ledger.marker(origin, base)
-        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start, echo_marker=marker)
+        monitor = publisher.apply_monitor
+        self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start,
+                                       set_aside=monitor.set_aside(slot.origin) if monitor is not None else None,
+                                       echo_marker=marker)
+        self.by_electric = False  # Electric ended it (shutdown, timeout, hub failure): proves nothing about applying
         self.acked = start
         self.paused = False
         self.stopped = False
@@ -139,6 +180,9 @@ class ReplicationStream:
         self._sub = None
         self._timer: Optional[task.LoopingCall] = None
         self.last_heard = publisher.clock.seconds()
+        # (position, commit timestamp µs) of transactions pulled for this
+        # subscriber and not yet confirmed, oldest first: the slot's lag.
+        self._unacked: Deque = collections.deque(maxlen=UNACKED_COMMITS)
 
     # --- life cycle -----------------------------------------------------
 
@@ -151,6 +195,9 @@ class ReplicationStream:
             hub.ack(consumer, self.start_position)
 
     def start(self) -> None:
+        monitor = self.publisher.apply_monitor
+        if self.durable and monitor is not None:
+            monitor.stream_started(self.origin, self.start_position)
         self._write(self.encoder.keepalive())
         self._timer = task.LoopingCall(self._tick)
         self._timer.clock = self.publisher.clock
@@ -169,6 +216,10 @@ class ReplicationStream:
         self._batch.clear()
         log.info("slot {slot} ({origin}): stream stopped at position {pos}: {reason}",
                  slot=self.slot.name, origin=self.origin, pos=self.encoder.position, reason=reason)
+        monitor = self.publisher.apply_monitor
+        if self.durable and monitor is not None:
+            monitor.stream_ended(self.origin, self.start_position, self.encoder.first_sent, self.acked,
+                                 self.by_electric)
 
     # --- IPushProducer (forwarded by the protocol) ------------------------
 
@@ -192,10 +243,15 @@ class ReplicationStream:
             if pos > self.acked:
                 self.acked = pos
                 self.slot.confirmed = max(self.slot.confirmed, pos)
+                unacked = self._unacked
+                while unacked and unacked[0][0] <= pos:
+                    unacked.popleft()
                 try:
                     self.publisher.hub.ack(hub_consumer(self.origin), pos)
                 except HubError as e:
                     log.warn("slot {slot}: hub refused ack: {e}", slot=self.slot.name, e=e)
+                if self.publisher.apply_monitor is not None:
+                    self.publisher.apply_monitor.acked(self.origin, pos)
         if update.reply_requested and not self.stopped:
             self._write(self.encoder.keepalive())
 
@@ -205,6 +261,7 @@ class ReplicationStream:
         idle = self.publisher.clock.seconds() - self.last_heard
         timeout = self.publisher.sender_timeout
         if timeout and idle > timeout:
+            self.publisher.count("sender_timeouts")
             log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
                      slot=self.slot.name, origin=self.origin, idle=idle)
             self.conn.abandon("terminating walsender process due to replication timeout")
@@ -239,6 +296,7 @@ class ReplicationStream:
                         # say which transaction, drop the connection (the subscriber retries).
                         log.failure("slot {slot}: cannot encode the transaction after position {pos}",
                                     slot=self.slot.name, pos=self.encoder.position)
+                        self.publisher.count("encode_failures")
                         self.conn.abandon(f"cannot encode the transaction after hub position"
                                           f" {self.encoder.position}: {e}")
                         return
@@ -268,6 +326,10 @@ class ReplicationStream:
         self._waiting = False
         if self.stopped:
             return
+        unacked = self._unacked
+        for item in items:
+            if not unacked or unacked[-1][0] != item.position:
+                unacked.append((item.position, item.commit_timestamp))
         self._batch.extend(items)
         self._keepalive_due = True
         self._pump()
@@ -282,6 +344,11 @@ class ReplicationStream:
             log.failure("slot {slot}: hub subscription failed", failure, slot=self.slot.name)
             reason = f"Electric's hub failed: {failure.getErrorMessage()}"
         self.conn.abandon(reason)
+
+    @property
+    def oldest_unacked_commit(self) -> Optional[int]:
+        """Commit timestamp (µs) of the oldest transaction pulled for the subscriber and not confirmed."""
+        return self._unacked[0][1] if self._unacked else None
 
     def status(self) -> dict:
         return {
@@ -298,6 +365,7 @@ class ReplicationStream:
             "changes_sent": self.encoder.changes_sent,
             "changes_not_echoed": self.encoder.changes_not_echoed,
             "changes_skipped": self.encoder.skipped_changes,
+            "changes_set_aside": self.encoder.set_aside_changes,
             "paused": self.paused,
         }
 
@@ -492,6 +560,8 @@ class PublisherProtocol(protocol.Protocol):
 
     def abandon(self, reason: str) -> None:
         """End this connection from our side (shutdown, hub failure, timeout)."""
+        if self.stream is not None:
+            self.stream.by_electric = True
         self.run(self.session.end_stream("57P01", f"terminating connection: {reason}"))
 
     def _leave_unauthenticated(self) -> None:
@@ -595,7 +665,7 @@ class PublisherService(service.Service):
     def __init__(self, config, hub, registry, credentials, offsets, reactor=None, *,
                  auth_method: str = "scram-sha-256", keepalive_interval: float = 10.0,
                  sender_timeout: float = 60.0, auth_timeout: float = 60.0,
-                 max_unauthenticated: int = MAX_UNAUTHENTICATED, clock=None):
+                 max_unauthenticated: int = MAX_UNAUTHENTICATED, clock=None, apply_monitor=None):
         if reactor is None:
             from twisted.internet import reactor
         if auth_method not in ("scram-sha-256", "md5"):
@@ -611,6 +681,11 @@ class PublisherService(service.Service):
         self.sender_timeout = sender_timeout
         self.auth_timeout = auth_timeout
         self.max_unauthenticated = max_unauthenticated
+        # Watches for changes a subscriber cannot apply and holds the quarantine
+        # (electric.postgres.publisher.apply_failures.ApplyFailureMonitor); None: not watched.
+        self.apply_monitor = apply_monitor
+        if apply_monitor is not None:
+            apply_monitor.base_for = self.base_for
         # Timers (login deadline, keepalives, sender timeout); a task.Clock in tests.
         self.clock = clock if clock is not None else reactor
         self.publication = config.publication
@@ -621,7 +696,8 @@ class PublisherService(service.Service):
         self.connections = set()
         self.unauthenticated = 0  # connections that have not logged in yet
         self.counters: Dict[str, int] = {
-            "failed_logins": 0, "auth_timeouts": 0, "too_many_unauthenticated": 0, "refused_slots": 0}
+            "failed_logins": 0, "auth_timeouts": 0, "too_many_unauthenticated": 0, "refused_slots": 0,
+            "sender_timeouts": 0, "encode_failures": 0}
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
         self._verifiers: Dict[str, tuple] = {}
@@ -872,4 +948,46 @@ class PublisherService(service.Service):
             "unauthenticated": self.unauthenticated,
             **self.counters,
             "slots": {name: slot.status() for name, slot in sorted(self.slots.items())},
+        }
+
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`): open `connections`,
+        `unauthenticated` ones, and per apply slot (each connector's
+        subscription slot; short-lived table-sync slots are left out, see
+        /api/status/details) whether its subscriber is `connected`, the
+        `sent_position` (while connected), the `acked_position` it confirmed,
+        `lag_transactions` (hub head - confirmed) and `lag_seconds` (since
+        the commit of the oldest transaction sent and not confirmed; 0 once
+        the head is confirmed; left out while disconnected and behind).  A
+        connector whose subscriber has not come yet since Electric started
+        is listed as not connected.  `errors` by kind (counted since start):
+        ``pg_failed_login``, ``pg_auth_timeout``,
+        ``pg_too_many_unauthenticated``, ``pg_refused_slot`` (see "Limits for
+        untrusted peers"), ``pg_sender_timeout`` (a subscriber silent past the
+        sender timeout was dropped), ``pg_encode_failed`` (a transaction
+        could not be encoded for a subscriber).
+        """
+        try:
+            head = self.hub.head()
+        except HubError:
+            head = None
+        now = self.clock.seconds()
+        slots = {name: slot.metrics(head, now) for name, slot in self.slots.items() if slot.is_apply_slot}
+        for origin in self.credentials.names:
+            if origin not in slots:
+                slots[origin] = {"connector": origin, "connected": False}
+        c = self.counters
+        return {
+            "connections": len(self.connections),
+            "unauthenticated": self.unauthenticated,
+            "slots": slots,
+            "errors": {
+                "pg_failed_login": c["failed_logins"],
+                "pg_auth_timeout": c["auth_timeouts"],
+                "pg_too_many_unauthenticated": c["too_many_unauthenticated"],
+                "pg_refused_slot": c["refused_slots"],
+                "pg_sender_timeout": c["sender_timeouts"],
+                "pg_encode_failed": c["encode_failures"],
+            },
         }

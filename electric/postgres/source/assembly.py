@@ -197,6 +197,11 @@ class TransactionAssembler:
     def in_transaction(self) -> bool:
         return self._open is not None
 
+    @property
+    def open_commit_timestamp(self) -> Optional[int]:
+        """Commit time (µs since the Unix epoch) of the transaction being read, from its Begin; None between."""
+        return pg_to_unix_us(self._open.begin.commit_timestamp) if self._open is not None else None
+
     # -- feeding --
 
     def feed(self, msg):
@@ -449,16 +454,17 @@ class AckTracker:
     of the longest completed prefix, so it never covers one the hub has not
     made durable.  Transactions with nothing to append are registered
     already done: covered by the next ack, or at once when nothing is
-    pending before them.
+    pending before them.  Each may carry its commit time, so the age of the
+    oldest pending one is known (`oldest_pending_commit`: the connector's lag).
     """
 
     def __init__(self, flushed: int = 0):
         self.flushed = flushed
-        self._entries: List[List] = []  # [end_lsn, done]
+        self._entries: List[List] = []  # [end_lsn, done, commit timestamp (µs) or None]
         self._head = 0
 
-    def add(self, end_lsn: int, done: bool = False) -> List:
-        entry = [end_lsn, done]
+    def add(self, end_lsn: int, done: bool = False, commit_timestamp: Optional[int] = None) -> List:
+        entry = [end_lsn, done, commit_timestamp]
         self._entries.append(entry)
         if done:
             self._advance()
@@ -472,6 +478,11 @@ class AckTracker:
     @property
     def pending(self) -> int:
         return len(self._entries) - self._head
+
+    @property
+    def oldest_pending_commit(self) -> Optional[int]:
+        """Commit timestamp of the oldest transaction not yet done (None: none pending, or its time unknown)."""
+        return self._entries[self._head][2] if self._head < len(self._entries) else None
 
     def idle_advance(self, lsn: int) -> bool:
         """With nothing pending, move past WAL that held none of our transactions."""

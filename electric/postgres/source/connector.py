@@ -49,6 +49,7 @@ from electric.postgres.protocol import pgoutput
 from electric.postgres.source import replication
 from electric.postgres.source import setup
 from electric.postgres.protocol.lsn import format_lsn, parse_lsn
+from electric.metrics import seconds_since
 from electric.schema import Table
 
 log = Logger(namespace="electric.postgres.source.connector")
@@ -71,6 +72,23 @@ def retry_policy(jitter: Optional[Callable[[], float]] = None) -> Callable[[int]
     return backoffPolicy(initialDelay=FIRST_BACKOFF, maxDelay=MAX_BACKOFF, factor=2.0, **kwargs)
 
 
+class InboundCounters:
+    """
+    What one connector took from its database since Electric started, over
+    every replication connection (a `_Stream` lives for one): plain integers
+    bumped on the data path, read by `ConnectorService.metrics`.
+    """
+
+    __slots__ = ("transactions", "rows", "dropped", "received_bytes", "append_failures")
+
+    def __init__(self):
+        self.transactions = 0  # appended to the hub and durable
+        self.rows = 0  # row changes in those
+        self.dropped = 0  # read and not forwarded (own origin, bookkeeping tables, empty)
+        self.received_bytes = 0  # pgoutput payload bytes
+        self.append_failures = 0  # hub appends that failed (the stream is then dropped and resumed)
+
+
 class _Stream:
     """
     The consumer side of one replication connection.
@@ -79,14 +97,16 @@ class _Stream:
     it appends to, the connector's `assembler` (reset here: a new connection
     resends from the flushed position), `resolve_table(schema, name)`
     (a coroutine asking the catalog about a table) and `on_error(text)`,
-    told once why the stream failed.  Its own `acks.flushed` is the flush
-    position the connector reports.
+    told once why the stream failed, and the connector's `counters`.  Its
+    own `acks.flushed` is the flush position the connector reports.
     """
 
     def __init__(self, name: str, hub, assembler: assembly.TransactionAssembler,
                  resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
-                 flushed: int, echo=None, subscription_oid: Optional[int] = None):
+                 flushed: int, counters: Optional[InboundCounters] = None, echo=None,
+                 subscription_oid: Optional[int] = None):
         self.name = name
+        self.counters = counters if counters is not None else InboundCounters()
         self.hub = hub
         self.echo = echo  # electric.postgres.echo.EchoLedger, or None: the hub gets no OriginApplied
         self.subscription_oid = subscription_oid
@@ -108,6 +128,7 @@ class _Stream:
         self.dropped = 0
         self.flow_pauses = 0
         self.buffer = None  # the hub append buffer of the open big transaction
+        self.buffer_rows = 0  # row changes staged in it so far
         self.big_transactions = 0
         self.staged_rows = 0
         self.add_pauses = 0
@@ -126,6 +147,7 @@ class _Stream:
     def xlog_data(self, wal_start, wal_end, data):
         if self.closed:
             return
+        self.counters.received_bytes += len(data)
         try:
             msg = self.decoder.decode(data)
         except pgoutput.PgoutputError as e:
@@ -163,7 +185,9 @@ class _Stream:
             if isinstance(event, assembly.Chunk):
                 if self.buffer is None:
                     self.buffer = self.hub.begin(self.name)
+                    self.buffer_rows = 0
                     self.big_transactions += 1
+                self.buffer_rows += len(event.changes)
                 self._add(self.buffer, event.changes, None)
                 return
             if event.chunked:
@@ -227,15 +251,21 @@ class _Stream:
         if event.transaction is None:
             # Dropped after all (it touched Electric's bookkeeping): nothing of it may reach the hub.
             self.dropped += 1
+            self.counters.dropped += 1
             self.acks.add(event.end_lsn, done=True)
             self._report()
             self._discard_buffer()
             return
         txn = event.transaction
-        entry = self.acks.add(event.end_lsn)
+        entry = self.acks.add(event.end_lsn, commit_timestamp=txn.commit_timestamp)
+        # Every row change of the transaction (the staged chunks' and these
+        # last ones), for the rows-in count; none of them is held in memory
+        # any more (they are staged in the hub), so none counts in flight.
+        rows = self.buffer_rows + len(txn.changes)
 
         def commit():
             self.buffer = None
+            self.buffer_rows = 0
             self.inflight_tx += 1
             try:
                 applied = self._origin_applied(event)
@@ -246,7 +276,7 @@ class _Stream:
             except Exception:
                 d = defer.fail()
             d.addCallbacks(self._appended, self._append_failed,
-                           callbackArgs=(entry, 0), errbackArgs=(entry, 0, event.end_lsn))
+                           callbackArgs=(entry, rows, 0), errbackArgs=(entry, 0, event.end_lsn))
 
         if txn.changes:
             self._add(buffer, txn.changes, commit)
@@ -268,10 +298,11 @@ class _Stream:
     def _committed(self, event: assembly.Assembled):
         if event.transaction is None:
             self.dropped += 1
+            self.counters.dropped += 1
             self.acks.add(event.end_lsn, done=True)
             self._report()
             return
-        entry = self.acks.add(event.end_lsn)
+        entry = self.acks.add(event.end_lsn, commit_timestamp=event.transaction.commit_timestamp)
         rows = event.rows
         self.inflight_tx += 1
         self.inflight_rows += rows
@@ -288,12 +319,15 @@ class _Stream:
         except Exception:
             d = defer.fail()
         d.addCallbacks(self._appended, self._append_failed,
-                       callbackArgs=(entry, rows), errbackArgs=(entry, rows, event.end_lsn))
+                       callbackArgs=(entry, rows, rows), errbackArgs=(entry, rows, event.end_lsn))
 
-    def _appended(self, _result, entry, rows):
+    def _appended(self, _result, entry, rows, held):
+        """The hub made a transaction of `rows` row changes durable; `held` of them counted in flight."""
         self.inflight_tx -= 1
-        self.inflight_rows -= rows
+        self.inflight_rows -= held
         self.appended += 1
+        self.counters.transactions += 1
+        self.counters.rows += rows
         if self.closed:
             return
         if self.acks.done(entry):
@@ -301,9 +335,10 @@ class _Stream:
         if self.inflight_tx <= MAX_INFLIGHT_TRANSACTIONS // 2 and self.inflight_rows <= MAX_INFLIGHT_ROWS // 2:
             self._resume("flow")
 
-    def _append_failed(self, failure, entry, rows, end_lsn):
+    def _append_failed(self, failure, entry, held, end_lsn):
         self.inflight_tx -= 1
-        self.inflight_rows -= rows
+        self.inflight_rows -= held
+        self.counters.append_failures += 1
         if self.closed:
             return
         log.error("connector {connector}: hub append of the transaction ending at {lsn} failed: {error}; reconnecting",
@@ -326,6 +361,7 @@ class _Stream:
 
     def _discard_buffer(self) -> None:
         buffer, self.buffer = self.buffer, None
+        self.buffer_rows = 0
         if buffer is not None:
             buffer.abort().addErrback(lambda f: None)
 
@@ -404,6 +440,9 @@ class ConnectorService(Service):
         self._ready_check: Optional[defer.Deferred] = None
         self.assembler = assembly.TransactionAssembler(connector.name, self._lookup,
                                                        trusted=self._trusted if echo is not None else None)
+        self.counters = InboundCounters()
+        # Failures since start by kind (see `metrics`).
+        self.failures = {"setup": 0, "connect": 0, "stream": 0, "subscription": 0, "internal": 0}
 
     # -- status --
 
@@ -445,6 +484,45 @@ class ConnectorService(Service):
             },
         }
 
+    def metrics(self) -> dict:
+        """
+        Plain numbers for /metrics (`electric.metrics`), counted since start
+        over every replication connection: `state`; `transactions` and
+        `rows` the hub made durable, `transactions_dropped`,
+        `received_bytes` (pgoutput); while streaming, `appends_in_flight`,
+        `lag_bytes` (received LSN - flushed LSN) and `lag_seconds` (since the
+        commit of the oldest transaction received and not yet durable; 0 when
+        none is); and `errors` by kind: ``connector_setup`` (set-up of the
+        database failed), ``connector_connect`` (the replication connection
+        could not be opened), ``connector_stream`` (a live stream ended),
+        ``connector_hub_append`` (the hub failed an append),
+        ``connector_subscription`` (enabling the subscription back to
+        Electric failed), ``connector_internal``.
+
+        Keys for figures this build does not measure yet are left out (the
+        import of existing rows: ``import_rows``, ``import_progress``; the
+        apply worker's failures: ``apply_failures``), never reported as 0.
+        """
+        c = self.counters
+        out = {
+            "state": self.state,
+            "transactions": c.transactions,
+            "rows": c.rows,
+            "transactions_dropped": c.dropped,
+            "received_bytes": c.received_bytes,
+            "errors": {f"connector_{kind}": n for kind, n in self.failures.items()},
+        }
+        out["errors"]["connector_hub_append"] = c.append_failures
+        s = self._stream
+        if self.ready:
+            out["appends_in_flight"] = s.inflight_tx
+            out["lag_bytes"] = max(0, s.client.last_received - s.acks.flushed)
+            oldest = s.acks.oldest_pending_commit
+            if oldest is None:
+                oldest = self.assembler.open_commit_timestamp
+            out["lag_seconds"] = 0.0 if oldest is None else seconds_since(self.clock.seconds(), oldest)
+        return out
+
     # -- Service --
 
     def startService(self):
@@ -485,6 +563,8 @@ class ConnectorService(Service):
             except Exception as e:
                 if self._stopping:
                     break
+                if not isinstance(e, (setup.SetupError, replication.ReplicationError)):
+                    self.failures["internal"] += 1
                 self._set_error(self._describe(e))
             if self._stopping:
                 break
@@ -518,6 +598,8 @@ class ConnectorService(Service):
         try:
             result = await setup.run_setup(self.config, self.connector, self.credentials, self.reactor)
         except Exception as e:
+            if not self._stopping:
+                self.failures["setup"] += 1
             raise setup.SetupError(f"setup failed: {self._describe(e)}") from e
         if self._stopping:
             return
@@ -529,7 +611,8 @@ class ConnectorService(Service):
         if self.echo is not None:
             self.echo.subscription(self.connector.name, result.subscription_oid)
         stream = _Stream(self.connector.name, self.hub, self.assembler, self._resolve_table,
-                         self._stream_failed, result.slot_confirmed_lsn, self.echo, result.subscription_oid)
+                         self._stream_failed, result.slot_confirmed_lsn, self.counters, self.echo,
+                         result.subscription_oid)
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
             self.config.slot_for(self.connector), self.config.publication, stream, label=self.connector.name,
@@ -544,6 +627,8 @@ class ConnectorService(Service):
                                                timeout)
         except replication.ReplicationError as e:
             stream.closed = True
+            if not self._stopping:
+                self.failures["connect"] += 1
             raise replication.ReplicationError(f"replication connection failed: {e}") from e
         log.info("connector {connector}: streaming from slot {slot} (confirmed {lsn}, {tls})",
                  connector=self.connector.name, slot=self.config.slot_for(self.connector),
@@ -557,6 +642,7 @@ class ConnectorService(Service):
         stream.closed = True
         if self._stopping:
             return
+        self.failures["stream"] += 1
         raise replication.ReplicationError(f"replication stream ended: {client.error or reason}")
 
     # -- schema --
@@ -691,6 +777,7 @@ class ConnectorService(Service):
                 except defer.CancelledError:
                     raise
                 except Exception as e:
+                    self.failures["subscription"] += 1
                     self._set_error(f"enabling subscription failed: {self._describe(e)}")
                 self._sleep_enable = deferLater(self.clock, self.retry_delay(attempt), lambda: None)
                 attempt += 1
