@@ -95,16 +95,18 @@ VARIABLES: Dict[str, Tuple[Optional[str], str]] = {
     "WEBSOCKET_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of WEBSOCKET_TLS_CERT_FILE"),
     "STATUS_TLS_CERT_FILE": (None, "PEM certificate (then any intermediates) for https:// on STATUS_PORT (may be the same file as the others); unset = http://"),
     "STATUS_TLS_KEY_FILE": (None, "PEM private key (unencrypted) of STATUS_TLS_CERT_FILE"),
-    "ELECTRIC_DATA_DIR": ("./electric_data", "directory of the embedded hub's log and row state (used when VAXINE_HOST is unset)"),
+    "ELECTRIC_DATA_DIR": ("./electric_data", "directory of the hub's log and row state (with VAXINE_HOST: the local copy of what the Vaxine stream carried)"),
     "OFFSET_STORAGE_FILE": ("./offset_storage_data.dat", "file keeping each subscriber's LSN <-> hub position map and client positions"),
     "MIGRATIONS_DIR": ("./migrations", "directory holding one folder per migration"),
     "MIGRATIONS_FILE_NAME_SUFFIX": ("/postgres.sql", "appended to a migration name to find its SQL file"),
+    "LOG_FORMAT": ("text", "log output: text (one readable line per event, fields as [connector=... instance_id=...]) or json (one JSON object per line, every field a key)"),
+    "LOG_LEVEL": ("info", "lowest level logged: debug, info, warn, error or critical"),
     "SATELLITE_AUTH_SIGNING_KEY": (None, "HS256 key (>= 32 bytes) for client JWTs; unset = insecure auth (token is the user id)"),
     "SATELLITE_AUTH_SIGNING_ISS": (None, "required JWT issuer (needs the signing key)"),
-    "GLOBAL_CLUSTER_ID": ("dev.electric-db", "cluster identifier: shown in /api/status/details (instance) and as label cluster_id of every metric"),
-    "ELECTRIC_INSTANCE_ID": ("instance-1.region-1.dev.electric-db", "identifier of this Electric instance: shown in /api/status/details (instance) and as label instance_id of every metric"),
+    "GLOBAL_CLUSTER_ID": ("dev.electric-db", "cluster identifier: on every log line (cluster_id), in /api/status/details (instance) and as label cluster_id of every metric"),
+    "ELECTRIC_INSTANCE_ID": ("instance-1.region-1.dev.electric-db", "identifier of this Electric instance: on every log line (instance_id), in /api/status/details (instance) and as label instance_id of every metric"),
     "ELECTRIC_REGIONAL_ID": ("region-1.dev.electric-db", "server id sent to Satellite clients"),
-    "VAXINE_HOST": (None, "Vaxine host; unset = embedded hub (this build has no Vaxine link: setting it is a startup error)"),
+    "VAXINE_HOST": (None, "Vaxine host: set = the hub is Vaxine (several Electrics may share one); unset = embedded hub"),
     "VAXINE_API_PORT": ("8087", "Vaxine protocol-buffers API port"),
     "VAXINE_REPLICATION_PORT": ("8088", "Vaxine replication stream port"),
     "VAXINE_CONNECTION_TIMEOUT": ("5000", "Vaxine connect timeout in ms"),
@@ -282,6 +284,8 @@ class Config:
     global_cluster_id: str = "dev.electric-db"
     instance_id: str = "instance-1.region-1.dev.electric-db"
     regional_id: str = "region-1.dev.electric-db"
+    log_format: str = "text"
+    log_level: str = "info"
     vaxine_host: Optional[str] = None
     vaxine_api_port: int = 8087
     vaxine_replication_port: int = 8088
@@ -383,6 +387,12 @@ class Config:
                 problems.append(
                     f"POSTGRES_REPLICATION_SSLROOTCERT={sslrootcert!r}: needs POSTGRES_REPLICATION_TLS_CERT_FILE and "
                     "POSTGRES_REPLICATION_TLS_KEY_FILE (port 5433 has no TLS without them)")
+        log_format = get("LOG_FORMAT").strip().lower()
+        if log_format not in ("text", "json"):
+            problems.append(f"LOG_FORMAT={get('LOG_FORMAT')!r}: expected text or json")
+        log_level = get("LOG_LEVEL").strip().lower()
+        if log_level not in ("debug", "info", "warn", "warning", "error", "critical"):
+            problems.append(f"LOG_LEVEL={get('LOG_LEVEL')!r}: expected debug, info, warn, error or critical")
         suffix = get("MIGRATIONS_FILE_NAME_SUFFIX")
         electric_host = get("ELECTRIC_HOST")
         if not electric_host or any(ch.isspace() or ch in "'\\" for ch in electric_host):
@@ -411,6 +421,8 @@ class Config:
             global_cluster_id=get("GLOBAL_CLUSTER_ID"),
             instance_id=get("ELECTRIC_INSTANCE_ID"),
             regional_id=get("ELECTRIC_REGIONAL_ID"),
+            log_format=log_format,
+            log_level="warn" if log_level == "warning" else log_level,
             vaxine_host=get("VAXINE_HOST"),
             vaxine_api_port=port("VAXINE_API_PORT"),
             vaxine_replication_port=port("VAXINE_REPLICATION_PORT"),

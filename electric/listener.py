@@ -31,12 +31,19 @@ from electric.tls import TLSFiles, server_context
 log = Logger(namespace="electric.listener")
 
 
-def endpoint_description(host: str, port: int) -> str:
-    """The server endpoint description for `host` (IPv4, IPv6 or a name; brackets allowed) and `port`."""
+def endpoint_description(host: str, port: int, backlog: Optional[int] = None) -> str:
+    """
+    The server endpoint description for `host` (IPv4, IPv6 or a name;
+    brackets allowed) and `port`; `backlog`: the listen queue (Twisted's
+    default is 50; the kernel caps it at net.core.somaxconn).
+    """
     host = host.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return f"tcp:port={int(port)}:interface={quoteStringArgument(host)}"
+    description = f"tcp:port={int(port)}:interface={quoteStringArgument(host)}"
+    if backlog is not None:
+        description += f":backlog={int(backlog)}"
+    return description
 
 
 def url_host(host: str) -> str:
@@ -52,13 +59,13 @@ class Listener(StreamServerEndpointService):
     """
 
     def __init__(self, reactor, what: str, scheme: str, host: str, port: int, factory,
-                 tls: Optional[TLSFiles] = None):
+                 tls: Optional[TLSFiles] = None, backlog: Optional[int] = None):
         super().__init__(None, factory)
         self.reactor = reactor
         self.what = what
         self.scheme = scheme
         self.host = host
-        self.description = endpoint_description(host, port)
+        self.description = endpoint_description(host, port, backlog)
         self.tls = tls
         self.listening: defer.Deferred = defer.Deferred()
         self.port = None

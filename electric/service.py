@@ -28,7 +28,7 @@ from typing import Optional
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.failure import Failure
 
 from electric.config import Config, ConfigError
@@ -49,10 +49,6 @@ from electric.satellite.service import SatelliteService
 from electric.schema import SchemaRegistry
 
 log = Logger(namespace="electric")
-
-VAXINE_UNAVAILABLE = (
-    "VAXINE_HOST is set: Vaxine hub is not available in this build; unset VAXINE_HOST to use the embedded hub"
-)
 
 # Total time stopService may take before the remaining children are abandoned
 # (SIGTERM must end the process within 5 s).
@@ -107,6 +103,14 @@ class ElectricService(service.MultiService):
         self.failure: Optional[Failure] = None
         self.exit_on_failure = False
         self._stopping: Optional[defer.Deferred] = None
+        # Set by the twistd plugin (electric.logs.observer): handed to twistd
+        # as the application's ILogObserver when this service joins it.
+        self.log_observer = None
+
+    def setServiceParent(self, parent):
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def startService(self):
         service.Service.startService(self)
@@ -159,23 +163,27 @@ class ElectricService(service.MultiService):
             except defer.TimeoutError:
                 log.warn("{name} did not stop within {t:.1f}s; abandoning it", name=child.name, t=remaining)
             except Exception:
-                log.failure("{name} failed to stop cleanly", name=child.name)
+                log.failure("{name} failed to stop cleanly", name=child.name, level=LogLevel.error)
 
 
 def build_service(config: Config, reactor=None) -> ElectricService:
     """
     The whole service for `config`.  Raises ConfigError for configurations
-    this build cannot run (VAXINE_HOST set).
+    this build cannot run.  VAXINE_HOST set selects the Vaxine hub
+    (`electric.vaxine.hub.VaxineHub`, its local copy in ELECTRIC_DATA_DIR),
+    unset the embedded hub.
 
     Each part is built with the parts it uses and added to the root in
     start order; the root keeps nothing else.
     """
-    if not config.embedded_hub:
-        raise ConfigError([VAXINE_UNAVAILABLE])
     root = ElectricService(reactor)
     reactor = root.reactor
 
-    hub = EmbeddedHub(config.data_dir, reactor)
+    if config.embedded_hub:
+        hub = EmbeddedHub(config.data_dir, reactor)
+    else:
+        from electric.vaxine.hub import VaxineHub
+        hub = VaxineHub.from_config(config, reactor)
     offsets = OffsetStore(config.offset_storage_file)
     credentials = SubscriberCredentials(config.data_dir, [c.name for c in config.connectors])
     registry = SchemaRegistry()
@@ -190,7 +198,7 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     satellite = SatelliteService(config, hub, registry, offsets, reactor)
     migrator = Migrator(config, connectors, notify_migration=satellite.notify_migration,
                         reactor=reactor, hub=hub, registry=registry)
-    api = HttpApi(config, hub, connectors)
+    api = HttpApi(config, hub, connectors, vaxine=None if config.embedded_hub else hub)
     api.add_component("postgres_publisher", publisher)
     api.add_component("satellite", satellite)
     api.add_component("migrations", migrator)

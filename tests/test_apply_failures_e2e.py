@@ -150,7 +150,9 @@ class ApplyFailure(unittest.TestCase):
                           if "processing remote data" in e.context]) >= 4, what="the apply worker retrying")
         self.assertEqual(electric.log().count(REPORT), 1, electric.log()[-3000:])
         report = [line for line in electric.log().splitlines() if REPORT in line][0]
-        self.assertIn(f"connector postgres_2: {REPORT} {position} (LSN {failure['lsn']}, from postgres_1)", report)
+        # An error line naming the connector as a field (electric.logs).
+        self.assertIn("#error] [connector=postgres_2 ", report)
+        self.assertIn(f"] {REPORT} {position} (LSN {failure['lsn']}, from postgres_1)", report)
         self.assertIn(f"public.items key ['bad']: {VIOLATION} (Failing row contains (bad, negative, -5).)", report)
 
         # The way out is closed without the token, and says what it needs.

@@ -104,6 +104,8 @@ class DefaultsTests(unittest.TestCase):
             "WEBSOCKET_TLS_KEY_FILE": ws_files.key,
             "STATUS_TLS_CERT_FILE": pg_files.cert,
             "STATUS_TLS_KEY_FILE": pg_files.key,
+            "LOG_FORMAT": "JSON",
+            "LOG_LEVEL": "Warning",
         }
         self.assertEqual(set(env), set(VARIABLES))
         c = Config.from_environ(env)
@@ -125,6 +127,7 @@ class DefaultsTests(unittest.TestCase):
         self.assertEqual(c.postgres_replication_sslrootcert, "/etc/postgresql/electric-ca.pem")
         self.assertEqual(c.websocket_tls, TLSFiles(ws_files.cert, ws_files.key))
         self.assertEqual(c.status_tls, TLSFiles(pg_files.cert, pg_files.key))
+        self.assertEqual((c.log_format, c.log_level), ("json", "warn"))
 
     def test_config_is_immutable(self):
         c = Config.from_environ({})

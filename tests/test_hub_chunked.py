@@ -25,7 +25,9 @@ from electric.hub.interface import (
     ISnapshotReader,
     RowChange,
     Transaction,
+    WriteGuard,
 )
+from electric.hub.resolution import InvalidTransaction
 from electric.hub.resolution import MemoryState
 from tests.hub_helpers import dl, read_snapshot, read_transactions, tr, txn, up
 from tests.seeds import seeded
@@ -292,6 +294,77 @@ class EquivalenceTests(ChunkedTestCase):
         self.assertEqual(results, list(range(1, 61)))
         sub = hub.subscribe(0)
         got = yield read_transactions(sub, 60, max_items=rnd.choice([1, 3, 100]))
+        self.assertEqual([r.changes for r in got], expected)
+        snap = yield read_snapshot(hub, max_rows=7)
+        self.assertEqual({(c.schema, c.table, c.key): dict(c.row) for c in snap.rows}, ref.live())
+        self.assertEqual(hub.status()["row_count"], len(ref.live()))
+
+    @seeded(3, 4)
+    @defer.inlineCallbacks
+    def test_appends_grouped_in_one_commit_equal_the_rule(self, rnd):
+        """
+        Appends queued together are stored as runs (one lookup and one
+        INSERT per table for the run): positions, resolved changes and row
+        states are exactly what resolving them one by one gives, with
+        refused writes, duplicates, truncates and big commits in between.
+        """
+        self.dir = self.tempdir()
+        ref = MemoryState()
+        hub = self.make_hub(tail_entries=5)
+        owner = WriteGuard(owner_column="x", owner="me")
+        submitted = []  # (Deferred, expected changes or None when refused, index it duplicates or None, txn)
+        for i in range(120):
+            chs = []
+            for _ in range(rnd.choice([1, 1, 2, 5, 12])):
+                k = rnd.randrange(25)
+                if rnd.random() < 0.8:
+                    vals = {c: rnd.choice(["a", "me", None, UNCHANGED, "ü"]) for c in rnd.sample(["x", "y"], 2)}
+                    chs.append(up("items", k, **vals))
+                else:
+                    chs.append(dl("items", k, y="gone"))
+            p = rnd.random()
+            if p < 0.05:
+                chs.append(tr("items"))
+            elif p < 0.15:
+                chs = [RowChange(c.schema, c.table, c.op, c.key, c.values, c.old_values, owner) for c in chs]
+            stored = [j for j, s in enumerate(submitted) if s[1] is not None]
+            if rnd.random() < 0.1 and stored:
+                # The same identity again (the original may still be queued): answered as a duplicate.
+                j = rnd.choice(stored)
+                again = submitted[j][3]
+                submitted.append((hub.append(again), None, j, again))
+                continue
+            t = txn(*chs, origin=rnd.choice(["a", "b"]), origin_id=b"%d" % i)
+            try:
+                want = ref.resolve_and_apply(t).changes
+            except InvalidTransaction:
+                want = None
+            if want is not None and len(t.changes) > CHUNK and rnd.random() < 0.5:
+                # Staged then committed behind everything queued so far.
+                big = yield self.commit_big(hub, list(t.changes), t.origin, t.origin_id, t.commit_timestamp,
+                                            add_size=7)
+                submitted.append((defer.succeed(big), want, None, t))
+            else:
+                submitted.append((hub.append(t), want, None, t))
+        outcomes = yield defer.DeferredList([d for d, *_ in submitted], consumeErrors=True)
+        self.flushLoggedErrors()
+        positions = []
+        for i, ((ok, result), (_, want, dup, _t)) in enumerate(zip(outcomes, submitted)):
+            if dup is not None:
+                first_ok, first = outcomes[dup]
+                if first_ok:
+                    self.assertTrue(ok, f"#{i}: {result}")
+                    self.assertEqual(result.position, first.position)
+                continue
+            if want is None:
+                self.assertFalse(ok, f"#{i} should have been refused")
+                self.assertIn("invalid transaction", result.getErrorMessage())
+                continue
+            self.assertTrue(ok, f"#{i}: {result}")
+            positions.append(result.position)
+        self.assertEqual(positions, list(range(1, len(positions) + 1)))
+        expected = [want for (_, want, dup, _t) in submitted if dup is None and want is not None]
+        got = yield read_transactions(hub.subscribe(0), len(positions), max_items=50)
         self.assertEqual([r.changes for r in got], expected)
         snap = yield read_snapshot(hub, max_rows=7)
         self.assertEqual({(c.schema, c.table, c.key): dict(c.row) for c in snap.rows}, ref.live())

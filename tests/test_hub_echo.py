@@ -174,6 +174,43 @@ class StoreTests(HubTestCase):
         # Row 1 comes again in a later chunk: that change goes back; the others stay away.
         self.assertEqual(holds, {"1": [M, None], "2": [M], "3": [M], "4": [M], "9": [M]})
 
+    @seeded(5, 6)
+    @defer.inlineCallbacks
+    def test_appends_stored_as_a_run_decide_as_one_by_one(self, rnd):
+        """
+        Appends queued together go through the writer's run path
+        (`StoreWriter.append_many`): each row's previous position must come
+        from the run's own earlier transactions exactly as the store gives
+        it one append at a time, so every `origin_holds` equals the rule's.
+        """
+        self.dir = self.tempdir()  # a fresh hub per seed
+        ref = PosState()
+        hub = self.make_hub()
+        submitted = []
+        for i in range(80):
+            chs = []
+            for _ in range(rnd.choice([1, 1, 2, 4])):
+                k = rnd.randrange(6)
+                if rnd.random() < 0.85:
+                    cols = rnd.choice([("content",), ("content", "x"), ("x",)])
+                    chs.append(up("items", k, **{c: rnd.choice(["a", "b", None]) for c in cols}))
+                else:
+                    chs.append(dl("items", k))
+            t = txn(*chs, origin=rnd.choice(["pg_a", "pg_a", "pg_b"]))
+            if rnd.random() < 0.8:
+                t = with_hint(t, rnd.randrange(0, i + 1))
+            _, want = ref.append(t)
+            submitted.append((hub.append(t), want))
+        results = yield defer.gatherResults([d for d, _ in submitted])
+        self.assertEqual([r.position for r in results], list(range(1, 81)))
+        self.assertEqual([list(r.changes) for r in results], [w for _, w in submitted])
+        self.assertTrue(any(c.origin_holds for r in results for c in r.changes))
+        self.assertTrue(any(c.origin_holds is None for r in results for c in r.changes))
+        # And as stored: read back from the log, not the in-memory tail.
+        hub = yield self.reopen(hub, tail_entries=1)
+        got = yield read_transactions(hub.subscribe(0), 80)
+        self.assertEqual([list(r.changes) for r in got], [w for _, w in submitted])
+
 
 # --- convergence model ------------------------------------------------------------
 

@@ -58,7 +58,9 @@ from electric.postgres.source.session import (
     Fail,
     Keepalive,
     ReplicationSession,
+    HOLD,
     Send,
+    SlotCreated,
     StartTLS,
     Streaming,
 )
@@ -419,6 +421,63 @@ class StartupTests(unittest.TestCase):
         [fail] = s.feed(b"d" + (5000).to_bytes(4, "big"))
         self.assertIsInstance(fail, Fail)
         self.assertIn("exceeds the limit of 1000 bytes", fail.reason)
+
+
+class CreateSlotTests(unittest.TestCase):
+    """create_slot: CREATE_REPLICATION_SLOT with an exported snapshot, hold, then START_REPLICATION."""
+
+    def created_answer(self, point="0/16B3748", snapshot="00000003-00000002-1"):
+        fields = tuple(FieldDescription.text(n, 25) for n in ("slot_name", "consistent_point", "snapshot_name",
+                                                              "output_plugin"))
+        return encode_all([RowDescription(fields), DataRow(("slot_x", point, snapshot, "pgoutput")),
+                           CommandComplete("CREATE_REPLICATION_SLOT"), ReadyForQuery("I")])
+
+    def to_create(self, **kw):
+        s = session("disable", create_slot=True, **kw)
+        s.start()
+        s.feed(login_messages())
+        return s, sent(s.feed(identify_answer()))
+
+    def test_creates_exports_holds_then_streams(self):
+        s, query = self.to_create()
+        self.assertEqual(query, Query("CREATE_REPLICATION_SLOT \"slot_x\" LOGICAL pgoutput (SNAPSHOT 'export')").encode())
+        self.assertEqual(s.feed(self.created_answer()), [SlotCreated("slot_x", 0x16B3748, "00000003-00000002-1")])
+        self.assertEqual(s.state, HOLD)
+        self.assertEqual(s.created.consistent_point, 0x16B3748)
+        self.assertEqual(sent(s.start_streaming()), Query(
+            "START_REPLICATION SLOT slot_x LOGICAL 0/0 (proto_version '1', publication_names 'pub')").encode())
+        self.assertEqual(s.state, START)
+        self.assertEqual(s.start_streaming(), [])  # once
+        self.assertEqual(s.feed(CopyBothResponse(0, ()).encode()), [Streaming(SYSTEM_ROW)])
+
+    def test_temporary_slot(self):
+        s, query = self.to_create(temporary=True)
+        self.assertEqual(query, Query(
+            "CREATE_REPLICATION_SLOT \"slot_x\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')").encode())
+
+    def test_start_streaming_before_created_does_nothing(self):
+        s, _ = self.to_create()
+        self.assertEqual(s.start_streaming(), [])
+
+    def test_refusal_and_garbled_answers_fail(self):
+        s, _ = self.to_create()
+        err = ErrorResponse.build("ERROR", "42710", 'replication slot "slot_x" already exists').encode()
+        self.assertEqual(s.feed(err), [Fail('ERROR 42710: replication slot "slot_x" already exists')])
+        s, _ = self.to_create()
+        actions = s.feed(self.created_answer(point="nonsense"))
+        self.assertEqual(len(actions), 1)
+        self.assertIn("bad consistent point", actions[0].reason)
+        s, _ = self.to_create()
+        actions = s.feed(encode_all([CommandComplete("CREATE_REPLICATION_SLOT"), ReadyForQuery("I")]))
+        self.assertEqual(actions, [Fail("protocol error: CREATE_REPLICATION_SLOT completed without a result row")])
+
+    def test_second_attempt_keeps_create_slot(self):
+        s = session("prefer", create_slot=True, temporary=True)
+        s.start()
+        s.feed(b"S")
+        s.tls_failed("no")
+        again = s.next_attempt()
+        self.assertTrue(again.create_slot and again.temporary)
 
 
 class StreamingTests(unittest.TestCase):

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from electric.hub import positions
 from electric.hub.interface import ResolvedChange, ResolvedTransaction
 from electric.postgres.echo import EchoLedger
-from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.postgres.publisher.outbound import OutboundEncoder, PayloadCache
 from electric.postgres.protocol import pgoutput as po
 from electric.postgres.source import assembly
 from tests.test_pg_inbound_pure import ITEMS, REL, lookup_with, run
@@ -147,6 +147,30 @@ class EncoderLeavesOut(unittest.TestCase):
         self.assertEqual(self.kinds(enc, first), [])
         self.assertTrue(enc.in_transaction)
         self.assertEqual(self.kinds(enc, last), ["Begin", "Relation", "Insert", "Commit"])
+
+    def test_shared_payloads_with_rows_left_out_for_the_origin_only(self):
+        """The origin's stream leaves its held rows out; a stream sharing the payloads still gets every row."""
+        for origin_first in (True, False):
+            cache = PayloadCache()
+            own = OutboundEncoder(self.reg, "postgres_1", base=0, payloads=cache, echo_marker=lambda: self.marker)
+            other = OutboundEncoder(self.reg, "postgres_2", base=0, payloads=cache,
+                                    echo_marker=lambda: "pg_2@0")
+            rt = self.rt(1, self.ch("a", self.marker), self.ch("b"), self.ch("c", self.marker, True),
+                         self.ch("d"))
+            encs = (own, other) if origin_first else (other, own)
+            got = {enc.origin: decode_frames(enc.frames(rt)) for enc in encs}
+            mine = [(lsn, m) for lsn, m in got["postgres_1"] if isinstance(m, (po.Insert, po.Delete))]
+            theirs = [(lsn, m) for lsn, m in got["postgres_2"] if isinstance(m, (po.Insert, po.Delete))]
+            self.assertEqual([m.new[0] for _, m in mine], ["b", "d"])
+            self.assertEqual([type(m).__name__ for _, m in theirs], ["Insert", "Insert", "Delete", "Insert"])
+            self.assertEqual([m.new[0] if isinstance(m, po.Insert) else m.key[0] for _, m in theirs],
+                             ["a", "b", "c", "d"])
+            # Each stream numbers the changes it sends itself.
+            begin = positions.transaction_lsns(1, 0, 0).begin
+            self.assertEqual([lsn for lsn, _ in mine], [begin, begin + 1])
+            self.assertEqual([lsn for lsn, _ in theirs], [begin + i for i in range(4)])
+            self.assertEqual((own.changes_not_echoed, other.changes_not_echoed), (2, 0))
+            self.assertEqual((cache.misses, cache.hits), (4, 2))
 
     def test_without_marker_function_nothing_is_left_out(self):
         enc = OutboundEncoder(self.reg, "postgres_1", base=0)

@@ -165,7 +165,7 @@ class AssemblerTests(unittest.TestCase):
 
         def observe(event):
             if event.get("log_namespace") == "electric.postgres.source.assembly":
-                lines.append(formatEvent(event))
+                lines.append((event["log_level"].name, event.get("connector"), formatEvent(event)))
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
@@ -178,8 +178,8 @@ class AssemblerTests(unittest.TestCase):
             now[0] += 20
         self.assertEqual(a.dropped_changes[("public", "nokey")], 5)
         self.assertEqual(lines, [
-            "connector pg1: dropped 1 change(s) to skipped table public.nokey (table has no primary key)",
-            "connector pg1: dropped 3 change(s) to skipped table public.nokey (table has no primary key)",
+            ("warn", "pg1", "dropped 1 change(s) to skipped table public.nokey (table has no primary key)"),
+            ("warn", "pg1", "dropped 3 change(s) to skipped table public.nokey (table has no primary key)"),
         ])
 
     def test_ddl_relation_needs_lookup(self):
@@ -287,3 +287,144 @@ class WiringTests(unittest.TestCase):
             self.assertIs(svc.hub, root.getServiceNamed("hub"))
             self.assertFalse(svc.ready)
             self.assertEqual(svc.status()["state"], "init")
+
+
+class StreamSkipTests(unittest.TestCase):
+    """The connector's stream consumer does not decode the row changes of a transaction it will drop."""
+
+    def make_stream(self):
+        from twisted.internet import defer
+
+        from electric.postgres.source.connector import _Stream
+
+        appended, errors = [], []
+
+        class Hub:
+            def append(self, txn):
+                appended.append(txn)
+                return defer.succeed(None)
+
+        asm = assembly.TransactionAssembler("pg_a", lookup_with({("public", "items"): ITEMS}), subscription_oid=77)
+        from twisted.internet.task import Clock
+
+        stream = _Stream("pg_a", Hub(), asm, None, errors.append, 0, reactor=Clock())
+        return stream, asm, appended, errors
+
+    def feed(self, stream, msgs):
+        for m in msgs:
+            data = m if isinstance(m, bytes) else m.encode()
+            stream.xlog_data(0, 0, data)
+
+    def test_own_origin_rows_are_not_decoded_but_relations_are(self):
+        stream, asm, appended, errors = self.make_stream()
+        other = po.Relation(16401, "public", "items", "d", RC)
+        # An Insert body no decoder would accept: skipped by its tag byte.
+        garbage = b"I" + b"\xff" * 7
+        self.feed(stream, tx(0x100, REL, garbage, po.Update(16400, ("1", "x")), origin="pg_77"))
+        self.feed(stream, tx(0x200, other, po.Insert(16401, ("2", "y")), origin="pg_77_16401"))
+        self.assertEqual((errors, appended, stream.skipped_changes, stream.dropped), ([], [], 3, 2))
+        # The Relation of the skipped transaction was read: the next local change uses it.
+        self.feed(stream, tx(0x300, po.Insert(16401, ("3", "z"))))
+        self.assertEqual(errors, [])
+        [txn] = appended
+        self.assertEqual([(c.key, dict(c.values)) for c in txn.changes], [(("3",), {"id": "3", "v": "z"})])
+
+    def test_other_origins_and_local_rows_are_decoded(self):
+        stream, asm, appended, errors = self.make_stream()
+        self.feed(stream, tx(0x100, REL, po.Insert(16400, ("1", "a")), origin="someone_else"))
+        self.feed(stream, tx(0x200, b"I" + b"\xff" * 7))
+        self.assertEqual(len(appended), 1)
+        self.assertEqual(stream.skipped_changes, 0)
+        self.assertEqual(len(errors), 1)
+        self.assertIn("cannot decode pgoutput", errors[0])
+
+
+class StreamStagingTests(unittest.TestCase):
+    """A big transaction's chunks: the next one is assembled while the hub stages the previous one."""
+
+    def make_stream(self):
+        from twisted.internet import defer
+
+        from electric.postgres.source.connector import _Stream
+
+        log = []
+
+        class Buffer:
+            def __init__(self):
+                self.pending = []
+
+            def add(self, changes):
+                d = defer.Deferred()
+                log.append(("add", len(changes)))
+                self.pending.append(d)
+                return d
+
+            def commit(self, ts, origin_id=None):
+                log.append(("commit", origin_id))
+                return defer.succeed(None)
+
+            def abort(self):
+                log.append(("abort",))
+                return defer.succeed(None)
+
+        class Hub:
+            buffer = None
+
+            def begin(self, origin):
+                self.buffer = Buffer()
+                return self.buffer
+
+            def append(self, txn):
+                log.append(("append", txn.origin_id))
+                return defer.succeed(None)
+
+        class Client:
+            paused = 0
+
+            def pause(self):
+                self.paused += 1
+
+            def resume(self):
+                pass
+
+            def send_status(self, flushed):
+                pass
+
+        asm = assembly.TransactionAssembler("pg_a", lookup_with({("public", "items"): ITEMS}), chunk=3)
+        hub = Hub()
+        from twisted.internet.task import Clock
+
+        stream = _Stream("pg_a", hub, asm, None, lambda e: log.append(("error", e)), 0, reactor=Clock())
+        stream.client = Client()
+        return stream, hub, log
+
+    def feed(self, stream, msgs):
+        for m in msgs:
+            stream.xlog_data(0, 0, m.encode())
+
+    def test_one_add_outstanding_one_waiting_then_commit_in_order(self):
+        stream, hub, log = self.make_stream()
+        rows = [po.Insert(16400, (str(i), "v")) for i in range(11)]
+        self.feed(stream, tx(0x100, REL, *rows) + tx(0x200, po.Insert(16400, ("x", "after"))))
+        # First chunk staging; the second assembled and waiting; reading stopped.
+        self.assertEqual(log, [("add", 3)])
+        self.assertTrue(stream.ops_full)
+        for expected in ([("add", 3)], [("add", 3)]):
+            hub.buffer.pending.pop(0).callback(None)
+            self.assertEqual(log[-1:], expected)
+        # The rest (2 rows), then the commit, and only then the next transaction.
+        hub.buffer.pending.pop(0).callback(None)
+        self.assertEqual(log[3:], [("add", 2)])
+        self.assertTrue(stream.ops_full)
+        hub.buffer.pending.pop(0).callback(None)
+        self.assertEqual(log[4:], [("commit", assembly.origin_id_of(0x130)), ("append", assembly.origin_id_of(0x230))])
+        self.assertEqual((stream.staged_rows, stream.ops_full, stream.op_busy), (11, False, False))
+
+    def test_dropped_big_transaction_aborts_after_the_outstanding_add(self):
+        stream, hub, log = self.make_stream()
+        rows = [po.Insert(16400, (str(i), "v")) for i in range(5)]
+        self.feed(stream, tx(0x100, REL, *rows, MIG, po.Insert(16500, ("1",))))
+        self.assertEqual(log, [("add", 3)])
+        hub.buffer.pending.pop(0).callback(None)
+        self.assertEqual(log, [("add", 3), ("abort",)])
+        self.assertEqual(stream.dropped, 1)

@@ -65,7 +65,7 @@ from electric.postgres.protocol.parsers import BackendParser
 from electric.postgres.protocol.replication_messages import StandbyStatusUpdate, XLogData
 from electric.postgres.protocol.auth import ClientAuth
 from electric.postgres.protocol.lsn import format_lsn
-from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.postgres.publisher.outbound import OutboundEncoder, PayloadCache
 from electric.schema import Column, SchemaRegistry, Table
 
 PASSWORD = "s3cret-pw"
@@ -532,6 +532,22 @@ class Queries(unittest.TestCase):
         self.assertIsInstance(c.actions[-1], StreamStopped)
         self.assertIsNotNone(c.disconnected)
 
+    def test_ending_a_stream_ourselves_is_not_a_protocol_violation(self):
+        # Shutdown or a timeout: the stop reason (what the log says) is ours; a client's bad message is a violation.
+        c = self.c
+        c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        c.take(c.session.start_streaming(c.actions[-1].command))
+        actions = c.session.end_stream("57P01", "terminating connection: Electric is shutting down")
+        self.assertEqual([a for a in actions if isinstance(a, StreamStopped)],
+                         [StreamStopped("terminating connection: Electric is shutting down")])
+        c2 = Client(new_session(backend=self.backend))
+        c2.login()
+        c2.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
+        c2.take(c2.session.start_streaming(c2.actions[-1].command))
+        c2.query("IDENTIFY_SYSTEM")
+        self.assertEqual([a.reason for a in c2.actions if isinstance(a, StreamStopped)],
+                         ["protocol violation: unexpected message type b'Q' during COPY"])
+
     def test_query_while_streaming_is_fatal(self):
         c = self.c
         c.query("START_REPLICATION SLOT \"postgres_1\" LOGICAL 0/0 (proto_version '1', publication_names 'all_tables')")
@@ -661,6 +677,44 @@ class Encoder(unittest.TestCase):
         self.assertEqual([type(m).__name__ for _, m in out], ["Begin", "Relation", "Insert", "Commit"])
         self.assertEqual(out[1][1].column_names, ("id", "content", "n", "extra"))
         self.assertEqual(out[2][1].new, ("a", None, None, "e"))
+
+
+    def test_subscribers_share_the_change_messages_of_an_item(self):
+        """Encoded once per table shape: only the XLogData headers (LSNs) are each subscriber's own."""
+        cache = PayloadCache()
+        wider = self.reg.register(items_table((Column("extra", "text", 25, -1, False),)))
+        self.reg.set_database_tables("postgres_3", [wider])
+        now = lambda: 5  # noqa: E731
+        a = OutboundEncoder(self.reg, "postgres_1", base=0, payloads=cache, clock=now)
+        b = OutboundEncoder(self.reg, "postgres_2", base=0x5000, payloads=cache, clock=now)  # other LSNs
+        c = OutboundEncoder(self.reg, "postgres_3", base=0, payloads=cache, clock=now)  # one more column there
+        plain = OutboundEncoder(self.reg, "postgres_2", base=0x5000, clock=now)
+        rt = self.tx(
+            3,
+            ResolvedChange("public", "items", ("a",), {"id": "a", "content": "x", "n": "1", "extra": "e"}),
+            ResolvedChange("public", "other", ("1",), {"k": "1"}),
+            ResolvedChange("public", "items", ("c",), {"id": "c"}, deleted=True),
+        )
+        outs = {name: enc.encode(rt) for name, enc in (("a", a), ("b", b), ("c", c), ("plain", plain))}
+        self.assertEqual(outs["b"], outs["plain"])  # same bytes as without the cache
+        body = lambda frames: [f[1 + 4 + 1 + 24:] for f in frames]  # noqa: E731  CopyData tag, length, 'w', 3 x 8
+        rel = self.items_id.to_bytes(4, "big")
+        inserts = {name: [m for m in body(frames) if m[:1] in (b"I", b"D") and m[1:5] == rel]
+                   for name, frames in outs.items()}
+        self.assertEqual(len(inserts["a"]), 2)
+        self.assertEqual(inserts["a"], inserts["b"])
+        self.assertNotEqual(inserts["a"], inserts["c"])
+        self.assertEqual([type(m).__name__ for _, m in decode_frames(outs["c"])],
+                         ["Begin", "Relation", "Insert", "Delete", "Commit"])
+        self.assertEqual(decode_frames(outs["c"])[2][1].new, ("a", "x", "1", "e"))
+        self.assertNotEqual([lsn for lsn, _ in decode_frames(outs["a"])], [lsn for lsn, _ in decode_frames(outs["b"])])
+        # a encoded the items rows, b found them (and encoded "other", in its database only), c its own shape.
+        self.assertEqual((cache.misses, cache.hits), (2 + 1 + 2, 2))
+        self.assertEqual(len(cache), 1)
+        del rt, outs
+        import gc
+        gc.collect()
+        self.assertEqual(len(cache), 0)  # an entry lives only as long as its item
 
 
 class TLSAndLimits(unittest.TestCase):

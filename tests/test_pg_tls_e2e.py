@@ -160,7 +160,8 @@ class RefusedTests(unittest.TestCase):
         # The log names the connectors too, and never shows the password.
         log = electric.log()
         for name in found:
-            self.assertIn(f"connector {name}: setup failed", log)
+            self.assertIn(f"[connector={name} ", log)
+            self.assertRegex(log, rf"#error\] \[connector={name} [^\n]*\] setup failed: ")
         self.assertNotIn(f"password={PASSWORD}", log)
         self.assertNotIn(f"password='{PASSWORD}'", log)
         self.assertNotIn(f":{PASSWORD}@", log)

@@ -24,7 +24,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
 from electric.config import VARIABLES, Config, ConfigError
-from electric.service import VAXINE_UNAVAILABLE, ElectricService, build_service
+from electric.service import ElectricService, build_service
 from tests.pgcluster import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,12 +176,22 @@ class TwistdTests(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.workdir, "data")))
 
     @defer.inlineCallbacks
-    def test_vaxine_host_is_a_clear_startup_error(self):
-        run, _ = self.spawn(_env(self.workdir, VAXINE_HOST="vaxine"))
-        code = yield _with_timeout(run.ended, 60)
-        self.assertNotEqual(code, 0)
-        self.assertIn("unset VAXINE_HOST to use the embedded hub", run.err.decode())
+    def test_vaxine_host_unreachable_runs_not_ready_and_stops_cleanly(self):
+        """VAXINE_HOST selects the Vaxine hub; with nothing listening there it runs, says vaxine false and keeps retrying."""
+        closed = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        port = closed.getHost().port
+        yield closed.stopListening()
+        env = _env(self.workdir, VAXINE_HOST="127.0.0.1", VAXINE_API_PORT=str(port),
+                   VAXINE_REPLICATION_PORT=str(port), VAXINE_CONNECTION_TIMEOUT="500")
+        run, transport = self.spawn(env)
+        response, body = yield self.get_status(env["STATUS_PORT"], run)
+        self.assertEqual(body, b'{"connectors":{},"hub":true,"vaxine":false}')
+        self.assertTrue(os.path.exists(os.path.join(self.workdir, "data", "hub.sqlite3")))  # the local copy
+        transport.signalProcess("TERM")
+        code = yield _with_timeout(run.ended, 10)
+        self.assertEqual(code, 0, run.text)
         self.assertNotIn("Traceback", run.text)
+        self.assertIn(f"Vaxine hub: 127.0.0.1 PB {port} stream {port}", run.text)
 
     @defer.inlineCallbacks
     def test_status_port_in_use_exits_nonzero(self):
@@ -327,11 +337,18 @@ class ServiceTreeTests(unittest.TestCase):
                                  "postgres-publisher",
                                  "satellite", "migrations"])
 
-    def test_vaxine_host_is_refused(self):
-        config = Config(vaxine_host="vaxine")
-        with self.assertRaises(ConfigError) as caught:
-            build_service(config, reactor)
-        self.assertEqual(caught.exception.problems, [VAXINE_UNAVAILABLE])
+    def test_vaxine_host_selects_the_vaxine_hub(self):
+        from electric.vaxine.hub import VaxineHub
+        config = Config(vaxine_host="vaxine.example", vaxine_api_port=18087, vaxine_replication_port=18088,
+                        vaxine_connection_timeout_ms=1500, data_dir=self.config.data_dir)
+        root = build_service(config, reactor)
+        hub = root.getServiceNamed("hub")
+        self.assertIsInstance(hub, VaxineHub)
+        self.assertEqual((hub.host, hub.api_port, hub.replication_port, hub.connect_timeout),
+                         ("vaxine.example", 18087, 18088, 1.5))
+        self.assertIs(root.getServiceNamed("http").api.vaxine, hub)
+        self.assertFalse(any(s.running for s in root))
+        self.assertEqual(os.listdir(self.workdir), [])  # nothing connects or touches the disk before start
 
     @defer.inlineCallbacks
     def test_start_serve_stop(self):

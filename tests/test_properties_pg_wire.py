@@ -300,6 +300,37 @@ class Streams(unittest.TestCase):
         self.assertEqual([c.replication_message() for c in got], msgs)
 
     @settings(max_examples=examples(200))
+    @given(st.data(), st.lists(st.one_of(BACKEND, REPLICATION.map(lambda r: pm.CopyData(r.encode()))), max_size=12))
+    def test_copy_both_stream_any_split(self, data, msgs):
+        """`feed_copy_both` gives what `feed` gives, with each CopyData as its payload, for any split."""
+        raw = b"".join(m.encode() for m in msgs)
+        parser = BackendParser()
+        got = []
+        for chunk in data.draw(splits(raw)):
+            got += parser.feed_copy_both(chunk)
+        self.assertEqual(got, [m.data if isinstance(m, pm.CopyData) else m for m in msgs])
+        self.assertEqual(parser.buffered, 0)
+
+    @settings(max_examples=examples(200))
+    @given(st.data(), st.lists(st.one_of(
+        st.builds(XLogData, uint64, uint64, int64, blob).map(lambda x: ("x", x)),
+        st.builds(PrimaryKeepalive, uint64, int64, st.booleans()).map(lambda k: ("k", k))), max_size=12))
+    def test_replication_session_stream_any_split(self, data, items):
+        """The streaming session delivers every XLogData and keepalive, in order, for any split."""
+        from electric.postgres.source.session import Deliver, Keepalive
+        from tests.test_pg_client_session import session, to_streaming
+
+        raw = b"".join(m.frame() for _, m in items)
+        s = to_streaming(session("disable"))
+        got = []
+        for chunk in data.draw(splits(raw)):
+            got += s.feed(chunk)
+        want = [Deliver(m.wal_start, m.wal_end, m.data) if kind == "x" else Keepalive(m.wal_end, m.reply_requested)
+                for kind, m in items]
+        self.assertEqual(got, want)
+        self.assertEqual(s.last_received, max([m.wal_end for _, m in items], default=0))
+
+    @settings(max_examples=examples(200))
     @given(st.data(), st.lists(BACKEND, min_size=1, max_size=8))
     def test_prefix_gives_the_complete_messages_and_buffers_the_rest(self, data, msgs):
         encoded = [m.encode() for m in msgs]
@@ -392,6 +423,37 @@ class HostileInput(unittest.TestCase):
             parser = FrontendParser(1 << 16)
             parser.in_startup = False
             decode_or_protocol_error(feed_all, parser, chunks)
+
+    @settings(max_examples=examples(300))
+    @given(st.binary(max_size=200), st.data())
+    def test_copy_both_garbage(self, raw, data):
+        """Garbage in the CopyBoth phase: ProtocolError (and the parser stays failed), never anything else."""
+        parser = BackendParser(1 << 16)
+        try:
+            for chunk in data.draw(splits(raw)):
+                parser.feed_copy_both(chunk)
+        except ProtocolError:
+            with self.assertRaises(ProtocolError):
+                parser.feed_copy_both(b"")
+
+    @settings(max_examples=examples(300))
+    @given(st.binary(max_size=200), st.data())
+    def test_replication_session_garbage(self, raw, data):
+        """Garbage while streaming ends in one clear Fail, never an exception."""
+        from electric.postgres.source.session import FAILED, Deliver, Fail, Keepalive
+        from tests.test_pg_client_session import session, to_streaming
+
+        s = to_streaming(session("disable"))
+        actions = []
+        for chunk in data.draw(splits(b"d" + raw)):
+            actions += s.feed(chunk)
+        fails = [a for a in actions if isinstance(a, Fail)]
+        self.assertLessEqual(len(fails), 1)
+        self.assertTrue(all(isinstance(a, (Deliver, Keepalive, Fail)) for a in actions))
+        if fails:
+            self.assertEqual(s.state, FAILED)
+            self.assertTrue(fails[0].reason.startswith(("protocol error", "server ended", "FATAL", "ERROR")),
+                            fails[0].reason)
 
     @settings(max_examples=examples(300))
     @given(st.lists(BACKEND, min_size=1, max_size=6),

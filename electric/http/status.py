@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Optional
 from klein import Klein
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -48,7 +48,7 @@ def _safe_status(component) -> object:
     try:
         return component.status()
     except Exception as e:  # one broken component must not take the whole report down
-        log.failure("status() of {component!r} failed", component=component)
+        log.failure("status() of {component!r} failed", component=component, level=LogLevel.error)
         return {"error": f"{type(e).__name__}: {e}"}
 
 

@@ -94,6 +94,13 @@ own SQLite page cache) that stays resident: with the reactor's 10 threads,
 """
 
 
+RUN_CHANGES = 4 * CHUNK_CHANGES
+"""
+Most changes the writer resolves and stores as one run of small appends
+(`StoreWriter.append_many` holds their row states until the run's INSERTs).
+"""
+
+
 # --- writer-thread jobs ------------------------------------------------------
 
 
@@ -651,6 +658,10 @@ class EmbeddedHub(service.Service):
         self._tail.clear()
         self._tail_size = 0
 
+    @property
+    def ready(self) -> bool:
+        return self._open and not self._closing
+
     def _check_open(self):
         if not self._open or self._closing:
             raise HubError("hub is not running" if not self._open else "hub is closing")
@@ -898,6 +909,9 @@ class EmbeddedHub(service.Service):
                     self._commit_group(writer, entries, others)
                 for c in compacts:
                     self._compact_now(writer, c)
+                # Let go of the group before waiting for the next one: the
+                # reactor owns it now (its transactions could be big).
+                batch = entries = others = compacts = None
         except BaseException:
             log.failure("hub writer thread died")
             self._reactor.callFromThread(self._writer_died)
@@ -911,42 +925,32 @@ class EmbeddedHub(service.Service):
         seen = {}
         try:
             writer.begin()
+            # Consecutive small appends with fresh identities are resolved
+            # and stored as one run (`StoreWriter.append_many`); anything
+            # else (a big commit, a duplicate, a TRUNCATE) ends the run and
+            # is taken on its own, so positions follow the queue order.
+            known = writer.known([job.ident for job in entries if isinstance(job, _Append)])
+            run: List[_Append] = []
+            run_idents = set()
+            run_changes = 0
             for job in entries:
                 ident = job.ident
-                if ident in seen:
-                    first = seen[ident]
-                    job.outcome = job.duplicate(first.position, first.ts, first.changes or (), first.count)
+                if (isinstance(job, _Append) and ident not in known and ident not in seen
+                        and ident not in run_idents and writer.batchable(job.transaction)):
+                    n = len(job.transaction.changes)
+                    if run and run_changes + n > RUN_CHANGES:
+                        live_delta, conflicts = _plus((live_delta, conflicts), self._apply_run(writer, run, seen))
+                        run, run_idents, run_changes = [], set(), 0
+                    run.append(job)
+                    run_idents.add(ident)
+                    run_changes += n
                     continue
-                earlier = writer.earlier(ident[0], ident[1], with_changes=isinstance(job, _Append))
-                if earlier is not None:
-                    job.outcome = job.duplicate(earlier.position, earlier.commit_timestamp, earlier.changes,
-                                                earlier.change_count)
-                    continue
-                try:
-                    if isinstance(job, _Append):
-                        txn = job.transaction
-                        ts = txn.commit_timestamp
-                        applied = writer.append(txn)
-                        job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
-                    else:
-                        ts = job.commit_timestamp
-                        applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks(),
-                                                      job.buffer.origin_applied)
-                        job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
-                except InvalidTransaction as e:
-                    # A WriteGuard failed: the producer's fault, not the hub's.
-                    job.outcome = HubError(f"invalid transaction: {e}")
-                    continue
-                except Exception as e:
-                    log.failure("hub rejected a transaction from {origin}", origin=ident[0])
-                    job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
-                    continue
-                live_delta += applied.live_delta
-                conflicts += applied.conflicts
-                job.applied = applied
-                job.fresh = True
-                seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
-                                    applied.change_count)
+                if run:
+                    live_delta, conflicts = _plus((live_delta, conflicts), self._apply_run(writer, run, seen))
+                    run, run_idents, run_changes = [], set(), 0
+                live_delta, conflicts = _plus((live_delta, conflicts), self._apply_one(writer, job, seen))
+            if run:
+                live_delta, conflicts = _plus((live_delta, conflicts), self._apply_run(writer, run, seen))
             for job in entries:
                 # A submission's meta commits with it (also when it was a duplicate).
                 if job.meta and not isinstance(job.outcome, Exception):
@@ -974,6 +978,79 @@ class EmbeddedHub(service.Service):
                     pass
         if entries:
             self._reactor.callFromThread(self._publish, entries, live_delta, conflicts)
+
+    def _apply_run(self, writer, run, seen):
+        """
+        Store a run of fresh small appends together; if the writes fail,
+        replay them one by one.  (live rows delta, conflicts) of what was stored.
+        """
+        try:
+            results = writer.append_many([job.transaction for job in run])
+        except Exception as e:
+            # Which one failed, and why, is logged as each is tried alone.
+            log.warn("hub could not store a run of {n} transactions together ({error}); storing them one by one",
+                     n=len(run), error=str(e))
+            total = (0, 0)
+            for job in run:
+                total = _plus(total, self._apply_one(writer, job, seen))
+            return total
+        live_delta = conflicts = 0
+        for job, result in zip(run, results):
+            ident = job.ident
+            if isinstance(result, InvalidTransaction):
+                job.outcome = HubError(f"invalid transaction: {result}")
+                continue
+            if isinstance(result, Exception):
+                log.failure("hub rejected a transaction from {origin}", Failure(result), origin=ident[0])
+                job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {result}")
+                continue
+            ts = job.transaction.commit_timestamp
+            job.outcome = ResolvedTransaction(result.position, ident[0], ident[1], ts, result.changes)
+            live_delta += result.live_delta
+            conflicts += result.conflicts
+            job.applied = result
+            job.fresh = True
+            seen[ident] = _Seen(result.position, ts, result.changes, result.change_count)
+        return live_delta, conflicts
+
+    def _apply_one(self, writer, job, seen):
+        """One submission on its own (a savepoint of its own inside the group): (live rows delta, conflicts)."""
+        ident = job.ident
+        if ident in seen:
+            first = seen[ident]
+            job.outcome = job.duplicate(first.position, first.ts, first.changes or (), first.count)
+            return 0, 0
+        earlier = writer.earlier(ident[0], ident[1], with_changes=isinstance(job, _Append))
+        if earlier is not None:
+            job.outcome = job.duplicate(earlier.position, earlier.commit_timestamp, earlier.changes,
+                                        earlier.change_count)
+            return 0, 0
+        try:
+            if isinstance(job, _Append):
+                txn = job.transaction
+                ts = txn.commit_timestamp
+                applied = writer.append(txn)
+                job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
+            else:
+                ts = job.commit_timestamp
+                # A buffer from another sequencer (`_submit_commit`: the Vaxine
+                # hub's staging) may carry no echo input: then every row is echoed.
+                applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks(),
+                                              getattr(job.buffer, "origin_applied", None))
+                job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
+        except InvalidTransaction as e:
+            # A WriteGuard failed: the producer's fault, not the hub's.
+            job.outcome = HubError(f"invalid transaction: {e}")
+            return 0, 0
+        except Exception as e:
+            log.failure("hub rejected a transaction from {origin}", origin=ident[0])
+            job.outcome = HubError(f"transaction from {ident[0]} could not be applied: {e}")
+            return 0, 0
+        job.applied = applied
+        job.fresh = True
+        seen[ident] = _Seen(applied.position, ts, applied.changes if applied.chunks == 1 else (),
+                            applied.change_count)
+        return applied.live_delta, applied.conflicts
 
     def _compact_now(self, writer, job):
         try:
@@ -1207,6 +1284,10 @@ class EmbeddedHub(service.Service):
         finally:
             with self._readers_lock:
                 self._readers.append(conn)
+
+
+def _plus(a, b):
+    return a[0] + b[0], a[1] + b[1]
 
 
 class _Seen:

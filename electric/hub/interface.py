@@ -378,6 +378,10 @@ class IHub(IService):
     hub_id = Attribute(
         "8 random bytes naming this hub's data (made when its store is created); None until started.")
 
+    ready = Attribute(
+        "True while the hub takes and publishes writes: the embedded hub while it runs, the Vaxine hub while"
+        " it runs and both Vaxine links are up.  Producers count as ready only while their hub is.")
+
     def append(transaction):
         """
         Deferred firing with the `ResolvedTransaction` once `transaction` is

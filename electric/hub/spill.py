@@ -31,6 +31,7 @@ import threading
 from typing import Iterator, List, Sequence
 
 from electric import files
+from electric.hub.changes import row_change
 from electric.hub.interface import RowChange
 
 _LEN = struct.Struct("!I")
@@ -78,7 +79,7 @@ class SpillFile:
                 body = f.read(n)
                 if len(body) != n:
                     raise OSError(f"{self.path}: staged changes are truncated")
-                yield [RowChange(*t) for t in pickle.loads(body)]
+                yield [row_change(*t) for t in pickle.loads(body)]
 
     def discard(self) -> None:
         if self._file is not None:

@@ -604,8 +604,8 @@ class MigrationDatabase:
         finally:
             self._close(conn)
         applied = AppliedMigration(*inserted[0])
-        log.info("applied migration {vsn} (hash {hash}) to {origin}",
-                 vsn=vsn, hash=migration.hash, origin=self.origin)
+        log.info("applied migration {vsn} (hash {hash}) to {connector}",
+                 vsn=vsn, hash=migration.hash, connector=self.origin)
         return ApplyResult(self.origin, applied, previous)
 
     @staticmethod

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Uni
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from electric.hub.interface import CHUNK_CHANGES, RESEND, RowChange, Transaction
 from electric.migrations.migration import (
@@ -143,7 +143,7 @@ class Migrator(Service):
             try:
                 rows = yield self.database(name).applied()
             except MigrationError as e:
-                log.warn("cannot read applied migrations of {origin}: {error}", origin=name, error=str(e))
+                log.warn("cannot read applied migrations of {connector}: {error}", connector=name, error=str(e))
                 return
             self._applied[name] = rows
 
@@ -253,8 +253,10 @@ class Migrator(Service):
                 self.failed_applies += 1
             e.vsn = e.vsn or migration.version
             e.origin = e.origin or name
-            log.warn("migration {vsn} not applied to {origin}: {error}",
-                     vsn=migration.version, origin=name, error=str(e))
+            # Applied already is the answer to a repeated request, not a problem.
+            log.emit(LogLevel.info if isinstance(e, AlreadyMigrated) else LogLevel.warn,
+                     "migration {vsn} not applied to {connector}: {error}",
+                     vsn=migration.version, connector=name, error=str(e))
             raise
         self._applied[name] = [result.applied] + [
             m for m in self._applied.get(name, []) if m.version != result.applied.version
@@ -302,8 +304,8 @@ class Migrator(Service):
                 n += len(rows)
         finally:
             reader.close()
-        log.info("migration on {origin}: re-sent {n} rows of {tables} whose table gained columns",
-                 origin=name, n=n, tables=", ".join(f"{s}.{t}" for s, t in widened))
+        log.info("migration on {connector}: re-sent {n} rows of {tables} whose table gained columns",
+                 connector=name, n=n, tables=", ".join(f"{s}.{t}" for s, t in widened))
 
     @defer.inlineCallbacks
     def _refresh(self, name, connector, migration: Migration):
@@ -317,8 +319,8 @@ class Migrator(Service):
                 f"refreshing within {self.refresh_timeout:g}s (it keeps trying)", migration.version, name,
             ) from None
         except Exception as e:
-            log.failure("refresh of {origin} after migration {vsn} failed", origin=name,
-                        vsn=migration.version)
+            log.failure("refresh of {connector} after migration {vsn} failed", connector=name,
+                        vsn=migration.version, level=LogLevel.error)
             raise RefreshFailed(
                 f"migration {migration.version} is applied to {name}, but refreshing replication failed: "
                 f"{e} (the connector retries)", migration.version, name,
@@ -337,7 +339,7 @@ class Migrator(Service):
                 result.applied.hash,
             )
         except Exception:
-            log.failure("telling clients about migration {vsn} failed", vsn=migration.version)
+            log.failure("telling clients about migration {vsn} failed", vsn=migration.version, level=LogLevel.error)
 
     @defer.inlineCallbacks
     def apply_all(self, vsn) -> List[Tuple[str, Union[ApplyResult, MigrationError]]]:
@@ -354,7 +356,7 @@ class Migrator(Service):
             except MigrationError as e:
                 outcomes.append((name, e))
             except Exception as e:  # a bug must not hide the other connectors' outcomes
-                log.failure("applying {vsn} to {origin}", vsn=vsn, origin=name)
+                log.failure("applying {vsn} to {connector}", vsn=vsn, connector=name, level=LogLevel.error)
                 err = MigrationError(f"internal error: {e}", vsn, name)
                 outcomes.append((name, err))
             else:

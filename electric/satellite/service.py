@@ -8,24 +8,31 @@ For every websocket it runs a `ClientConnection`, which owns one sans-IO
 results back into the session.  The outgoing stream is pulled from the hub
 subscription only while the session wants more *and* the socket is not
 pushing back (the transport pauses us as its producer when the kernel buffer
-is full), so a slow client never makes Electric buffer for it.
+is full), so a slow client never makes Electric buffer for it.  Clients
+that are caught up are fed by one shared hub cursor instead of pulling each
+(`electric.satellite.fanout`); a client leaves it the moment it cannot take
+more and goes on with its own subscription.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import resource
 import time
 from typing import Deque, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.listener import Listener
+from electric.logs import bind
 from electric.satellite import auth as auth_mod
 from electric.satellite import codec
 from electric.satellite import session as sm
+from electric.satellite.fanout import Fanout
 
 log = Logger()
 
@@ -65,6 +72,38 @@ real client, see tests/test_satellite_e2e.py).  The real peer wins.
 """
 
 
+LISTEN_BACKLOG = 1024
+"""
+Connections the kernel queues before Electric accepts them (Twisted's
+default is 50): when thousands of clients reconnect at once, a full queue
+drops their SYNs and each waits a second or more to retry.
+"""
+
+OPEN_FILES_WANTED = 16384
+"""Open files (sockets) Electric asks for at start: room for 10,000 clients and everything else."""
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED):
+    """
+    Raise the soft RLIMIT_NOFILE to the hard limit (each client is a socket;
+    the usual soft default of 1024 would refuse connections long before
+    memory or CPU run out) and say so when even the hard limit is low.
+    Returns the (soft, hard) limits in force.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    except (ValueError, OSError) as e:
+        log.warn("satellite: cannot raise the open files limit: {e}", e=e)
+        return None
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warn("satellite: the open files limit is {n} (hard limit); fewer than {n} clients can connect"
+                 " -- raise it (ulimit -n, LimitNOFILE=) to {wanted} or more", n=soft, wanted=wanted)
+    return soft, hard
+
+
 _ERROR_KINDS = {
     codec.INTERNAL: "internal",
     codec.AUTH_REQUIRED: "auth_required",
@@ -86,6 +125,7 @@ class ClientConnection:
         self.owner = owner
         self.transport = transport
         self.peer = peer
+        self.log = bind(log, peer=peer)
         self.reactor = owner.reactor
         self.clock = owner.clock
         self.hub = owner.hub
@@ -95,16 +135,27 @@ class ClientConnection:
             owner.config.regional_id,
             lsn_of=self.hub.client_lsn,
             position_of=self.hub.position_from_client_lsn,
+            log_at=self._log_at,
             logger=self._log,
             on_refused=self._refused,
             totals=owner.totals,
         )
-        self._subscription = None
+        self._subscription = None  # this client's own hub subscription, while it is not fed by the shared cursor
         self._sync = None  # the snapshot reader while an initial sync is under way
         self._pulling = False
+        # The live stream: `_at` is the last complete transaction handed to the
+        # session; `_part` the position and number of changes of one handed
+        # in part; `_skip` the same, still to be dropped from a re-read of it.
+        self._live = False
+        self._attached = False  # fed by the service's shared cursor (`Fanout`)
+        self._at = 0
+        self._part_pos: Optional[int] = None
+        self._part_n = 0
+        self._skip_pos: Optional[int] = None
+        self._skip_n = 0
         self._paused = False
         self._stream_generation = 0
-        self._heartbeat: Optional[task.LoopingCall] = None
+        self._heartbeat = None  # the next heartbeat tick (an IDelayedCall)
         self._auth_timer = None
         self._lost = False
         self._claimed = False
@@ -113,19 +164,27 @@ class ClientConnection:
         self.closed = defer.Deferred()
 
     def _log(self, text: str) -> None:
-        who = self.session.client_id if self.session.client_id is not None else self.peer
-        log.info("satellite {who}: {text}", who=who, text=text)
+        self.log.info("satellite: {text}", text=text)
+
+    def _log_at(self, level: str, text: str) -> None:
+        self.log.emit(LogLevel.levelWithName(level), "satellite: {text}", text=text)
 
     def _refused(self, reason: str) -> None:
-        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason)
+        self.owner._note_refusal(self.session.client_id, self.session.user_id, reason, self.log)
 
     # --- from the transport ----------------------------------------
 
     def opened(self) -> None:
         self._auth_timer = self.clock.callLater(AUTH_DEADLINE, self._auth_deadline)
-        self._heartbeat = task.LoopingCall(lambda: self._run(self.session.tick()))
-        self._heartbeat.clock = self.clock
-        self._heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        self._heartbeat = self.clock.callLater(HEARTBEAT_INTERVAL, self._beat)
+
+    def _beat(self) -> None:
+        # A plain timer rather than a LoopingCall: with thousands of clients
+        # the Deferred machinery of a LoopingCall tick is a visible share of the reactor.
+        self._heartbeat = self.clock.callLater(HEARTBEAT_INTERVAL, self._beat)
+        actions = self.session.tick()
+        if actions:
+            self._run(actions)
 
     def frame(self, data: bytes, binary: bool) -> None:
         self._run(self.session.receive(data, binary))
@@ -141,11 +200,13 @@ class ClientConnection:
         if self._lost:
             return
         self._lost = True
+        if self._claimed:
+            self.log.info("satellite: client disconnected")
         self.session.disconnected()
         if self._auth_timer is not None and self._auth_timer.active():
             self._auth_timer.cancel()
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
         self._stop_stream()
         if self._claimed:
             self.owner._release(self.session.client_id, self)
@@ -191,13 +252,14 @@ class ClientConnection:
         # The client id must be this user's (bound durably on first use)
         # before it may even wait for the id's live connection slot, so no
         # other user can hold that slot or act under the id.
+        self.log = self.log.bind(client_id=action.client_id, user_id=action.user_id)
         try:
             ours = yield threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(),
                 self.owner.offsets.claim_client, action.client_id, action.user_id,
             )
         except Exception as e:  # a broken offset store must not leave the client hanging
-            log.failure("satellite: binding client id {client} to its user failed", client=action.client_id)
+            self.log.failure("satellite: binding the client id to its user failed", level=LogLevel.error)
             if not self._lost:
                 self._run(self.session.stream_failed(f"offset store: {e}"))
             return
@@ -221,7 +283,7 @@ class ClientConnection:
         try:
             stored = yield defer.maybeDeferred(self.owner.offsets.client_lsn, action.client_id)
         except Exception as e:  # a broken offset store must not leave the client hanging
-            log.failure("satellite: reading the stored LSN of {client} failed", client=action.client_id)
+            self.log.failure("satellite: reading the client's stored LSN failed", level=LogLevel.error)
             self._run(self.session.stream_failed(f"offset store: {e}"))
             return
         if not self._lost:
@@ -243,13 +305,13 @@ class ClientConnection:
             reason = failure.getErrorMessage()
             rejected = reason.startswith("invalid transaction")
             if rejected:
-                log.info("satellite {client}: hub refused a transaction: {reason}", client=self.session.client_id, reason=reason)
+                self.log.info("satellite: hub refused a transaction: {reason}", reason=reason)
             else:
-                log.failure("satellite {client}: append failed", failure, client=self.session.client_id)
+                self.log.failure("satellite: append failed", failure, level=LogLevel.error)
             self._run(self.session.append_failed(reason, rejected=rejected))
 
         d.addCallbacks(done, failed)
-        d.addErrback(lambda f: log.failure("satellite: after append", f))
+        d.addErrback(lambda f: self.log.failure("satellite: after append", f))
 
     def _persist(self, action: sm.PersistClientLsn) -> None:
         """
@@ -271,7 +333,7 @@ class ClientConnection:
                 self.reactor, self.reactor.getThreadPool(),
                 self.owner.offsets.set_client_lsn, action.client_id, action.lsn,
             )
-            d.addErrback(lambda f: log.failure("satellite: storing the LSN of {client} failed", f, client=action.client_id))
+            d.addErrback(lambda f: self.log.failure("satellite: storing the client's LSN failed", f, level=LogLevel.error))
             self.owner._pending_writes.add(d)
             d.addBoth(lambda r: (self.owner._pending_writes.discard(d), r)[1])
             d.addCallback(write_next)
@@ -301,16 +363,31 @@ class ClientConnection:
             if generation != self._stream_generation or self._lost:
                 return
             if self._sync is None:
-                self._subscription = self.hub.subscribe(position)
                 self.session.streaming_from(position)
+                self._go_live(position)
         except HubError as e:
             if generation == self._stream_generation:
                 self._run(self.session.stream_failed(str(e)))
             return
         self._pump()
 
+    def _go_live(self, position: int) -> None:
+        """The live stream starts after `position`: from the shared cursor if it is there, else pulled on our own."""
+        self._live = True
+        self._at = position
+        self._part_pos = self._skip_pos = None
+        self._part_n = self._skip_n = 0
+        if not self.owner.fanout.attach(self, position):
+            self._subscription = self.hub.subscribe(position)
+
     def _stop_stream(self) -> None:
         self._stream_generation += 1
+        self._live = False
+        self._part_pos = self._skip_pos = None
+        if self._attached:
+            self._attached = False
+            self.owner.fanout.detach(self)
+        self.owner.fanout.unwatch(self)
         sub, self._subscription = self._subscription, None
         if sub is not None:
             sub.close()
@@ -327,7 +404,10 @@ class ClientConnection:
         sub = self._subscription
         if sub is None:
             return
+        if self._join():
+            return
         self._pulling = True
+        self.owner.fanout.watch(self)
         try:
             d = sub.next(PULL_BATCH)
         except Exception as e:
@@ -337,25 +417,119 @@ class ClientConnection:
             self._pulling = False
             if sub is not self._subscription or self._lost:
                 return
-            self._run(self.session.outgoing(items))
+            self.owner.fanout.unwatch(self)
+            items = self._trim(items)
+            self._handed(items)
+            if items:
+                self._run(self.session.outgoing(items))
+            else:
+                self._pump()
 
         def failed(failure):
             self._pulling = False
             if sub is not self._subscription or self._lost:
                 return None
+            self.owner.fanout.unwatch(self)
             if failure.check(SubscriptionClosed):
                 reason = "hub subscription closed"
             else:
-                log.failure("satellite {client}: hub subscription failed", failure, client=self.session.client_id)
+                self.log.failure("satellite: hub subscription failed", failure, level=LogLevel.error)
                 reason = failure.getErrorMessage()
             self._subscription = None
             self._run(self.session.stream_failed(reason))
 
         d.addCallbacks(got, failed)
-        d.addErrback(lambda f: log.failure("satellite: delivering transactions", f))
+        d.addErrback(lambda f: self.log.failure("satellite: delivering transactions", f))
+
+    # --- the shared cursor (`Fanout`) --------------------------------
+
+    def _join(self) -> bool:
+        """Caught up with the shared cursor, at a transaction boundary: close our own subscription and join it."""
+        if not self._live or self._part_pos is not None or self._skip_pos is not None:
+            return False
+        sub, pulling = self._subscription, self._pulling
+        self._subscription, self._pulling = None, False
+        if not self.owner.fanout.attach(self, self._at):
+            self._subscription, self._pulling = sub, pulling
+            return False
+        if sub is not None:
+            sub.close()  # an outstanding next() fails; its handlers see it is no longer ours
+        return True
+
+    def join_if_caught_up(self) -> None:
+        """Called by the shared cursor after a delivery while our own pull waits."""
+        if self._pulling and not self._lost and not self._paused:
+            self._join()
+
+    def shared(self, items, cache: sm.FrameCache) -> None:
+        """Items from the shared cursor; a client that cannot take them now goes on on its own."""
+        if self._lost or not self._attached:
+            return
+        if self._paused or not self.session.wants_transactions:
+            return self._detach()
+        self._handed(items)
+        self._run(self.session.outgoing(items, cache))
+        if self._attached and (self._paused or not self.session.wants_transactions):
+            self._detach()
+
+    def shared_failed(self, reason: str) -> None:
+        self._attached = False
+        if self._lost:
+            return
+        self._live = False
+        self._run(self.session.stream_failed(reason))
+
+    def _detach(self) -> None:
+        """Leave the shared cursor: our own subscription from the last complete transaction we were handed."""
+        self._attached = False
+        self.owner.fanout.detach(self)
+        if self._part_pos is not None:
+            self._skip_pos, self._skip_n = self._part_pos, self._part_n
+        try:
+            self._subscription = self.hub.subscribe(self._at)
+        except HubError as e:
+            self._live = False
+            self._run(self.session.stream_failed(str(e)))
+            return
+        self._pump()
+
+    def _handed(self, items) -> None:
+        for item in items:
+            if item.more:
+                if self._part_pos != item.position:
+                    self._part_pos, self._part_n = item.position, 0
+                self._part_n += len(item.changes)
+            else:
+                self._at = item.position
+                self._part_pos, self._part_n = None, 0
+
+    def _trim(self, items):
+        """
+        Drop what this client already has of a transaction it was handed in
+        part before it left the shared cursor: its own subscription hands the
+        whole transaction again, in the same order (a catch-up is not
+        re-read identically, so it goes again whole, as after a reconnect).
+        """
+        if self._skip_pos is None:
+            return items
+        out = []
+        for item in items:
+            if self._skip_pos is not None:
+                if item.position != self._skip_pos or item.catch_up:
+                    self._skip_pos = None
+                else:
+                    n = len(item.changes)
+                    if n <= self._skip_n and item.more:
+                        self._skip_n -= n
+                        continue
+                    item = dataclasses.replace(item, changes=item.changes[min(n, self._skip_n):])
+                    self._skip_pos = None
+            out.append(item)
+        return out
 
     def _pull_sync(self, reader) -> None:
         self._pulling = True
+        generation = self._stream_generation
         d = reader.next(SYNC_ROWS)
 
         def got(rows):
@@ -367,12 +541,16 @@ class ClientConnection:
                 return
             self._sync = None
             reader.close()
+            # The end of the sync goes to the session before any live item can.
+            self._run(self.session.initial_sync_done(reader.position))
+            if self._lost or generation != self._stream_generation:
+                return
             try:
-                self._subscription = self.hub.subscribe(reader.position)
+                self._go_live(reader.position)
             except HubError as e:
                 self._run(self.session.stream_failed(str(e)))
                 return
-            self._run(self.session.initial_sync_done(reader.position))
+            self._pump()
 
         def failed(failure):
             self._pulling = False
@@ -380,11 +558,11 @@ class ClientConnection:
                 return None
             self._sync = None
             reader.close()
-            log.failure("satellite {client}: initial sync failed", failure, client=self.session.client_id)
+            self.log.failure("satellite: initial sync failed", failure, level=LogLevel.error)
             self._run(self.session.stream_failed(f"initial sync: {failure.getErrorMessage()}"))
 
         d.addCallbacks(got, failed)
-        d.addErrback(lambda f: log.failure("satellite: delivering the initial sync", f))
+        d.addErrback(lambda f: self.log.failure("satellite: delivering the initial sync", f))
 
     # --- service-initiated -------------------------------------------
 
@@ -435,7 +613,8 @@ class SatelliteService(service.Service):
             SEND_MIGRATION_NOTIFICATIONS if migration_notifications is None else migration_notifications
         )
         self.listener = Listener(reactor, "Satellite websocket", "wss" if config.websocket_tls else "ws",
-                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls)
+                                 config.listen_host, config.websocket_port, None, tls=config.websocket_tls,
+                                 backlog=LISTEN_BACKLOG)
         self.connections: List[ClientConnection] = []
         self._clients: Dict[str, ClientConnection] = {}
         self._claim_waiters: Dict[str, List[defer.Deferred]] = {}
@@ -443,6 +622,7 @@ class SatelliteService(service.Service):
         self.refused_transactions = 0
         self.foreign_client_ids = 0
         self._recent_refusals: Deque[dict] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.fanout = Fanout(hub, PULL_BATCH)
         self.totals = sm.SessionTotals()  # every session adds to it (for /metrics)
 
     @property
@@ -459,6 +639,7 @@ class SatelliteService(service.Service):
         from electric.satellite.transport import SatelliteServerFactory
 
         service.Service.startService(self)
+        raise_open_files_limit()
         tls = self.config.websocket_tls
         self.listener.factory = SatelliteServerFactory(self, secure=tls is not None)
         self.listener.startService()
@@ -480,6 +661,7 @@ class SatelliteService(service.Service):
             yield done
             if timer.active():
                 timer.cancel()
+        self.fanout.close()
         while self._pending_writes:  # client LSNs being stored: let them land before the store closes
             yield defer.DeferredList(list(self._pending_writes), consumeErrors=True)
 
@@ -535,12 +717,12 @@ class SatelliteService(service.Service):
             self._clients[client_id] = None  # reserved until `settled` stores the new owner
             d.callback(True)
 
-    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str) -> None:
+    def _note_refusal(self, client_id: Optional[str], user_id: Optional[str], reason: str, logger=None) -> None:
         self.refused_transactions += 1
         self._recent_refusals.append(
             {"client_id": client_id, "user_id": user_id, "reason": reason, "at": round(time.time(), 3)})
-        log.warn("satellite: refused a transaction of client {client} (user {user}): {reason}",
-                 client=client_id, user=user_id, reason=reason)
+        (logger or log).warn("satellite: refused a transaction of client {client_id} (user {user_id}): {reason}",
+                             client_id=client_id, user_id=user_id, reason=reason)
 
     def status(self) -> dict:
         """A JSON-able summary for /api/status."""

@@ -103,6 +103,49 @@ class Send:
     data: bytes
 
 
+class SharedFrame(bytes):
+    """
+    A frame that goes to many clients unchanged (one transaction, encoded
+    once for every session of the same generation and visibility class, see
+    `FrameCache`).  It is plain bytes to everything else; a websocket
+    transport may keep its framed form on it (``ws``) so it is framed once.
+    """
+
+
+class FrameCache:
+    """
+    The frames of one delivery of hub items to many sessions: each
+    transaction is encoded once per (protocol generation, LSN, visibility
+    class) instead of once per client.  The class is "everyone" when no row
+    carries an owner in `electric_user_id`, else each owner's user id (they
+    also see their own rows) and "everyone else" (rows without an owner).
+    Valid only while the items it was built for are alive: make one per
+    delivery, never keep it.
+    """
+
+    __slots__ = ("_owners", "_frames", "_relations", "_lsns")
+
+    def __init__(self):
+        self._owners: Dict[int, frozenset] = {}
+        self._frames: Dict[Tuple, Tuple[Tuple[Table, ...], Tuple[SharedFrame, ...], int]] = {}
+        self._relations: Dict[Tuple, SharedFrame] = {}
+        self._lsns: Dict[int, bytes] = {}
+
+    def lsn(self, lsn_of: Callable[[int], bytes], position: int) -> bytes:
+        lsn = self._lsns.get(position)
+        if lsn is None:
+            lsn = self._lsns[position] = lsn_of(position)
+        return lsn
+
+    def owners(self, changes: Sequence[ResolvedChange]) -> frozenset:
+        key = id(changes)
+        owners = self._owners.get(key)
+        if owners is None:
+            owners = self._owners[key] = frozenset(
+                o for o in (c.row.get(USER_COLUMN) for c in changes) if o is not None and o != "")
+        return owners
+
+
 @dataclass(frozen=True)
 class Close:
     reason: str
@@ -206,7 +249,10 @@ class SatelliteSession:
     `authenticator`: `.authenticate(token) -> user_id` (raises AuthError).
     `lsn_of(position) -> bytes` and `position_of(lsn) -> int` (ValueError when
     the bytes are not an LSN of this hub) translate hub positions.
-    `logger(text)` receives one line per notable event (never a token).
+    `logger(text)` receives one line per notable event (never a token);
+    `log_at(level, text)`, when given, receives them instead with a level
+    name (debug, info, warn, error: a client misbehaving is a warning, a
+    client refused by design or leaving is info, a failure of ours an error).
     `on_refused(reason)` hears of every client transaction refused.
     `totals`: the service's `SessionTotals` this session adds to.
     """
@@ -218,6 +264,7 @@ class SatelliteSession:
         regional_id: str,
         lsn_of: Callable[[int], bytes],
         position_of: Callable[[bytes], int],
+        log_at: Optional[Callable[[str, str], None]] = None,
         logger: Optional[Callable[[str], None]] = None,
         clock: Callable[[], float] = time.time,
         on_refused: Optional[Callable[[str], None]] = None,
@@ -229,6 +276,7 @@ class SatelliteSession:
         self.lsn_of = lsn_of
         self.position_of = position_of
         self.log = logger or (lambda text: None)
+        self._log_at = log_at
         self.clock = clock
         self.on_refused = on_refused or (lambda reason: None)
         self.checker = validation.WriteChecker(registry)
@@ -251,6 +299,7 @@ class SatelliteSession:
         self._held: Deque = collections.deque()
         self._resume_position: Optional[int] = None  # the last position the client has complete
         self._sync_last: Optional[bytes] = None  # serialized initial-sync ops waiting to learn whether they are the last
+        self._cache: Optional[FrameCache] = None  # set while a shared delivery is being turned into frames
         self._active_since_tick = False
         self._ping_outstanding = False
         self.appended = 0
@@ -282,13 +331,19 @@ class SatelliteSession:
     def _frame(self, name: str, **fields) -> Send:
         return Send(codec.encode(self.gen, getattr(self.gen.pb, name)(**fields)))
 
-    def _fail(self, code: int, reason: str, detail: str = "") -> List:
+    def _say(self, level: str, text: str) -> None:
+        if self._log_at is not None:
+            self._log_at(level, text)
+        else:
+            self.log(text)
+
+    def _fail(self, code: int, reason: str, detail: str = "", level: str = "warn") -> List:
         if self.state == CLOSED:
             return []
         self.state = CLOSED
         closed = self.totals.closed_by_error
         closed[code] = closed.get(code, 0) + 1
-        self.log(f"closing: {reason}")
+        self._say(level, f"closing: {reason}")
         return [self._frame("SatErrorResp", error_type=code), Close(reason, detail=detail)]
 
     def _refuse(self, reason: str) -> List:
@@ -299,7 +354,7 @@ class SatelliteSession:
         self._open = None
         self._append_queue.clear()
         self.on_refused(reason)
-        return self._fail(INVALID_REQUEST, reason, detail=reason)
+        return self._fail(INVALID_REQUEST, reason, detail=reason, level="info")  # the driver warns of refusals
 
     # --- input: frames -------------------------------------------------
 
@@ -360,7 +415,7 @@ class SatelliteSession:
         if self.state != CLAIMING:
             return []
         self.state = READY
-        self.log(f"client {self.client_id!r} (user {self.user_id!r}) authenticated, protocol {self.gen.name}")
+        self._say("info", f"client {self.client_id!r} (user {self.user_id!r}) authenticated, protocol {self.gen.name}")
         actions = [self._frame("SatAuthResp", id=self.regional_id)]
         actions.append(
             self._frame(
@@ -379,7 +434,7 @@ class SatelliteSession:
     def claim_refused(self) -> List:
         if self.state != CLAIMING:
             return []
-        return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected")
+        return self._fail(INVALID_REQUEST, f"client id {self.client_id!r} is already connected", level="info")
 
     def claim_refused_other_user(self) -> List:
         """The client id is bound to another user: refused (its positions and transactions are that user's)."""
@@ -394,7 +449,7 @@ class SatelliteSession:
 
     def _on_SatErrorResp(self, message) -> List:
         self.state = CLOSED
-        self.log(f"client sent SatErrorResp {message.error_type}")
+        self._say("info", f"client sent SatErrorResp {message.error_type}")
         return [Close("client error")]
 
     def _on_SatPingReq(self, message) -> List:
@@ -426,7 +481,7 @@ class SatelliteSession:
                     raise FrameError(INVALID_REQUEST, f"bad start lsn: {e}") from None
                 # A well-formed LSN of another hub (data directory replaced):
                 # the client's data is from a history this hub does not have.
-                self.log(f"start lsn from another hub ({e}); doing an initial sync instead")
+                self._say("info", f"start lsn from another hub ({e}); doing an initial sync instead")
                 start = StartOutgoing(FROM_START)
             else:
                 start = StartOutgoing(FROM_POSITION, position)
@@ -473,7 +528,7 @@ class SatelliteSession:
 
     def _on_SatOpLog(self, message) -> List:
         if self.incoming_state != ACTIVE:
-            self.log("SatOpLog while incoming replication is not active: dropped")
+            self._say("warn", "SatOpLog while incoming replication is not active: dropped")
             return []
         actions: List = []
         for op in message.ops:
@@ -593,29 +648,37 @@ class SatelliteSession:
         self._append_queue.clear()
         if rejected:
             return self._refuse(reason.removeprefix("invalid transaction: "))
-        return self._fail(INTERNAL, f"could not store a client transaction: {reason}")
+        return self._fail(INTERNAL, f"could not store a client transaction: {reason}", level="error")
 
     def disconnected(self) -> None:
         """The connection is gone: an open client transaction is dropped, nothing more is appended."""
         if self._open is not None:
-            self.log(f"client {self.client_id!r} disconnected inside a transaction: dropped")
+            self._say("info", f"client {self.client_id!r} disconnected inside a transaction: dropped")
         self._open = None
         self._append_queue.clear()
         self.state = CLOSED
 
     # --- outgoing: hub -> client -------------------------------------
 
-    def outgoing(self, items: Sequence[ResolvedTransaction]) -> List:
+    def outgoing(self, items: Sequence[ResolvedTransaction], cache: Optional[FrameCache] = None) -> List:
         """
         Frames for hub transactions (held back while a client append is
         pending); a big one arrives as several items (see `_transaction_frames`).
+        `cache`: the same items go to many sessions now (a shared delivery),
+        so their frames are encoded once and shared (`FrameCache`).
         """
         if self.state == CLOSED or self.outgoing_state != ACTIVE:
             return []
+        if self.appends_pending or self._held:
+            cache = None  # older items go first, and they were not delivered with this cache
         self._held.extend(items)
         if self.appends_pending:
             return []
-        return self._release_held()
+        self._cache = cache
+        try:
+            return self._release_held()
+        finally:
+            self._cache = None
 
     def initial_sync(self, rows: Sequence[ResolvedChange]) -> List:
         """
@@ -661,6 +724,16 @@ class SatelliteSession:
         if self._sent_relations.get(table.qualified) == shape:
             return []
         self._sent_relations[table.qualified] = shape
+        cache = self._cache
+        if cache is not None:
+            key = (self.gen.name, table.qualified, shape, table.relation_id)
+            frame = cache._relations.get(key)
+            if frame is None:
+                frame = cache._relations[key] = SharedFrame(self._relation_frame(table))
+            return [Send(frame)]
+        return [Send(self._relation_frame(table))]
+
+    def _relation_frame(self, table: Table) -> bytes:
         pb = self.gen.pb
         relation = pb.SatRelation(
             schema_name=table.schema,
@@ -669,27 +742,37 @@ class SatelliteSession:
             relation_id=table.relation_id,
             columns=[pb.SatRelationColumn(name=c.name, type=codec.client_type_name(c.type_name)) for c in table.columns],
         )
-        return [Send(codec.encode(self.gen, relation))]
+        return codec.encode(self.gen, relation)
 
     def _row_ops(self, changes: Sequence[ResolvedChange]) -> Tuple[List, List]:
         """(relation frames, SatTransOps) for the changes this user may see, in order."""
-        pb = self.gen.pb
+        tables, ops = self._visible_ops(changes, self.user_id)
         relations: List = []
+        for table in tables:
+            relations.extend(self._relation_frames(table))
+        return relations, ops
+
+    def _visible_ops(self, changes: Sequence[ResolvedChange], user_id: Optional[str]) -> Tuple[List[Table], List]:
+        """(tables in order of first appearance, SatTransOps) for the changes `user_id` may see."""
+        pb = self.gen.pb
+        tables: Dict[Tuple[str, str], Table] = {}
         ops: List = []
         for change in changes:
             table = self.registry.find(change.schema, change.table)
             if table is None:
-                self.log(f'change of unknown table "{change.schema}"."{change.table}" not sent')
+                self._say("debug", f'change of unknown table "{change.schema}"."{change.table}" not sent')
                 continue
-            if not self._visible(change):
+            owner = change.row.get(USER_COLUMN)
+            if not (owner is None or owner == "" or owner == user_id):
                 continue
-            relations.extend(self._relation_frames(table))
+            if table.qualified not in tables:
+                tables[table.qualified] = table
             row = codec.encode_row(self.gen, table.column_names, change.row)
             if change.deleted:
                 ops.append(pb.SatTransOp(delete=pb.SatOpDelete(relation_id=table.relation_id, old_row_data=row)))
             else:
                 ops.append(pb.SatTransOp(update=pb.SatOpUpdate(relation_id=table.relation_id, row_data=row)))
-        return relations, ops
+        return list(tables.values()), ops
 
     def _oplog_frames(self, ops: List, begin=None, commit=None) -> List:
         """
@@ -715,12 +798,37 @@ class SatelliteSession:
 
     def _op_frames(self, changes: Sequence[ResolvedChange], lsn: bytes, timestamp_ms: int) -> List:
         """One whole transaction of the changes this user may see (nothing when there are none)."""
+        cache = self._cache
+        if cache is not None:
+            return self._shared_op_frames(cache, changes, lsn, timestamp_ms)
         relations, ops = self._row_ops(changes)
         if not ops:
             return []  # nothing this user may see
         self.delivered += 1
         self.totals.transactions_out += 1
         return relations + self._oplog_frames(ops, self._begin(lsn, timestamp_ms), self._commit(lsn, timestamp_ms))
+
+    def _shared_op_frames(self, cache: FrameCache, changes: Sequence[ResolvedChange], lsn: bytes,
+                          timestamp_ms: int) -> List:
+        """`_op_frames` through the delivery's cache: encoded once per generation, LSN and visibility class."""
+        user = self.user_id if self.user_id in cache.owners(changes) else None
+        key = (id(changes), self.gen.name, lsn, timestamp_ms, user)
+        entry = cache._frames.get(key)
+        if entry is None:
+            tables, ops = self._visible_ops(changes, user)
+            frames = () if not ops else tuple(
+                SharedFrame(s.data)
+                for s in self._oplog_frames(ops, self._begin(lsn, timestamp_ms), self._commit(lsn, timestamp_ms)))
+            entry = cache._frames[key] = (tuple(tables), frames)
+        tables, frames = entry
+        if not frames:
+            return []
+        self.delivered += 1
+        actions: List = []
+        for table in tables:
+            actions.extend(self._relation_frames(table))
+        actions.extend(Send(f) for f in frames)
+        return actions
 
     def _transaction_frames(self, item: ResolvedTransaction) -> List:
         """
@@ -739,7 +847,8 @@ class SatelliteSession:
             resume = self._resume_position
             lsn = self.lsn_of(resume) if resume is not None else INITIAL_SYNC_LSN
         else:
-            lsn = self.lsn_of(item.position)
+            cache = self._cache
+            lsn = self.lsn_of(item.position) if cache is None else cache.lsn(self.lsn_of, item.position)
             self._resume_position = item.position
         return self._op_frames(item.changes, lsn, timestamp_ms)
 
@@ -805,7 +914,7 @@ class SatelliteSession:
         if self._ping_outstanding:
             self.state = CLOSED
             self.totals.heartbeat_timeouts += 1
-            self.log(f"client {self.client_id!r} did not answer a ping: closing")
+            self._say("info", f"client {self.client_id!r} did not answer a ping: closing")
             return [Close("heartbeat timeout", abort=True)]
         self._ping_outstanding = True
         return [self._frame("SatPingReq")]
@@ -814,13 +923,13 @@ class SatelliteSession:
         """The auth deadline passed: a connection that has not authenticated is closed."""
         if self.state != AWAIT_AUTH:
             return []
-        return self._fail(AUTH_REQUIRED, "no SatAuthReq before the deadline")
+        return self._fail(AUTH_REQUIRED, "no SatAuthReq before the deadline", level="info")
 
     def stream_failed(self, reason: str) -> List:
         """The hub side of the outgoing stream broke (e.g. the hub stopped)."""
         if self.state == CLOSED:
             return []
-        return self._fail(INTERNAL, f"replication stream failed: {reason}")
+        return self._fail(INTERNAL, f"replication stream failed: {reason}", level="error")
 
 
 def _looks_issued(lsn: bytes) -> bool:

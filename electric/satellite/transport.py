@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import socket
 
+import autobahn.websocket.protocol as autobahn_protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import tcp
 from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
+
+from electric.satellite.session import SharedFrame
 
 log = Logger()
 
@@ -70,10 +74,38 @@ OPEN_HANDSHAKE_TIMEOUT = 10.0
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 
 
+class _LazyPformat:
+    """pformat(obj), computed only if a log observer ever formats it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __str__(self):
+        return _real_pformat(self.obj)
+
+    __repr__ = __str__
+
+
+_real_pformat = autobahn_protocol.pformat
+
+
 @implementer(IPushProducer)
 class SatelliteServerProtocol(WebSocketServerProtocol):
     connection = None
     refused = False
+
+    def _connectionMade(self):
+        # autobahn formats its whole configuration with pformat for a debug
+        # log line on every new connection, whether or not debug logging is
+        # on: in a connect storm of thousands of clients a large share of the
+        # reactor.  Here that argument is lazy (the same text if ever logged).
+        autobahn_protocol.pformat = _LazyPformat
+        try:
+            super()._connectionMade()
+        finally:
+            autobahn_protocol.pformat = _real_pformat
 
     def dataReceived(self, data):
         if self.refused:
@@ -81,8 +113,9 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
         # autobahn buffers the opening handshake until the blank line, however
         # long: bound it (431, as an HTTP server answers oversized headers).
         if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
-            log.info("websocket {peer}: opening handshake larger than {n} bytes; refused",
-                     peer=self.peer, n=MAX_HANDSHAKE_BYTES)
+            peer = self.transport.getPeer()
+            log.warn("websocket: opening handshake larger than {n} bytes; refused",
+                     peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", n=MAX_HANDSHAKE_BYTES)
             self.refused = True
             self.data = b""
             self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -131,8 +164,41 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
     # --- used by ClientConnection ---------------------------------
 
     def send_frame(self, data: bytes) -> None:
-        if self.state == self.STATE_OPEN:
+        if self.state != self.STATE_OPEN:
+            return
+        if type(data) is SharedFrame:
+            # The same frame goes to many clients: framed once, then only written.
+            prepared = data.__dict__.get("ws")
+            if prepared is None:
+                prepared = data.ws = self.factory.prepareMessage(bytes(data), isBinary=True, doNotCompress=True)
+            if self.send_queue or self.logOctets:
+                self.sendPreparedMessage(prepared)
+            else:  # what sendPreparedMessage does, without its per-call debug formatting
+                wire = prepared.payloadHybi
+                self._write_now(wire)
+                self.trafficStats.outgoingOctetsWireLevel += len(wire)
+        else:
             self.sendMessage(data, isBinary=True)
+
+    def _write_now(self, data: bytes) -> None:
+        """
+        `transport.write(data)`, but on a plain TCP connection with nothing
+        buffered the bytes go to the socket at once: no write buffering, no
+        epoll registration and deregistration, no separate reactor pass per
+        client.  Whatever the socket does not take is buffered as usual (and
+        pauses us as its producer when there is too much).
+        """
+        t = self.transport
+        if (type(t) is tcp.Server and not t.TLS and t.connected and not t.disconnecting
+                and not t._writeDisconnected and not t._tempDataLen and len(t.dataBuffer) == t.offset):
+            try:
+                sent = t.socket.send(data)
+            except OSError:
+                sent = 0  # would block, or broken: the ordinary path buffers it or reports the error
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def close_connection(self, abort: bool, reason: str = "") -> None:
         """
@@ -166,6 +232,7 @@ class SatelliteServerProtocol(WebSocketServerProtocol):
 
 class SatelliteServerFactory(WebSocketServerFactory):
     protocol = SatelliteServerProtocol
+    noisy = False  # no "Starting factory" lines
 
     def __init__(self, service, secure: bool = False):
         super().__init__("wss://localhost/ws" if secure else "ws://localhost/ws")

@@ -21,9 +21,12 @@ Modules, pure ones first (no sockets, no reactor):
 `connection`           the reconnect loop (connect timeout, backoff with jitter)
 `pb_client`            Twisted: `AntidoteClient` service, interactive transactions
 `replication`          Twisted: `ReplicationClient` service (push producer), `WalQueue`
+`records`              Electric's transaction records (what the Vaxine hub writes and reads back)
+`hub`                  `VaxineHub`: the IHub on Vaxine (``VAXINE_HOST`` set)
 =====================  ==========================================================
 
-Using it (for an ``IHub`` on Vaxine):
+`hub.VaxineHub` is the ``IHub`` built from these parts (see its docstring and
+the README's "Vaxine" section).  Using the links directly:
 
 * Writing: ``AntidoteClient.from_config(config)`` (an ``IService``);
   ``client.write(datamodel.transaction_updates(txn))`` runs one interactive

@@ -39,13 +39,19 @@ class ElectricServiceMaker:
         """
         from twisted.internet import reactor
 
+        from electric import logs
         from electric.config import Config, ConfigError
         from electric.service import build_service, exit_zero_on_sigterm
 
         try:
-            root = build_service(Config.from_environ(), reactor)
+            config = Config.from_environ()
+            root = build_service(config, reactor)
         except ConfigError as e:
             raise SystemExit(f"electric: {e}")
+        # LOG_FORMAT / LOG_LEVEL, written where twistd would write its log.
+        out = logs.twistd_output(getattr(options, "parent", None) or {})
+        if out is not None:
+            root.log_observer = logs.observer(config, out)
         root.exit_on_failure = True
         exit_zero_on_sigterm(reactor)
         return root

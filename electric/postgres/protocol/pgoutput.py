@@ -697,6 +697,20 @@ def decode(payload: bytes, in_stream: bool = False,
     if isinstance(payload, memoryview):
         payload = payload.tobytes()
     tag = payload[0]
+    if not in_stream:
+        # The messages of every transaction, without the general machinery
+        # (same checks, same results; anything unusual takes the long way).
+        size = len(payload)
+        if tag == 0x42 and size == 21:  # Begin
+            return Begin(*_BEGIN.unpack_from(payload, 1))
+        if tag == 0x43 and size == 26:  # Commit
+            flags, commit_lsn, end_lsn, ts = _COMMIT.unpack_from(payload, 1)
+            return Commit(commit_lsn, end_lsn, ts, flags)
+        if tag == 0x49 and size >= 8 and payload[5] == 0x4E:  # Insert ... 'N'
+            c = Cursor(payload, "pgoutput Insert message", 6, PgoutputError)
+            new = _tuple_data(c)
+            c.end()
+            return Insert(U32.unpack_from(payload, 1)[0], new)
     entry = _DECODERS.get(tag)
     if entry is None:
         raise PgoutputError(

@@ -276,13 +276,13 @@ class ApplyFailureMonitor(service.Service):
             if isinstance(ev, Recovered):
                 failure = self.failures.pop(ev.origin, None)
                 if failure is not None:
-                    log.info("connector {origin}: its subscription got past hub position {pos}: applying again",
-                             origin=ev.origin, pos=ev.position)
+                    log.info("its subscription got past hub position {pos}: applying again",
+                             connector=ev.origin, pos=ev.position)
             elif isinstance(ev, Suspect) and self.running and ev.origin not in self._diagnosing:
                 d = defer.ensureDeferred(self._diagnose(ev))
                 self._diagnosing[ev.origin] = d
                 d.addErrback(lambda f, o=ev.origin: None if f.check(defer.CancelledError) else log.failure(
-                    "connector {origin}: diagnosing an apply failure failed", f, origin=o))
+                    "diagnosing an apply failure failed", f, connector=o))
                 d.addBoth(lambda _, o=ev.origin: self._diagnosing.pop(o, None) and None)
 
     # -- diagnosis --------------------------------------------------------------------------
@@ -339,9 +339,9 @@ class ApplyFailureMonitor(service.Service):
         if result is None or not result.failed:
             self.counters["inconclusive"] += 1
             self.detector.inconclusive(origin, ev.position)
-            log.warn("connector {origin}: its subscription stopped {n} times on hub position {pos}, but replaying"
+            log.warn("its subscription stopped {n} times on hub position {pos}, but replaying"
                      " that transaction raised no error ({why}); watching on",
-                     origin=origin, n=ev.attempts, pos=ev.position,
+                     connector=origin, n=ev.attempts, pos=ev.position,
                      why=why if result is None else f"{result.changes} changes replayed")
             return
         failure.failed = list(result.failed)
@@ -351,10 +351,10 @@ class ApplyFailureMonitor(service.Service):
         self.failed_by_origin[origin] = self.failed_by_origin.get(origin, 0) + 1
         first = result.failed[0]
         log.error(
-            "connector {origin}: its apply worker fails on the transaction at hub position {pos} (LSN {lsn},"
+            "its apply worker fails on the transaction at hub position {pos} (LSN {lsn},"
             " from {txn_origin}), sent {n} times: {what}: {error}{more}. It stops this database's replication:"
-            " fix the database and it goes on, or set the change aside: POST /api/quarantine/{origin}",
-            origin=origin, pos=ev.position, lsn=failure.lsn, txn_origin=failure.txn_origin, n=ev.attempts,
+            " fix the database and it goes on, or set the change aside: POST /api/quarantine/{connector}",
+            connector=origin, pos=ev.position, lsn=failure.lsn, txn_origin=failure.txn_origin, n=ev.attempts,
             what=(f"{first.schema}.{first.table} key {list(first.key)}" if first.op != "commit" else "at commit"),
             error=first.message + (f" ({first.detail})" if first.detail else ""),
             more=f" (and {result.failed_total - 1} more changes)" if result.failed_total > 1 else "")
@@ -439,8 +439,8 @@ class ApplyFailureMonitor(service.Service):
                                      "delete" if f.op == "delete" else "upsert", dict(f.row), f.error_json()))
             self.detector.again(origin)
             if failure.failed_total > len(failure.failed):
-                log.warn("connector {origin}: {n} more failing changes at position {pos} than the diagnosis kept;"
-                         " they will be diagnosed next", origin=origin, n=failure.failed_total - len(failure.failed),
+                log.warn("{n} more failing changes at position {pos} than the diagnosis kept;"
+                         " they will be diagnosed next", connector=origin, n=failure.failed_total - len(failure.failed),
                          pos=failure.position)
             return out
         if schema is None or table is None or key is None:
@@ -487,9 +487,9 @@ class ApplyFailureMonitor(service.Service):
         entry = self.quarantine.add(origin, position, schema, table, key, op, row, txn_origin, txn_origin_id, ts,
                                     error)
         self.counters["quarantined"] += 1
-        log.warn("connector {origin}: change set aside (quarantine entry {id}): hub position {pos} {schema}.{table}"
+        log.warn("change set aside (quarantine entry {id}): hub position {pos} {schema}.{table}"
                  " key {key}; the rest of the transaction and everything after it go on",
-                 origin=origin, id=entry.id, pos=position, schema=schema, table=table, key=list(key))
+                 connector=origin, id=entry.id, pos=position, schema=schema, table=table, key=list(key))
         return entry.to_json()
 
     async def resend(self, origin: str, ids: Optional[Iterable[int]] = None) -> dict:
@@ -522,6 +522,6 @@ class ApplyFailureMonitor(service.Service):
             raise QuarantineError(f"the hub did not take the re-send: {e}", 503)
         self.quarantine.mark_resent([e.id for e in entries], resolved.position)
         self.counters["resent"] += len(entries)
-        log.info("connector {origin}: re-sent {n} set-aside rows at hub position {pos} (quarantine entries {ids})",
-                 origin=origin, n=len(rows), pos=resolved.position, ids=[e.id for e in entries])
+        log.info("re-sent {n} set-aside rows at hub position {pos} (quarantine entries {ids})",
+                 connector=origin, n=len(rows), pos=resolved.position, ids=[e.id for e in entries])
         return {"resent": [e.id for e in entries], "position": resolved.position}

@@ -33,7 +33,10 @@ out when the hub decided the database holds it already
 (see `electric.postgres.echo`).  A transaction left out whole produces no
 frames, like one that concerns no table of this database: `wal_end` still
 moves past it, so the next keepalive reports it and the subscriber confirms
-it (its flush position, and so the hub's ack for it, moves on).
+it (its flush position, and so the hub's ack for it, moves on).  The
+change messages shared between streams (`PayloadCache`) are kept per
+change, so leaving a row out for its origin changes nothing for the other
+subscribers: they still get, and share, every row's bytes.
 
 Pure: no sockets, no reactor.  Frames are produced lazily so a big item is
 written under flow control without building its frames in memory.
@@ -42,6 +45,7 @@ written under flow control without building its frames in memory.
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import AbstractSet, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from electric.hub import positions
@@ -68,7 +72,7 @@ def _xlog(start: int, now: int, payload: bytes) -> bytes:
 class _Shape:
     """What this connection told the subscriber about one table."""
 
-    __slots__ = ("table", "relation_id", "columns", "key_index", "message", "insert_head", "delete_head")
+    __slots__ = ("table", "relation_id", "columns", "key_index", "message", "insert_head", "delete_head", "signature")
 
     def __init__(self, table: Table, relation_id: int):
         self.table = table
@@ -78,6 +82,9 @@ class _Shape:
         self.key_index = [i for i, name in enumerate(self.columns) if name in keys]
         self.insert_head = b"I" + _REL.pack(relation_id) + b"N"
         self.delete_head = b"D" + _REL.pack(relation_id) + b"K"
+        # Everything a change message depends on besides the change: equal
+        # signatures, equal bytes (whichever subscriber they go to).
+        self.signature = (relation_id, self.columns, tuple(self.key_index))
         self.message = pgoutput.Relation(
             relation_id=relation_id,
             namespace=table.schema,
@@ -88,6 +95,46 @@ class _Shape:
                 for c in table.columns
             ),
         )
+
+
+class PayloadCache:
+    """
+    Change messages (Insert/Delete) of the items being sent, shared by every
+    port-5433 stream: the subscribers whose databases define a table alike
+    get the same bytes, encoded once; only the XLogData headers (LSNs, send
+    time) are each stream's own.  Keyed by the item object, which the hub's
+    in-memory tail hands to every subscriber; an entry goes when its item is
+    freed, so the cache holds no more than what the items are kept for.
+    """
+
+    def __init__(self):
+        self._items: Dict[int, Tuple[weakref.ref, Dict]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def for_item(self, rt: ResolvedTransaction) -> Dict:
+        """signature -> list of the item's change messages (None until encoded)."""
+        key = id(rt)
+        entry = self._items.get(key)
+        if entry is not None and entry[0]() is rt:
+            return entry[1]
+        payloads: Dict = {}
+        self._items[key] = (weakref.ref(rt, lambda _ref, key=key, items=self._items: items.pop(key, None)), payloads)
+        return payloads
+
+    def __len__(self):
+        return len(self._items)
+
+
+def _payload(shape: "_Shape", change) -> bytes:
+    row = change.row
+    if change.deleted:
+        key = [None] * len(shape.columns)
+        for k in shape.key_index:
+            key[k] = _value(row, shape.columns[k])
+        return shape.delete_head + encode_tuple(key)
+    get = row.get
+    return shape.insert_head + encode_tuple([None if v is UNCHANGED else v for v in (get(c) for c in shape.columns)])
 
 
 def _value(row, name):
@@ -120,8 +167,10 @@ class OutboundEncoder:
 
     def __init__(self, registry: SchemaRegistry, origin: str, base: int, start_position: int = 0,
                  clock=pg_now, set_aside: Optional[Mapping[int, AbstractSet[tuple]]] = None,
+                 payloads: Optional[PayloadCache] = None,
                  echo_marker: Optional[Callable[[], Optional[str]]] = None):
         self.registry = registry
+        self.payloads = payloads
         # Changes an operator set aside for this database (the quarantine):
         # position -> {(schema, table, key)}, read live, never sent.
         self.set_aside = set_aside if set_aside is not None else {}
@@ -181,15 +230,26 @@ class OutboundEncoder:
         i = o.changes
         aside = self.set_aside.get(rt.position) if self.set_aside else None
         marker = self.echo_marker() if self.echo_marker is not None and rt.origin == self.origin else None
-        for change in rt.changes:
+        shapes: Dict[Tuple[str, str], Optional[_Shape]] = {}  # looked up once per table per item
+        shared = self.payloads.for_item(rt) if self.payloads is not None else None
+        changes = rt.changes
+        for index, change in enumerate(changes):
             if aside and (change.schema, change.table, tuple(change.key)) in aside:
                 # Before _shape: a Relation is sent with the table's first change actually sent.
                 self.set_aside_changes += 1
                 continue
             if marker is not None and change.origin_holds == marker:
+                # Before the shared payloads: they are per change (index), so the
+                # rows this stream leaves out are neither encoded nor read here,
+                # and every other subscriber still gets them.
                 self.changes_not_echoed += 1
                 continue
-            shape, fresh = self._shape(change.schema, change.table)
+            table = (change.schema, change.table)
+            if table in shapes:
+                shape, fresh = shapes[table], False
+            else:
+                shape, fresh = self._shape(*table)
+                shapes[table] = shape
             if shape is None:
                 self.skipped_changes += 1
                 continue
@@ -201,16 +261,18 @@ class OutboundEncoder:
                 yield _xlog(begin_lsn, now, pgoutput.Begin(commit_lsn, o.timestamp, xid).encode())
             if fresh:
                 yield _xlog(0, now, shape.message.encode())
-            row = change.row
-            if change.deleted:
-                key = [None] * len(shape.columns)
-                for k in shape.key_index:
-                    key[k] = _value(row, shape.columns[k])
-                payload = shape.delete_head + encode_tuple(key)
+            if shared is None:
+                payload = _payload(shape, change)
             else:
-                get = row.get
-                payload = shape.insert_head + encode_tuple([
-                    None if v is UNCHANGED else v for v in (get(c) for c in shape.columns)])
+                encoded = shared.get(shape.signature)
+                if encoded is None:
+                    encoded = shared[shape.signature] = [None] * len(changes)
+                payload = encoded[index]
+                if payload is None:
+                    payload = encoded[index] = _payload(shape, change)
+                    self.payloads.misses += 1
+                else:
+                    self.payloads.hits += 1
             lsn = begin_lsn + i if begin_lsn + i < commit_lsn else commit_lsn
             i += 1
             o.changes = i

@@ -31,7 +31,7 @@ from typing import Deque, Dict, Iterator, List, Optional
 from twisted.application import service
 from twisted.internet import defer, protocol, task
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from electric.hub import positions
@@ -39,6 +39,7 @@ from electric.hub.interface import CHUNK_CHANGES
 from electric.hub.interface import HubError, SubscriptionClosed
 from electric.postgres.publisher import catalog_answers as ca
 from electric.listener import Listener
+from electric.logs import bind
 from electric.postgres.protocol.messages import ErrorResponse
 from electric.postgres.publisher.session import (
     AUTH,
@@ -60,7 +61,7 @@ from electric.postgres.publisher.session import (
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
 from electric.postgres.echo import EchoLedger
-from electric.postgres.publisher.outbound import OutboundEncoder
+from electric.postgres.publisher.outbound import OutboundEncoder, PayloadCache
 from electric.metrics import seconds_since
 
 log = Logger(namespace="electric.postgres.publisher.service")
@@ -155,6 +156,7 @@ class ReplicationStream:
         self.conn = conn
         self.slot = slot
         self.origin = slot.origin
+        self.log = bind(log, slot=slot.name, connector=slot.origin, peer=getattr(conn, "peer", None))
         self.base = base
         self.start_position = start
         self.durable = durable
@@ -167,7 +169,7 @@ class ReplicationStream:
         monitor = publisher.apply_monitor
         self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start,
                                        set_aside=monitor.set_aside(slot.origin) if monitor is not None else None,
-                                       echo_marker=marker)
+                                       payloads=publisher.payloads, echo_marker=marker)
         self.by_electric = False  # Electric ended it (shutdown, timeout, hub failure): proves nothing about applying
         self.acked = start
         self.paused = False
@@ -214,8 +216,7 @@ class ReplicationStream:
             self._sub.close()
         self._frames = None
         self._batch.clear()
-        log.info("slot {slot} ({origin}): stream stopped at position {pos}: {reason}",
-                 slot=self.slot.name, origin=self.origin, pos=self.encoder.position, reason=reason)
+        self.log.info("stream stopped at position {pos}: {reason}", pos=self.encoder.position, reason=reason)
         monitor = self.publisher.apply_monitor
         if self.durable and monitor is not None:
             monitor.stream_ended(self.origin, self.start_position, self.encoder.first_sent, self.acked,
@@ -249,7 +250,7 @@ class ReplicationStream:
                 try:
                     self.publisher.hub.ack(hub_consumer(self.origin), pos)
                 except HubError as e:
-                    log.warn("slot {slot}: hub refused ack: {e}", slot=self.slot.name, e=e)
+                    self.log.warn("hub refused ack: {e}", e=e)
                 if self.publisher.apply_monitor is not None:
                     self.publisher.apply_monitor.acked(self.origin, pos)
         if update.reply_requested and not self.stopped:
@@ -262,8 +263,7 @@ class ReplicationStream:
         timeout = self.publisher.sender_timeout
         if timeout and idle > timeout:
             self.publisher.count("sender_timeouts")
-            log.warn("slot {slot} ({origin}): no reply from the subscriber for {idle:.0f} s; closing",
-                     slot=self.slot.name, origin=self.origin, idle=idle)
+            self.log.warn("no reply from the subscriber for {idle:.0f} s; closing", idle=idle)
             self.conn.abandon("terminating walsender process due to replication timeout")
             return
         self._write(self.encoder.keepalive(bool(timeout) and idle > timeout / 2))
@@ -294,8 +294,8 @@ class ReplicationStream:
                     except Exception as e:
                         # A row we cannot encode must not wedge the stream silently:
                         # say which transaction, drop the connection (the subscriber retries).
-                        log.failure("slot {slot}: cannot encode the transaction after position {pos}",
-                                    slot=self.slot.name, pos=self.encoder.position)
+                        self.log.failure("cannot encode the transaction after position {pos}",
+                                         pos=self.encoder.position, level=LogLevel.error)
                         self.publisher.count("encode_failures")
                         self.conn.abandon(f"cannot encode the transaction after hub position"
                                           f" {self.encoder.position}: {e}")
@@ -341,7 +341,7 @@ class ReplicationStream:
         if failure.check(SubscriptionClosed):
             reason = "Electric's hub is shutting down"
         else:
-            log.failure("slot {slot}: hub subscription failed", failure, slot=self.slot.name)
+            self.log.failure("hub subscription failed", failure, level=LogLevel.error)
             reason = f"Electric's hub failed: {failure.getErrorMessage()}"
         self.conn.abandon(reason)
 
@@ -378,7 +378,8 @@ class _CopyPump:
     reading costs one chunk.
     """
 
-    def __init__(self, conn: "PublisherProtocol", reader, describe: str):
+    def __init__(self, conn: "PublisherProtocol", reader, describe: str, logger=None):
+        self.log = logger if logger is not None else log
         self.conn = conn
         self.reader = reader
         self.describe = describe
@@ -414,7 +415,7 @@ class _CopyPump:
             return
         if not rows:
             self._finish()
-            log.info("{what}: {n} rows copied", what=self.describe, n=self.rows)
+            self.log.info("{what}: {n} rows copied", what=self.describe, n=self.rows)
             self.conn.run(self.conn.session.copy_end())
             self.conn.run(self.conn.session.resume())
             return
@@ -427,7 +428,7 @@ class _CopyPump:
         if self.done:
             return
         self._finish()
-        log.failure("{what} failed", failure, what=self.describe)
+        self.log.failure("{what} failed", failure, what=self.describe, level=LogLevel.error)
         self.conn.run(self.conn.session.command_failed(
             "55000", f"could not read the hub's rows: {failure.getErrorMessage()}"))
 
@@ -451,6 +452,7 @@ class PublisherProtocol(protocol.Protocol):
         self.stream: Optional[ReplicationStream] = None
         self.copy_writer: Optional[_CopyPump] = None
         self.peer = ""
+        self.log = log
         self.paused = False  # the transport's buffer is full
         self._waiting_login = False  # counted in publisher.unauthenticated
         self._auth_timer = None
@@ -461,6 +463,7 @@ class PublisherProtocol(protocol.Protocol):
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.log = bind(log, peer=self.peer)
         if hasattr(self.transport, "setTcpKeepAlive"):
             self.transport.setTcpKeepAlive(True)
         self.transport.registerProducer(self, True)
@@ -468,8 +471,8 @@ class PublisherProtocol(protocol.Protocol):
         if self.publisher.unauthenticated >= self.publisher.max_unauthenticated:
             # As Postgres past max_connections: refuse at once, before reading anything.
             self.publisher.count("too_many_unauthenticated")
-            log.warn("5433 connection from {peer} refused: {n} connections are already waiting to log in",
-                     peer=self.peer, n=self.publisher.unauthenticated)
+            self.log.warn("5433 connection refused: {n} connections are already waiting to log in",
+                          n=self.publisher.unauthenticated)
             self._closed = True
             self.transport.write(ErrorResponse.build(
                 "FATAL", "53300", f"too many connections waiting to log in to Electric's port 5433 (at most"
@@ -530,13 +533,16 @@ class PublisherProtocol(protocol.Protocol):
                 self.run(self.session.tls_started())
             elif isinstance(action, LoginFailed):
                 self.publisher.count("failed_logins")
-                log.warn("5433 login failed from {peer}: user {user!r}: {reason}",
-                         peer=self.peer, user=action.user[:80], reason=action.reason)
+                self.log.warn("5433 login failed: user {user!r}: {reason}",
+                              user=action.user[:80], reason=action.reason)
             elif isinstance(action, Authenticated):
                 self._cancel_auth_timer()
                 self._leave_unauthenticated()
-                log.info("5433 connection from {peer}: user {user} application {app} authenticated",
-                         peer=self.peer, user=action.user, app=action.application_name)
+                self.log = self.log.bind(connector=self.session.origin)
+                # A table-sync worker connects once per table: chatter next to its apply worker's.
+                self.log.emit(LogLevel.debug if self.session.is_sync_worker else LogLevel.info,
+                              "5433 connection: user {user} application {app} authenticated",
+                              user=action.user, app=action.application_name)
             elif isinstance(action, CreateSlotRequest):
                 self._create_slot(action.command)
             elif isinstance(action, CopyRequest):
@@ -579,8 +585,7 @@ class PublisherProtocol(protocol.Protocol):
         self._auth_timer = None
         if self.session.state in (STARTUP, AUTH):
             self.publisher.count("auth_timeouts")
-            log.warn("5433 connection from {peer}: no authentication within {t} s; closing",
-                     peer=self.peer, t=self.publisher.auth_timeout)
+            self.log.warn("5433 connection: no authentication within {t} s; closing", t=self.publisher.auth_timeout)
             self.run(self.session.end_stream("08006", "canceling authentication due to timeout"))
 
     def _stop_stream(self, reason: str) -> None:
@@ -596,7 +601,7 @@ class PublisherProtocol(protocol.Protocol):
             self.run(self.session.command_failed(e.sqlstate, e.message))
             return
         except Exception as e:
-            log.failure("CREATE_REPLICATION_SLOT {name} failed", name=command.name)
+            self.log.failure("CREATE_REPLICATION_SLOT {slot} failed", slot=command.name, level=LogLevel.error)
             self.run(self.session.command_failed("55000", f"could not create replication slot: {e}"))
             return
         self.run(self.session.slot_created(command.name, lsn, command.snapshot == "use"))
@@ -609,13 +614,14 @@ class PublisherProtocol(protocol.Protocol):
             if self._closed:
                 reader.close()
                 return
-            what = f"slot {action.slot} ({self.session.origin}): COPY {cmd.schema}.{cmd.table}"
-            self.copy_writer = _CopyPump(self, reader, what)
+            what = f"COPY {cmd.schema}.{cmd.table}"
+            self.copy_writer = _CopyPump(self, reader, what, self.log.bind(slot=action.slot))
             self.copy_writer.paused = self.paused
             self.copy_writer.start()
 
         def failed(f):
-            log.failure("COPY {schema}.{table} failed", f, schema=cmd.schema, table=cmd.table)
+            self.log.failure("COPY {schema}.{table} failed", f, schema=cmd.schema, table=cmd.table,
+                             slot=action.slot, level=LogLevel.error)
             if not self._closed:
                 self.run(self.session.command_failed("55000", f"could not read the hub's rows: {f.getErrorMessage()}"))
 
@@ -631,7 +637,7 @@ class PublisherProtocol(protocol.Protocol):
             self.run(self.session.command_failed("55000", f"Electric's hub is not available: {e}"))
             return
         except Exception as e:
-            log.failure("START_REPLICATION {slot} failed", slot=command.slot)
+            self.log.failure("START_REPLICATION {slot} failed", slot=command.slot, level=LogLevel.error)
             self.run(self.session.command_failed("XX000", f"could not start replication: {e}"))
             return
         self.stream = stream
@@ -644,6 +650,8 @@ class _Factory(protocol.Factory):
     def __init__(self, publisher: "PublisherService"):
         self.publisher = publisher
         self._pids = itertools.count(random.randint(10_000, 20_000))
+
+    noisy = False  # no "Starting factory" lines
 
     def buildProtocol(self, addr):
         return PublisherProtocol(self.publisher, next(self._pids), random.randint(1, 2**31 - 1))
@@ -673,6 +681,7 @@ class PublisherService(service.Service):
         self.config = config
         self.hub = hub
         self.registry = registry
+        self.payloads = PayloadCache()  # change messages shared by the streams (`outbound.PayloadCache`)
         self.credentials = credentials
         self.offsets = offsets
         self.reactor = reactor
@@ -759,11 +768,11 @@ class PublisherService(service.Service):
         """
         slot = self.slots.get(name)
         if (slot is not None and slot.origin != origin) or slot_refusal(origin, name, self.credentials.names):
-            log.warn("slot {name}: connector {origin} asked to drop a slot that is not its own; ignored",
-                     name=name[:80], origin=origin)
+            log.warn("connector {connector} asked to drop slot {slot}, which is not its own; ignored",
+                     slot=name[:80], connector=origin)
             return
         if slot is not None and slot.active is not None:
-            log.info("slot {name} ({origin}): drop requested while streaming; kept", name=name, origin=origin)
+            log.info("slot {slot}: drop requested while streaming; kept", slot=name, connector=origin)
             return
         self.slots.pop(name, None)
         apply_slot = (slot.durable if slot is not None else name == origin)
@@ -772,8 +781,10 @@ class PublisherService(service.Service):
             try:
                 self.hub.forget(hub_consumer(origin))
             except HubError as e:
-                log.warn("slot {name}: hub could not forget {origin}: {e}", name=name, origin=origin, e=e)
-        log.info("slot {name} ({origin}) dropped", name=name, origin=origin)
+                log.warn("slot {slot}: hub could not forget {connector}: {e}", slot=name, connector=origin, e=e)
+        # Table-sync slots come and go with every table a subscriber copies.
+        log.emit(LogLevel.info if name == origin else LogLevel.debug, "slot {slot} dropped", slot=name,
+                 connector=origin)
 
     # --- slots -------------------------------------------------------------------------
 
@@ -795,7 +806,7 @@ class PublisherService(service.Service):
                     " (drop unused table-sync slots)")
         if refusal is not None:
             self.count("refused_slots")
-            log.warn("slot {name}: refused for connector {origin}: {why}", name=name[:80], origin=origin,
+            log.warn("slot {slot}: refused for connector {connector}: {why}", slot=name[:80], connector=origin,
                      why=refusal.message)
             raise refusal
         return slot
@@ -811,8 +822,9 @@ class PublisherService(service.Service):
         if slot is None or slot.active is None:
             self.slots[command.name] = Slot(command.name, origin, position)
         lsn = positions.end_lsn(position, self.base_for(origin))
-        log.info("slot {name} ({origin}) created at {lsn} (position {pos})",
-                 name=command.name, origin=origin, lsn=format_lsn(lsn), pos=position)
+        log.emit(LogLevel.info if command.name == origin else LogLevel.debug,
+                 "slot {slot} created at {lsn} (position {pos})",
+                 slot=command.name, connector=origin, lsn=format_lsn(lsn), pos=position)
         return lsn
 
     def copy_snapshot(self, origin: str, slot_name: str, schema: str, table: str) -> defer.Deferred:
@@ -831,8 +843,8 @@ class PublisherService(service.Service):
             if slot is None:
                 slot = self.slots[slot_name] = Slot(slot_name, origin, reader.position)
             slot.confirmed = max(slot.confirmed, reader.position)
-            log.info("slot {slot} ({origin}): COPY {schema}.{table} as of position {pos}",
-                     slot=slot_name, origin=origin, schema=schema, table=table, pos=reader.position)
+            log.debug("COPY {schema}.{table} as of position {pos}",
+                      slot=slot_name, connector=origin, schema=schema, table=table, pos=reader.position)
             return reader
 
         return d.addCallback(taken)
@@ -867,9 +879,9 @@ class PublisherService(service.Service):
         if requested > head or stranger:
             new_base = positions.rebased(command.lsn, 0)
             log.warn(
-                "slot {slot} ({origin}) asks for {lsn}, which this hub never issued (head {head} = {head_lsn}{why});"
+                "slot {slot} ({connector}) asks for {lsn}, which this hub never issued (head {head} = {head_lsn}{why});"
                 " the hub's data was replaced: raising the LSN base to {base} and streaming from the start",
-                slot=command.slot, origin=origin, lsn=format_lsn(command.lsn), head=head,
+                slot=command.slot, connector=origin, peer=conn.peer, lsn=format_lsn(command.lsn), head=head,
                 head_lsn=format_lsn(positions.end_lsn(head, base)), base=format_lsn(new_base),
                 why="" if requested > head else ", and no subscriber of this origin ever streamed from it")
             self.offsets.set_slot_base(origin, new_base)
@@ -884,8 +896,8 @@ class PublisherService(service.Service):
         slot.active = conn
         slot.stream = stream
         slot.durable = slot.durable or durable
-        log.info("slot {slot} ({origin}) streaming from {lsn} (position {pos}) to {peer}",
-                 slot=command.slot, origin=origin, lsn=format_lsn(positions.end_lsn(start, base)),
+        log.info("slot {slot} streaming from {lsn} (position {pos}) to {peer}",
+                 slot=command.slot, connector=origin, lsn=format_lsn(positions.end_lsn(start, base)),
                  pos=start, peer=conn.peer)
         return stream
 

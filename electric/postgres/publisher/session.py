@@ -330,13 +330,13 @@ class Session:
 
     # --- errors -------------------------------------------------------------
 
-    def _fatal(self, sqlstate: str, message: str) -> list:
+    def _fatal(self, sqlstate: str, message: str, why: str = "protocol violation: ") -> list:
         self.state = CLOSED
         err = ErrorResponse.build("FATAL", sqlstate, message)
         out: list = []
         if self.stream is not None:
             self.stream = None
-            out.append(StreamStopped(f"protocol violation: {message}"))
+            out.append(StreamStopped(f"{why}{message}"))
         return out + [Send(err.encode()), Disconnect(f"FATAL {sqlstate}: {message}")]
 
     def _error(self, sqlstate: str, message: str) -> list:
@@ -600,8 +600,12 @@ class Session:
         return [StreamStopped("cancelled"), Send(err.encode() + ReadyForQuery("I").encode())] + self._flush_queue()
 
     def end_stream(self, sqlstate: str, message: str) -> list:
-        """The driver cannot go on streaming (hub closed, ...): FATAL and close, the subscriber retries."""
-        return self._fatal(sqlstate, message)
+        """
+        The driver cannot go on streaming (shutting down, hub closed, ...):
+        FATAL and close, the subscriber retries.  Our own decision, not the
+        subscriber's fault, so the stream stops without "protocol violation".
+        """
+        return self._fatal(sqlstate, message, why="")
 
     # --- COPY ---------------------------------------------------------------------
 

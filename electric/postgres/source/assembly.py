@@ -24,6 +24,10 @@ What is dropped, and why:
   ``electric`` is a user table and replicates;
 * changes to tables Electric skipped (no primary key, unsupported type),
   counted and logged at most once a minute per table;
+* changes to a table imported mid-stream from transactions committed
+  before its import's snapshot (``Begin.final_lsn`` below the table's
+  *horizon*, `set_horizons`): the import holds their effect already
+  (`electric.postgres.source.importer`);
 * empty transactions (nothing for the hub; still acknowledged in order).
 
 What the database had applied of Electric's stream: each transaction
@@ -54,7 +58,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from twisted.logger import Logger
 
 from electric.hub import changes as hubchanges
-from electric.hub.interface import CHUNK_CHANGES, RowChange, Transaction
+from electric.hub.interface import CHUNK_CHANGES, UPSERT, RowChange, Transaction
 from electric.hub.changes import MissingKey
 from electric.postgres.protocol import pgoutput as po
 from electric.postgres.protocol.lsn import format_lsn, pg_to_unix_us
@@ -133,6 +137,10 @@ class _Rel:
     table: Optional[Table] = None  # None: skipped (see reason) or bookkeeping
     skipped: Optional[str] = None
     bookkeeping: bool = False
+    names: Tuple[str, ...] = ()  # the relation's column names, once (every row needs them)
+
+    def __post_init__(self):
+        self.names = self.relation.column_names
 
 
 @dataclass
@@ -182,6 +190,15 @@ class TransactionAssembler:
         self._skip_logged: Dict[Tuple[str, str], float] = {}
         self.dropped_changes: Dict[Tuple[str, str], int] = {}
         self.pending: Optional[NeedTable] = None
+        self._horizons: Dict[Tuple[str, str], int] = {}
+        self.before_horizon = 0
+
+    def set_horizons(self, horizons: Dict[Tuple[str, str], int]) -> None:
+        """
+        (schema, table) -> consistent point of that table's mid-stream
+        import: its changes in transactions committed before it are dropped.
+        """
+        self._horizons = dict(horizons)
 
     def set_subscription_oid(self, oid: Optional[int]) -> None:
         apply_origin = None if oid is None else f"pg_{int(oid)}"
@@ -212,6 +229,11 @@ class TransactionAssembler:
         """
         if self.pending is not None:
             raise InboundError("fed while waiting for a table lookup")
+        kind = type(msg)
+        if kind is po.Insert:  # the common cases first, without the cascade below
+            return self._insert(msg)
+        if kind is po.Commit:
+            return self._commit(msg)
         if isinstance(msg, po.Begin):
             if self._open is not None:
                 raise InboundError(f"Begin of xid {msg.xid} inside an open transaction")
@@ -277,6 +299,30 @@ class TransactionAssembler:
             return self._chunk(tx, force=True)
         raise InboundError(f"unexpected pgoutput message {type(msg).__name__} (proto_version 1 stream)")
 
+    def _insert(self, msg: po.Insert):
+        tx = self._open
+        if tx is None:
+            raise InboundError("Insert outside a transaction")
+        if tx.drop is not None:
+            return None
+        rel = self._relations.get(msg.relation_id)
+        if rel is None:
+            rel = self._rel(msg.relation_id)
+        if (rel.table is None or rel.bookkeeping or self._horizons) and not self._usable(rel, tx):
+            return None  # skipped, bookkeeping, or before its table's import horizon
+        values = msg.new
+        names = rel.names
+        if len(values) != len(names):
+            self._record(rel, values)  # raises, naming the table
+        record = dict(zip(names, values))
+        table = rel.table
+        # Through `_add` like every other change (whatever it checks or counts per change applies here too).
+        self._add(tx, rel, lambda: (
+            hubchanges.row_change(table.schema, table.name, UPSERT, hubchanges.key_of(table, record), record),))
+        if len(tx.changes) > self.chunk:
+            return self._chunk(tx)
+        return None
+
     def table_resolved(self, table: Optional[Table], skipped: Optional[str]) -> None:
         """Answer to `NeedTable`: the table as the catalog has it, or why it is skipped."""
         need, self.pending = self.pending, None
@@ -327,6 +373,11 @@ class TransactionAssembler:
         if rel.table is None:
             self._count_skipped(rel)
             return False
+        if self._horizons:
+            horizon = self._horizons.get((rel.relation.namespace, rel.relation.name))
+            if horizon is not None and tx.begin.final_lsn < horizon:
+                self.before_horizon += 1
+                return False
         return True
 
     def _chunk(self, tx: _Open, force: bool = False) -> Optional[Chunk]:
@@ -345,13 +396,13 @@ class TransactionAssembler:
             tx.changes.extend(build())
         except MissingKey as e:
             # Nothing can key this row in the hub; say so loudly, keep going.
-            log.error("connector {origin}: dropped a change to {schema}.{table}: {error}", origin=self.origin,
+            log.error("dropped a change to {schema}.{table}: {error}", connector=self.origin,
                       schema=rel.relation.namespace, table=rel.relation.name, error=str(e))
             self._count_dropped(rel)
 
     @staticmethod
     def _record(rel: _Rel, values) -> Dict[str, object]:
-        names = rel.relation.column_names
+        names = rel.names
         if len(values) != len(names):
             raise InboundError(
                 f"tuple of {len(values)} columns for {rel.relation.namespace}.{rel.relation.name}, "
@@ -381,8 +432,8 @@ class TransactionAssembler:
         last = self._skip_logged.get(key)
         if last is None or now - last >= self._skip_interval:
             log.warn(
-                "connector {origin}: dropped {count} change(s) to skipped table {schema}.{table} ({reason})",
-                origin=self.origin, count=self._skip_counts[key], schema=key[0], table=key[1], reason=rel.skipped,
+                "dropped {count} change(s) to skipped table {schema}.{table} ({reason})",
+                connector=self.origin, count=self._skip_counts[key], schema=key[0], table=key[1], reason=rel.skipped,
             )
             self._skip_logged[key] = now
             self._skip_counts[key] = 0

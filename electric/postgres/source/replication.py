@@ -37,6 +37,7 @@ from electric.postgres.source.session import (
     Keepalive,
     ReplicationSession,
     Send,
+    SlotCreated,
     StartTLS,
     Streaming,
 )
@@ -74,14 +75,16 @@ class ReplicationClient(protocol.Protocol):
 
     def __init__(self, user: str, password: str, database: str, slot: str, publication: str,
                  consumer, label: str = "", clock=pg_now, tls: TLSSettings = TLSSettings(),
-                 session: Optional[ReplicationSession] = None, tls_home: Optional[str] = None):
+                 session: Optional[ReplicationSession] = None, tls_home: Optional[str] = None,
+                 create_slot: bool = False, temporary: bool = False):
         self.consumer = consumer
         self.label = label or database
         self.host = ""
         self.tls_home = tls_home
         self.session = session or ReplicationSession(
             user, password, database, slot, publication,
-            application_name=f"electric_{self.label}", tls=tls, clock=clock)
+            application_name=f"electric_{self.label}", tls=tls, clock=clock,
+            create_slot=create_slot, temporary=temporary)
         self.started: defer.Deferred = defer.Deferred()
         self.done: defer.Deferred = defer.Deferred()
         self._tls: Optional[ClientTLS] = None
@@ -116,6 +119,11 @@ class ReplicationClient(protocol.Protocol):
     @property
     def encrypted(self) -> bool:
         return self.session.encrypted
+
+    @property
+    def created(self) -> Optional[SlotCreated]:
+        """The slot this connection created (consistent point, exported snapshot), if it was asked to."""
+        return self.session.created
 
     def next_attempt(self) -> Optional["ReplicationClient"]:
         """A client for libpq's second try (prefer/allow), or None; see `ReplicationSession.next_attempt`."""
@@ -164,6 +172,10 @@ class ReplicationClient(protocol.Protocol):
         """Report `flushed` (and everything received so far as written)."""
         self._run(self.session.report(flushed, force=True))
 
+    def start_streaming(self) -> None:
+        """A connection that created its slot holds until this: START_REPLICATION now."""
+        self._run(self.session.start_streaming())
+
     def pause(self) -> None:
         if not self._paused and self.transport is not None and self.state != CLOSED:
             self._paused = True
@@ -182,11 +194,16 @@ class ReplicationClient(protocol.Protocol):
     # -- running the session's actions --
 
     def _run(self, actions) -> None:
+        session = self.session
         for action in actions:
             try:
+                if type(action) is Deliver:  # nearly every action while streaming
+                    if session.state not in (FAILED, CLOSED):
+                        self.consumer.xlog_data(*action)
+                    continue
                 self._do(action)
             except Exception as e:  # a consumer bug must not wedge the stream
-                log.failure("replication {label}: failed handling {kind}", label=self.label,
+                log.failure("replication stream: failed handling {kind}", connector=self.label,
                             kind=type(action).__name__)
                 self._run(self.session.close(f"internal error: {e}"))
                 return
@@ -204,6 +221,11 @@ class ReplicationClient(protocol.Protocol):
                 self._run(self.session.report(flushed, force=action.reply_requested))
         elif isinstance(action, Streaming):
             self.consumer.stream_started(self)
+            if not self.started.called:
+                self.started.callback(self)
+        elif isinstance(action, SlotCreated):
+            # `started` means "connected and ready for the caller": here,
+            # holding the exported snapshot until `start_streaming`.
             if not self.started.called:
                 self.started.callback(self)
         elif isinstance(action, StartTLS):
@@ -259,8 +281,8 @@ async def _connect(reactor, host: str, port: int, client: ReplicationClient, tim
                 if client.session.state != NEW:
                     text += f" (sslmode={client.tls.mode})"
                 raise ReplicationError(text) from None
-            log.info("replication {label}: {how} failed ({error}); trying {next} as sslmode={mode} does",
-                     label=client.label, how="TLS" if client.session.use_tls else "connecting without TLS",
+            log.info("replication stream: {how} failed ({error}); trying {next} as sslmode={mode} does",
+                     connector=client.label, how="TLS" if client.session.use_tls else "connecting without TLS",
                      error=str(e), next="without TLS" if not retry.session.use_tls else "with TLS",
                      mode=client.tls.mode)
             earlier = f"{text}; then {'with' if retry.session.use_tls else 'without'} TLS: "

@@ -18,6 +18,7 @@ States::
            │              └────────────────────────────────────────────────────┤
            └──(this attempt without TLS)───────────────────────────────────────┘
     auth ──AuthenticationOk … ReadyForQuery──▶ identify ──ReadyForQuery──▶ start
+    identify ──ReadyForQuery (create_slot)──▶ create ──ReadyForQuery──▶ hold ──start_streaming()──▶ start
     start ──CopyBothResponse──▶ streaming
     any ──ErrorResponse, protocol error, refused TLS, close()──▶ failed
     any ──connection_lost()──▶ closed
@@ -26,16 +27,26 @@ A session is one TCP connection.  libpq makes a second one in two modes —
 ``prefer`` retries without TLS, ``allow`` with TLS, when the first attempt
 fails before the login completes — and `next_attempt()` gives the session
 for it.
+
+With ``create_slot`` the session first creates the slot with
+``CREATE_REPLICATION_SLOT ... LOGICAL pgoutput (SNAPSHOT 'export')`` and
+reports `SlotCreated` (its consistent point and the exported snapshot's
+name), then holds: the snapshot stays importable exactly as long as this
+connection runs no other command, so the caller imports it into its own
+transaction (``SET TRANSACTION SNAPSHOT``) and only then calls
+`start_streaming` -- or `close`, for a ``temporary`` slot taken only for its
+snapshot.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+import struct
+from typing import Callable, List, NamedTuple, Optional
 
 from electric.postgres.protocol import auth
 from electric.postgres.protocol.cursor import ProtocolError
-from electric.postgres.protocol.lsn import pg_now
+from electric.postgres.protocol.lsn import parse_lsn, pg_now
 from electric.postgres.protocol.messages import (
     Authentication,
     BackendKeyData,
@@ -60,6 +71,7 @@ from electric.postgres.tls import TLSSettings
 
 NEW, TLS_REQUEST, TLS_HANDSHAKE = "new", "tls-request", "tls-handshake"
 AUTH, IDENTIFY, START, STREAMING = "auth", "identify", "start", "streaming"
+CREATE, HOLD = "create", "hold"
 FAILED, CLOSED = "failed", "closed"
 
 MAX_MESSAGE_SIZE = (1 << 30) + 1024
@@ -87,8 +99,25 @@ class Streaming:
 
 
 @dataclass(frozen=True)
-class Deliver:
-    """One XLogData: a pgoutput message ending at WAL position `wal_end`."""
+class SlotCreated:
+    """
+    CREATE_REPLICATION_SLOT answered: the slot's `consistent_point` (the
+    first WAL position its stream will send, and the point the exported
+    `snapshot` shows the database at).  The session now holds until
+    `start_streaming()` or `close()`.
+    """
+
+    slot: str
+    consistent_point: int
+    snapshot: str
+
+
+class Deliver(NamedTuple):
+    """
+    One XLogData: a pgoutput message ending at WAL position `wal_end`.  A
+    tuple, not a dataclass: there is one per WAL record, and building it
+    must cost next to nothing.
+    """
 
     wal_start: int
     wal_end: int
@@ -114,10 +143,21 @@ class Fail:
     reason: str
 
 
+_XLOG_HEAD = struct.Struct("!QQ")  # wal_start, wal_end after the 'w' (then the send time)
+_XLOG_MIN = 1 + 8 + 8 + 8
+_new_deliver = tuple.__new__
+
+
 def start_replication_command(slot: str, publication: str, proto_version: int = 1) -> str:
     pub = publication.replace("'", "''")
     return (f"START_REPLICATION SLOT {slot} LOGICAL 0/0 "
             f"(proto_version '{proto_version}', publication_names '{pub}')")
+
+
+def create_slot_command(slot: str, temporary: bool = False) -> str:
+    """PG15 syntax; the slot name is Postgres's [a-z0-9_]{1,63}, quoted anyway."""
+    temp = " TEMPORARY" if temporary else ""
+    return f'CREATE_REPLICATION_SLOT "{slot}"{temp} LOGICAL pgoutput (SNAPSHOT \'export\')'
 
 
 def server_error_text(msg: ErrorResponse) -> str:
@@ -139,8 +179,12 @@ class ReplicationSession:
 
     def __init__(self, user: str, password: Optional[str], database: str, slot: str, publication: str,
                  *, application_name: str = "", tls: TLSSettings = TLSSettings(), attempt: int = 0,
-                 clock: Callable[[], int] = pg_now, max_message_size: int = MAX_MESSAGE_SIZE):
+                 clock: Callable[[], int] = pg_now, max_message_size: int = MAX_MESSAGE_SIZE,
+                 create_slot: bool = False, temporary: bool = False):
         self.user = user
+        self.create_slot = create_slot
+        self.temporary = temporary
+        self.created: Optional[SlotCreated] = None
         self.password = password
         self.database = database
         self.slot = slot
@@ -175,6 +219,8 @@ class ReplicationSession:
 
     def feed(self, data: bytes) -> list:
         """Bytes from the server (decrypted, once TLS is up) → actions."""
+        if self.state == STREAMING:
+            return self._feed_stream(data)
         if self.state in (FAILED, CLOSED, NEW):
             return []
         try:
@@ -264,7 +310,8 @@ class ReplicationSession:
         return ReplicationSession(
             self.user, self.password, self.database, self.slot, self.publication,
             application_name=self.application_name, tls=self.tls, attempt=self.attempt + 1,
-            clock=self._clock, max_message_size=self._max_message_size)
+            clock=self._clock, max_message_size=self._max_message_size,
+            create_slot=self.create_slot, temporary=self.temporary)
 
     # --- internals ---------------------------------------------------------------------
 
@@ -300,11 +347,16 @@ class ReplicationSession:
                 self.system = tuple(msg.texts())
                 return []
             if isinstance(msg, ReadyForQuery):
+                if self.create_slot:
+                    self.state = CREATE
+                    return self._query(create_slot_command(self.slot, self.temporary))
                 self.state = START
                 return self._query(start_replication_command(self.slot, self.publication))
             if isinstance(msg, (RowDescription, CommandComplete)):
                 return []
             raise ProtocolError(f"unexpected {type(msg).__name__} after IDENTIFY_SYSTEM")
+        if state == CREATE:
+            return self._creating(msg)
         if state == START:
             if isinstance(msg, CopyBothResponse):
                 self.state = STREAMING
@@ -315,6 +367,33 @@ class ReplicationSession:
         if state == STREAMING:
             return self._stream(msg)
         raise ProtocolError(f"unexpected {type(msg).__name__} while {state}")
+
+    def _creating(self, msg) -> list:
+        if isinstance(msg, DataRow):
+            row = msg.texts()
+            if len(row) < 3 or row[1] is None or row[2] is None:
+                raise ProtocolError(f"CREATE_REPLICATION_SLOT answered {row!r}, without a consistent point and snapshot")
+            try:
+                point = parse_lsn(row[1])
+            except ValueError as e:
+                raise ProtocolError(f"CREATE_REPLICATION_SLOT answered a bad consistent point: {e}") from None
+            self.created = SlotCreated(row[0] or self.slot, point, row[2])
+            return []
+        if isinstance(msg, (RowDescription, CommandComplete)):
+            return []
+        if isinstance(msg, ReadyForQuery):
+            if self.created is None:
+                raise ProtocolError("CREATE_REPLICATION_SLOT completed without a result row")
+            self.state = HOLD
+            return [self.created]
+        raise ProtocolError(f"unexpected {type(msg).__name__} after CREATE_REPLICATION_SLOT")
+
+    def start_streaming(self) -> list:
+        """After `SlotCreated`: the snapshot was imported (or is not wanted); stream from the slot."""
+        if self.state != HOLD:
+            return []
+        self.state = START
+        return self._query(start_replication_command(self.slot, self.publication))
 
     def _tls_answer(self, msg) -> list:
         if not isinstance(msg, SSLResponse):
@@ -343,6 +422,41 @@ class ReplicationSession:
                 return self._fail(str(e))
             return [Send(reply.encode()) for reply in replies]
         raise ProtocolError(f"unexpected {type(msg).__name__} during authentication")
+
+    def _feed_stream(self, data: bytes) -> list:
+        """
+        `feed` while streaming: XLogData payloads are split off the
+        CopyData straight into `Deliver` tuples (no CopyData, no XLogData
+        object, one copy of the bytes); everything else takes the general path.
+        """
+        try:
+            messages = self._parser.feed_copy_both(data)
+        except ProtocolError as e:
+            return self._fail(f"protocol error from server: {e}")
+        out: list = []
+        append = out.append
+        last = self.last_received
+        new_deliver = _new_deliver
+        unpack = _XLOG_HEAD.unpack_from
+        for msg in messages:
+            if type(msg) is bytes and len(msg) >= _XLOG_MIN and msg[0] == 0x77:  # 'w' XLogData
+                start, end = unpack(msg, 1)
+                if end > last:
+                    last = end
+                append(new_deliver(Deliver, (start, end, msg[_XLOG_MIN:])))
+                continue
+            self.last_received = last
+            if type(msg) is bytes:
+                msg = CopyData(msg)
+            try:
+                out += self._handle(msg)
+            except ProtocolError as e:
+                out += self._fail(f"protocol error: {e}")
+            last = self.last_received
+            if self.state != STREAMING:
+                break
+        self.last_received = last
+        return out
 
     def _stream(self, msg) -> List:
         if isinstance(msg, CopyData):

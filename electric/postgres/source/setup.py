@@ -392,6 +392,11 @@ class SetupSession:
             except Exception:  # already closed by the server
                 pass
 
+    @property
+    def connection(self) -> Optional[Connection]:
+        """The txpostgres connection (the importer reads a snapshot through it)."""
+        return self._conn
+
     def query(self, sql: str, args=None):
         return self._conn.runQuery(sql, args)
 
@@ -433,7 +438,7 @@ class SetupSession:
         if first == ELECTRIC_SCHEMA and self.connector.name not in _told_search_path:
             _told_search_path.add(self.connector.name)
             log.info(
-                'connector {connector}: role "{user}" has schema "electric" first in its search_path, so its '
+                'role "{user}" has schema "electric" first in its search_path, so its '
                 "unqualified CREATE TABLEs land in schema electric; they replicate like tables of any schema "
                 "(a table must be in the same schema in every database)",
                 connector=self.connector.name, user=user,
@@ -445,11 +450,52 @@ class SetupSession:
         rows = yield self.query("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = %s", (publication,))
         if rows and not rows[0][0]:
             log.warn(
-                'connector {connector}: publication "{publication}" exists but is not FOR ALL TABLES; using it as it is',
+                'publication "{publication}" exists but is not FOR ALL TABLES; using it as it is',
                 connector=self.connector.name, publication=publication,
             )
         if not rows:
             yield self._tolerate_duplicate(f"CREATE PUBLICATION {quote_ident(publication)} FOR ALL TABLES")
+
+    @defer.inlineCallbacks
+    def find_slot(self, slot: str):
+        """
+        The logical slot's confirmed flush LSN (int, 0 if unknown), or None
+        when there is no such slot.  A slot of that name for another plugin
+        or database is an error.
+        """
+        rows = yield self.query(
+            "SELECT plugin, database, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        if not rows:
+            return None
+        return self._check_slot(slot, rows[0])
+
+    def _check_slot(self, slot: str, row) -> int:
+        plugin, database, confirmed = row
+        if plugin != "pgoutput" or database != self.connector.database:
+            raise SetupError(
+                f'replication slot "{slot}" exists for plugin {plugin!r} in database {database!r}, '
+                f"not pgoutput in {self.connector.database!r}; drop it or set POSTGRES_SLOT to another name"
+            )
+        return parse_lsn(confirmed) if confirmed else 0
+
+    @defer.inlineCallbacks
+    def drop_slot(self, slot: str):
+        """
+        Drop the slot (an import that must be redone needs a new snapshot,
+        and so a new slot).  A slot in use by a live connection is not
+        taken from it: that fails, and the caller retries later.
+        """
+        rows = yield self.query(
+            "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (slot,))
+        if not rows:
+            return False
+        if rows[0][0] is not None:
+            raise SetupError(f'replication slot "{slot}" is in use by process {rows[0][0]}; '
+                             f"cannot redo the interrupted import until it is free")
+        yield self.query("SELECT pg_catalog.pg_drop_replication_slot(%s)", (slot,))
+        return True
 
     @defer.inlineCallbacks
     def ensure_slot(self, slot: str):
@@ -468,13 +514,7 @@ class SetupSession:
                 "SELECT plugin, database, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
                 (slot,),
             )
-        plugin, database, confirmed = rows[0]
-        if plugin != "pgoutput" or database != self.connector.database:
-            raise SetupError(
-                f'replication slot "{slot}" exists for plugin {plugin!r} in database {database!r}, '
-                f"not pgoutput in {self.connector.database!r}; drop it or set POSTGRES_SLOT to another name"
-            )
-        return parse_lsn(confirmed) if confirmed else 0
+        return self._check_slot(slot, rows[0])
 
     @defer.inlineCallbacks
     def introspect(self, publication: str):
@@ -561,11 +601,12 @@ class SetupSession:
             rows = yield self.query(sql, (name,))
         oid, current_conninfo, publications = rows[0]
         if current_conninfo != conninfo:
-            log.info("connector {name}: subscription {name} had a stale connection string; correcting it", name=name)
+            log.info("subscription {subscription} had a stale connection string; correcting it",
+                     connector=name, subscription=name)
             yield self.execute(f"ALTER SUBSCRIPTION {quote_ident(name)} CONNECTION {quote_literal(conninfo)}")
         if list(publications or []) != [publication]:
-            log.info("connector {name}: subscription {name} had publications {old}; setting {new}",
-                     name=name, old=publications, new=publication)
+            log.info("subscription {subscription} had publications {old}; setting {new}",
+                     connector=name, subscription=name, old=publications, new=publication)
             yield self.execute(
                 f"ALTER SUBSCRIPTION {quote_ident(name)} SET PUBLICATION {quote_ident(publication)} WITH (refresh = false)"
             )
@@ -605,19 +646,28 @@ class SetupSession:
 class SetupResult:
     introspection: Introspection
     subscription_oid: int
-    slot_confirmed_lsn: int
+    slot_confirmed_lsn: Optional[int]
+    """None: the slot does not exist (only with create_slot=False)."""
 
 
 @defer.inlineCallbacks
-def run_setup(config: Config, connector: Connector, credentials, reactor=None):
-    """Every idempotent setup step, in order, on one fresh session."""
+def run_setup(config: Config, connector: Connector, credentials, reactor=None, create_slot: bool = True):
+    """
+    Every idempotent setup step, in order, on one fresh session.  With
+    `create_slot` false a missing slot is left for the caller, which creates
+    it over the replication protocol to get its exported snapshot
+    (`electric.postgres.source.importer`).
+    """
     session = SetupSession(connector, reactor)
     yield session.open()
     try:
         yield session.ensure_migrations_table()
         yield session.note_search_path()
         yield session.ensure_publication(config.publication)
-        confirmed = yield session.ensure_slot(config.slot_for(connector))
+        if create_slot:
+            confirmed = yield session.ensure_slot(config.slot_for(connector))
+        else:
+            confirmed = yield session.find_slot(config.slot_for(connector))
         found = yield session.introspect(config.publication)
         yield session.install_upsert_triggers(found.tables, found.oids)
         user, password = credentials.for_connector(connector.name)
