@@ -288,6 +288,62 @@ class Replication(Base):
         self.assertEqual([r["id"] for r in updates(log)], ["live"])
 
     @defer.inlineCallbacks
+    def test_initial_syncs_share_a_service_wide_cap_on_chunks_in_flight(self):
+        """
+        Clients syncing at once hold at most `sync_reads` chunks read or being
+        encoded (a connect storm must not hold one decoded chunk per client),
+        and every client still gets every row.
+        """
+        n, clients, cap = 3000, 6, 2
+        self.fx.service.sync_reads = defer.DeferredSemaphore(cap)
+        buf = self.fx.hub.begin("postgres_1", b"load")
+        for s in range(0, n, 1000):
+            yield buf.add(pg_txn(0, *[{"id": f"r{i:05d}", "content": "x" * 100} for i in range(s, s + 1000)]).changes)
+        yield buf.commit()
+        in_flight = {"now": 0, "max": 0}
+        real_snapshot = self.fx.hub.snapshot
+
+        def counted(reader):
+            real_next = reader.next
+
+            def next_chunk(max_rows):
+                in_flight["now"] += 1
+                in_flight["max"] = max(in_flight["max"], in_flight["now"])
+
+                def done(result):
+                    in_flight["now"] -= 1
+                    return result
+
+                return real_next(max_rows).addBoth(done)
+
+            reader.next = next_chunk
+            return reader
+
+        self.patch(self.fx.hub, "snapshot", lambda tables=None: real_snapshot(tables).addCallback(counted))
+        cs = []
+        for i in range(clients):
+            c = yield self.fx.authed(ORIGINAL, f"storm-{i}", "alice")
+            cs.append(c)
+        for c in cs:
+            c.send(start_req(ORIGINAL, b"0"))
+
+        @defer.inlineCallbacks
+        def all_rows(c):
+            ids = []
+            while len(ids) < n:
+                log = yield c.recv_message(ORIGINAL, timeout=60)
+                if codec.message_name(log) == "SatOpLog":
+                    ids += [r["id"] for r in updates(log)]
+            return sorted(ids)
+
+        got = yield defer.gatherResults([all_rows(c) for c in cs])
+        for ids in got:
+            self.assertEqual(ids, [f"r{i:05d}" for i in range(n)])
+        self.assertGreater(in_flight["max"], 0)
+        self.assertLessEqual(in_flight["max"], cap)
+        self.assertEqual(self.fx.service.sync_reads.tokens, cap)
+
+    @defer.inlineCallbacks
     def test_client_gone_mid_initial_sync_releases_the_reader(self):
         buf = self.fx.hub.begin("postgres_1", b"load")
         yield buf.add(pg_txn(0, *[{"id": f"r{i:05d}", "content": "x" * 5000} for i in range(4000)]).changes)

@@ -213,6 +213,31 @@ class HubOnVaxine(Base):
         self.assertEqual(a2.status()["vaxine"]["skipped"], 0)
 
     @defer.inlineCallbacks
+    def test_a_transaction_that_cannot_be_stored_stops_reading_and_says_so(self):
+        from electric.hub.embedded import EmbeddedHub
+        a, b = self.hub(), self.hub()
+        yield wait_until(lambda: a.ready and b.ready, what="both hubs' Vaxine links up")
+        original = EmbeddedHub._submit_append
+
+        def failing(hub, txn, meta):
+            if hub is a:
+                return defer.fail(RuntimeError("disk I/O error"))
+            return original(hub, txn, meta)
+
+        self.patch(EmbeddedHub, "_submit_append", failing)
+        yield b.append(self.txn("postgres_b", 1, [(1, {"v": "1"})]))
+        yield wait_until(lambda: a.status()["vaxine"]["store_failure"] is not None, what="a's store failure reported")
+        self.assertFalse(a.ready)
+        self.assertIn("disk I/O error", a.status()["vaxine"]["store_failure"])
+        self.assertIn("could not be stored", a.status()["vaxine"]["store_failure"])
+        yield b.append(self.txn("postgres_b", 2, [(2, {"v": "2"})]))
+        # Nothing past the hole: a stored neither, and read no further than the failed transaction.
+        self.assertEqual(a.head(), 0)
+        self.assertLessEqual(a.status()["vaxine"]["stream_transactions"], 1)
+        self.assertTrue(b.ready)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
     def test_vaxine_gone_not_ready_then_recovers_without_loss(self):
         hub = self.hub(write_retry_budget=60.0)
         yield hub.append(self.txn("postgres_1", 1, [(1, {"v": "a"})]))

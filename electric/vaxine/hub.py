@@ -376,6 +376,10 @@ class VaxineHub(EmbeddedHub):
         self._stagings: "collections.OrderedDict[Tuple[str, str], _Staging]" = collections.OrderedDict()
         self._offset = BEGINNING  # offset of the last stream transaction taken
         self._pending = 0
+        # Set when a stream transaction could not be stored for a reason of
+        # Electric's own (a disk error, not a refused write): reading stops
+        # there and the hub is not ready, so nothing goes on past a hole.
+        self.store_failure: Optional[str] = None
         self._drained: Optional[defer.Deferred] = None
         self._vstats = {"stream_transactions": 0, "skipped": 0, "chunks": 0, "write_retries": 0,
                         "writes": 0, "refused": 0}
@@ -440,7 +444,7 @@ class VaxineHub(EmbeddedHub):
     @property
     def ready(self) -> bool:
         """True while the hub runs and both Vaxine links are up."""
-        return (self._open and not self._closing and self.pb.connected
+        return (self._open and not self._closing and self.store_failure is None and self.pb.connected
                 and self.stream is not None and self.stream.streaming)
 
     # --- writing: into Vaxine ------------------------------------------
@@ -535,7 +539,7 @@ class VaxineHub(EmbeddedHub):
             except VaxineError:
                 return  # closed
             for wal in batch:
-                if self._closing or not self._open:
+                if self._closing or not self._open or self.store_failure is not None:
                     return
                 await self._take(wal)
 
@@ -631,7 +635,12 @@ class VaxineHub(EmbeddedHub):
             if isinstance(result, Failure) and result.check(HubError) and "invalid transaction" in str(result.value):
                 self._vstats["refused"] += 1
             elif isinstance(result, Failure):
-                log.failure("Vaxine hub: a stream transaction could not be stored", result)
+                if self.store_failure is None:
+                    self.store_failure = (f"a stream transaction from {ident[0]} could not be stored: "
+                                          f"{result.getErrorMessage()}; reading stopped there (restart"
+                                          f" Electric once the cause is fixed: it resumes from the stored offset)")
+                log.failure("Vaxine hub: a stream transaction could not be stored; the hub stops reading"
+                            " Vaxine's stream and is not ready", result)
             self._fire(ident, result)
             if self._drained is not None and self._pending <= MAX_PENDING // 2:
                 dr, self._drained = self._drained, None
@@ -666,6 +675,7 @@ class VaxineHub(EmbeddedHub):
             "staged_big_transactions": len(self._stagings),
             "pending": self._pending,
             "last_skipped": self._last_skip,
+            "store_failure": self.store_failure,
             **self._vstats,
         }
         return s
