@@ -122,20 +122,11 @@ def decode_key(text: str) -> tuple:
 
 
 def encode_changes(changes) -> bytes:
-    # A sixth element only when the hub decided the origin holds the row (`origin_holds`).
-    return _dumps([
-        [c.schema, c.table, list(c.key), c.row, 1 if c.deleted else 0] if c.origin_holds is None
-        else [c.schema, c.table, list(c.key), c.row, 1 if c.deleted else 0, c.origin_holds]
-        for c in changes
-    ]).encode()
+    return _dumps([[c.schema, c.table, list(c.key), c.row, 1 if c.deleted else 0] for c in changes]).encode()
 
 
 def decode_changes(blob) -> tuple:
-    return tuple([
-        resolved_change(c[0], c[1], tuple(c[2]), c[3], bool(c[4])) if len(c) == 5
-        else resolved_change(c[0], c[1], tuple(c[2]), c[3], bool(c[4]), c[5])
-        for c in _loads(bytes(blob))
-    ])
+    return tuple([resolved_change(s, t, tuple(k), row, bool(d)) for s, t, k, row, d in _loads(bytes(blob))])
 
 
 def key_order_bytes(text: str) -> bytes:
@@ -265,12 +256,12 @@ class SqliteState(StateView):
                 chunk = keys[i:i + _GET_MANY_CHUNK]
                 texts = {self.encode_key(k): k for k in chunk}
                 cur = self.conn.execute(
-                    "SELECT key, vals, deleted, position FROM rows WHERE schema_name = ? AND table_name = ?"
-                    " AND key IN (%s)" % ",".join("?" * len(texts)),
+                    "SELECT key, vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key IN (%s)"
+                    % ",".join("?" * len(texts)),
                     (schema, table, *texts),
                 )
-                for text, vals, deleted, position in cur:
-                    out[(schema, table, texts[text])] = RowState(_loads(vals), bool(deleted), position)
+                for text, vals, deleted in cur:
+                    out[(schema, table, texts[text])] = RowState(_loads(vals), bool(deleted))
         return out
 
     def forget_keys(self) -> None:
@@ -278,12 +269,12 @@ class SqliteState(StateView):
 
     def get(self, schema, table, key):
         row = self.conn.execute(
-            "SELECT vals, deleted, position FROM rows WHERE schema_name = ? AND table_name = ? AND key = ?",
+            "SELECT vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key = ?",
             (schema, table, self.encode_key(key)),
         ).fetchone()
         if row is None:
             return None
-        return RowState(_loads(row[0]), bool(row[1]), row[2])
+        return RowState(_loads(row[0]), bool(row[1]))
 
     def live_keys(self, schema, table):
         cur = self.conn.execute(
@@ -542,9 +533,7 @@ class StoreWriter:
                 continue
             pos += 1
             for rid, st in res.states.items():
-                # With the position that wrote it, as the store would give it to
-                # the next transaction (the echo decision reads RowState.position).
-                rows[rid] = st._replace(position=pos)
+                rows[rid] = st
                 written[rid] = (st, pos)
             changes = res.changes
             origin_id = bytes(txn.origin_id)
@@ -584,16 +573,11 @@ class StoreWriter:
         return True
 
     def apply_chunks(self, origin: str, origin_id: bytes, commit_timestamp: int,
-                     chunks: Iterable[Sequence[RowChange]], origin_applied=None) -> Applied:
+                     chunks: Iterable[Sequence[RowChange]]) -> Applied:
         """
         Resolve and store a transaction given as successive chunks of
         `RowChange`s at the next position, holding one chunk at a time.  The
-        result is what `append` of the concatenated changes would store --
-        except for the echo decision (`ResolvedChange.origin_holds`), which
-        is made per segment: a row touched again in a later segment has this
-        entry's own position as its previous one there, so its later change
-        is always echoed (an earlier one of it may be left out: the origin
-        gets the final state all the same).  A TRUNCATE's rows never qualify.
+        result is what `append` of the concatenated changes would store.
         """
 
         def produce(pos, out):
@@ -603,8 +587,7 @@ class StoreWriter:
                 for ch in chunk:
                     if ch.op == TRUNCATE:
                         if segment:
-                            res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
-                                                        origin_applied)
+                            res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out)
                             live += res.live_delta
                             conflicts += res.conflicts
                             segment = []
@@ -612,8 +595,7 @@ class StoreWriter:
                     else:
                         segment.append(ch)
                 if segment:
-                    res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
-                                                origin_applied)
+                    res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out)
                     live += res.live_delta
                     conflicts += res.conflicts
                 self.state.forget_keys()
@@ -621,13 +603,13 @@ class StoreWriter:
 
         return self._entry(origin, bytes(origin_id), commit_timestamp, produce, keep_all=False)
 
-    def _resolve_segment(self, origin, origin_id, ts, segment, pos, out, origin_applied=None) -> Resolution:
+    def _resolve_segment(self, origin, origin_id, ts, segment, pos, out) -> Resolution:
         """
         Resolve one segment against the rows stored so far (earlier segments
         of the same entry included), so live rows and conflicts add up over
         the segments as if the whole transaction were resolved at once.
         """
-        res = resolve(self.state, Transaction(origin, origin_id, ts, tuple(segment), origin_applied))
+        res = resolve(self.state, Transaction(origin, origin_id, ts, tuple(segment)))
         self._store_states(res.states, pos)
         out.extend(res.changes)
         return res
