@@ -191,7 +191,7 @@ class ElectricBetween:
         self.publisher = publisher = PublisherService(config, hub, registry, credentials, offsets, reactor)
         connector_services = [
             ConnectorService(config, c, hub, registry, credentials, publisher_ready=publisher.when_listening,
-                             reactor=reactor)
+                             reactor=reactor, echo=publisher.echo)
             for c in connectors]
         self.services = [hub, offsets, credentials, publisher] + connector_services
         for s in self.services:

@@ -192,7 +192,7 @@ def build_service(config: Config, reactor=None) -> ElectricService:
     publisher = PublisherService(config, hub, registry, credentials, offsets, reactor, apply_monitor=apply_monitor)
     connectors = {
         c.name: ConnectorService(config, c, hub, registry, credentials,
-                                 publisher_ready=publisher.when_listening, reactor=reactor)
+                                 publisher_ready=publisher.when_listening, reactor=reactor, echo=publisher.echo)
         for c in config.connectors
     }
     satellite = SatelliteService(config, hub, registry, offsets, reactor)

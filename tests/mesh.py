@@ -87,7 +87,7 @@ class InProcessMesh:
                 "ELECTRIC_DATA_DIR": self.tmp,
             })
             svc = ConnectorService(config, config.connectors[0], self.hub, self.registry, self.credentials,
-                                   publisher_ready=self.publisher.when_listening)
+                                   publisher_ready=self.publisher.when_listening, echo=self.publisher.echo)
             svc.startService()
             self.connectors[name] = svc
         for svc in self.connectors.values():

@@ -95,7 +95,7 @@ class MigrationsAcrossReplication(unittest.TestCase):
         self.connectors = {}
         for c in self.config.connectors:
             svc = ConnectorService(self.config, c, self.hub, registry, creds,
-                                   publisher_ready=self.publisher.when_listening)
+                                   publisher_ready=self.publisher.when_listening, echo=self.publisher.echo)
             svc.startService()
             self.addCleanup(svc.stopService)
             self.connectors[c.name] = svc

@@ -93,7 +93,8 @@ class ActiveActive(unittest.TestCase):
         self.offsets = OffsetStore(config.offset_storage_file)
         self.publisher = PublisherService(config, self.hub, registry, credentials, self.offsets, reactor)
         self.connectors = [ConnectorService(config, c, self.hub, registry, credentials,
-                                            publisher_ready=self.publisher.when_listening, reactor=reactor)
+                                            publisher_ready=self.publisher.when_listening, reactor=reactor,
+                                            echo=self.publisher.echo)
                            for c in connectors]
         self.services = [self.hub, self.offsets, credentials, self.publisher] + self.connectors
         for s in self.services:

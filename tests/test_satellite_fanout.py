@@ -215,11 +215,15 @@ class SmallMessages(unittest.TestCase):
                 read(2)  # SatAuthResp, SatInStartReplicationReq
                 s.sendall(segment)
                 read(6)
-                return frames
-            finally:
+                return frames, s
+            except BaseException:
                 s.close()
+                raise
 
-        frames = yield threads.deferToThread(go)
+        frames, sock = yield threads.deferToThread(go)
+        # The socket stays open until the server's side is checked: once
+        # closed, the service may drop the connection before this runs.
+        self.addCleanup(sock.close)
         self.assertEqual([f[1][:1] for f in frames[:2]], [b"\x02", b"\x07"])
         pong = codec.encode(ORIGINAL, ORIGINAL.pb.SatPingResp(lsn=b""))
         self.assertEqual(frames[2:], [(2, pong), (10, b"hi"), (2, pong), (2, pong)])

@@ -77,7 +77,7 @@ from electric.hub.interface import (
     Transaction,
 )
 from electric.hub.positions import ClientLsnCodec
-from electric.hub.resolution import InvalidTransaction, check_transaction
+from electric.hub.resolution import InvalidTransaction, check_origin_applied, check_transaction
 from electric.hub.spill import Spill
 from electric.hub.store import CATCH_UP_ORIGIN, DB_NAME  # noqa: F401  (re-exported)
 from electric.metrics import LatencyHistogram
@@ -331,6 +331,7 @@ class _AppendBuffer:
         self.origin = origin
         self.origin_id = origin_id
         self.commit_timestamp = commit_timestamp
+        self.origin_applied = None  # given to commit (see IAppendBuffer.commit)
         self.staged = 0
         self._file = hub._spill.open()
         self._state = "open"  # open -> committing -> done, or broken
@@ -409,10 +410,14 @@ class _AppendBuffer:
         check_transaction(Transaction(self.origin, self.origin_id or b"", 0, changes))
         self._file.write(changes)
 
-    def commit(self, commit_timestamp=None, origin_id=None):
+    def commit(self, commit_timestamp=None, origin_id=None, origin_applied=None):
         err = self._usable()
         if err is not None:
             return defer.fail(err)
+        try:
+            check_origin_applied(origin_applied)
+        except InvalidTransaction as e:
+            return defer.fail(HubError(f"invalid transaction: {e}"))
         if origin_id is not None:
             if not isinstance(origin_id, (bytes, bytearray)):
                 return defer.fail(HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes"))
@@ -427,6 +432,7 @@ class _AppendBuffer:
             ts = int(time.time() * 1_000_000)
         if not isinstance(ts, int) or isinstance(ts, bool):
             return defer.fail(HubError(f"commit_timestamp {ts!r} must be an int (µs since epoch)"))
+        self.origin_applied = origin_applied
         self._state = "committing"
         d = defer.Deferred()
 
@@ -1027,7 +1033,10 @@ class EmbeddedHub(service.Service):
                 job.outcome = ResolvedTransaction(applied.position, ident[0], ident[1], ts, applied.changes)
             else:
                 ts = job.commit_timestamp
-                applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks())
+                # A buffer from another sequencer (`_submit_commit`: the Vaxine
+                # hub's staging) may carry no echo input: then every row is echoed.
+                applied = writer.apply_chunks(ident[0], ident[1], ts, job.buffer._file.chunks(),
+                                              getattr(job.buffer, "origin_applied", None))
                 job.outcome = Committed(applied.position, ident[0], ident[1], ts, applied.change_count)
         except InvalidTransaction as e:
             # A WriteGuard failed: the producer's fault, not the hub's.

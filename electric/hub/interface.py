@@ -140,6 +140,27 @@ class RowChange:
 
 
 @dataclass(frozen=True)
+class OriginApplied:
+    """
+    What a producer knows of the hub's own stream as its origin had applied
+    it when it committed a transaction: every hub position up to and
+    including `position` had been applied (or was never to be applied) by
+    the origin *before* the transaction committed, and no position at or
+    below it can ever be applied there again afterwards.  `marker` names the
+    origin's subscription and LSN mapping this was read from (the origin's
+    consumer compares it with its own: a different marker means the fact no
+    longer holds, e.g. the subscription was re-created).
+
+    A Postgres connector learns it from its own WAL stream: each transaction
+    Electric's subscription applied carries an Origin message whose
+    origin_lsn is the port-5433 LSN of the hub position applied.
+    """
+
+    marker: str
+    position: int
+
+
+@dataclass(frozen=True)
 class Transaction:
     """
     A transaction as one origin committed it.
@@ -149,12 +170,17 @@ class Transaction:
     its origin (a Postgres commit end LSN as 8 big-endian bytes, a client's
     LSN bytes) so that a re-sent transaction is appended only once.
     `commit_timestamp` is microseconds since the Unix epoch.
+
+    `origin_applied` (optional, see `OriginApplied`) lets the hub tell which
+    resolved rows the origin provably holds already
+    (`ResolvedChange.origin_holds`); None = unknown, every row goes back.
     """
 
     origin: str
     origin_id: bytes
     commit_timestamp: int
     changes: Tuple[RowChange, ...]
+    origin_applied: Optional[OriginApplied] = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +192,25 @@ class ResolvedChange:
     For a deleted row `deleted` is True and `row` holds its last known values
     (so that a delete can always name the key, and old-tuple consumers get a
     full row).
+
+    `origin_holds` is the echo decision (None on every hub that does not make
+    it: then every replica gets every change, which is always correct).  The
+    hub sets it to the transaction's `OriginApplied.marker` when sending this
+    change back to the transaction's own origin is provably redundant:
+
+    (a) the row's final state in this transaction is exactly what the origin
+        wrote -- an upsert carrying every column, none UNCHANGED, nothing
+        merged from the hub's row (the resolved row has exactly the origin's
+        columns and values), or a delete; a TRUNCATE's rows never qualify;
+    (b) the row's previous hub version (its position before this
+        transaction; none for a new row) is at or below
+        `OriginApplied.position`, so the origin had it before it wrote, and
+        no older version can reach the origin after its write.
+
+    The decision is per row and covers every change of that row in the
+    transaction (an intermediate state is never sent when the final one is
+    not).  Only the origin's own consumer, and only while its marker equals
+    `origin_holds`, may leave the change out; every other replica applies it.
     """
 
     schema: str
@@ -173,6 +218,7 @@ class ResolvedChange:
     key: Key
     row: Mapping[str, Value]
     deleted: bool = False
+    origin_holds: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -298,7 +344,7 @@ class IAppendBuffer(Interface):
         unusable (every later `add`/`commit` fails) and the producer aborts.
         """
 
-    def commit(commit_timestamp=None, origin_id=None):
+    def commit(commit_timestamp=None, origin_id=None, origin_applied=None):
         """
         Resolve every staged change and make the result durable as ONE log
         position, atomically.  Deferred firing with `Committed` (the
@@ -306,7 +352,9 @@ class IAppendBuffer(Interface):
         `commit_timestamp` (µs since the epoch) overrides the one given to
         `begin`.  `origin_id` is required when `begin` had none (a Postgres
         transaction's identity, its commit end LSN, is known only at its
-        Commit) and must match otherwise.  If (origin, origin_id) was
+        Commit) and must match otherwise.  `origin_applied` is the
+        transaction's `OriginApplied` (known only at its Commit; None =
+        unknown).  If (origin, origin_id) was
         committed or appended before, fires with that position and
         duplicate=True and changes nothing.
         """

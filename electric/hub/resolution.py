@@ -44,6 +44,14 @@ after that change.  A row touched twice in one transaction thus appears
 twice; a consumer applying the changes in order ends with the final state.
 Keeping one output per input keeps the pairing with the origin's own changes
 obvious and keeps a delete-old/insert-new key change in its natural order.
+
+Echo decision: when the transaction says what its origin had applied
+(`Transaction.origin_applied`), each output carries `origin_holds` for rows
+the origin provably holds already (rule on `ResolvedChange.origin_holds`):
+the row's final state in the transaction is exactly the origin's write, and
+its previous version -- `RowState.position`, the position the row had
+before this transaction -- is at or below what the origin had applied.  A
+row whose previous position is unknown never qualifies.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from electric.hub.interface import (
     TRUNCATE,
     UNCHANGED,
     UPSERT,
+    OriginApplied,
     ResolvedChange,
     RowChange,
     Transaction,
@@ -75,7 +84,7 @@ _RESOLVED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ResolvedChan
                       if f.default is not dataclasses.MISSING}
 
 
-def resolved_change(schema, table, key, row, deleted=False) -> ResolvedChange:
+def resolved_change(schema, table, key, row, deleted=False, origin_holds=None) -> ResolvedChange:
     """
     `ResolvedChange(...)` without the frozen dataclass's __init__: the same
     object, built several times faster (one per resolved row, and one per
@@ -89,14 +98,21 @@ def resolved_change(schema, table, key, row, deleted=False) -> ResolvedChange:
     d["key"] = key
     d["row"] = row
     d["deleted"] = deleted
+    if origin_holds is not None:
+        d["origin_holds"] = origin_holds
     return rc
 
 
 class RowState(NamedTuple):
-    """What the hub knows about one row: its last values, and whether it is a tombstone."""
+    """
+    What the hub knows about one row: its last values, whether it is a
+    tombstone, and the position that wrote it (None when the state view does
+    not know it: then no echo decision can rely on it).
+    """
 
     values: Mapping[str, Optional[str]]
     deleted: bool
+    position: Optional[int] = None
 
 
 class Resolution(NamedTuple):
@@ -203,6 +219,7 @@ def check_transaction(transaction: Transaction) -> None:
         raise InvalidTransaction(f"commit_timestamp {transaction.commit_timestamp!r} must be an int (µs since epoch)")
     if not isinstance(transaction.changes, (tuple, list)):
         raise InvalidTransaction("transaction changes must be a tuple of RowChange")
+    check_origin_applied(transaction.origin_applied)
     for i, ch in enumerate(transaction.changes):
         where = f"change {i}"
         if not isinstance(ch, RowChange):
@@ -234,6 +251,19 @@ def check_transaction(transaction: Transaction) -> None:
                 raise InvalidTransaction(f"{where}: values must be a mapping, got {type(mapping).__name__}")
             for col, value in mapping.items():
                 _check_value(where, col, value, allow_unchanged)
+
+
+def check_origin_applied(applied) -> None:
+    """Raise `InvalidTransaction` unless `applied` is None or a well-formed `OriginApplied`."""
+    if applied is None:
+        return
+    if not isinstance(applied, OriginApplied):
+        raise InvalidTransaction(f"origin_applied must be an OriginApplied, got {type(applied).__name__}")
+    if not isinstance(applied.marker, str) or not applied.marker:
+        raise InvalidTransaction(f"origin_applied marker {applied.marker!r} must be a non-empty str")
+    _check_text("origin_applied", "marker", applied.marker)
+    if not isinstance(applied.position, int) or isinstance(applied.position, bool) or applied.position < 0:
+        raise InvalidTransaction(f"origin_applied position {applied.position!r} must be an int ≥ 0")
 
 
 def _known(values: Optional[Mapping]) -> Dict[str, Optional[str]]:
@@ -285,7 +315,12 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
             fetched[rid] = state.get(*rid)
         return fetched[rid]
 
-    def put(rid: RowId, new: RowState):
+    applied = transaction.origin_applied
+    # Echo decision, per row: does the origin hold the row's final state? (None: no decision asked.)
+    holds: Optional[Dict[RowId, bool]] = {} if applied is not None else None
+    out_rids: List[RowId] = []
+
+    def put(rid: RowId, new: RowState, exact: bool = False):
         nonlocal live_delta
         before = current(rid)
         was_live = before is not None and not before.deleted
@@ -293,6 +328,9 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
         pending.pop(rid, None)  # keep dict order = order of last touch
         pending[rid] = new
         out.append(resolved_change(rid[0], rid[1], rid[2], new.values, new.deleted))
+        if holds is not None:
+            out_rids.append(rid)
+            holds[rid] = exact
 
     for ch in transaction.changes:
         if ch.op == TRUNCATE:
@@ -305,7 +343,7 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
             for key in sorted(keys, key=_key_order):
                 rid = (ch.schema, ch.table, key)
                 cur = current(rid)
-                put(rid, RowState(dict(cur.values), True))
+                put(rid, RowState(dict(cur.values), True))  # never "exact": always echoed
             continue
 
         rid = (ch.schema, ch.table, tuple(ch.key))
@@ -324,7 +362,8 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
             row = dict(cur.values) if cur is not None else {}
             for c, v in _known(ch.values).items():
                 row.setdefault(c, v)
-            put(rid, RowState(row, True))
+            # The origin deleted the row: it holds no row, as the tombstone says.
+            put(rid, RowState(row, True), exact=True)
             continue
 
         # UPSERT
@@ -351,8 +390,13 @@ def resolve(state: StateView, transaction: Transaction) -> Resolution:
             row.update(sets)
         if ch.guard is not None:
             _check_guard(ch, cur, row)
-        put(rid, RowState(row, False))
+        # Exact: the resolved row is the origin's write, column for column
+        # (no UNCHANGED filled in, no column merged from the hub's row, the
+        # same column set as the origin's table).
+        put(rid, RowState(row, False), exact=holds is not None and row == values)
 
+    if holds is not None:
+        out = _mark_held(out, out_rids, holds, fetched, applied)
     return Resolution(tuple(out), pending, live_delta, conflicts)
 
 
@@ -362,6 +406,29 @@ def _differs(seen: Mapping, current: Mapping) -> bool:
         if v is not UNCHANGED and c in current and current[c] != v:
             return True
     return False
+
+
+def _mark_held(out: List[ResolvedChange], rids: List[RowId], exact: Dict[RowId, bool],
+               before: Mapping[RowId, Optional[RowState]], applied: OriginApplied) -> List[ResolvedChange]:
+    """
+    `origin_holds` on every change of each row whose final state the origin
+    provably holds: final change exact, previous version (before this
+    transaction) none or at most `applied.position`.
+    """
+    held = set()
+    for rid, ok in exact.items():
+        if not ok:
+            continue
+        prev = before.get(rid)
+        if prev is None or (prev.position is not None and prev.position <= applied.position):
+            held.add(rid)
+    if not held:
+        return out
+    marker = applied.marker
+    return [
+        resolved_change(c.schema, c.table, c.key, c.row, c.deleted, marker) if rid in held else c
+        for c, rid in zip(out, rids)
+    ]
 
 
 class MemoryState(StateView):

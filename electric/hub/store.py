@@ -122,11 +122,20 @@ def decode_key(text: str) -> tuple:
 
 
 def encode_changes(changes) -> bytes:
-    return _dumps([[c.schema, c.table, list(c.key), c.row, 1 if c.deleted else 0] for c in changes]).encode()
+    # A sixth element only when the hub decided the origin holds the row (`origin_holds`).
+    return _dumps([
+        [c.schema, c.table, list(c.key), c.row, 1 if c.deleted else 0] if c.origin_holds is None
+        else [c.schema, c.table, list(c.key), c.row, 1 if c.deleted else 0, c.origin_holds]
+        for c in changes
+    ]).encode()
 
 
 def decode_changes(blob) -> tuple:
-    return tuple([resolved_change(s, t, tuple(k), row, bool(d)) for s, t, k, row, d in _loads(bytes(blob))])
+    return tuple([
+        resolved_change(c[0], c[1], tuple(c[2]), c[3], bool(c[4])) if len(c) == 5
+        else resolved_change(c[0], c[1], tuple(c[2]), c[3], bool(c[4]), c[5])
+        for c in _loads(bytes(blob))
+    ])
 
 
 def key_order_bytes(text: str) -> bytes:
@@ -256,12 +265,12 @@ class SqliteState(StateView):
                 chunk = keys[i:i + _GET_MANY_CHUNK]
                 texts = {self.encode_key(k): k for k in chunk}
                 cur = self.conn.execute(
-                    "SELECT key, vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key IN (%s)"
-                    % ",".join("?" * len(texts)),
+                    "SELECT key, vals, deleted, position FROM rows WHERE schema_name = ? AND table_name = ?"
+                    " AND key IN (%s)" % ",".join("?" * len(texts)),
                     (schema, table, *texts),
                 )
-                for text, vals, deleted in cur:
-                    out[(schema, table, texts[text])] = RowState(_loads(vals), bool(deleted))
+                for text, vals, deleted, position in cur:
+                    out[(schema, table, texts[text])] = RowState(_loads(vals), bool(deleted), position)
         return out
 
     def forget_keys(self) -> None:
@@ -269,12 +278,12 @@ class SqliteState(StateView):
 
     def get(self, schema, table, key):
         row = self.conn.execute(
-            "SELECT vals, deleted FROM rows WHERE schema_name = ? AND table_name = ? AND key = ?",
+            "SELECT vals, deleted, position FROM rows WHERE schema_name = ? AND table_name = ? AND key = ?",
             (schema, table, self.encode_key(key)),
         ).fetchone()
         if row is None:
             return None
-        return RowState(_loads(row[0]), bool(row[1]))
+        return RowState(_loads(row[0]), bool(row[1]), row[2])
 
     def live_keys(self, schema, table):
         cur = self.conn.execute(
@@ -533,7 +542,9 @@ class StoreWriter:
                 continue
             pos += 1
             for rid, st in res.states.items():
-                rows[rid] = st
+                # With the position that wrote it, as the store would give it to
+                # the next transaction (the echo decision reads RowState.position).
+                rows[rid] = st._replace(position=pos)
                 written[rid] = (st, pos)
             changes = res.changes
             origin_id = bytes(txn.origin_id)
@@ -573,11 +584,16 @@ class StoreWriter:
         return True
 
     def apply_chunks(self, origin: str, origin_id: bytes, commit_timestamp: int,
-                     chunks: Iterable[Sequence[RowChange]]) -> Applied:
+                     chunks: Iterable[Sequence[RowChange]], origin_applied=None) -> Applied:
         """
         Resolve and store a transaction given as successive chunks of
         `RowChange`s at the next position, holding one chunk at a time.  The
-        result is what `append` of the concatenated changes would store.
+        result is what `append` of the concatenated changes would store --
+        except for the echo decision (`ResolvedChange.origin_holds`), which
+        is made per segment: a row touched again in a later segment has this
+        entry's own position as its previous one there, so its later change
+        is always echoed (an earlier one of it may be left out: the origin
+        gets the final state all the same).  A TRUNCATE's rows never qualify.
         """
 
         def produce(pos, out):
@@ -587,7 +603,8 @@ class StoreWriter:
                 for ch in chunk:
                     if ch.op == TRUNCATE:
                         if segment:
-                            res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out)
+                            res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
+                                                        origin_applied)
                             live += res.live_delta
                             conflicts += res.conflicts
                             segment = []
@@ -595,7 +612,8 @@ class StoreWriter:
                     else:
                         segment.append(ch)
                 if segment:
-                    res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out)
+                    res = self._resolve_segment(origin, origin_id, commit_timestamp, segment, pos, out,
+                                                origin_applied)
                     live += res.live_delta
                     conflicts += res.conflicts
                 self.state.forget_keys()
@@ -603,13 +621,13 @@ class StoreWriter:
 
         return self._entry(origin, bytes(origin_id), commit_timestamp, produce, keep_all=False)
 
-    def _resolve_segment(self, origin, origin_id, ts, segment, pos, out) -> Resolution:
+    def _resolve_segment(self, origin, origin_id, ts, segment, pos, out, origin_applied=None) -> Resolution:
         """
         Resolve one segment against the rows stored so far (earlier segments
         of the same entry included), so live rows and conflicts add up over
         the segments as if the whole transaction were resolved at once.
         """
-        res = resolve(self.state, Transaction(origin, origin_id, ts, tuple(segment)))
+        res = resolve(self.state, Transaction(origin, origin_id, ts, tuple(segment), origin_applied))
         self._store_states(res.states, pos)
         out.extend(res.changes)
         return res

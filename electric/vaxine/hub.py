@@ -61,7 +61,7 @@ from electric.hub.embedded import EmbeddedHub
 from electric.hub.interface import (
     Committed, HubError, IAppendBuffer, IHub, ResolvedTransaction, Transaction,
 )
-from electric.hub.resolution import InvalidTransaction, check_transaction
+from electric.hub.resolution import InvalidTransaction, check_origin_applied, check_transaction
 from electric.vaxine import datamodel as D, records as R
 from electric.vaxine.errors import VaxineError
 from electric.vaxine.pb_client import AntidoteClient
@@ -265,10 +265,17 @@ class _VaxineAppendBuffer:
     def _ts(self):
         return self.commit_timestamp if self.commit_timestamp is not None else int(time.time() * 1_000_000)
 
-    def commit(self, commit_timestamp=None, origin_id=None):
+    def commit(self, commit_timestamp=None, origin_id=None, origin_applied=None):
+        # `origin_applied` (the echo decision's input) is checked and then
+        # ignored: this hub never sets `ResolvedChange.origin_holds`, so every
+        # change goes back to its origin too, which is always correct.
         err = self._usable()
         if err is not None:
             return defer.fail(err)
+        try:
+            check_origin_applied(origin_applied)
+        except InvalidTransaction as e:
+            return defer.fail(HubError(f"invalid transaction: {e}"))
         if origin_id is not None:
             if not isinstance(origin_id, (bytes, bytearray)):
                 return defer.fail(HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes"))

@@ -27,6 +27,17 @@ A big transaction comes from the hub as several items at one position
 (`ResolvedTransaction.more`): the encoder keeps it open across items, so
 the subscriber sees one transaction, Begin to Commit, whatever its size.
 
+Echo: a change of a transaction that came from this very database is left
+out when the hub decided the database holds it already
+(`ResolvedChange.origin_holds`) under the marker `echo_marker()` gives now
+(see `electric.postgres.echo`).  A transaction left out whole produces no
+frames, like one that concerns no table of this database: `wal_end` still
+moves past it, so the next keepalive reports it and the subscriber confirms
+it (its flush position, and so the hub's ack for it, moves on).  The
+change messages shared between streams (`PayloadCache`) are kept per
+change, so leaving a row out for its origin changes nothing for the other
+subscribers: they still get, and share, every row's bytes.
+
 Pure: no sockets, no reactor.  Frames are produced lazily so a big item is
 written under flow control without building its frames in memory.
 """
@@ -35,7 +46,7 @@ from __future__ import annotations
 
 import struct
 import weakref
-from typing import AbstractSet, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import AbstractSet, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from electric.hub import positions
 from electric.hub.interface import UNCHANGED, ResolvedTransaction
@@ -156,7 +167,8 @@ class OutboundEncoder:
 
     def __init__(self, registry: SchemaRegistry, origin: str, base: int, start_position: int = 0,
                  clock=pg_now, set_aside: Optional[Mapping[int, AbstractSet[tuple]]] = None,
-                 payloads: Optional[PayloadCache] = None):
+                 payloads: Optional[PayloadCache] = None,
+                 echo_marker: Optional[Callable[[], Optional[str]]] = None):
         self.registry = registry
         self.payloads = payloads
         # Changes an operator set aside for this database (the quarantine):
@@ -165,6 +177,8 @@ class OutboundEncoder:
         self.first_sent: Optional[int] = None  # position of the first transaction begun on this connection
         self.set_aside_changes = 0
         self.origin = origin
+        self.echo_marker = echo_marker  # None: every change goes out (table sync streams, other hubs)
+        self.changes_not_echoed = 0
         self.base = base
         self.position = start_position
         self.wal_end = positions.end_lsn(start_position, base)
@@ -215,6 +229,7 @@ class OutboundEncoder:
         begin_lsn, commit_lsn = o.begin_lsn, o.commit_lsn
         i = o.changes
         aside = self.set_aside.get(rt.position) if self.set_aside else None
+        marker = self.echo_marker() if self.echo_marker is not None and rt.origin == self.origin else None
         shapes: Dict[Tuple[str, str], Optional[_Shape]] = {}  # looked up once per table per item
         shared = self.payloads.for_item(rt) if self.payloads is not None else None
         changes = rt.changes
@@ -222,6 +237,12 @@ class OutboundEncoder:
             if aside and (change.schema, change.table, tuple(change.key)) in aside:
                 # Before _shape: a Relation is sent with the table's first change actually sent.
                 self.set_aside_changes += 1
+                continue
+            if marker is not None and change.origin_holds == marker:
+                # Before the shared payloads: they are per change (index), so the
+                # rows this stream leaves out are neither encoded nor read here,
+                # and every other subscriber still gets them.
+                self.changes_not_echoed += 1
                 continue
             table = (change.schema, change.table)
             if table in shapes:

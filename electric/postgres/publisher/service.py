@@ -60,6 +60,7 @@ from electric.postgres.publisher.session import (
 )
 from electric.postgres.protocol.auth import scram_secret
 from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.echo import EchoLedger
 from electric.postgres.publisher.outbound import OutboundEncoder, PayloadCache
 from electric.metrics import seconds_since
 
@@ -159,10 +160,16 @@ class ReplicationStream:
         self.base = base
         self.start_position = start
         self.durable = durable
+        marker = None
+        if durable:
+            # Only the apply worker's stream leaves echoes out: a table-sync
+            # worker applies its catch-up after copying an older snapshot.
+            def marker(ledger=publisher.echo, origin=slot.origin, base=base):
+                return ledger.marker(origin, base)
         monitor = publisher.apply_monitor
         self.encoder = OutboundEncoder(publisher.registry, slot.origin, base, start,
                                        set_aside=monitor.set_aside(slot.origin) if monitor is not None else None,
-                                       payloads=publisher.payloads)
+                                       payloads=publisher.payloads, echo_marker=marker)
         self.by_electric = False  # Electric ended it (shutdown, timeout, hub failure): proves nothing about applying
         self.acked = start
         self.paused = False
@@ -356,6 +363,7 @@ class ReplicationStream:
             "acked_position": self.acked,
             "transactions_sent": self.encoder.transactions_sent,
             "changes_sent": self.encoder.changes_sent,
+            "changes_not_echoed": self.encoder.changes_not_echoed,
             "changes_skipped": self.encoder.skipped_changes,
             "changes_set_aside": self.encoder.set_aside_changes,
             "paused": self.paused,
@@ -702,6 +710,8 @@ class PublisherService(service.Service):
         self.slots: Dict[str, Slot] = {}
         self._bases: Dict[str, int] = {}
         self._verifiers: Dict[str, tuple] = {}
+        # What the connectors learn from their WAL about what each database applied (echo skipping).
+        self.echo = EchoLedger(self.base_for)
 
     @property
     def listening(self) -> defer.Deferred:
@@ -879,6 +889,8 @@ class PublisherService(service.Service):
             requested = positions.position_for_lsn(command.lsn, base)
             slot.confirmed = 0
         start = max(requested, min(slot.confirmed, head))
+        if durable:
+            self.echo.stream_starting(origin, command.lsn)
         stream = ReplicationStream(self, conn, slot, base, start, durable)
         stream.open()
         slot.active = conn

@@ -30,6 +30,18 @@ What is dropped, and why:
   (`electric.postgres.source.importer`);
 * empty transactions (nothing for the hub; still acknowledged in order).
 
+What the database had applied of Electric's stream: each transaction
+Electric's own subscription applied (Origin exactly ``pg_<suboid>``; not a
+table-sync worker's) carries the port-5433 LSN of the hub position it
+applied.  The stream is in commit order, so at each Commit the highest such
+LSN seen so far is what the database had applied before it committed this
+transaction (`Assembled.applied_lsn`; the echo decision, see
+`electric.hub.interface.OriginApplied`).  It is given only when every change
+of the transaction is to a table `trusted(schema, name, commit_lsn)` says
+the subscription had in its steady state (READY) before the commit: a table
+still being synchronised gets rows copied from the hub later, which the
+applied position does not cover.
+
 A Relation whose columns differ from what the registry holds for this
 database (DDL mid-stream, or a table created after setup) stops the
 assembler with `NeedTable`: the caller looks the table up in the catalog,
@@ -91,6 +103,8 @@ class Assembled:
     transaction: Optional[Transaction]
     dropped: Optional[str] = None  # OWN_ORIGIN / ELECTRIC_TABLES / EMPTY when transaction is None
     chunked: bool = False
+    applied_lsn: Optional[int] = None
+    """The highest port-5433 LSN the database had applied before this commit (None: unknown, or a table not trusted)."""
 
     @property
     def rows(self) -> int:
@@ -136,6 +150,7 @@ class _Open:
     changes: List[RowChange] = field(default_factory=list)
     drop: Optional[str] = None
     chunked: bool = False  # changes went out as Chunks
+    trusted: bool = True  # every change so far is to a table trusted at this commit
 
 
 def relation_matches(relation: po.Relation, table: Table) -> bool:
@@ -158,11 +173,15 @@ class TransactionAssembler:
 
     def __init__(self, origin: str, lookup: Callable[[str, str], Tuple[Optional[Table], Optional[str]]],
                  subscription_oid: Optional[int] = None, clock: Callable[[], float] = time.monotonic,
-                 skipped_log_interval: float = 60.0, chunk: int = CHUNK_CHANGES):
+                 skipped_log_interval: float = 60.0, chunk: int = CHUNK_CHANGES,
+                 trusted: Optional[Callable[[str, str, int], bool]] = None):
         self.origin = origin
         self.chunk = chunk
         self._lookup = lookup
         self._own = own_origin_pattern(subscription_oid)
+        self._apply_origin = None if subscription_oid is None else f"pg_{int(subscription_oid)}"
+        self._trusted = trusted
+        self.applied_lsn: Optional[int] = None  # highest origin_lsn of our subscription's applies seen
         self._relations: Dict[int, _Rel] = {}
         self._open: Optional[_Open] = None
         self._clock = clock
@@ -182,7 +201,11 @@ class TransactionAssembler:
         self._horizons = dict(horizons)
 
     def set_subscription_oid(self, oid: Optional[int]) -> None:
+        apply_origin = None if oid is None else f"pg_{int(oid)}"
+        if apply_origin != self._apply_origin:
+            self.applied_lsn = None  # another subscription: what the old one applied says nothing
         self._own = own_origin_pattern(oid)
+        self._apply_origin = apply_origin
 
     def is_own_origin(self, name: str) -> bool:
         return self._own is not None and self._own.match(name) is not None
@@ -231,6 +254,9 @@ class TransactionAssembler:
             tx.origin = msg.name
             if self.is_own_origin(msg.name):
                 tx.drop = OWN_ORIGIN
+                if msg.name == self._apply_origin and msg.origin_lsn and (
+                        self.applied_lsn is None or msg.origin_lsn > self.applied_lsn):
+                    self.applied_lsn = msg.origin_lsn
             return None
         if tx.drop is not None:
             return None
@@ -363,6 +389,9 @@ class TransactionAssembler:
         return Chunk(tuple(out))
 
     def _add(self, tx: _Open, rel: _Rel, build) -> None:
+        if tx.trusted and (self._trusted is None
+                           or not self._trusted(rel.table.schema, rel.table.name, tx.begin.final_lsn)):
+            tx.trusted = False
         try:
             tx.changes.extend(build())
         except MissingKey as e:
@@ -430,13 +459,20 @@ class TransactionAssembler:
                 changes=tuple(tx.changes),
             ),
             chunked=tx.chunked,
+            applied_lsn=(self.applied_lsn or 0) if tx.trusted else None,
         )
 
     def reset(self) -> None:
-        """Forget stream state (a new connection starts with fresh Relations)."""
+        """
+        Forget stream state (a new connection starts with fresh Relations).
+        What the database had applied is forgotten too (conservatively: the
+        new connection resends from the flushed position, so Origin messages
+        before it are not seen again; the mark rebuilds from later ones).
+        """
         self._relations.clear()
         self._open = None
         self.pending = None
+        self.applied_lsn = None
 
 
 def _table_from_relation(rel: po.Relation, catalog: Table) -> Optional[Table]:

@@ -47,13 +47,15 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from electric.hub import positions
+from electric.hub.interface import OriginApplied, Transaction
 from electric.logs import bind
 from electric.postgres.source import assembly
 from electric.postgres.source import importer
 from electric.postgres.protocol import pgoutput
 from electric.postgres.source import replication
 from electric.postgres.source import setup
-from electric.postgres.protocol.lsn import format_lsn
+from electric.postgres.protocol.lsn import format_lsn, parse_lsn
 from electric.metrics import seconds_since
 from electric.schema import Table
 
@@ -69,6 +71,8 @@ MAX_INFLIGHT_TRANSACTIONS = 5000
 MAX_INFLIGHT_ROWS = 20_000
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 10.0
+READY_CHECK_INTERVAL = 2.0
+"""Seconds between looks at which tables the subscription has in steady state, while some are not."""
 
 
 def retry_policy(jitter: Optional[Callable[[], float]] = None) -> Callable[[int], float]:
@@ -112,7 +116,8 @@ class _Stream:
 
     def __init__(self, name: str, hub, assembler: assembly.TransactionAssembler,
                  resolve_table: Callable[[str, str], Awaitable], on_error: Callable[[str], None],
-                 flushed: int, counters: Optional[InboundCounters] = None, reactor=None):
+                 flushed: int, counters: Optional[InboundCounters] = None, reactor=None, echo=None,
+                 subscription_oid: Optional[int] = None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -120,6 +125,9 @@ class _Stream:
         self.name = name
         self.counters = counters if counters is not None else InboundCounters()
         self.hub = hub
+        self.echo = echo  # electric.postgres.echo.EchoLedger, or None: the hub gets no OriginApplied
+        self.subscription_oid = subscription_oid
+        self.hinted = 0  # transactions handed over with an OriginApplied
         self.assembler = assembler
         self.assembler.reset()
         self.resolve_table = resolve_table
@@ -219,6 +227,10 @@ class _Stream:
             return
         if event is None:
             return
+        if isinstance(event, assembly.Assembled) and self.echo is not None and self.assembler.applied_lsn:
+            # Also after our own subscription's transactions, whose row changes
+            # `xlog_data` skips undecoded: their Origin and Commit still come here.
+            self.echo.saw_applied(self.name, self.subscription_oid, self.assembler.applied_lsn)
         if isinstance(event, assembly.NeedTable):
             self.waiting = True
             self._pause("lookup")
@@ -237,6 +249,21 @@ class _Stream:
             self._committed_chunked(event)
             return
         self._committed(event)
+
+    def _origin_applied(self, event: assembly.Assembled) -> Optional[OriginApplied]:
+        """What the database had applied of Electric's stream before this commit, as the hub takes it."""
+        lsn = event.applied_lsn
+        if lsn is None or self.echo is None or self.subscription_oid is None:
+            return None
+        base = self.echo.base_for(self.name)
+        marker = self.echo.marker(self.name, base)
+        if marker is None or marker != f"pg_{self.subscription_oid}@{base:x}":
+            return None
+        position = positions.position_for_lsn(lsn, base)
+        if position > self.hub.head():
+            return None  # an LSN this hub never issued: say nothing
+        self.hinted += 1
+        return OriginApplied(marker, position)
 
     # -- big transactions: staged in the hub chunk by chunk ---------------------
     #
@@ -315,7 +342,11 @@ class _Stream:
         def commit():
             self.inflight_tx += 1
             try:
-                d = buffer.commit(txn.commit_timestamp, origin_id=txn.origin_id)
+                applied = self._origin_applied(event)
+                if applied is None:
+                    d = buffer.commit(txn.commit_timestamp, origin_id=txn.origin_id)
+                else:
+                    d = buffer.commit(txn.commit_timestamp, origin_id=txn.origin_id, origin_applied=applied)
             except Exception:
                 d = defer.fail()
             d.addCallbacks(self._appended, self._append_failed,
@@ -354,7 +385,11 @@ class _Stream:
                 self.flow_pauses += 1
             self._pause("flow")
         try:
-            d = self.hub.append(event.transaction)
+            txn = event.transaction
+            applied = self._origin_applied(event)
+            if applied is not None:
+                txn = Transaction(txn.origin, txn.origin_id, txn.commit_timestamp, txn.changes, applied)
+            d = self.hub.append(txn)
         except Exception:
             d = defer.fail()
         d.addCallbacks(self._appended, self._append_failed,
@@ -469,10 +504,16 @@ class ConnectorService(Service):
     publisher can serve this connector's subscription.  `clock` (default:
     the reactor) times the retries, `retry_delay(attempt)` spaces them
     (default `retry_policy()`); tests give a `task.Clock` and a fixed jitter.
+    `echo` (the publisher's `electric.postgres.echo.EchoLedger`, or None:
+    every transaction goes back to this database) is told what the database
+    had applied, so the hub can decide which rows need no echo; the
+    connector also tracks which tables the subscription has in steady state
+    (READY in pg_subscription_rel, and since which WAL position), since
+    only those count.
     """
 
     def __init__(self, config, connector, hub, registry, credentials, publisher_ready=None, reactor=None,
-                 clock=None, retry_delay: Optional[Callable[[int], float]] = None):
+                 clock=None, retry_delay: Optional[Callable[[int], float]] = None, echo=None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -503,7 +544,13 @@ class ConnectorService(Service):
         self._enabler: Optional[defer.Deferred] = None
         self._sleep_enable: Optional[defer.Deferred] = None
         self._failures = 0  # setup/stream failures since the stream was last up
-        self.assembler = assembly.TransactionAssembler(connector.name, self._lookup)
+        self.echo = echo
+        # relid -> WAL insert position after which the subscription had it READY.
+        self._ready: Dict[int, int] = {}
+        self._ready_loop: Optional[LoopingCall] = None
+        self._ready_check: Optional[defer.Deferred] = None
+        self.assembler = assembly.TransactionAssembler(connector.name, self._lookup,
+                                                       trusted=self._trusted if echo is not None else None)
         self.counters = InboundCounters()
         # Failures since start by kind (see `metrics`).
         self.failures = {"setup": 0, "connect": 0, "stream": 0, "subscription": 0, "internal": 0}
@@ -550,6 +597,11 @@ class ConnectorService(Service):
             "transactions_dropped": s.dropped if s is not None else 0,
             "big_transactions": s.big_transactions if s is not None else 0,
             "appends_in_flight": s.inflight_tx if s is not None else 0,
+            "echo": None if self.echo is None else {
+                **self.echo.status(self.connector.name),
+                "transactions_with_applied_position": s.hinted if s is not None else 0,
+                "tables_ready": len(self._ready),
+            },
             "import": self._import_status(),
         }
 
@@ -626,6 +678,8 @@ class ConnectorService(Service):
     def stopService(self):
         super().stopService()
         self._stopping = True
+        if self._ready_loop is not None and self._ready_loop.running:
+            self._ready_loop.stop()
         if self._sleep is not None and not self._sleep.called:
             self._sleep.cancel()
         for d in (self._enabler, self._sleep_enable):
@@ -696,8 +750,12 @@ class ConnectorService(Service):
         if self._stopping:
             return
         self._apply_introspection(result.introspection, replace=True)
+        if self.subscription_oid != result.subscription_oid:
+            self._ready = {}  # another subscription: nothing known about its tables
         self.subscription_oid = result.subscription_oid
         self.assembler.set_subscription_oid(result.subscription_oid)
+        if self.echo is not None:
+            self.echo.subscription(self.connector.name, result.subscription_oid)
         slot = self.config.slot_for(self.connector)
         confirmed = result.slot_confirmed_lsn
         create = await self._import_bookkeeping(slot, confirmed)
@@ -710,7 +768,8 @@ class ConnectorService(Service):
                 return
         self.assembler.set_horizons(self.imports.horizons)
         stream = _Stream(self.connector.name, self.hub, self.assembler, self._resolve_table,
-                         self._stream_failed, confirmed or 0, self.counters, reactor=self.reactor)
+                         self._stream_failed, confirmed or 0, self.counters, reactor=self.reactor,
+                         echo=self.echo, subscription_oid=result.subscription_oid)
         client = replication.ReplicationClient(
             self.connector.user, self.connector.password, self.connector.database,
             slot, self.config.publication, stream, label=self.connector.name,
@@ -1025,6 +1084,72 @@ class ConnectorService(Service):
         await self._import_new_tables([t for t in found.tables if t.qualified == (schema, name)])
         return self._lookup(schema, name)
 
+    # -- which tables the subscription has in steady state --
+
+    def _trusted(self, schema: str, name: str, commit_lsn: int) -> bool:
+        """Was (schema, name) READY in the subscription before a commit at `commit_lsn`?"""
+        oid = self._oids.get((schema, name))
+        if oid is None:
+            return False
+        since = self._ready.get(oid)
+        return since is not None and commit_lsn >= since
+
+    def _all_ready(self) -> bool:
+        return all(self._oids.get(k) in self._ready for k in self.tables)
+
+    async def _check_ready(self, session=None) -> None:
+        """
+        Read which tables the subscription has READY, with the WAL insert
+        position read after the catalog snapshot: a commit at or after that
+        position came after those tables were READY (READY is final while a
+        table stays in the subscription; a table dropped and created again
+        has another oid).
+        """
+        if self.echo is None or self.subscription_oid is None:
+            return
+        try:
+            await self._read_ready(session)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            # Only costs echoes (tables stay untrusted); never stops replication.
+            self.log.info("could not read the subscription's table states: {e}", e=setup.error_text(e))
+
+    async def _read_ready(self, session) -> None:
+        own = session is None
+        if own:
+            session = setup.SetupSession(self.connector, self.reactor)
+            await session.open()
+        try:
+            rows = await session.query(
+                "SELECT pg_catalog.pg_current_wal_insert_lsn()::text,"
+                " ARRAY(SELECT srrelid::int8 FROM pg_catalog.pg_subscription_rel"
+                " WHERE srsubid = %s AND srsubstate = 'r')", (self.subscription_oid,))
+        finally:
+            if own:
+                session.close()
+        lsn_text, relids = rows[0]
+        since = parse_lsn(lsn_text)
+        ready = {}
+        for relid in relids or ():
+            # Kept from before when it was READY then too; else from now.
+            ready[int(relid)] = self._ready.get(int(relid), since)
+        self._ready = ready
+
+    def _start_ready_checks(self) -> None:
+        if self.echo is None or (self._ready_loop is not None and self._ready_loop.running):
+            return
+        self._ready_loop = LoopingCall(self._ready_tick)
+        self._ready_loop.clock = self.clock
+        self._ready_loop.start(READY_CHECK_INTERVAL, now=False)
+
+    def _ready_tick(self) -> None:
+        if (self._stopping or not self.subscription_enabled or self._all_ready()
+                or (self._ready_check is not None and not self._ready_check.called)):
+            return
+        self._ready_check = defer.ensureDeferred(self._check_ready())
+        self._ready_check.addErrback(lambda f: None)  # _check_ready logs; a cancelled check is fine
+
     # -- the subscription back to Electric --
 
     async def _wait_publisher(self):
@@ -1070,8 +1195,10 @@ class ConnectorService(Service):
             # hub has deleted since.  Tables added later (migrations) are new
             # and empty here, so they are copied (copy_data = true).
             await session.refresh_subscription(self.connector.name, copy_data=not fresh)
+            await self._check_ready(session)
         finally:
             session.close()
+        self._start_ready_checks()
         self.registry.allow_streaming(self.connector.name)
         self.subscription_enabled = True
         self.log.info("subscription enabled")
@@ -1092,6 +1219,7 @@ class ConnectorService(Service):
             await self._import_held(found.tables)
             if self.subscription_enabled:
                 await session.refresh_subscription(self.connector.name, copy_data=True)
+                await self._check_ready(session)
         finally:
             session.close()
 
