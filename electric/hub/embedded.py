@@ -317,6 +317,33 @@ class _SnapshotReader:
         return f"<hub snapshot at {self.position} tables={self._tables!r} rows_read={self.rows_read}>"
 
 
+def commit_arguments(buf, commit_timestamp, origin_id, origin_applied):
+    """
+    The checks every `IAppendBuffer.commit` makes of its arguments, shared
+    by the hubs' buffers: `(timestamp, None)`, with `buf.origin_id` set
+    from `origin_id` when begin left it open, or `(None, HubError)`.
+    """
+    try:
+        check_origin_applied(origin_applied)
+    except InvalidTransaction as e:
+        return None, HubError(f"invalid transaction: {e}")
+    if origin_id is not None:
+        if not isinstance(origin_id, (bytes, bytearray)):
+            return None, HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes")
+        if buf.origin_id is not None and bytes(origin_id) != buf.origin_id:
+            return None, HubError(f"commit names origin_id {bytes(origin_id).hex()}, "
+                                  f"begin named {buf.origin_id.hex()}")
+        buf.origin_id = bytes(origin_id)
+    elif buf.origin_id is None:
+        return None, HubError("commit needs the origin_id that begin did not give")
+    ts = commit_timestamp if commit_timestamp is not None else buf.commit_timestamp
+    if ts is None:
+        ts = int(time.time() * 1_000_000)
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        return None, HubError(f"commit_timestamp {ts!r} must be an int (µs since epoch)")
+    return ts, None
+
+
 @implementer(IAppendBuffer)
 class _AppendBuffer:
     """
@@ -414,24 +441,9 @@ class _AppendBuffer:
         err = self._usable()
         if err is not None:
             return defer.fail(err)
-        try:
-            check_origin_applied(origin_applied)
-        except InvalidTransaction as e:
-            return defer.fail(HubError(f"invalid transaction: {e}"))
-        if origin_id is not None:
-            if not isinstance(origin_id, (bytes, bytearray)):
-                return defer.fail(HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes"))
-            if self.origin_id is not None and bytes(origin_id) != self.origin_id:
-                return defer.fail(HubError(f"commit names origin_id {bytes(origin_id).hex()}, "
-                                           f"begin named {self.origin_id.hex()}"))
-            self.origin_id = bytes(origin_id)
-        elif self.origin_id is None:
-            return defer.fail(HubError("commit needs the origin_id that begin did not give"))
-        ts = commit_timestamp if commit_timestamp is not None else self.commit_timestamp
-        if ts is None:
-            ts = int(time.time() * 1_000_000)
-        if not isinstance(ts, int) or isinstance(ts, bool):
-            return defer.fail(HubError(f"commit_timestamp {ts!r} must be an int (µs since epoch)"))
+        ts, err = commit_arguments(self, commit_timestamp, origin_id, origin_applied)
+        if err is not None:
+            return defer.fail(err)
         self.origin_applied = origin_applied
         self._state = "committing"
         d = defer.Deferred()

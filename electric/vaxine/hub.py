@@ -57,11 +57,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from electric.hub import store
-from electric.hub.embedded import EmbeddedHub
+from electric.hub.embedded import EmbeddedHub, commit_arguments
 from electric.hub.interface import (
     Committed, HubError, IAppendBuffer, IHub, ResolvedTransaction, Transaction,
 )
-from electric.hub.resolution import InvalidTransaction, check_origin_applied, check_transaction
+from electric.hub.resolution import InvalidTransaction, check_transaction
 from electric.vaxine import datamodel as D, records as R
 from electric.vaxine.errors import VaxineError
 from electric.vaxine.pb_client import AntidoteClient
@@ -272,24 +272,9 @@ class _VaxineAppendBuffer:
         err = self._usable()
         if err is not None:
             return defer.fail(err)
-        try:
-            check_origin_applied(origin_applied)
-        except InvalidTransaction as e:
-            return defer.fail(HubError(f"invalid transaction: {e}"))
-        if origin_id is not None:
-            if not isinstance(origin_id, (bytes, bytearray)):
-                return defer.fail(HubError(f"invalid transaction: origin_id {origin_id!r} must be bytes"))
-            if self.origin_id is not None and bytes(origin_id) != self.origin_id:
-                return defer.fail(HubError(f"commit names origin_id {bytes(origin_id).hex()}, "
-                                           f"begin named {self.origin_id.hex()}"))
-            self.origin_id = bytes(origin_id)
-        elif self.origin_id is None:
-            return defer.fail(HubError("commit needs the origin_id that begin did not give"))
-        ts = commit_timestamp if commit_timestamp is not None else self.commit_timestamp
-        if ts is None:
-            ts = int(time.time() * 1_000_000)
-        if not isinstance(ts, int) or isinstance(ts, bool):
-            return defer.fail(HubError(f"commit_timestamp {ts!r} must be an int (µs since epoch)"))
+        ts, err = commit_arguments(self, commit_timestamp, origin_id, origin_applied)
+        if err is not None:
+            return defer.fail(err)
         self._state = "committing"
         hub = self._hub
 
