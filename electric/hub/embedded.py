@@ -317,6 +317,25 @@ class _SnapshotReader:
         return f"<hub snapshot at {self.position} tables={self._tables!r} rows_read={self.rows_read}>"
 
 
+def buffer_usable(buf) -> Optional[HubError]:
+    """
+    Why an append buffer (either hub's) may not take an add() or commit()
+    now, or None: broken, past its commit, one call still outstanding, or
+    its hub closed.  Its `_state` is open -> committing -> done, or broken.
+    """
+    if buf._state == "broken":
+        return buf._error
+    if buf._state != "open":
+        return HubError(f"append buffer of {buf.origin} is {'committing' if buf._state == 'committing' else 'finished'}")
+    if buf._adding:
+        return HubError("add() or commit() called while a previous add() is still outstanding")
+    try:
+        buf._hub._check_open()
+    except HubError as e:
+        return e
+    return None
+
+
 def commit_arguments(buf, commit_timestamp, origin_id, origin_applied):
     """
     The checks every `IAppendBuffer.commit` makes of its arguments, shared
@@ -375,18 +394,7 @@ class _AppendBuffer:
         self._known = position
         return None
 
-    def _usable(self) -> Optional[HubError]:
-        if self._state == "broken":
-            return self._error
-        if self._state != "open":
-            return HubError(f"append buffer of {self.origin} is {'committing' if self._state == 'committing' else 'finished'}")
-        if self._adding:
-            return HubError("add() or commit() called while a previous add() is still outstanding")
-        try:
-            self._hub._check_open()
-        except HubError as e:
-            return e
-        return None
+    _usable = buffer_usable
 
     def add(self, changes):
         err = self._usable()

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from electric.hub import store
-from electric.hub.embedded import EmbeddedHub, commit_arguments
+from electric.hub.embedded import EmbeddedHub, buffer_usable, commit_arguments
 from electric.hub.interface import (
     Committed, HubError, IAppendBuffer, IHub, ResolvedTransaction, Transaction,
 )
@@ -217,18 +217,7 @@ class _VaxineAppendBuffer:
         self._error: Optional[HubError] = None
         self._adding = False
 
-    def _usable(self) -> Optional[HubError]:
-        if self._state == "broken":
-            return self._error
-        if self._state != "open":
-            return HubError(f"append buffer of {self.origin} is {self._state}")
-        if self._adding:
-            return HubError("add() or commit() called while a previous add() is still outstanding")
-        try:
-            self._hub._check_open()
-        except HubError as e:
-            return e
-        return None
+    _usable = buffer_usable
 
     def add(self, changes):
         err = self._usable()
